@@ -1,0 +1,49 @@
+//! Validated settings of one `profilemate attach` session (what the CLI resolved).
+
+use std::{path::PathBuf, time::Duration};
+
+/// How a step's GPU completion is detected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TimingMode {
+    /// A `cudaEventSynchronize` (or successful query) of an event recorded after the step's
+    /// launches, matched by event handle.
+    Events,
+    /// Any blocking synchronization (stream, device, event, synchronous copy) after the launches.
+    Sync,
+}
+
+/// Everything an attach session needs, resolved and checked.
+#[derive(Clone, Debug)]
+pub struct AttachConfig {
+    /// The process given with `--pid`.
+    pub pid: u32,
+    /// Stop after this long (None: until Ctrl-C / SIGTERM / the targets exit).
+    pub duration: Option<Duration>,
+    /// Base output directory; the session directory is created inside it.
+    pub out_dir: PathBuf,
+    /// Step completion detection.
+    pub timing: TimingMode,
+    /// Follow descendants of `pid` (vLLM's EngineCore and workers are children).
+    pub follow_children: bool,
+    /// Attach the per-kernel launch probes.
+    pub kernels: bool,
+    /// Keep watching when no CUDA library is mapped yet.
+    pub wait: bool,
+    /// How often the process tree and mappings are rescanned.
+    pub rescan_interval: Duration,
+    /// Ring buffer size in bytes.
+    pub ring_bytes: u32,
+    /// Suppress the end-of-session summary on stdout.
+    pub quiet: bool,
+}
+
+impl AttachConfig {
+    /// Output directory from the environment: `$VLLM_PROFILING_DIR` or `/tmp/vllm_profiling`.
+    #[must_use]
+    pub fn default_out_dir() -> PathBuf {
+        std::env::var_os("VLLM_PROFILING_DIR")
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| PathBuf::from("/tmp/vllm_profiling"), PathBuf::from)
+    }
+}

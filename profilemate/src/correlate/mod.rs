@@ -1,0 +1,379 @@
+//! Calls -> operations -> steps and CUDA graph records.
+//!
+//! Per process and thread state machines, fed with decoded probe hits in ring-buffer order
+//! (which is per-thread program order):
+//! 1. **De-duplication across levels.** A runtime call (`cudaX`) reaches its driver twin
+//!    (`cuX`) on the same thread; the driver hit inside the runtime call is `nested` and not
+//!    a second operation. Runtime calls with a return probe bound the window exactly; for
+//!    entry-only ones the twin must follow within `NEST_WINDOW_NS` (it follows within
+//!    microseconds, a probe hit itself costing ~2 µs).
+//! 2. **Entry/return pairing** per thread (a call stack of probed calls with return probes).
+//! 3. **Operations**: graph capture/instantiate/replay, copies, launches, event records and
+//!    waits, fed to the step machine in `steps`.
+
+mod records;
+mod steps;
+
+use std::collections::HashMap;
+
+use profilemate_common::{ApiId, Library, OpClass};
+use serde::Serialize;
+
+pub use records::{ApiCall, Completion, Correlated, GraphCapture, GraphInstantiation, GraphReplay, Step};
+pub use steps::BLOCKED_THRESHOLD_NS;
+
+use crate::{config::TimingMode, probes::drain::{CallEvent, CallPhase}};
+use steps::{StepMachine, Work};
+
+/// A driver call this soon after an entry-only runtime call of the same operation on the
+/// same thread is that runtime call's own driver twin.
+pub const NEST_WINDOW_NS: u64 = 200_000;
+
+/// `cudaMemcpyKind` values.
+const MEMCPY_H2D: u64 = 1;
+const MEMCPY_D2H: u64 = 2;
+
+/// Counts of everything the correlator could not attribute; reported in metadata.json.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct CorrelatorStats {
+    /// Probe hits processed.
+    pub events: u64,
+    /// Driver hits absorbed into their runtime call.
+    pub nested_calls: u64,
+    /// Returns with no matching entry (the call began before attach).
+    pub unmatched_returns: u64,
+    /// Entries whose return never came (an inner call returned first: longjmp/exception).
+    pub abandoned_calls: u64,
+    /// Calls still open when the session ended.
+    pub calls_open_at_end: u64,
+    /// Event waits on an event never recorded while attached.
+    pub syncs_unknown_event: u64,
+    /// Event waits whose step had already completed (repeat waits).
+    pub repeat_syncs: u64,
+    /// Waits whose recorded work was only host-to-device input copies; merged into the next step.
+    pub input_only_syncs: u64,
+    /// Launch/copy activity that never saw a completing wait before the session ended.
+    pub incomplete_steps: u64,
+    /// Graph launches of executables instantiated before attach.
+    pub unknown_graph_execs: u64,
+    /// Instantiations of graphs not captured while attached.
+    pub uncaptured_graphs: u64,
+    /// Capture ends without a capture begin seen.
+    pub capture_end_without_begin: u64,
+    /// Out-parameters that could not be read (handle unknown).
+    pub unreadable_out_params: u64,
+}
+
+struct OpenCall {
+    api: ApiId,
+    entry_ns: u64,
+    args: [u64; 6],
+    nested: bool,
+}
+
+struct Capture {
+    stream: u64,
+    begin_ns: u64,
+    launches: u32,
+}
+
+#[derive(Default)]
+struct ThreadState {
+    /// The innermost runtime call that may still reach its driver twin.
+    runtime_open: Option<(OpClass, u64, bool)>,
+    stack: Vec<OpenCall>,
+    capture: Option<Capture>,
+}
+
+#[derive(Default)]
+struct ProcState {
+    threads: HashMap<u32, ThreadState>,
+    graphs: HashMap<u64, u32>,
+    execs: HashMap<u64, u32>,
+    next_graph_id: u32,
+    steps: StepMachine,
+}
+
+impl ProcState {
+    fn new_graph_id(&mut self) -> u32 {
+        let id = self.next_graph_id;
+        self.next_graph_id += 1;
+        id
+    }
+}
+
+/// A call ready for operation-level processing.
+struct Op {
+    api: ApiId,
+    entry_ns: u64,
+    ret_ns: Option<u64>,
+    args: [u64; 6],
+    ret: u64,
+    out: Option<u64>,
+}
+
+/// The correlator. Feed `handle` in ring-buffer order; call `finish` at the end.
+pub struct Correlator {
+    timing: TimingMode,
+    kernels: bool,
+    procs: HashMap<u32, ProcState>,
+    /// Attribution counters.
+    pub stats: CorrelatorStats,
+}
+
+fn is_twin(runtime: OpClass, driver: OpClass) -> bool {
+    runtime == driver || (runtime == OpClass::Memcpy && matches!(driver, OpClass::CopyH2D | OpClass::CopyD2H))
+}
+
+impl Correlator {
+    /// A correlator for one session.
+    #[must_use]
+    pub fn new(timing: TimingMode, kernels: bool) -> Self {
+        Self { timing, kernels, procs: HashMap::new(), stats: CorrelatorStats::default() }
+    }
+
+    /// Processes one probe hit, emitting what it completes into `out`.
+    pub fn handle(&mut self, ev: CallEvent, out: &mut impl FnMut(Correlated)) {
+        self.stats.events += 1;
+        let spec = ev.api.spec();
+        let kernels = self.kernels;
+        let proc = self.procs.entry(ev.pid).or_insert_with(|| ProcState {
+            steps: StepMachine::new(ev.pid, kernels),
+            ..ProcState::default()
+        });
+        let thread = proc.threads.entry(ev.tid).or_default();
+        match ev.phase {
+            CallPhase::Entry { args } => {
+                let nested = spec.library == Library::Driver
+                    && thread.runtime_open.is_some_and(|(class, ts, exact)| {
+                        is_twin(class, spec.class) && (exact || ev.ts_ns.saturating_sub(ts) <= NEST_WINDOW_NS)
+                    });
+                match spec.library {
+                    Library::Runtime => thread.runtime_open = Some((spec.class, ev.ts_ns, spec.needs_return)),
+                    // An entry-only runtime call reaches its twin once.
+                    Library::Driver if nested && thread.runtime_open.is_some_and(|(_, _, exact)| !exact) => {
+                        thread.runtime_open = None;
+                    }
+                    Library::Driver => {}
+                }
+                if nested {
+                    self.stats.nested_calls += 1;
+                }
+                if spec.needs_return {
+                    thread.stack.push(OpenCall { api: ev.api, entry_ns: ev.ts_ns, args, nested });
+                    return;
+                }
+                out(Correlated::Call(ApiCall {
+                    pid: ev.pid,
+                    api: ev.api,
+                    entry_ns: ev.ts_ns,
+                    duration_ns: None,
+                    nested,
+                    bytes: call_bytes(ev.api, &args),
+                }));
+                if !nested {
+                    let op = Op { api: ev.api, entry_ns: ev.ts_ns, ret_ns: None, args, ret: 0, out: None };
+                    self.operation(ev.pid, ev.tid, op, out);
+                }
+            }
+            CallPhase::Return { ret, out: out_value } => {
+                let Some(pos) = thread.stack.iter().rposition(|c| c.api == ev.api) else {
+                    self.stats.unmatched_returns += 1;
+                    return;
+                };
+                self.stats.abandoned_calls += (thread.stack.len() - pos - 1) as u64;
+                thread.stack.truncate(pos + 1);
+                let Some(call) = thread.stack.pop() else { return };
+                if spec.library == Library::Runtime {
+                    thread.runtime_open = None;
+                }
+                out(Correlated::Call(ApiCall {
+                    pid: ev.pid,
+                    api: ev.api,
+                    entry_ns: call.entry_ns,
+                    duration_ns: Some(ev.ts_ns.saturating_sub(call.entry_ns)),
+                    nested: call.nested,
+                    bytes: call_bytes(ev.api, &call.args),
+                }));
+                if !call.nested {
+                    let op = Op { api: ev.api, entry_ns: call.entry_ns, ret_ns: Some(ev.ts_ns), args: call.args, ret, out: out_value };
+                    self.operation(ev.pid, ev.tid, op, out);
+                }
+            }
+        }
+    }
+
+    fn operation(&mut self, pid: u32, tid: u32, op: Op, out: &mut impl FnMut(Correlated)) {
+        let timing = self.timing;
+        let kernels = self.kernels;
+        let stats = &mut self.stats;
+        let Some(proc) = self.procs.get_mut(&pid) else { return };
+        let capturing = proc.threads.get(&tid).is_some_and(|t| t.capture.is_some());
+        let ret_ns = op.ret_ns.unwrap_or(op.entry_ns);
+        match op.api.spec().class {
+            OpClass::CaptureBegin => {
+                if let Some(t) = proc.threads.get_mut(&tid) {
+                    t.capture = Some(Capture { stream: op.args[0], begin_ns: op.entry_ns, launches: 0 });
+                }
+            }
+            OpClass::CaptureEnd => {
+                let cap = proc.threads.get_mut(&tid).and_then(|t| t.capture.take());
+                if cap.is_none() {
+                    stats.capture_end_without_begin += 1;
+                }
+                if op.out.is_none() {
+                    stats.unreadable_out_params += 1;
+                }
+                let graph_id = proc.new_graph_id();
+                if let Some(handle) = op.out {
+                    proc.graphs.insert(handle, graph_id);
+                }
+                out(Correlated::GraphCaptured(GraphCapture {
+                    graph_id,
+                    pid,
+                    tid,
+                    stream: Some(cap.as_ref().map_or(op.args[0], |c| c.stream)),
+                    begin_ns: cap.as_ref().map(|c| c.begin_ns),
+                    end_ns: Some(ret_ns),
+                    graph_handle: op.out,
+                    captured_launches: if kernels { cap.map(|c| c.launches) } else { None },
+                }));
+            }
+            OpClass::Instantiate => {
+                let graph = op.args[1];
+                let graph_id = match proc.graphs.get(&graph) {
+                    Some(id) => *id,
+                    None => {
+                        stats.uncaptured_graphs += 1;
+                        let id = proc.new_graph_id();
+                        proc.graphs.insert(graph, id);
+                        out(Correlated::GraphCaptured(GraphCapture {
+                            graph_id: id,
+                            pid,
+                            tid,
+                            stream: None,
+                            begin_ns: None,
+                            end_ns: None,
+                            graph_handle: Some(graph),
+                            captured_launches: None,
+                        }));
+                        id
+                    }
+                };
+                // A failed instantiation (non-zero status) produced no executable.
+                match op.out {
+                    Some(exec) if op.ret == 0 => {
+                        proc.execs.insert(exec, graph_id);
+                        out(Correlated::GraphInstantiated(GraphInstantiation {
+                            graph_id,
+                            pid,
+                            ts_ns: op.entry_ns,
+                            duration_ns: ret_ns.saturating_sub(op.entry_ns),
+                            exec_handle: exec,
+                        }));
+                    }
+                    _ => stats.unreadable_out_params += 1,
+                }
+            }
+            OpClass::GraphLaunch => {
+                if capturing {
+                    return;
+                }
+                let exec = op.args[0];
+                let graph_id = match proc.execs.get(&exec) {
+                    Some(id) => *id,
+                    None => {
+                        stats.unknown_graph_execs += 1;
+                        let id = proc.new_graph_id();
+                        proc.execs.insert(exec, id);
+                        out(Correlated::GraphCaptured(GraphCapture {
+                            graph_id: id,
+                            pid,
+                            tid,
+                            stream: None,
+                            begin_ns: None,
+                            end_ns: None,
+                            graph_handle: None,
+                            captured_launches: None,
+                        }));
+                        id
+                    }
+                };
+                let replay = GraphReplay { graph_id, pid, tid, ts_ns: op.entry_ns, exec_handle: exec, stream: op.args[1], step: None };
+                proc.steps.work(tid, op.entry_ns, Work::Graph(replay));
+            }
+            OpClass::KernelLaunch => {
+                match proc.threads.get_mut(&tid).and_then(|t| t.capture.as_mut()) {
+                    Some(cap) => cap.launches += 1,
+                    None => proc.steps.work(tid, op.entry_ns, Work::Kernel),
+                }
+            }
+            OpClass::Memcpy | OpClass::CopyH2D | OpClass::CopyD2H => {
+                if capturing {
+                    return;
+                }
+                let (bytes, kind) = match op.api.spec().class {
+                    OpClass::CopyH2D => (op.args[2], MEMCPY_H2D),
+                    OpClass::CopyD2H => (op.args[2], MEMCPY_D2H),
+                    _ => (op.args[2], op.args[3]),
+                };
+                let work = match kind {
+                    MEMCPY_H2D => Work::H2D(bytes),
+                    MEMCPY_D2H => Work::D2H(bytes),
+                    _ => Work::Copy,
+                };
+                proc.steps.work(tid, op.entry_ns, work);
+                // A synchronous copy is a blocking wait too.
+                if op.ret_ns.is_some() && timing == TimingMode::Sync {
+                    proc.steps.complete_all(tid, op.api, op.entry_ns, ret_ns, stats, out);
+                }
+            }
+            OpClass::EventRecord => {
+                if !capturing {
+                    proc.steps.record_event(tid, op.args[0], op.args[1], op.entry_ns, timing);
+                }
+            }
+            OpClass::EventSync | OpClass::EventQuery => {
+                let query = op.api.spec().class == OpClass::EventQuery;
+                if query && op.ret != 0 {
+                    return; // not ready yet: no information
+                }
+                match timing {
+                    TimingMode::Events => {
+                        proc.steps.complete_event(op.args[0], tid, op.api, op.entry_ns, ret_ns, query, stats, out);
+                    }
+                    TimingMode::Sync if !query => proc.steps.complete_all(tid, op.api, op.entry_ns, ret_ns, stats, out),
+                    TimingMode::Sync => {}
+                }
+            }
+            OpClass::StreamSync | OpClass::DeviceSync => {
+                if timing == TimingMode::Sync {
+                    proc.steps.complete_all(tid, op.api, op.entry_ns, ret_ns, stats, out);
+                }
+            }
+            OpClass::Malloc | OpClass::Free => {}
+        }
+    }
+
+    /// Ends the session: counts what never completed and emits replays of incomplete steps.
+    pub fn finish(&mut self, out: &mut impl FnMut(Correlated)) {
+        for proc in self.procs.values_mut() {
+            for t in proc.threads.values() {
+                self.stats.calls_open_at_end += t.stack.len() as u64;
+            }
+            proc.steps.finish(&mut self.stats, out);
+        }
+    }
+}
+
+/// Bytes moved or allocated by a call, from its arguments.
+fn call_bytes(api: ApiId, args: &[u64; 6]) -> Option<u64> {
+    match api.spec().class {
+        OpClass::Memcpy | OpClass::CopyH2D | OpClass::CopyD2H => Some(args[2]),
+        OpClass::Malloc => Some(args[1]),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,163 @@
+//! What the correlator produces: the typed records every profiler consumes.
+
+use profilemate_common::ApiId;
+
+/// How a step's GPU completion time is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// A blocking wait returned when the GPU finished: completion = return time.
+    Exact,
+    /// The wait returned at once (GPU already done) or a poll succeeded: the completion is at
+    /// or before the recorded time.
+    UpperBound,
+}
+
+impl Completion {
+    /// CSV spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::UpperBound => "upper_bound",
+        }
+    }
+}
+
+/// Every probed call, de-duplicated across levels (`nested` = a driver call made by a probed
+/// runtime call; counted under its own symbol but not as a separate operation).
+#[derive(Clone, Copy, Debug)]
+pub struct ApiCall {
+    /// Process.
+    pub pid: u32,
+    /// Symbol.
+    pub api: ApiId,
+    /// Entry time.
+    pub entry_ns: u64,
+    /// Duration, for symbols with a return probe.
+    pub duration_ns: Option<u64>,
+    /// Made by a probed runtime call.
+    pub nested: bool,
+    /// Bytes moved or allocated (copies, allocations).
+    pub bytes: Option<u64>,
+}
+
+/// One forward pass (GPU step) as seen from the CUDA API.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// Per-process step number, from 0.
+    pub index: u64,
+    /// Process.
+    pub pid: u32,
+    /// Thread that launched the step.
+    pub tid: u32,
+    /// First per-step call (step start).
+    pub start_ns: u64,
+    /// Last launch-side call of the step (the event record that marks its end, if any).
+    pub launch_end_ns: u64,
+    /// Estimated GPU start: the later of the step start and the previous step's exact completion.
+    pub gpu_start_ns: u64,
+    /// GPU completion (see `completion`).
+    pub completion_ns: u64,
+    /// Exact or upper bound.
+    pub completion: Completion,
+    /// Kernel launches (only with per-kernel probes).
+    pub kernel_launches: Option<u32>,
+    /// Graph replays.
+    pub graph_launches: u32,
+    /// Graph ids replayed, in order.
+    pub graph_ids: Vec<u32>,
+    /// Host-to-device bytes.
+    pub h2d_bytes: u64,
+    /// Device-to-host bytes.
+    pub d2h_bytes: u64,
+    /// Thread whose wait completed the step.
+    pub sync_tid: u32,
+    /// The waiting call.
+    pub sync_api: ApiId,
+    /// How long that call blocked.
+    pub sync_wait_ns: u64,
+}
+
+impl Step {
+    /// GPU time of the step in ns.
+    #[must_use]
+    pub fn forward_ns(&self) -> u64 {
+        self.completion_ns.saturating_sub(self.gpu_start_ns)
+    }
+
+    /// CPU time spent launching it in ns.
+    #[must_use]
+    pub fn cpu_launch_ns(&self) -> u64 {
+        self.launch_end_ns.saturating_sub(self.start_ns)
+    }
+}
+
+/// A graph that was captured (or first seen at instantiation/launch when captured before attach).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GraphCapture {
+    /// Per-process graph id, from 0.
+    pub graph_id: u32,
+    /// Process.
+    pub pid: u32,
+    /// Capturing thread.
+    pub tid: u32,
+    /// Captured stream.
+    pub stream: Option<u64>,
+    /// `cudaStreamBeginCapture` time (None: began before attach).
+    pub begin_ns: Option<u64>,
+    /// `cudaStreamEndCapture` return (None: not captured while attached).
+    pub end_ns: Option<u64>,
+    /// `cudaGraph_t` handle.
+    pub graph_handle: Option<u64>,
+    /// Kernel launches recorded into the graph (only with per-kernel probes).
+    pub captured_launches: Option<u32>,
+}
+
+/// An executable graph instantiated from a graph.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GraphInstantiation {
+    /// Graph id.
+    pub graph_id: u32,
+    /// Process.
+    pub pid: u32,
+    /// Call entry.
+    pub ts_ns: u64,
+    /// Call duration.
+    pub duration_ns: u64,
+    /// `cudaGraphExec_t` handle.
+    pub exec_handle: u64,
+}
+
+/// One replay of an executable graph.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GraphReplay {
+    /// Graph id.
+    pub graph_id: u32,
+    /// Process.
+    pub pid: u32,
+    /// Launching thread.
+    pub tid: u32,
+    /// Launch call time.
+    pub ts_ns: u64,
+    /// Executable handle.
+    pub exec_handle: u64,
+    /// Stream.
+    pub stream: u64,
+    /// Index of the step it belongs to, filled when the step completes (None: never completed).
+    pub step: Option<u64>,
+}
+
+/// Everything the correlator emits, in order.
+#[derive(Clone, Debug)]
+pub enum Correlated {
+    /// A probed call (all of them).
+    Call(ApiCall),
+    /// A completed step.
+    Step(Step),
+    /// A captured graph.
+    GraphCaptured(GraphCapture),
+    /// A graph instantiation.
+    GraphInstantiated(GraphInstantiation),
+    /// Graph replays of a step, emitted when the step completes (or at the end if it never does).
+    GraphReplay(GraphReplay),
+}

@@ -1,0 +1,230 @@
+//! Correlator state-machine tests on synthetic probe streams (no kernel needed).
+
+use super::*;
+
+const PID: u32 = 100;
+const MAIN: u32 = 100;
+const STREAM: u64 = 0x5000;
+
+/// Builds a probe stream the way the kernel side reports it.
+struct Script {
+    evs: Vec<CallEvent>,
+}
+
+impl Script {
+    fn new() -> Self {
+        Self { evs: Vec::new() }
+    }
+    fn entry(&mut self, ts_us: u64, tid: u32, api: ApiId, args: &[u64]) -> &mut Self {
+        let mut a = [0u64; 6];
+        a[..args.len()].copy_from_slice(args);
+        self.evs.push(CallEvent { ts_ns: ts_us * 1000, pid: PID, tid, api, phase: CallPhase::Entry { args: a } });
+        self
+    }
+    fn ret(&mut self, ts_us: u64, tid: u32, api: ApiId, ret: u64, out: Option<u64>) -> &mut Self {
+        self.evs.push(CallEvent { ts_ns: ts_us * 1000, pid: PID, tid, api, phase: CallPhase::Return { ret, out } });
+        self
+    }
+    /// A runtime call and its nested driver twin, entry only.
+    fn rt_drv(&mut self, ts_us: u64, rt: ApiId, drv: ApiId, args: &[u64]) -> &mut Self {
+        self.entry(ts_us, MAIN, rt, args).entry(ts_us + 1, MAIN, drv, args)
+    }
+    fn run(&self, timing: TimingMode, kernels: bool) -> (Vec<Correlated>, CorrelatorStats) {
+        let mut c = Correlator::new(timing, kernels);
+        let mut out = Vec::new();
+        for ev in &self.evs {
+            c.handle(*ev, &mut |r| out.push(r));
+        }
+        c.finish(&mut |r| out.push(r));
+        (out, c.stats)
+    }
+}
+
+fn steps(out: &[Correlated]) -> Vec<Step> {
+    out.iter().filter_map(|r| if let Correlated::Step(s) = r { Some(s.clone()) } else { None }).collect()
+}
+
+/// Capture one graph: begin, end (graph 0xg), instantiate (exec 0xe).
+fn capture(s: &mut Script, t: u64, graph: u64, exec: u64) {
+    s.entry(t, MAIN, ApiId::cudaStreamBeginCapture, &[STREAM, 0])
+        .entry(t + 10, MAIN, ApiId::cudaStreamEndCapture, &[STREAM, 0x7ff0])
+        .ret(t + 20, MAIN, ApiId::cudaStreamEndCapture, 0, Some(graph))
+        .entry(t + 30, MAIN, ApiId::cudaGraphInstantiateWithFlags, &[0x7ff8, graph, 0])
+        .entry(t + 31, MAIN, ApiId::cuGraphInstantiateWithFlags, &[0x7ff8, graph, 0])
+        .ret(t + 40, MAIN, ApiId::cuGraphInstantiateWithFlags, 0, Some(exec))
+        .ret(t + 41, MAIN, ApiId::cudaGraphInstantiateWithFlags, 0, Some(exec));
+}
+
+/// One vLLM-like step launch: H2D input copy, graph replay, D2H output copy, event record.
+fn launch_step(s: &mut Script, t: u64, exec: u64, event: u64) {
+    s.rt_drv(t, ApiId::cudaMemcpyAsync, ApiId::cuMemcpyHtoDAsync_v2, &[1, 2, 4096, 1, STREAM])
+        .rt_drv(t + 10, ApiId::cudaGraphLaunch, ApiId::cuGraphLaunch, &[exec, STREAM])
+        .rt_drv(t + 20, ApiId::cudaMemcpyAsync, ApiId::cuMemcpyDtoHAsync_v2, &[3, 4, 1024, 2, STREAM])
+        .rt_drv(t + 30, ApiId::cudaEventRecordWithFlags, ApiId::cuEventRecordWithFlags, &[event, STREAM, 0]);
+}
+
+fn sync_event(s: &mut Script, tid: u32, entry: u64, ret: u64, event: u64) {
+    s.entry(entry, tid, ApiId::cudaEventSynchronize, &[event])
+        .entry(entry + 1, tid, ApiId::cuEventSynchronize, &[event])
+        .ret(ret - 1, tid, ApiId::cuEventSynchronize, 0, None)
+        .ret(ret, tid, ApiId::cudaEventSynchronize, 0, None);
+}
+
+#[test]
+fn async_depth_two_matches_waits_by_event_handle() {
+    let mut s = Script::new();
+    capture(&mut s, 0, 0xa0, 0xe0);
+    // step 0 launched at 1000, step 1 at 2000, then wait for step 0 (blocks until 3000), ...
+    launch_step(&mut s, 1000, 0xe0, 0xee0);
+    launch_step(&mut s, 2000, 0xe0, 0xee1);
+    sync_event(&mut s, MAIN, 2100, 3000, 0xee0);
+    launch_step(&mut s, 3100, 0xe0, 0xee0);
+    sync_event(&mut s, MAIN, 3200, 5000, 0xee1);
+    sync_event(&mut s, MAIN, 5100, 7000, 0xee0);
+    let (out, stats) = s.run(TimingMode::Events, false);
+    let st = steps(&out);
+    assert_eq!(st.len(), 3, "{st:#?}");
+    // step 0: GPU from its launch (1000) to the wait return (3000)
+    assert_eq!(st[0].gpu_start_ns, 1_000_000);
+    assert_eq!(st[0].forward_ns(), 2_000_000);
+    // step 1: queued behind step 0, so its GPU time starts at step 0's completion (3000)
+    assert_eq!(st[1].gpu_start_ns, 3_000_000);
+    assert_eq!(st[1].forward_ns(), 2_000_000);
+    assert_eq!(st[2].forward_ns(), 2_000_000);
+    for (i, step) in st.iter().enumerate() {
+        assert_eq!(step.index, i as u64);
+        assert_eq!(step.completion, Completion::Exact);
+        assert_eq!(step.graph_launches, 1, "runtime+driver graph launch counted once");
+        assert_eq!(step.graph_ids, vec![0]);
+        assert_eq!(step.h2d_bytes, 4096);
+        assert_eq!(step.d2h_bytes, 1024);
+        assert_eq!(step.kernel_launches, None);
+        assert_eq!(step.cpu_launch_ns(), 30_000);
+    }
+    assert_eq!(stats.incomplete_steps, 0);
+    assert_eq!(stats.nested_calls, 4 * 3 + 1 + 3); // step calls, instantiate, event syncs
+    let replays = out.iter().filter(|r| matches!(r, Correlated::GraphReplay(_))).count();
+    assert_eq!(replays, 3);
+}
+
+#[test]
+fn immediate_wait_is_an_upper_bound_at_wait_entry() {
+    let mut s = Script::new();
+    capture(&mut s, 0, 0xa0, 0xe0);
+    launch_step(&mut s, 1000, 0xe0, 0xee0);
+    sync_event(&mut s, MAIN, 5000, 5005, 0xee0); // returned after 5 µs: GPU was done
+    let (out, _) = s.run(TimingMode::Events, false);
+    let st = steps(&out);
+    assert_eq!(st.len(), 1);
+    assert_eq!(st[0].completion, Completion::UpperBound);
+    assert_eq!(st[0].completion_ns, 5_000_000);
+}
+
+#[test]
+fn capture_instantiate_replay_chain_assigns_graph_ids() {
+    let mut s = Script::new();
+    capture(&mut s, 0, 0xa0, 0xe0);
+    capture(&mut s, 100, 0xa1, 0xe1);
+    launch_step(&mut s, 1000, 0xe1, 0xee0);
+    sync_event(&mut s, MAIN, 1100, 2000, 0xee0);
+    // An executable instantiated before attach: new id, counted.
+    launch_step(&mut s, 3000, 0xbad, 0xee0);
+    sync_event(&mut s, MAIN, 3100, 4000, 0xee0);
+    let (out, stats) = s.run(TimingMode::Events, false);
+    let captures: Vec<&GraphCapture> = out.iter().filter_map(|r| if let Correlated::GraphCaptured(c) = r { Some(c) } else { None }).collect();
+    assert_eq!(captures.len(), 3);
+    assert_eq!(captures[0].begin_ns, Some(0));
+    assert_eq!(captures[0].end_ns, Some(20_000));
+    assert_eq!(captures[1].graph_handle, Some(0xa1));
+    assert_eq!(captures[2].begin_ns, None);
+    let inst = out.iter().filter(|r| matches!(r, Correlated::GraphInstantiated(_))).count();
+    assert_eq!(inst, 2, "runtime+driver instantiation counted once");
+    let st = steps(&out);
+    assert_eq!(st[0].graph_ids, vec![1]);
+    assert_eq!(st[1].graph_ids, vec![2]);
+    assert_eq!(stats.unknown_graph_execs, 1);
+}
+
+#[test]
+fn input_only_wait_merges_into_the_next_step() {
+    let mut s = Script::new();
+    // V1-style: inputs copied, event recorded and waited at the next step's start.
+    s.rt_drv(1000, ApiId::cudaMemcpyAsync, ApiId::cuMemcpyHtoDAsync_v2, &[1, 2, 100, 1, STREAM])
+        .rt_drv(1010, ApiId::cudaEventRecord, ApiId::cuEventRecord, &[0x111, STREAM]);
+    sync_event(&mut s, MAIN, 1020, 1021, 0x111);
+    launch_step(&mut s, 1100, 0xe0, 0xee0);
+    sync_event(&mut s, MAIN, 1200, 3000, 0xee0);
+    let (out, stats) = s.run(TimingMode::Events, false);
+    let st = steps(&out);
+    assert_eq!(st.len(), 1);
+    assert_eq!(st[0].start_ns, 1_000_000);
+    assert_eq!(st[0].h2d_bytes, 4196);
+    assert_eq!(stats.input_only_syncs, 1);
+}
+
+#[test]
+fn direct_driver_calls_count_and_kernel_launches_with_kernels_mode() {
+    let mut s = Script::new();
+    s.rt_drv(1000, ApiId::cudaMemcpyAsync, ApiId::cuMemcpyHtoDAsync_v2, &[1, 2, 100, 1, STREAM]);
+    for i in 0..5 {
+        s.entry(1010 + i, MAIN, ApiId::cuLaunchKernel, &[]);
+    }
+    s.entry(1020, MAIN, ApiId::cuLaunchKernelEx, &[]);
+    // A direct driver graph launch (no runtime call before it) is its own replay.
+    s.entry(1030, MAIN, ApiId::cuGraphLaunch, &[0xe5, STREAM]);
+    s.rt_drv(1040, ApiId::cudaEventRecord, ApiId::cuEventRecord, &[0x111, STREAM]);
+    sync_event(&mut s, 777, 1050, 2000, 0x111); // waited on by another thread
+    let (out, _) = s.run(TimingMode::Events, true);
+    let st = steps(&out);
+    assert_eq!(st.len(), 1);
+    assert_eq!(st[0].kernel_launches, Some(6));
+    assert_eq!(st[0].graph_launches, 1);
+    assert_eq!(st[0].sync_tid, 777);
+    assert_eq!(st[0].tid, MAIN);
+}
+
+#[test]
+fn sync_mode_completes_at_any_blocking_wait() {
+    let mut s = Script::new();
+    capture(&mut s, 0, 0xa0, 0xe0);
+    launch_step(&mut s, 1000, 0xe0, 0xee0);
+    s.entry(1100, MAIN, ApiId::cudaStreamSynchronize, &[STREAM])
+        .entry(1101, MAIN, ApiId::cuStreamSynchronize, &[STREAM])
+        .ret(1999, MAIN, ApiId::cuStreamSynchronize, 0, None)
+        .ret(2000, MAIN, ApiId::cudaStreamSynchronize, 0, None);
+    launch_step(&mut s, 3000, 0xe0, 0xee0);
+    s.entry(3100, MAIN, ApiId::cudaDeviceSynchronize, &[]).ret(3105, MAIN, ApiId::cudaDeviceSynchronize, 0, None);
+    let (out, _) = s.run(TimingMode::Sync, false);
+    let st = steps(&out);
+    assert_eq!(st.len(), 2);
+    assert_eq!((st[0].completion, st[0].completion_ns), (Completion::Exact, 2_000_000));
+    assert_eq!((st[1].completion, st[1].completion_ns), (Completion::UpperBound, 3_100_000));
+    // events mode ignores stream/device waits: nothing completes
+    let (out, stats) = s.run(TimingMode::Events, false);
+    assert!(steps(&out).is_empty());
+    assert_eq!(stats.incomplete_steps, 2);
+}
+
+#[test]
+fn returns_without_entries_are_counted_not_guessed() {
+    let mut s = Script::new();
+    s.ret(10, MAIN, ApiId::cudaEventSynchronize, 0, None);
+    s.entry(20, MAIN, ApiId::cudaEventSynchronize, &[0x1]);
+    let (out, stats) = s.run(TimingMode::Events, false);
+    assert_eq!(stats.unmatched_returns, 1);
+    assert_eq!(stats.calls_open_at_end, 1);
+    assert!(steps(&out).is_empty());
+}
+
+#[test]
+fn late_driver_call_after_entry_only_runtime_call_is_not_nested() {
+    let mut s = Script::new();
+    s.entry(1000, MAIN, ApiId::cudaGraphLaunch, &[0xe0, STREAM]);
+    // no twin fired (e.g. not exported); 1 ms later the app launches through the driver
+    s.entry(2000, MAIN, ApiId::cuGraphLaunch, &[0xe0, STREAM]);
+    s.rt_drv(2100, ApiId::cudaEventRecord, ApiId::cuEventRecord, &[0x1, STREAM]);
+    sync_event(&mut s, MAIN, 2200, 4000, 0x1);
+    let (out, stats) = s.run(TimingMode::Events, false);
+    assert_eq!(steps(&out)[0].graph_launches, 2);
+    assert_eq!(stats.nested_calls, 2); // event record + event wait twins only
+}

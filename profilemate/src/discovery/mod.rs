@@ -1,0 +1,204 @@
+//! Target discovery: the process tree under the given pid, each process's identity (comm,
+//! command line / process title), and the CUDA libraries mapped into it.
+//!
+//! Owns: reading /proc. Does not own: attaching (see `probes`) or deciding when to rescan
+//! (see `session`). Library paths are resolved through `/proc/PID/root` so a target inside a
+//! container is probed on the file it really mapped.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+};
+
+use profilemate_common::Library;
+use serde::Serialize;
+
+/// Failure to read a process's state.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// /proc could not be read.
+    #[error("cannot read /proc/{pid}/{what}")]
+    Proc {
+        /// The process.
+        pid: u32,
+        /// The file.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: procfs::ProcError,
+    },
+}
+
+/// Identity of one target process.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessInfo {
+    /// Process id.
+    pub pid: u32,
+    /// Parent process id.
+    pub ppid: u32,
+    /// `/proc/PID/comm`.
+    pub comm: String,
+    /// `/proc/PID/cmdline` joined with spaces; vLLM's setproctitle titles show up here
+    /// (`VLLM::EngineCore`, `VLLM::Worker_TP1`). Bounded to 512 bytes, lossy UTF-8.
+    pub cmdline: String,
+}
+
+/// A CUDA library mapped into a process.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+pub struct MappedLibrary {
+    /// Path as the target sees it (from /proc/PID/maps).
+    pub path: String,
+    /// Path that reaches the same file from here (through /proc/PID/root).
+    pub host_path: PathBuf,
+    /// Device and inode of the mapped file: the identity uprobes attach to.
+    pub dev: (u64, u64),
+    /// Inode.
+    pub inode: u64,
+    /// Runtime or driver.
+    #[serde(serialize_with = "serialize_library", rename = "kind")]
+    pub library: Library,
+}
+
+fn serialize_library<S: serde::Serializer>(l: &Library, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(library_name(*l))
+}
+
+/// Readable name of a library kind.
+#[must_use]
+pub fn library_name(l: Library) -> &'static str {
+    match l {
+        Library::Runtime => "libcudart",
+        Library::Driver => "libcuda",
+    }
+}
+
+const MAX_CMDLINE: usize = 512;
+
+/// Classifies a mapped file name as a CUDA runtime or driver library.
+#[must_use]
+pub fn classify_library(path: &str) -> Option<Library> {
+    let name = Path::new(path).file_name()?.to_str()?;
+    if name.starts_with("libcudart") && name.contains(".so") {
+        Some(Library::Runtime)
+    } else if name.starts_with("libcuda.so") {
+        Some(Library::Driver)
+    } else {
+        None
+    }
+}
+
+/// Reads the identity of `pid`.
+pub fn process_info(pid: u32) -> Result<ProcessInfo, DiscoveryError> {
+    let p = procfs::process::Process::new(pid as i32).map_err(|source| DiscoveryError::Proc { pid, what: "stat", source })?;
+    let stat = p.stat().map_err(|source| DiscoveryError::Proc { pid, what: "stat", source })?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut joined: Vec<u8> = cmdline.into_iter().take(MAX_CMDLINE).map(|b| if b == 0 { b' ' } else { b }).collect();
+    while joined.last() == Some(&b' ') {
+        joined.pop();
+    }
+    Ok(ProcessInfo {
+        pid,
+        ppid: u32::try_from(stat.ppid).unwrap_or(0),
+        comm: stat.comm,
+        cmdline: String::from_utf8_lossy(&joined).into_owned(),
+    })
+}
+
+/// Every process id on the system with its parent.
+fn parent_map() -> HashMap<u32, u32> {
+    let mut map = HashMap::new();
+    let Ok(all) = procfs::process::all_processes() else {
+        return map;
+    };
+    for p in all.flatten() {
+        if let Ok(stat) = p.stat() {
+            if let (Ok(pid), Ok(ppid)) = (u32::try_from(stat.pid), u32::try_from(stat.ppid)) {
+                map.insert(pid, ppid);
+            }
+        }
+    }
+    map
+}
+
+/// `root` and, when `children` is set, all its live descendants.
+#[must_use]
+pub fn process_tree(root: u32, children: bool) -> Vec<u32> {
+    if !children {
+        return if Path::new(&format!("/proc/{root}")).exists() { vec![root] } else { vec![] };
+    }
+    let parents = parent_map();
+    let mut kids: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for (&pid, &ppid) in &parents {
+        kids.entry(ppid).or_default().push(pid);
+    }
+    let mut out = Vec::new();
+    if !parents.contains_key(&root) {
+        return out;
+    }
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        out.push(pid);
+        if let Some(k) = kids.get(&pid) {
+            stack.extend(k.iter().copied());
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// The CUDA libraries mapped in `pid`, one entry per file.
+pub fn cuda_libraries(pid: u32) -> Result<Vec<MappedLibrary>, DiscoveryError> {
+    let p = procfs::process::Process::new(pid as i32).map_err(|source| DiscoveryError::Proc { pid, what: "maps", source })?;
+    let maps = p.maps().map_err(|source| DiscoveryError::Proc { pid, what: "maps", source })?;
+    let mut out: Vec<MappedLibrary> = Vec::new();
+    for m in maps {
+        let procfs::process::MMapPath::Path(path) = &m.pathname else {
+            continue;
+        };
+        let Some(path_str) = path.to_str() else {
+            continue;
+        };
+        let Some(library) = classify_library(path_str) else {
+            continue;
+        };
+        let dev = (u64::try_from(m.dev.0).unwrap_or(0), u64::try_from(m.dev.1).unwrap_or(0));
+        if out.iter().any(|l| l.inode == m.inode && l.dev == dev) {
+            continue;
+        }
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        out.push(MappedLibrary {
+            path: path_str.to_owned(),
+            host_path: PathBuf::from(format!("/proc/{pid}/root")).join(relative),
+            dev,
+            inode: m.inode,
+            library,
+        });
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_cuda_library_names() {
+        assert_eq!(classify_library("/x/nvidia/cu13/lib/libcudart.so.13"), Some(Library::Runtime));
+        assert_eq!(classify_library("/usr/lib/libcudart.so.12.4.127"), Some(Library::Runtime));
+        assert_eq!(classify_library("/usr/lib/x86_64-linux-gnu/libcuda.so.580.65.06"), Some(Library::Driver));
+        assert_eq!(classify_library("/usr/lib/libcuda.so.1"), Some(Library::Driver));
+        assert_eq!(classify_library("/usr/lib/libcudnn.so.9"), None);
+        assert_eq!(classify_library("/usr/lib/libcudart_static.a"), None);
+    }
+
+    #[test]
+    fn own_process_is_its_own_tree_root() {
+        let me = std::process::id();
+        assert!(process_tree(me, true).contains(&me));
+        assert_eq!(process_tree(me, false), vec![me]);
+        let info = process_info(me).expect("own process readable");
+        assert_eq!(info.pid, me);
+        assert!(!info.comm.is_empty());
+    }
+}

@@ -1,0 +1,19 @@
+//! ProfileMate: profile a running vLLM server from outside with eBPF.
+//!
+//! Data flows forward through the modules in this order:
+//! `discovery` (which processes and CUDA libraries) -> `probes` (load, attach, drain the ring
+//! buffer) -> `correlate` (calls -> steps, graphs, API statistics) -> `profilers` (one per
+//! output family) -> `output` (session directory, CSV/JSON writers, metadata).
+//! `session` wires them together for `profilemate attach`.
+
+pub mod config;
+pub mod correlate;
+pub mod discovery;
+pub mod output;
+pub mod preflight;
+pub mod probes;
+pub mod profilers;
+pub mod session;
+
+/// Tracer version written into metadata.json.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,98 @@
+//! The `profilemate` command line.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use profilemate::{
+    config::{AttachConfig, TimingMode},
+    session,
+};
+
+#[derive(Parser)]
+#[command(name = "profilemate", version, about = "Profile a running vLLM server from outside (eBPF; no restart, no code injected)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach to a running process tree and record its CUDA activity until stopped.
+    Attach(AttachArgs),
+}
+
+#[derive(clap::Args)]
+struct AttachArgs {
+    /// Any pid of the server (the API server's children, EngineCore and workers, are followed).
+    #[arg(long)]
+    pid: u32,
+    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C or SIGTERM.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Base output directory [default: $VLLM_PROFILING_DIR or /tmp/vllm_profiling].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// How a step's GPU completion is detected.
+    #[arg(long, value_enum, default_value = "events")]
+    timing: TimingMode,
+    /// Profile only the given pid, not its descendants.
+    #[arg(long)]
+    no_children: bool,
+    /// Also probe every kernel launch (cuLaunchKernel[Ex]); adds ~2 µs per launch to the target.
+    #[arg(long)]
+    kernels: bool,
+    /// Keep watching when no CUDA library is loaded yet.
+    #[arg(long)]
+    wait: bool,
+    /// Ring buffer size in MiB (power of two).
+    #[arg(long, default_value_t = 32)]
+    ring_mb: u32,
+    /// Rescan interval for new processes and libraries (ms).
+    #[arg(long, default_value_t = 500)]
+    rescan_ms: u64,
+    /// Print only the session directory at the end.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn attach(args: AttachArgs) -> Result<()> {
+    if !args.ring_mb.is_power_of_two() || args.ring_mb > 1024 {
+        anyhow::bail!("--ring-mb must be a power of two between 1 and 1024 (got {})", args.ring_mb);
+    }
+    let cfg = AttachConfig {
+        pid: args.pid,
+        duration: args.duration,
+        out_dir: args.out.unwrap_or_else(AttachConfig::default_out_dir),
+        timing: args.timing,
+        follow_children: !args.no_children,
+        kernels: args.kernels,
+        wait: args.wait,
+        rescan_interval: Duration::from_millis(args.rescan_ms.max(10)),
+        ring_bytes: args.ring_mb << 20,
+        quiet: args.quiet,
+    };
+    let outcome = session::run(&cfg)?;
+    if !cfg.quiet {
+        for line in &outcome.summary {
+            eprintln!("  {line}");
+        }
+    }
+    println!("session: {}", outcome.dir.display());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Attach(a) => attach(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

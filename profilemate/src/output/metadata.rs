@@ -1,0 +1,76 @@
+//! metadata.json: what was profiled, how, and everything that was lost or unattributable.
+
+use serde::Serialize;
+
+use crate::{
+    config::TimingMode,
+    correlate::CorrelatorStats,
+    discovery::{MappedLibrary, ProcessInfo},
+    probes::{KernelCounters, ProbeReport},
+};
+
+/// A target process as seen during the session.
+#[derive(Debug, Serialize)]
+pub struct TargetRecord {
+    /// Identity at discovery.
+    #[serde(flatten)]
+    pub info: ProcessInfo,
+    /// Seconds since session start when first seen.
+    pub first_seen_sec: f64,
+    /// Seconds since session start when found gone (None: alive at the end).
+    pub exited_sec: Option<f64>,
+    /// CUDA libraries found mapped.
+    pub libraries: Vec<MappedLibrary>,
+}
+
+/// Losses and attribution gaps, all in one place.
+#[derive(Debug, Serialize)]
+pub struct LossReport {
+    /// Kernel-side counters (ring buffer full = records lost).
+    pub kernel: KernelCounters,
+    /// Ring-buffer records read.
+    pub records_read: u64,
+    /// Records that could not be decoded.
+    pub decode_errors: u64,
+    /// Correlator attribution counters.
+    pub correlator: CorrelatorStats,
+}
+
+/// The whole file.
+#[derive(Debug, Serialize)]
+pub struct Metadata {
+    /// "profilemate".
+    pub tracer: &'static str,
+    /// Tracer version.
+    pub tracer_version: &'static str,
+    /// `uname -r`.
+    pub kernel: String,
+    /// Hostname.
+    pub hostname: String,
+    /// The pid given.
+    pub root_pid: u32,
+    /// Descendants followed.
+    pub follow_children: bool,
+    /// Step completion detection.
+    pub timing_mode: TimingMode,
+    /// Per-kernel probes attached.
+    pub kernel_probes: bool,
+    /// Session start (RFC 3339, local time).
+    pub start_time: String,
+    /// Session end.
+    pub end_time: String,
+    /// Seconds profiled.
+    pub duration_sec: f64,
+    /// Why the session ended.
+    pub stop_reason: String,
+    /// Ring buffer size.
+    pub ring_buffer_bytes: u32,
+    /// Target processes.
+    pub targets: Vec<TargetRecord>,
+    /// Probes attached and failed.
+    pub probes: ProbeReport,
+    /// Losses.
+    pub losses: LossReport,
+    /// Phase is `unknown` in this version: Python context is not read yet.
+    pub notes: Vec<String>,
+}

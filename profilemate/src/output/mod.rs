@@ -1,0 +1,222 @@
+//! The session directory and the writers every profiler uses.
+//!
+//! Owns: creating `DIR/session_YYYYmmdd_HHMMSS/` safely (no symlink following, no
+//! world-writable files, owned by the invoking user under sudo), CSV and JSON writing, and
+//! latency summaries. Does not own: which files exist (each profiler names its own).
+
+pub mod metadata;
+pub mod summary;
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{BufWriter, Write},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+/// A failure to create or write output.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// The base directory is unusable.
+    #[error("output directory {path} is not usable: {why}; choose another with --out DIR or VLLM_PROFILING_DIR")]
+    BaseDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// A file could not be created or written.
+    #[error("cannot write {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// CSV serialization failed.
+    #[error("cannot write {path}")]
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: csv::Error,
+    },
+}
+
+/// Converts probe timestamps (CLOCK_MONOTONIC ns) to seconds since the session start.
+#[derive(Clone, Copy, Debug)]
+pub struct TimeBase {
+    /// CLOCK_MONOTONIC ns at session start.
+    pub t0_ns: u64,
+}
+
+impl TimeBase {
+    /// Session-relative seconds, rounded to microseconds.
+    #[must_use]
+    pub fn sec(&self, ts_ns: u64) -> f64 {
+        let d = ts_ns as i128 - self.t0_ns as i128;
+        (d as f64 / 1e3).round() / 1e6
+    }
+}
+
+/// Milliseconds with microsecond resolution.
+#[must_use]
+pub fn ms(ns: u64) -> f64 {
+    (ns as f64 / 1e3).round() / 1e3
+}
+
+/// Current CLOCK_MONOTONIC in ns (the clock `bpf_ktime_get_ns` reads).
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| (t.tv_sec() as u64) * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// The session directory.
+#[derive(Debug)]
+pub struct SessionDir {
+    path: PathBuf,
+    owner: Option<(u32, u32)>,
+}
+
+/// The user that invoked sudo, if any (files are handed to them).
+fn sudo_owner() -> Option<(u32, u32)> {
+    let uid = std::env::var("SUDO_UID").ok()?.parse().ok()?;
+    let gid = std::env::var("SUDO_GID").ok()?.parse().ok()?;
+    Some((uid, gid))
+}
+
+impl SessionDir {
+    /// Creates `base/session_<stamp>/` (and `base` if missing). Refuses a base that is a
+    /// symlink or writable by others without the sticky bit.
+    pub fn create(base: &Path, stamp: &str) -> Result<Self, OutputError> {
+        let owner = sudo_owner();
+        let base_err = |why: String| OutputError::BaseDir { path: base.to_owned(), why };
+        match std::fs::symlink_metadata(base) {
+            Ok(m) if m.file_type().is_symlink() => return Err(base_err("it is a symbolic link".into())),
+            Ok(m) if !m.is_dir() => return Err(base_err("it is not a directory".into())),
+            Ok(m) if m.mode() & 0o002 != 0 && m.mode() & 0o1000 == 0 => {
+                return Err(base_err("it is writable by every user and has no sticky bit".into()))
+            }
+            Ok(_) => {}
+            Err(_) => {
+                std::fs::create_dir_all(base).map_err(|e| base_err(format!("cannot create it: {e}")))?;
+                std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| base_err(format!("cannot set its mode: {e}")))?;
+                chown(base, owner);
+            }
+        }
+        let mut path = base.join(format!("session_{stamp}"));
+        let mut n = 1;
+        loop {
+            match std::fs::DirBuilder::new().mode(0o755).create(&path) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => {
+                    path = base.join(format!("session_{stamp}_{n}"));
+                    n += 1;
+                }
+                Err(e) => return Err(base_err(format!("cannot create {}: {e}", path.display()))),
+            }
+        }
+        chown(&path, owner);
+        Ok(Self { path, owner })
+    }
+
+    /// The directory.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates a new file (never an existing one, never through a symlink), mode 0644.
+    pub fn create_file(&self, name: &str) -> Result<BufWriter<File>, OutputError> {
+        let path = self.path.join(name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|source| OutputError::Io { path: path.clone(), source })?;
+        if let Some((uid, gid)) = self.owner {
+            // Best effort: hand the file to the sudo user; failure leaves it root-owned, readable.
+            let _ = std::os::unix::fs::fchown(&file, Some(uid), Some(gid));
+        }
+        Ok(BufWriter::new(file))
+    }
+
+    /// Writes `value` as pretty JSON into `name`.
+    pub fn write_json(&self, name: &str, value: &impl Serialize) -> Result<(), OutputError> {
+        let path = self.path.join(name);
+        let mut w = self.create_file(name)?;
+        serde_json::to_writer_pretty(&mut w, value).map_err(|e| OutputError::Io { path: path.clone(), source: e.into() })?;
+        w.write_all(b"\n").and_then(|()| w.flush()).map_err(|source| OutputError::Io { path, source })
+    }
+
+    /// Writes `rows` (serialized with their field names as the header) into `name`.
+    pub fn write_csv<R: Serialize>(&self, name: &str, header: &[&str], rows: impl IntoIterator<Item = R>) -> Result<(), OutputError> {
+        let path = self.path.join(name);
+        let csv_err = |source| OutputError::Csv { path: path.clone(), source };
+        let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(self.create_file(name)?);
+        w.write_record(header).map_err(csv_err)?;
+        for r in rows {
+            w.serialize(r).map_err(csv_err)?;
+        }
+        w.flush().map_err(|source| OutputError::Io { path: path.clone(), source })
+    }
+}
+
+fn chown(path: &Path, owner: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = owner {
+        // Best effort, as above.
+        let _ = std::os::unix::fs::chown(path, Some(uid), Some(gid));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("pm-out-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        p
+    }
+
+    #[test]
+    fn creates_session_files_without_following_symlinks() {
+        let base = tmp("symlink");
+        let s = SessionDir::create(&base, "20260101_000000").expect("session");
+        std::os::unix::fs::symlink("/etc/passwd", s.path().join("evil.csv")).expect("symlink");
+        assert!(s.create_file("evil.csv").is_err(), "must not write through a symlink");
+        s.write_csv("a.csv", &["x", "y"], [(1, "a,\"b\"")]).expect("csv");
+        let text = std::fs::read_to_string(s.path().join("a.csv")).expect("read");
+        assert_eq!(text, "x,y\n1,\"a,\"\"b\"\"\"\n");
+        let mode = std::fs::metadata(s.path().join("a.csv")).expect("meta").mode();
+        assert_eq!(mode & 0o022, 0, "not group/world writable");
+        // A second session in the same second gets its own directory.
+        let s2 = SessionDir::create(&base, "20260101_000000").expect("session 2");
+        assert_ne!(s.path(), s2.path());
+        std::fs::remove_dir_all(&base).expect("cleanup");
+    }
+
+    #[test]
+    fn refuses_symlinked_or_world_writable_base() {
+        let base = tmp("base");
+        std::fs::create_dir_all(&base).expect("mkdir");
+        let link = tmp("link");
+        std::os::unix::fs::symlink(&base, &link).expect("symlink");
+        assert!(matches!(SessionDir::create(&link, "x"), Err(OutputError::BaseDir { .. })));
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(matches!(SessionDir::create(&base, "x"), Err(OutputError::BaseDir { .. })));
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        assert!(SessionDir::create(&base, "x").is_ok(), "sticky /tmp-like base is fine");
+        std::fs::remove_file(&link).expect("cleanup");
+        std::fs::remove_dir_all(&base).expect("cleanup");
+    }
+}

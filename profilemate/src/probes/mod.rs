@@ -1,0 +1,297 @@
+//! Kernel side management: loads the embedded eBPF object, keeps the target tgid filter,
+//! attaches the CUDA API probes per (process, library file), reads the drop counters, and
+//! detaches. `drain` turns the ring buffer into decoded records.
+//!
+//! Owns: every aya object. Does not own: deciding which processes are targets (`discovery`,
+//! `session`) or what the records mean (`correlate`).
+
+pub mod drain;
+pub mod symbols;
+
+use std::{collections::HashMap, num::NonZeroU32};
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        UProbe,
+    },
+    Ebpf, EbpfLoader,
+};
+use profilemate_common::{
+    cookie, ApiId, COUNTERS_MAP, COUNTER_FILTERED, COUNTER_OUT_READ_FAILED, COUNTER_RING_FULL,
+    COUNTER_STASH_FULL, EVENTS_MAP, TARGETS_MAP,
+};
+use serde::Serialize;
+
+use crate::discovery::{library_name, MappedLibrary};
+use symbols::SymbolOffsets;
+
+/// The kernel object built by `cargo xtask build-ebpf`, embedded so the tool is one file.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PROFILEMATE_EBPF_OBJ"));
+
+const ENTRY_PROGRAM: &str = "cuda_entry";
+const RETURN_PROGRAM: &str = "cuda_return";
+
+/// Loading or attaching failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The object could not be loaded into the kernel.
+    #[error("loading the eBPF programs failed (needs Linux >= 5.8 with BPF ring buffers, BTF not required; run as root or with CAP_BPF+CAP_PERFMON)")]
+    Load(#[source] aya::EbpfError),
+    /// A program failed verification or loading.
+    #[error("the kernel rejected program `{name}`")]
+    Program {
+        /// Program name.
+        name: &'static str,
+        /// The cause.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map the programs need is missing or unusable.
+    #[error("eBPF map `{name}` is unusable")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// The cause.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// The object lacks a program or map (build mismatch).
+    #[error("the embedded eBPF object has no `{0}`: rebuild with `cargo xtask build`")]
+    Missing(&'static str),
+}
+
+/// One probe that is attached.
+#[derive(Debug, Serialize)]
+pub struct AttachedProbe {
+    /// Target process.
+    pub pid: u32,
+    /// Library path as the target maps it.
+    pub library: String,
+    /// Symbol.
+    pub symbol: &'static str,
+    /// Entry or return.
+    pub kind: &'static str,
+}
+
+/// One probe that could not be attached, with the reason.
+#[derive(Debug, Serialize, Clone)]
+pub struct FailedProbe {
+    /// Target process.
+    pub pid: u32,
+    /// Library path as the target maps it.
+    pub library: String,
+    /// Symbol (empty when the whole library failed).
+    pub symbol: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Everything attached and everything that failed, for metadata.json.
+#[derive(Debug, Default, Serialize)]
+pub struct ProbeReport {
+    /// Number of probes attached (entry and return counted separately).
+    pub attached_count: usize,
+    /// Attached symbols per `pid:library`.
+    pub attached: Vec<AttachedProbe>,
+    /// Failures with reasons.
+    pub failed: Vec<FailedProbe>,
+}
+
+/// Kernel-side drop and filter counters, summed over CPUs.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// Records lost because the ring buffer was full.
+    pub ring_full_drops: u64,
+    /// Out-parameter addresses not stashed (stash map full).
+    pub out_param_stash_full: u64,
+    /// Out-parameter values that could not be read at return.
+    pub out_param_read_failed: u64,
+    /// Hits from processes that are not targets (filtered in the kernel, not lost).
+    pub filtered_hits: u64,
+}
+
+struct Link {
+    is_return: bool,
+    id: UProbeLinkId,
+}
+
+/// The loaded programs and their attachments.
+pub struct Probes {
+    ebpf: Ebpf,
+    kernels: bool,
+    links: Vec<Link>,
+    /// (pid, dev, inode) already handled.
+    done: HashMap<(u32, (u64, u64), u64), ()>,
+    symbol_cache: HashMap<((u64, u64), u64), Result<SymbolOffsets, String>>,
+    /// What was attached and what failed.
+    pub report: ProbeReport,
+}
+
+impl Probes {
+    /// Loads the embedded object with a ring buffer of `ring_bytes`.
+    pub fn load(ring_bytes: u32, kernels: bool) -> Result<Self, ProbeError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(EVENTS_MAP, ring_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(ProbeError::Load)?;
+        for name in [ENTRY_PROGRAM, RETURN_PROGRAM] {
+            let prog: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::Missing(name))?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            prog.load().map_err(|source| ProbeError::Program { name, source })?;
+        }
+        Ok(Self {
+            ebpf,
+            kernels,
+            links: Vec::new(),
+            done: HashMap::new(),
+            symbol_cache: HashMap::new(),
+            report: ProbeReport::default(),
+        })
+    }
+
+    /// Takes the ring buffer out of the object (call once).
+    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self.ebpf.take_map(EVENTS_MAP).ok_or(ProbeError::Missing(EVENTS_MAP))?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: EVENTS_MAP, source })
+    }
+
+    /// Adds `pid` to the in-kernel target filter.
+    pub fn add_target(&mut self, pid: u32) -> Result<(), ProbeError> {
+        let map = self.ebpf.map_mut(TARGETS_MAP).ok_or(ProbeError::Missing(TARGETS_MAP))?;
+        let mut targets: BpfHashMap<&mut MapData, u32, u32> =
+            BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { name: TARGETS_MAP, source })?;
+        targets.insert(pid, 1, 0).map_err(|source| ProbeError::Map { name: TARGETS_MAP, source })
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+        let map = self.ebpf.map(COUNTERS_MAP).ok_or(ProbeError::Missing(COUNTERS_MAP))?;
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map { name: COUNTERS_MAP, source })?;
+        let sum = |slot: u32| -> Result<u64, ProbeError> {
+            let values = arr.get(&slot, 0).map_err(|source| ProbeError::Map { name: COUNTERS_MAP, source })?;
+            Ok(values.iter().copied().sum())
+        };
+        Ok(KernelCounters {
+            ring_full_drops: sum(COUNTER_RING_FULL)?,
+            out_param_stash_full: sum(COUNTER_STASH_FULL)?,
+            out_param_read_failed: sum(COUNTER_OUT_READ_FAILED)?,
+            filtered_hits: sum(COUNTER_FILTERED)?,
+        })
+    }
+
+    /// Attaches every probe of the table that `lib` exports, scoped to `pid`. Returns how
+    /// many probes were attached now (0 when this (pid, file) was already handled).
+    pub fn attach_library(&mut self, pid: u32, lib: &MappedLibrary) -> usize {
+        if self.done.insert((pid, lib.dev, lib.inode), ()).is_some() {
+            return 0;
+        }
+        let wanted: Vec<ApiId> = ApiId::all()
+            .iter()
+            .copied()
+            .filter(|a| a.spec().library == lib.library && (self.kernels || !a.spec().per_kernel))
+            .collect();
+        let names: Vec<&str> = wanted.iter().map(|a| a.symbol()).collect();
+        let offsets = self
+            .symbol_cache
+            .entry((lib.dev, lib.inode))
+            .or_insert_with(|| SymbolOffsets::resolve(&lib.host_path, &names).map_err(|e| error_chain(&e)))
+            .clone();
+        let offsets = match offsets {
+            Ok(o) => o,
+            Err(reason) => {
+                self.report.failed.push(FailedProbe { pid, library: lib.path.clone(), symbol: String::new(), reason });
+                return 0;
+            }
+        };
+        let Some(scope_pid) = NonZeroU32::new(pid) else { return 0 };
+        let mut attached = 0;
+        for api in wanted {
+            let spec = api.spec();
+            let Some(offset) = offsets.get(spec.symbol) else {
+                self.report.failed.push(FailedProbe {
+                    pid,
+                    library: lib.path.clone(),
+                    symbol: spec.symbol.to_owned(),
+                    reason: format!("{} does not export this symbol (other CUDA version?)", library_name(lib.library)),
+                });
+                continue;
+            };
+            let c = cookie::encode(api as u16, spec.out_arg);
+            let mut kinds = vec![false];
+            if spec.needs_return {
+                kinds.push(true);
+            }
+            for is_return in kinds {
+                match self.attach_one(is_return, offset, c, lib, scope_pid) {
+                    Ok(id) => {
+                        self.links.push(Link { is_return, id });
+                        self.report.attached.push(AttachedProbe {
+                            pid,
+                            library: lib.path.clone(),
+                            symbol: spec.symbol,
+                            kind: if is_return { "return" } else { "entry" },
+                        });
+                        attached += 1;
+                    }
+                    Err(e) => self.report.failed.push(FailedProbe {
+                        pid,
+                        library: lib.path.clone(),
+                        symbol: spec.symbol.to_owned(),
+                        reason: format!("attach {}: {}", if is_return { "return" } else { "entry" }, error_chain(&e)),
+                    }),
+                }
+            }
+        }
+        self.report.attached_count += attached;
+        attached
+    }
+
+    fn attach_one(
+        &mut self,
+        is_return: bool,
+        offset: u64,
+        c: u64,
+        lib: &MappedLibrary,
+        pid: NonZeroU32,
+    ) -> Result<UProbeLinkId, ProbeError> {
+        let name = if is_return { RETURN_PROGRAM } else { ENTRY_PROGRAM };
+        let prog: &mut UProbe = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::Missing(name))?
+            .try_into()
+            .map_err(|source| ProbeError::Program { name, source })?;
+        let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie: Some(c) };
+        prog.attach(point, &lib.host_path, UProbeScope::OneProcess(pid))
+            .map_err(|source| ProbeError::Program { name, source })
+    }
+
+    /// Detaches every probe; records already in the ring buffer stay readable.
+    pub fn detach_all(&mut self) {
+        for link in std::mem::take(&mut self.links) {
+            let name = if link.is_return { RETURN_PROGRAM } else { ENTRY_PROGRAM };
+            if let Some(Ok(prog)) = self.ebpf.program_mut(name).map(<&mut UProbe>::try_from) {
+                // A link whose process already exited detaches trivially; nothing to report.
+                let _ = prog.detach(link.id);
+            }
+        }
+    }
+}
+
+/// The error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}

@@ -1,0 +1,80 @@
+//! cuda_api_summary.json: calls, bytes and P50/P95/P99 duration per API per process.
+
+use std::collections::BTreeMap;
+
+use profilemate_common::ApiId;
+use serde::Serialize;
+
+use super::Profiler;
+use crate::{
+    correlate::Correlated,
+    discovery::library_name,
+    output::{summary::{Latency, LatencySummary}, OutputError, SessionDir, TimeBase},
+};
+
+#[derive(Default)]
+struct ApiStats {
+    calls: u64,
+    nested_calls: u64,
+    bytes: u64,
+    duration: Latency,
+}
+
+/// Per (pid, api) statistics.
+#[derive(Default)]
+pub struct CudaApi {
+    stats: BTreeMap<(u32, ApiId), ApiStats>,
+}
+
+#[derive(Serialize)]
+struct ApiRow {
+    library: &'static str,
+    /// Calls made by the application at this level.
+    calls: u64,
+    /// Calls made by a probed runtime call (the driver side of one operation).
+    calls_via_runtime: u64,
+    bytes: Option<u64>,
+    duration: Option<LatencySummary>,
+}
+
+impl Profiler for CudaApi {
+    fn consume(&mut self, record: &Correlated) {
+        let Correlated::Call(c) = record else { return };
+        let s = self.stats.entry((c.pid, c.api)).or_default();
+        if c.nested {
+            s.nested_calls += 1;
+        } else {
+            s.calls += 1;
+        }
+        s.bytes += c.bytes.unwrap_or(0);
+        if let Some(d) = c.duration_ns {
+            s.duration.record(d);
+        }
+    }
+
+    fn write(&mut self, dir: &SessionDir, _time: TimeBase) -> Result<Vec<&'static str>, OutputError> {
+        let mut by_pid: BTreeMap<String, BTreeMap<&'static str, ApiRow>> = BTreeMap::new();
+        for ((pid, api), s) in &self.stats {
+            let spec = api.spec();
+            by_pid.entry(pid.to_string()).or_default().insert(
+                spec.symbol,
+                ApiRow {
+                    library: library_name(spec.library),
+                    calls: s.calls,
+                    calls_via_runtime: s.nested_calls,
+                    bytes: matches!(
+                        spec.class,
+                        profilemate_common::OpClass::Memcpy
+                            | profilemate_common::OpClass::CopyH2D
+                            | profilemate_common::OpClass::CopyD2H
+                            | profilemate_common::OpClass::Malloc
+                    )
+                    .then_some(s.bytes),
+                    duration: s.duration.summary(),
+                },
+            );
+        }
+        dir.write_json("cuda_api_summary.json", &serde_json::json!({ "processes": by_pid }))?;
+        Ok(vec!["cuda_api_summary.json"])
+    }
+}

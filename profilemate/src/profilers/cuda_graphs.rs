@@ -1,0 +1,144 @@
+//! cuda_graph_captures.csv, cuda_graph_usage.csv and cuda_graph_timeline.csv.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::Profiler;
+use crate::{
+    correlate::{Correlated, GraphCapture, GraphInstantiation, GraphReplay},
+    output::{ms, OutputError, SessionDir, TimeBase},
+};
+
+/// Collects the graph registry and every replay.
+#[derive(Default)]
+pub struct CudaGraphs {
+    captures: BTreeMap<(u32, u32), GraphCapture>,
+    instantiations: BTreeMap<(u32, u32), Vec<GraphInstantiation>>,
+    replays: Vec<GraphReplay>,
+}
+
+const CAPTURE_HEADER: &[&str] = &[
+    "graph_id", "pid", "tid", "stream", "capture_begin_sec", "capture_end_sec", "capture_ms", "instantiate_sec",
+    "instantiate_ms", "num_instantiations", "captured_launches", "graph_handle", "exec_handles", "source",
+];
+const USAGE_HEADER: &[&str] = &["graph_id", "pid", "replay_count", "first_replay_sec", "last_replay_sec", "replays_in_steps"];
+const TIMELINE_HEADER: &[&str] = &["timestamp_sec", "pid", "tid", "graph_id", "exec_handle", "stream", "step"];
+
+fn hex(v: u64) -> String {
+    format!("{v:#x}")
+}
+
+#[derive(Serialize)]
+struct CaptureRow {
+    graph_id: u32,
+    pid: u32,
+    tid: u32,
+    stream: Option<String>,
+    capture_begin_sec: Option<f64>,
+    capture_end_sec: Option<f64>,
+    capture_ms: Option<f64>,
+    instantiate_sec: Option<f64>,
+    instantiate_ms: Option<f64>,
+    num_instantiations: usize,
+    captured_launches: Option<u32>,
+    graph_handle: Option<String>,
+    exec_handles: String,
+    source: &'static str,
+}
+
+#[derive(Serialize)]
+struct UsageRow {
+    graph_id: u32,
+    pid: u32,
+    replay_count: u64,
+    first_replay_sec: Option<f64>,
+    last_replay_sec: Option<f64>,
+    replays_in_steps: u64,
+}
+
+#[derive(Serialize)]
+struct TimelineRow {
+    timestamp_sec: f64,
+    pid: u32,
+    tid: u32,
+    graph_id: u32,
+    exec_handle: String,
+    stream: String,
+    step: Option<u64>,
+}
+
+impl Profiler for CudaGraphs {
+    fn consume(&mut self, record: &Correlated) {
+        match record {
+            Correlated::GraphCaptured(c) => {
+                self.captures.insert((c.pid, c.graph_id), c.clone());
+            }
+            Correlated::GraphInstantiated(i) => self.instantiations.entry((i.pid, i.graph_id)).or_default().push(i.clone()),
+            Correlated::GraphReplay(r) => self.replays.push(r.clone()),
+            Correlated::Call(_) | Correlated::Step(_) => {}
+        }
+    }
+
+    fn write(&mut self, dir: &SessionDir, time: TimeBase) -> Result<Vec<&'static str>, OutputError> {
+        let empty = Vec::new();
+        let captures = self.captures.values().map(|c| {
+            let inst = self.instantiations.get(&(c.pid, c.graph_id)).unwrap_or(&empty);
+            let first = inst.first();
+            CaptureRow {
+                graph_id: c.graph_id,
+                pid: c.pid,
+                tid: c.tid,
+                stream: c.stream.map(hex),
+                capture_begin_sec: c.begin_ns.map(|t| time.sec(t)),
+                capture_end_sec: c.end_ns.map(|t| time.sec(t)),
+                capture_ms: c.begin_ns.zip(c.end_ns).map(|(b, e)| ms(e.saturating_sub(b))),
+                instantiate_sec: first.map(|i| time.sec(i.ts_ns)),
+                instantiate_ms: first.map(|i| ms(i.duration_ns)),
+                num_instantiations: inst.len(),
+                captured_launches: c.captured_launches,
+                graph_handle: c.graph_handle.map(hex),
+                exec_handles: inst.iter().map(|i| hex(i.exec_handle)).collect::<Vec<_>>().join(" "),
+                source: if c.end_ns.is_some() { "captured" } else { "before_attach" },
+            }
+        });
+        dir.write_csv("cuda_graph_captures.csv", CAPTURE_HEADER, captures)?;
+
+        self.replays.sort_by_key(|r| (r.ts_ns, r.pid));
+        let mut usage: BTreeMap<(u32, u32), UsageRow> = self
+            .captures
+            .values()
+            .map(|c| {
+                let row = UsageRow { graph_id: c.graph_id, pid: c.pid, replay_count: 0, first_replay_sec: None, last_replay_sec: None, replays_in_steps: 0 };
+                ((c.pid, c.graph_id), row)
+            })
+            .collect();
+        for r in &self.replays {
+            let u = usage.entry((r.pid, r.graph_id)).or_insert(UsageRow {
+                graph_id: r.graph_id,
+                pid: r.pid,
+                replay_count: 0,
+                first_replay_sec: None,
+                last_replay_sec: None,
+                replays_in_steps: 0,
+            });
+            u.replay_count += 1;
+            u.first_replay_sec.get_or_insert(time.sec(r.ts_ns));
+            u.last_replay_sec = Some(time.sec(r.ts_ns));
+            u.replays_in_steps += u64::from(r.step.is_some());
+        }
+        dir.write_csv("cuda_graph_usage.csv", USAGE_HEADER, usage.into_values())?;
+
+        let timeline = self.replays.iter().map(|r| TimelineRow {
+            timestamp_sec: time.sec(r.ts_ns),
+            pid: r.pid,
+            tid: r.tid,
+            graph_id: r.graph_id,
+            exec_handle: hex(r.exec_handle),
+            stream: hex(r.stream),
+            step: r.step,
+        });
+        dir.write_csv("cuda_graph_timeline.csv", TIMELINE_HEADER, timeline)?;
+        Ok(vec!["cuda_graph_captures.csv", "cuda_graph_usage.csv", "cuda_graph_timeline.csv"])
+    }
+}

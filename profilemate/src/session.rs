@@ -1,0 +1,269 @@
+//! One `profilemate attach` session: preflight, discovery, attach, drain, correlate, write.
+//!
+//! Runs on a single-threaded tokio runtime: one task selects over ring-buffer readiness, a
+//! drain tick, a rescan tick (new processes and late-loaded libraries), signals and the
+//! deadline. Keeping it on one thread keeps the tracer to (at most) one core.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    config::AttachConfig,
+    correlate::Correlator,
+    discovery::{self, MappedLibrary},
+    output::{
+        metadata::{LossReport, Metadata, TargetRecord},
+        monotonic_ns, SessionDir, TimeBase,
+    },
+    preflight,
+    probes::{drain::Drain, Probes},
+    profilers::{self, Profiler},
+};
+
+/// How often the ring buffer is drained when the kernel does not wake us.
+pub const DRAIN_TICK: Duration = Duration::from_millis(10);
+
+/// What a finished session produced.
+#[derive(Debug)]
+pub struct SessionOutcome {
+    /// The session directory.
+    pub dir: PathBuf,
+    /// Steps written.
+    pub steps: u64,
+    /// Records lost in the kernel.
+    pub drops: u64,
+    /// Summary lines for the terminal.
+    pub summary: Vec<String>,
+}
+
+struct Targets {
+    root: u32,
+    children: bool,
+    time: TimeBase,
+    procs: BTreeMap<u32, TargetRecord>,
+}
+
+impl Targets {
+    /// Finds new processes and libraries and attaches to them. Returns how many probes were
+    /// attached now.
+    fn rescan(&mut self, probes: &mut Probes) -> usize {
+        let now = self.time.sec(monotonic_ns());
+        let live = discovery::process_tree(self.root, self.children);
+        for (pid, t) in &mut self.procs {
+            if t.exited_sec.is_none() && !live.contains(pid) {
+                t.exited_sec = Some(now);
+            }
+        }
+        let mut attached = 0;
+        for pid in live {
+            if !self.procs.contains_key(&pid) {
+                let Ok(info) = discovery::process_info(pid) else { continue };
+                if let Err(e) = probes.add_target(pid) {
+                    log::warn!("pid {pid}: {e}");
+                    continue;
+                }
+                log::info!("target pid {pid} ({}): {}", info.comm, info.cmdline);
+                self.procs.insert(pid, TargetRecord { info, first_seen_sec: now, exited_sec: None, libraries: Vec::new() });
+            }
+            let Some(t) = self.procs.get_mut(&pid) else { continue };
+            if t.exited_sec.is_some() {
+                continue;
+            }
+            let libs: Vec<MappedLibrary> = discovery::cuda_libraries(pid).unwrap_or_default();
+            for lib in libs {
+                if t.libraries.contains(&lib) {
+                    continue;
+                }
+                let n = probes.attach_library(pid, &lib);
+                log::info!("pid {pid}: {} probes on {}", n, lib.path);
+                attached += n;
+                t.libraries.push(lib);
+            }
+        }
+        attached
+    }
+
+    fn any_library(&self) -> bool {
+        self.procs.values().any(|t| !t.libraries.is_empty())
+    }
+
+    fn all_exited(&self) -> bool {
+        self.procs.values().all(|t| t.exited_sec.is_some())
+    }
+}
+
+/// Runs a whole session.
+pub fn run(cfg: &AttachConfig) -> Result<SessionOutcome> {
+    preflight::check_privileges()?;
+    preflight::check_pid(cfg.pid)?;
+    preflight::check_kernel()?;
+    if let Some(w) = preflight::uretprobe_seccomp_warning(cfg.pid) {
+        eprintln!("warning: {w}");
+    }
+    let start_wall = chrono::Local::now();
+    let dir = SessionDir::create(&cfg.out_dir, &start_wall.format("%Y%m%d_%H%M%S").to_string())?;
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run_session(cfg, &dir, start_wall));
+    if result.is_err() {
+        // Nothing was written: leave no empty session directory behind.
+        let _ = std::fs::remove_dir(dir.path());
+    }
+    result
+}
+
+enum Stop {
+    Duration,
+    Interrupt,
+    Terminate,
+    TargetsExited,
+}
+
+impl Stop {
+    fn describe(&self) -> &'static str {
+        match self {
+            Self::Duration => "duration elapsed",
+            Self::Interrupt => "interrupted (SIGINT)",
+            Self::Terminate => "terminated (SIGTERM)",
+            Self::TargetsExited => "all target processes exited",
+        }
+    }
+}
+
+async fn run_session(cfg: &AttachConfig, dir: &SessionDir, start_wall: chrono::DateTime<chrono::Local>) -> Result<SessionOutcome> {
+    let t0 = monotonic_ns();
+    let time = TimeBase { t0_ns: t0 };
+    let mut probes = Probes::load(cfg.ring_bytes, cfg.kernels)?;
+    let mut drain = Drain::new(probes.take_ring_buffer()?).context("cannot poll the ring buffer")?;
+    let mut targets = Targets { root: cfg.pid, children: cfg.follow_children, time, procs: BTreeMap::new() };
+    targets.rescan(&mut probes);
+    if targets.procs.is_empty() {
+        bail!(preflight::PreflightError::NoSuchProcess { pid: cfg.pid });
+    }
+    if !targets.any_library() {
+        let what = if cfg.follow_children { "pid {} or its children" } else { "pid {}" };
+        let who = what.replace("{}", &cfg.pid.to_string());
+        if !cfg.wait {
+            bail!(
+                "no CUDA library (libcudart*.so*, libcuda.so*) is mapped in {who}: the process has not \
+                 initialized CUDA yet, or this is not the process that runs the model. Pass --wait to \
+                 keep watching, or attach to the EngineCore/Worker pid"
+            );
+        }
+        eprintln!("no CUDA library mapped in {who} yet; waiting (--wait)...");
+    }
+
+    let mut correlator = Correlator::new(cfg.timing, cfg.kernels);
+    let mut profilers: Vec<Box<dyn Profiler>> = profilers::default_set();
+    let feed = |drain: &mut Drain, correlator: &mut Correlator, profilers: &mut Vec<Box<dyn Profiler>>| {
+        drain.drain(|ev| {
+            correlator.handle(ev, &mut |rec| {
+                for p in profilers.iter_mut() {
+                    p.consume(&rec);
+                }
+            });
+        });
+    };
+
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut drain_tick = tokio::time::interval(DRAIN_TICK);
+    let mut rescan_tick = tokio::time::interval(cfg.rescan_interval);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    rescan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    if !cfg.quiet {
+        eprintln!(
+            "profilemate: attached to {} process(es), {} probes; writing to {}; Ctrl-C to stop",
+            targets.procs.len(),
+            probes.report.attached_count,
+            dir.path().display()
+        );
+    }
+    let stop = loop {
+        tokio::select! {
+            r = drain.readable() => {
+                r.context("ring buffer poll failed")?;
+                feed(&mut drain, &mut correlator, &mut profilers);
+            }
+            _ = drain_tick.tick() => feed(&mut drain, &mut correlator, &mut profilers),
+            _ = rescan_tick.tick() => {
+                // Drain first so records of a process are processed before it is marked exited.
+                feed(&mut drain, &mut correlator, &mut profilers);
+                targets.rescan(&mut probes);
+                if targets.all_exited() {
+                    break Stop::TargetsExited;
+                }
+            }
+            _ = sigint.recv() => break Stop::Interrupt,
+            _ = sigterm.recv() => break Stop::Terminate,
+            () = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break Stop::Duration,
+        }
+    };
+
+    // Detach first so no new records arrive, then take everything still buffered.
+    probes.detach_all();
+    feed(&mut drain, &mut correlator, &mut profilers);
+    correlator.finish(&mut |rec| {
+        for p in profilers.iter_mut() {
+            p.consume(&rec);
+        }
+    });
+    let end_ns = monotonic_ns();
+    let kernel = probes.counters().unwrap_or_else(|e| {
+        eprintln!("warning: cannot read the drop counters: {e}");
+        crate::probes::KernelCounters::default()
+    });
+
+    let mut files = Vec::new();
+    for p in &mut profilers {
+        files.extend(p.write(dir, time)?);
+    }
+    let steps = count_rows(dir, "forward_pass_timing.csv");
+    let stats = correlator.stats.clone();
+    let metadata = Metadata {
+        tracer: "profilemate",
+        tracer_version: crate::VERSION,
+        kernel: preflight::kernel_release(),
+        hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+        root_pid: cfg.pid,
+        follow_children: cfg.follow_children,
+        timing_mode: cfg.timing,
+        kernel_probes: cfg.kernels,
+        start_time: start_wall.to_rfc3339(),
+        end_time: chrono::Local::now().to_rfc3339(),
+        duration_sec: (end_ns.saturating_sub(t0)) as f64 / 1e9,
+        stop_reason: stop.describe().to_owned(),
+        ring_buffer_bytes: cfg.ring_bytes,
+        targets: std::mem::take(&mut targets.procs).into_values().collect(),
+        probes: std::mem::take(&mut probes.report),
+        losses: LossReport { kernel, records_read: drain.records, decode_errors: drain.decode_errors, correlator: stats.clone() },
+        notes: vec![
+            "phase is `unknown`: prefill/decode classification needs the Python context (not read by this version)".to_owned(),
+        ],
+    };
+    dir.write_json("metadata.json", &metadata)?;
+    files.push("metadata.json");
+
+    let mut summary = vec![
+        format!("stopped: {}", stop.describe()),
+        format!("steps: {steps}; graphs: {}; probe records: {}", count_rows(dir, "cuda_graph_captures.csv"), drain.records),
+        format!(
+            "lost: {} ring-buffer drops, {} undecodable; unattributed: {} incomplete steps, {} unmatched returns, {} waits on unknown events",
+            kernel.ring_full_drops, drain.decode_errors, stats.incomplete_steps, stats.unmatched_returns, stats.syncs_unknown_event
+        ),
+    ];
+    if !metadata.probes.failed.is_empty() {
+        summary.push(format!("{} probes could not be attached (see metadata.json)", metadata.probes.failed.len()));
+    }
+    summary.push(format!("files: {}", files.join(", ")));
+    Ok(SessionOutcome { dir: dir.path().to_owned(), steps, drops: kernel.ring_full_drops, summary })
+}
+
+fn count_rows(dir: &SessionDir, name: &str) -> u64 {
+    std::fs::read_to_string(dir.path().join(name)).map_or(0, |s| s.lines().count().saturating_sub(1) as u64)
+}
