@@ -106,6 +106,7 @@ def main():
     p.add_argument("--step-gap-us", type=int, default=300)
     p.add_argument("--async-depth", type=int, choices=(1, 2), default=2)
     p.add_argument("--wait-before-load-ms", type=int, default=0)
+    p.add_argument("--wait-after-load-ms", type=int, default=0)
     p.add_argument("--forever", action="store_true")
     a = p.parse_args()
 
@@ -122,6 +123,8 @@ def main():
         time.sleep(a.wait_before_load_ms / 1000.0)
     rt, drv = load(a.lib_dir)
     say(f"pid={pid} ready")
+    # Like a server loading its model: time for a tracer to find the freshly mapped libraries.
+    time.sleep(a.wait_after_load_ms / 1000.0)
 
     stream = ctypes.c_uint64(0)
     check("cudaStreamCreateWithFlags", rt.cudaStreamCreateWithFlags(ctypes.byref(stream), 1))
@@ -173,7 +176,7 @@ def main():
             rt.cudaMemcpyAsync(dev_in, host_in, a.h2d_bytes, CUDA_MEMCPY_H2D, s),
         )
         if g > 0 and i % 2 == 1:
-            check("cudaGraphLaunch", rt.cudaGraphLaunch(execs[i % g], s))
+            check("cudaGraphLaunch", rt.cudaGraphLaunch(execs[(i // 2) % g], s))
         else:
             for _ in range(a.eager_kernels):
                 launch()

@@ -1,1 +1,212 @@
-fn main() {}
+//! The project's entry point for everything cargo alone cannot do: installing the eBPF
+//! toolchain, building the kernel object (nightly, bpfel-unknown-none), staging the fake CUDA
+//! libraries, and running the demo, the tests and the benchmarks.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod demo;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what a fresh machine lacks (LLVM 22 dev packages, nightly rust-src, bpf-linker 0.13). Idempotent.
+    Setup,
+    /// Build the eBPF object (profilemate-ebpf) with the nightly toolchain.
+    BuildEbpf,
+    /// Build everything: eBPF object, the profilemate binary, fake CUDA libraries, fixtures.
+    Build,
+    /// Run the whole test suite (unit, and end-to-end against the fake CUDA libraries; the
+    /// end-to-end tests need root and skip with a message otherwise).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Start the built-in demo target, attach for ~10 s, print a summary and the session path.
+    Demo {
+        /// Seconds to profile.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Throughput and overhead benchmarks (root); prints a table for docs/PERFORMANCE.md.
+    Bench(bench::BenchArgs),
+}
+
+/// Repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Runs a command, failing with its name when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("+ {shown}");
+    let status = cmd.status().with_context(|| format!("cannot run {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"];
+
+fn setup() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("setup: {} already installed", APT_PACKAGES.join(", "));
+    } else {
+        let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
+        let apt = |args: &[&str]| {
+            let mut all: Vec<&str> = sudo.to_vec();
+            all.push("apt-get");
+            all.extend_from_slice(args);
+            let mut c = Command::new(all[0]);
+            c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+            c
+        };
+        run(&mut apt(&["update", "-q"]))?;
+        let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+        args.extend(missing.iter());
+        run(&mut apt(&args))?;
+    }
+    let has_src = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src")));
+    if has_src {
+        eprintln!("setup: nightly rust-src already installed");
+    } else {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    let linker_ok = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("0.13"));
+    if linker_ok {
+        eprintln!("setup: bpf-linker 0.13 already installed");
+    } else {
+        // bpf-linker must link the LLVM the nightly compiler uses (22); its build script finds
+        // the library through LLVM_PREFIX, llvm-sys through LLVM_SYS_221_PREFIX.
+        let path = format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default());
+        run(Command::new("cargo")
+            .args(["install", "--locked", "bpf-linker", "--version", "^0.13", "--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
+            .env("PATH", path))?;
+    }
+    Ok(())
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Whether we run as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Path of the eBPF object the profilemate build embeds.
+pub fn ebpf_object() -> PathBuf {
+    root().join("profilemate-ebpf/target/bpfel-unknown-none/release/profilemate")
+}
+
+fn build_ebpf() -> Result<()> {
+    let dir = root().join("profilemate-ebpf");
+    // The crate's rust-toolchain.toml selects nightly; clear the host's flags so they do not
+    // leak into the BPF target.
+    run(Command::new("cargo")
+        .current_dir(&dir)
+        .args(["build", "--release"])
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .env_remove("RUSTC"))?;
+    let obj = ebpf_object();
+    if !obj.exists() {
+        bail!("the eBPF build did not produce {}", obj.display());
+    }
+    Ok(())
+}
+
+/// Where the fake CUDA libraries are staged under their real file names.
+pub fn fake_cuda_dir() -> PathBuf {
+    root().join("target/fake-cuda")
+}
+
+/// Release binaries directory.
+pub fn release_dir() -> PathBuf {
+    root().join("target/release")
+}
+
+fn build() -> Result<()> {
+    build_ebpf()?;
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["build", "--release", "-p", "profilemate", "-p", "fake-cuda", "-p", "fixture-target"]))?;
+    let lib = release_dir().join("libfakecuda.so");
+    let dir = fake_cuda_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for name in ["libcudart.so.12", "libcudart.so.13", "libcuda.so.1"] {
+        let dst = dir.join(name);
+        // Copy to a temporary name and rename: a running fixture may still map the old file.
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::copy(&lib, &tmp).with_context(|| format!("cannot copy {} to {}", lib.display(), tmp.display()))?;
+        std::fs::rename(&tmp, &dst).with_context(|| format!("cannot install {}", dst.display()))?;
+    }
+    Ok(())
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup()?;
+    build()?;
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["test", "--release", "--workspace"])
+        .args(args)
+        .env("PROFILEMATE_BIN", release_dir().join("profilemate"))
+        .env("PROFILEMATE_FIXTURE", release_dir().join("pm-fixture"))
+        .env("PROFILEMATE_FAKE_CUDA", fake_cuda_dir()))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup(),
+        Cmd::BuildEbpf => build_ebpf(),
+        Cmd::Build => build(),
+        Cmd::Test { args } => test(&args),
+        Cmd::Demo { seconds } => {
+            setup()?;
+            build()?;
+            demo::run(seconds)
+        }
+        Cmd::Bench(args) => {
+            setup()?;
+            build()?;
+            bench::run(&args)
+        }
+    }
+}

@@ -423,6 +423,11 @@ fn worker() {
             sleep_until(end);
         }
         prev_end = end;
+        // Complete first (waiters wake sooner), log after.
+        let mut st = g.lock();
+        st.done = item.seq;
+        drop(st);
+        g.done_cv.notify_all();
         if log::enabled() {
             let l = Line::new("exec");
             let l = match &item.work {
@@ -449,9 +454,5 @@ fn worker() {
             };
             l.emit();
         }
-        let mut st = g.lock();
-        st.done = item.seq;
-        drop(st);
-        g.done_cv.notify_all();
     }
 }

@@ -208,7 +208,13 @@ pub unsafe extern "C" fn fakeCudaMark(text: *const c_char) {
         };
         let clean: String = s
             .chars()
-            .map(|c| if c.is_whitespace() || c == '=' { '_' } else { c })
+            .map(|c| {
+                if c.is_whitespace() || c == '=' {
+                    '_'
+                } else {
+                    c
+                }
+            })
             .collect();
         gpu().set_tag(if clean.is_empty() { "-" } else { &clean });
         if log::enabled() {
@@ -341,7 +347,11 @@ pub unsafe extern "C" fn cuStreamEndCapture(stream: u64, graph: *mut u64) -> i32
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuGraphInstantiateWithFlags(exec: *mut u64, graph: u64, flags: u64) -> i32 {
+pub unsafe extern "C" fn cuGraphInstantiateWithFlags(
+    exec: *mut u64,
+    graph: u64,
+    flags: u64,
+) -> i32 {
     if let Some(d) = remote() {
         // SAFETY: forwarding to the driver copy.
         return unsafe { (d.cuGraphInstantiateWithFlags)(exec, graph, flags) };
@@ -533,7 +543,9 @@ pub unsafe extern "C" fn cuMemcpy(dst: u64, src: u64, bytes: usize) -> i32 {
     guard(|| {
         let ts = log::now_ns();
         let st = gpu().copy_sync(bytes as u64);
-        drv("cuMemcpy", ts, st, |l| l.hex("stream", 0).kv("bytes", bytes))
+        drv("cuMemcpy", ts, st, |l| {
+            l.hex("stream", 0).kv("bytes", bytes)
+        })
     })
 }
 
@@ -569,10 +581,22 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: u64) -> i32 {
     })
 }
 
-fn launch(api: &str, f: u64, g: (u32, u32, u32), b: (u32, u32, u32), shmem: u32, stream: u64) -> i32 {
+fn launch(
+    api: &str,
+    f: u64,
+    g: (u32, u32, u32),
+    b: (u32, u32, u32),
+    shmem: u32,
+    stream: u64,
+) -> i32 {
     guard(|| {
         let ts = log::now_ns();
-        let s = gpu().submit(stream, Op::Kernel { dur_ns: kernel_ns(g.0) });
+        let s = gpu().submit(
+            stream,
+            Op::Kernel {
+                dur_ns: kernel_ns(g.0),
+            },
+        );
         drv(api, ts, s.status, |l| {
             dims(
                 l.hex("stream", stream)
@@ -603,9 +627,18 @@ pub unsafe extern "C" fn cuLaunchKernel(
 ) -> i32 {
     if let Some(d) = remote() {
         // SAFETY: forwarding to the driver copy.
-        return unsafe { (d.cuLaunchKernel)(f, gx, gy, gz, bx, by, bz, shmem, stream, params, extra) };
+        return unsafe {
+            (d.cuLaunchKernel)(f, gx, gy, gz, bx, by, bz, shmem, stream, params, extra)
+        };
     }
-    launch("cuLaunchKernel", f, (gx, gy, gz), (bx, by, bz), shmem, stream)
+    launch(
+        "cuLaunchKernel",
+        f,
+        (gx, gy, gz),
+        (bx, by, bz),
+        shmem,
+        stream,
+    )
 }
 
 #[no_mangle]
@@ -628,7 +661,14 @@ pub unsafe extern "C" fn cuLaunchKernel_ptsz(
             (d.cuLaunchKernel_ptsz)(f, gx, gy, gz, bx, by, bz, shmem, stream, params, extra)
         };
     }
-    launch("cuLaunchKernel_ptsz", f, (gx, gy, gz), (bx, by, bz), shmem, stream)
+    launch(
+        "cuLaunchKernel_ptsz",
+        f,
+        (gx, gy, gz),
+        (bx, by, bz),
+        shmem,
+        stream,
+    )
 }
 
 fn launch_ex(api: &str, config: *const CUlaunchConfig, f: u64) -> i32 {
@@ -831,7 +871,9 @@ pub unsafe extern "C" fn cudaEventRecordWithFlags(ev: u64, stream: u64, flags: u
         let d = driver();
         let cap = capturing(d, stream);
         // SAFETY: call into the driver copy with the caller's arguments.
-        let st = nested(d, || unsafe { (d.cuEventRecordWithFlags)(ev, stream, flags) });
+        let st = nested(d, || unsafe {
+            (d.cuEventRecordWithFlags)(ev, stream, flags)
+        });
         rt("cudaEventRecordWithFlags", ts, st, |l| {
             l.hex("event", ev)
                 .hex("stream", stream)

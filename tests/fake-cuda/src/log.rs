@@ -170,7 +170,11 @@ impl Line {
             self.0.push('-');
         }
         for c in v.chars() {
-            self.0.push(if c.is_whitespace() || c == '=' { '_' } else { c });
+            self.0.push(if c.is_whitespace() || c == '=' {
+                '_'
+            } else {
+                c
+            });
         }
         self
     }

@@ -40,7 +40,7 @@ struct CUlaunchConfig {
     numAttrs: u32,
 }
 
-const USAGE: &str = "usage: pm-fixture --lib-dir DIR [--wait-before-load-ms N] [--graphs G] \
+const USAGE: &str = "usage: pm-fixture --lib-dir DIR [--wait-before-load-ms N] [--wait-after-load-ms N] [--graphs G] \
 [--kernels-per-graph K] [--kernel-us US] [--steps N] [--eager-kernels E] [--h2d-bytes B] \
 [--d2h-bytes B] [--async-depth 1|2] [--sync-mode events|stream] [--step-gap-us US] [--forever] \
 [--spawn-child-after-ms N] [--exit-after-steps N] [--hot-loop N]";
@@ -54,6 +54,7 @@ enum SyncMode {
 struct Opts {
     lib_dir: String,
     wait_before_load_ms: u64,
+    wait_after_load_ms: u64,
     graphs: u32,
     kernels_per_graph: u32,
     kernel_us: u32,
@@ -79,6 +80,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     let mut o = Opts {
         lib_dir: String::new(),
         wait_before_load_ms: 0,
+        wait_after_load_ms: 0,
         graphs: 2,
         kernels_per_graph: 3,
         kernel_us: 200,
@@ -107,6 +109,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         match k.as_str() {
             "--lib-dir" => o.lib_dir = v.clone(),
             "--wait-before-load-ms" => o.wait_before_load_ms = num(k, v)?,
+            "--wait-after-load-ms" => o.wait_after_load_ms = num(k, v)?,
             "--graphs" => o.graphs = num(k, v)?,
             "--kernels-per-graph" => o.kernels_per_graph = num(k, v)?,
             "--kernel-us" => o.kernel_us = num(k, v)?,
@@ -439,7 +442,7 @@ impl Fixture {
         self.h2d(self.o.h2d_bytes);
         let g = self.execs.len() as u64;
         if g > 0 && i % 2 == 1 {
-            let exec = self.execs[(i % g) as usize];
+            let exec = self.execs[((i / 2) % g) as usize];
             // SAFETY: plain handles.
             check("cudaGraphLaunch", unsafe {
                 (self.c.graph_launch)(exec, self.stream)
@@ -568,6 +571,10 @@ fn main() {
         }
     };
     say(&format!("pid={pid} ready"));
+    // Like a server loading its model: time for a tracer to find the freshly mapped libraries.
+    if o.wait_after_load_ms > 0 {
+        std::thread::sleep(Duration::from_millis(o.wait_after_load_ms));
+    }
 
     let hot = o.hot_loop;
     let mut f = Fixture {
