@@ -72,13 +72,7 @@ fn attach(args: AttachArgs) -> Result<()> {
         ring_bytes: args.ring_mb << 20,
         quiet: args.quiet,
     };
-    let outcome = session::run(&cfg)?;
-    if !cfg.quiet {
-        for line in &outcome.summary {
-            eprintln!("  {line}");
-        }
-    }
-    println!("session: {}", outcome.dir.display());
+    session::run(&cfg)?;
     Ok(())
 }
 

@@ -205,8 +205,9 @@ async fn run_session(cfg: &AttachConfig, dir: &SessionDir, start_wall: chrono::D
         }
     };
 
-    // Detach first so no new records arrive, then take everything still buffered.
-    probes.detach_all();
+    // Take everything buffered up to the stop, then write. Detaching comes last: the kernel
+    // removes uprobes one grace period at a time (~0.1 s each), and the results should not
+    // wait for that. Records arriving in between belong to no session time and are not read.
     feed(&mut drain, &mut correlator, &mut profilers);
     correlator.finish(&mut |rec| {
         for p in profilers.iter_mut() {
@@ -261,7 +262,21 @@ async fn run_session(cfg: &AttachConfig, dir: &SessionDir, start_wall: chrono::D
         summary.push(format!("{} probes could not be attached (see metadata.json)", metadata.probes.failed.len()));
     }
     summary.push(format!("files: {}", files.join(", ")));
-    Ok(SessionOutcome { dir: dir.path().to_owned(), steps, drops: kernel.ring_full_drops, summary })
+    let outcome = SessionOutcome { dir: dir.path().to_owned(), steps, drops: kernel.ring_full_drops, summary };
+    if !cfg.quiet {
+        for line in &outcome.summary {
+            eprintln!("  {line}");
+        }
+    }
+    println!("session: {}", outcome.dir.display());
+    let n = probes.report.attached_count;
+    let t = std::time::Instant::now();
+    if !cfg.quiet {
+        eprintln!("detaching {n} probes...");
+    }
+    probes.detach_all();
+    log::info!("detached {n} probes in {:?}", t.elapsed());
+    Ok(outcome)
 }
 
 fn count_rows(dir: &SessionDir, name: &str) -> u64 {

@@ -391,11 +391,11 @@ fn sleep_until(deadline_ns: u64) {
     }
 }
 
-/// The worker: executes items in FIFO order on a virtual timeline. An item starts at
-/// max(its submission time, end of the previous item) and ends `duration` later; the worker
-/// sleeps until that end (if it is still in the future), then marks the item done. Oversleep
-/// does therefore not accumulate, and `exec` lines carry the exact simulated times (completion
-/// as seen by waiters is never earlier than the logged `end`).
+/// The worker: executes items in FIFO order. An item starts at max(its submission time, the
+/// previous item's completion) and is due `duration` later; the worker sleeps until then and
+/// marks it done. `exec` lines carry the time the completion became visible to waiters
+/// (`end`, after any oversleep of this thread) and the nominal end (`due`): ground truth is
+/// what a waiter could observe, as with a real GPU.
 fn worker() {
     // SAFETY: PR_SET_TIMERSLACK only affects this thread's timer slack (1 ns instead of the
     // default 50 µs) so that short kernels are not stretched.
@@ -418,13 +418,14 @@ fn worker() {
             Work::Graph { ops, .. } => ops.iter().map(|o| o.dur_ns()).sum(),
             Work::Event { .. } => 0,
         };
-        let end = start + dur;
-        if end > log::now_ns() {
-            sleep_until(end);
+        let due = start + dur;
+        if due > log::now_ns() {
+            sleep_until(due);
         }
-        prev_end = end;
         // Complete first (waiters wake sooner), log after.
         let mut st = g.lock();
+        let end = log::now_ns().max(due);
+        prev_end = end;
         st.done = item.seq;
         drop(st);
         g.done_cv.notify_all();
@@ -440,6 +441,7 @@ fn worker() {
                 .hex("stream", item.stream)
                 .kv("start", start)
                 .kv("end", end)
+                .kv("due", due)
                 .kv("seq", item.seq)
                 .text("tag", &item.tag)
                 .kv("pid", log::pid());

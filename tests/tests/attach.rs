@@ -1,0 +1,289 @@
+//! End-to-end: `profilemate attach` on fixture targets over the fake CUDA libraries, compared
+//! with the libraries' ground-truth log. Needs root (eBPF); skips with a message otherwise.
+//!
+//! Tolerances: GPU step times are compared for rows with `completion=exact`. The error is the
+//! wake-up latency of the waiting thread and of the probe (tens of µs on an idle machine);
+//! the bounds allow a loaded 2-core CI machine: median |error| <= 0.1 ms, every row <= 1 ms.
+
+use std::{collections::HashMap, time::Duration};
+
+use profilemate_tests::{can_attach, col, scratch, serial, Session, Target, Tracer, Truth};
+
+const STEPS: u64 = 40;
+
+/// Runs the fixture to completion with profilemate attached while it loads its model.
+fn profile(test: &str, python: bool, fixture: &[&str], attach: &[&str]) -> (Session, Truth, u32) {
+    let dir = scratch(test);
+    let mut args = vec!["--wait-after-load-ms", "1500"];
+    args.extend_from_slice(fixture);
+    let mut target = if python { Target::python(&dir, &args) } else { Target::rust(&dir, &args) };
+    target.proc.wait_line("ready");
+    let pid = target.proc.pid();
+    let mut tracer = Tracer::attach(pid, &dir, attach);
+    tracer.wait_attached();
+    assert_eq!(target.proc.wait_exit(Duration::from_secs(60)), 0, "fixture failed");
+    let session = tracer.finish(Duration::from_secs(30));
+    (session, target.truth(), pid)
+}
+
+fn sum(rows: &[HashMap<String, String>], k: &str) -> f64 {
+    rows.iter().map(|r| col(r, k)).sum()
+}
+
+/// Checks every count and the GPU times of a default-shaped fixture run.
+fn check_counts_and_times(session: &Session, truth: &Truth, pid: u32, kernels: bool) {
+    let steps = session.csv("forward_pass_timing.csv");
+    assert_eq!(steps.len() as u64, STEPS, "one row per fixture step");
+    assert!(steps.iter().all(|r| col(r, "pid") as u32 == pid));
+
+    // Graph replays, input/output bytes, captures: exact.
+    let launches = truth.app_calls("cudaGraphLaunch");
+    assert_eq!(sum(&steps, "num_graph_launches") as usize, launches.len());
+    let bytes = |kind: &str| -> f64 {
+        truth
+            .app_calls("cudaMemcpyAsync")
+            .iter()
+            .filter(|c| c.fields.get("kind").is_some_and(|k| k == kind))
+            .map(|c| c.fields.get("bytes").and_then(|b| b.parse::<f64>().ok()).unwrap_or(0.0))
+            .sum()
+    };
+    assert_eq!(sum(&steps, "h2d_bytes"), bytes("1"));
+    assert_eq!(sum(&steps, "d2h_bytes"), bytes("2"));
+    let captures = session.csv("cuda_graph_captures.csv");
+    assert_eq!(captures.len(), truth.app_calls("cudaStreamEndCapture").len());
+    for c in &captures {
+        assert_eq!(c["source"], "captured");
+        assert!(!c["capture_ms"].is_empty() && !c["instantiate_ms"].is_empty(), "{c:?}");
+        if kernels {
+            assert_eq!(c["captured_launches"], "3", "kernels recorded into each graph");
+        } else {
+            assert_eq!(c["captured_launches"], "");
+        }
+    }
+    let usage = session.csv("cuda_graph_usage.csv");
+    assert_eq!(sum(&usage, "replay_count") as usize, launches.len());
+    // Per executable: replays of each exec handle match the log.
+    let mut truth_per_exec: HashMap<String, usize> = HashMap::new();
+    for c in &launches {
+        *truth_per_exec.entry(c.fields["exec"].clone()).or_default() += 1;
+    }
+    let timeline = session.csv("cuda_graph_timeline.csv");
+    assert_eq!(timeline.len(), launches.len());
+    let mut ours_per_exec: HashMap<String, usize> = HashMap::new();
+    for r in &timeline {
+        *ours_per_exec.entry(r["exec_handle"].clone()).or_default() += 1;
+        assert!(!r["step"].is_empty(), "every replay belongs to a step");
+    }
+    assert_eq!(ours_per_exec, truth_per_exec);
+
+    // Kernel launches per step (with --kernels): runtime launches + direct driver launches.
+    if kernels {
+        let truth_launches: usize = ["cudaLaunchKernel", "cuLaunchKernelEx"]
+            .iter()
+            .map(|a| truth.app_calls(a).iter().filter(|c| c.fields.get("capturing").is_none_or(|v| v == "0")).count())
+            .sum();
+        assert_eq!(sum(&steps, "num_kernel_launches") as usize, truth_launches);
+    } else {
+        assert!(steps.iter().all(|r| r["num_kernel_launches"].is_empty()));
+    }
+
+    // API summary: every application call counted once, twins as calls via runtime.
+    let api = session.json("cuda_api_summary.json");
+    let p = &api["processes"][pid.to_string()];
+    for name in ["cudaGraphLaunch", "cudaEventRecordWithFlags", "cudaEventSynchronize", "cudaMemcpyAsync", "cudaMalloc", "cudaFree"] {
+        assert_eq!(p[name]["calls"].as_u64(), Some(truth.app_calls(name).len() as u64), "{name}: {p}");
+    }
+    assert_eq!(p["cuGraphLaunch"]["calls_via_runtime"].as_u64(), Some(launches.len() as u64));
+    assert_eq!(p["cuGraphLaunch"]["calls"].as_u64(), Some(0));
+
+    // GPU times against the simulated GPU's execution log.
+    let truth_gpu = truth.step_gpu_ns(pid);
+    assert_eq!(truth_gpu.len() as u64, STEPS);
+    let mut errors: Vec<f64> = Vec::new();
+    let mut worst = String::new();
+    for (row, (start, end)) in steps.iter().zip(&truth_gpu) {
+        if row["completion"] == "exact" {
+            let truth_ms = (end - start) as f64 / 1e6;
+            let e = (col(row, "forward_time_ms") - truth_ms).abs();
+            if errors.iter().all(|x| *x < e) {
+                worst = format!("step {}: ours {} ms, truth {truth_ms} ms; row {row:?}", row["step"], row["forward_time_ms"]);
+            }
+            errors.push(e);
+        }
+    }
+    assert!(errors.len() as u64 >= STEPS - 2, "almost every wait blocks: {} exact", errors.len());
+    errors.sort_by(f64::total_cmp);
+    let median = errors[errors.len() / 2];
+    let max = errors[errors.len() - 1];
+    eprintln!("forward_time_ms |error| vs ground truth: median {median:.4} ms, max {max:.4} ms over {} steps", errors.len());
+    assert!(median <= 0.1, "median error {median} ms");
+    assert!(max <= 1.0, "max error {max} ms at {worst}");
+
+    let meta = session.json("metadata.json");
+    assert_eq!(meta["losses"]["kernel"]["ring_full_drops"], 0);
+    assert_eq!(meta["losses"]["decode_errors"], 0);
+    assert_eq!(meta["losses"]["correlator"]["incomplete_steps"], 0);
+    assert_eq!(meta["stop_reason"], "all target processes exited");
+}
+
+#[test]
+fn rust_fixture_default_probes_match_ground_truth() {
+    if !can_attach("rust_fixture_default_probes_match_ground_truth") {
+        return;
+    }
+    let _g = serial();
+    let (s, truth, pid) = profile("rust-default", false, &["--steps", "40"], &[]);
+    check_counts_and_times(&s, &truth, pid, false);
+}
+
+#[test]
+fn rust_fixture_kernel_probes_match_ground_truth() {
+    if !can_attach("rust_fixture_kernel_probes_match_ground_truth") {
+        return;
+    }
+    let _g = serial();
+    let (s, truth, pid) = profile("rust-kernels", false, &["--steps", "40"], &["--kernels"]);
+    check_counts_and_times(&s, &truth, pid, true);
+}
+
+#[test]
+fn python_fixture_default_probes_match_ground_truth() {
+    if !can_attach("python_fixture_default_probes_match_ground_truth") {
+        return;
+    }
+    let _g = serial();
+    let (s, truth, pid) = profile("python-default", true, &["--steps", "40"], &[]);
+    check_counts_and_times(&s, &truth, pid, false);
+}
+
+#[test]
+fn python_fixture_kernel_probes_match_ground_truth() {
+    if !can_attach("python_fixture_kernel_probes_match_ground_truth") {
+        return;
+    }
+    let _g = serial();
+    let (s, truth, pid) = profile("python-kernels", true, &["--steps", "40"], &["--kernels"]);
+    check_counts_and_times(&s, &truth, pid, true);
+}
+
+#[test]
+fn sync_timing_mode_completes_steps_at_stream_waits() {
+    if !can_attach("sync_timing_mode_completes_steps_at_stream_waits") {
+        return;
+    }
+    let _g = serial();
+    let (s, truth, _) = profile("sync-mode", false, &["--steps", "40", "--sync-mode", "stream"], &["--timing", "sync"]);
+    let steps = s.csv("forward_pass_timing.csv");
+    assert_eq!(steps.len(), 40);
+    assert_eq!(truth.app_calls("cudaStreamSynchronize").len(), 40);
+    assert!(steps.iter().all(|r| r["sync_api"] == "cudaStreamSynchronize"));
+    assert!(steps.iter().filter(|r| r["completion"] == "exact").count() >= 38);
+}
+
+#[test]
+fn attach_before_the_cuda_library_is_loaded() {
+    if !can_attach("attach_before_the_cuda_library_is_loaded") {
+        return;
+    }
+    let _g = serial();
+    let dir = scratch("late-load");
+    let mut target = Target::rust(&dir, &["--wait-before-load-ms", "1500", "--wait-after-load-ms", "500", "--steps", "40"]);
+    target.proc.wait_line("waiting");
+    let mut tracer = Tracer::attach(target.proc.pid(), &dir, &["--wait"]);
+    tracer.wait_attached();
+    assert_eq!(target.proc.wait_exit(Duration::from_secs(60)), 0);
+    let s = tracer.finish(Duration::from_secs(30));
+    let truth = target.truth();
+    assert_eq!(s.csv("forward_pass_timing.csv").len(), 40);
+    assert_eq!(s.csv("cuda_graph_timeline.csv").len(), truth.app_calls("cudaGraphLaunch").len());
+    let meta = s.json("metadata.json");
+    let libs = meta["targets"][0]["libraries"].as_array().map_or(0, Vec::len);
+    assert_eq!(libs, 2, "libcudart and libcuda found after attach: {meta}");
+}
+
+#[test]
+fn child_process_spawned_after_attach_is_followed() {
+    if !can_attach("child_process_spawned_after_attach_is_followed") {
+        return;
+    }
+    let _g = serial();
+    let dir = scratch("child");
+    let mut target = Target::rust(&dir, &["--wait-after-load-ms", "800", "--steps", "40", "--spawn-child-after-ms", "300"]);
+    target.proc.wait_line("ready");
+    let mut tracer = Tracer::attach(target.proc.pid(), &dir, &[]);
+    tracer.wait_attached();
+    assert_eq!(target.proc.wait_exit(Duration::from_secs(60)), 0);
+    let s = tracer.finish(Duration::from_secs(30));
+    let truth = target.truth();
+    let pids: std::collections::BTreeSet<u32> = truth.calls.iter().map(|c| c.pid).collect();
+    assert_eq!(pids.len(), 2, "parent and child both ran");
+    let steps = s.csv("forward_pass_timing.csv");
+    for pid in pids {
+        let n = steps.iter().filter(|r| col(r, "pid") as u32 == pid).count();
+        assert_eq!(n, 40, "steps of pid {pid}");
+    }
+    let meta = s.json("metadata.json");
+    assert_eq!(meta["targets"].as_array().map_or(0, Vec::len), 2);
+}
+
+#[test]
+fn target_exiting_mid_trace_flushes_what_completed() {
+    if !can_attach("target_exiting_mid_trace_flushes_what_completed") {
+        return;
+    }
+    let _g = serial();
+    let (s, truth, _) = profile("exit-mid", false, &["--steps", "100", "--exit-after-steps", "20"], &[]);
+    let steps = s.csv("forward_pass_timing.csv");
+    let syncs = truth.app_calls("cudaEventSynchronize").len();
+    assert_eq!(steps.len(), syncs, "every completed wait is a step");
+    assert!((19..=20).contains(&steps.len()), "{} steps", steps.len());
+    let meta = s.json("metadata.json");
+    assert_eq!(meta["stop_reason"], "all target processes exited");
+    assert!(meta["losses"]["correlator"]["incomplete_steps"].as_u64() <= Some(1));
+}
+
+#[test]
+fn sigint_stops_and_flushes_everything() {
+    if !can_attach("sigint_stops_and_flushes_everything") {
+        return;
+    }
+    let _g = serial();
+    let dir = scratch("sigint");
+    let mut target = Target::rust(&dir, &["--forever", "--wait-after-load-ms", "500"]);
+    target.proc.wait_line("ready");
+    let mut tracer = Tracer::attach(target.proc.pid(), &dir, &[]);
+    tracer.wait_attached();
+    std::thread::sleep(Duration::from_millis(1500));
+    tracer.proc.signal(libc::SIGINT);
+    let s = tracer.finish(Duration::from_secs(10));
+    let steps = s.csv("forward_pass_timing.csv");
+    assert!(steps.len() > 50, "{} steps", steps.len());
+    let meta = s.json("metadata.json");
+    assert_eq!(meta["stop_reason"], "interrupted (SIGINT)");
+    for f in ["forward_pass_summary.json", "cuda_graph_captures.csv", "cuda_graph_usage.csv", "cuda_api_summary.json"] {
+        assert!(s.dir.join(f).exists(), "{f}");
+    }
+    // The target keeps running, untouched.
+    assert!(target.proc.child.try_wait().expect("try_wait").is_none(), "target must survive detach");
+    target.proc.signal(libc::SIGTERM);
+    assert_eq!(target.proc.wait_exit(Duration::from_secs(10)), 0);
+}
+
+#[test]
+fn duration_limit_stops_the_session() {
+    if !can_attach("duration_limit_stops_the_session") {
+        return;
+    }
+    let _g = serial();
+    let dir = scratch("duration");
+    let mut target = Target::rust(&dir, &["--forever"]);
+    target.proc.wait_line("ready");
+    let mut tracer = Tracer::attach(target.proc.pid(), &dir, &["--duration", "1500ms"]);
+    tracer.wait_attached();
+    let s = tracer.finish(Duration::from_secs(10));
+    let meta = s.json("metadata.json");
+    assert_eq!(meta["stop_reason"], "duration elapsed");
+    let d = meta["duration_sec"].as_f64().unwrap_or(0.0);
+    assert!((1.4..3.0).contains(&d), "duration {d}");
+    assert!(!s.csv("forward_pass_timing.csv").is_empty());
+}

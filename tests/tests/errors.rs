@@ -1,0 +1,67 @@
+//! Bad input gets a clear error that names the fix, and leaves no half-written session.
+
+use std::process::Command;
+
+use profilemate_tests::{can_attach, profilemate_bin, scratch, Proc};
+
+fn attach_fails(args: &[&str]) -> String {
+    let out = Command::new(profilemate_bin()).arg("attach").args(args).output().expect("run profilemate");
+    assert!(!out.status.success(), "expected failure for {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn unknown_pid_is_reported() {
+    if !can_attach("unknown_pid_is_reported") {
+        return;
+    }
+    let dir = scratch("nopid");
+    let err = attach_fails(&["--pid", "999999999", "--out", dir.to_str().unwrap_or("/tmp")]);
+    assert!(err.contains("no process with pid 999999999"), "{err}");
+}
+
+#[test]
+fn target_without_cuda_names_wait_flag_and_writes_nothing() {
+    if !can_attach("target_without_cuda_names_wait_flag_and_writes_nothing") {
+        return;
+    }
+    let dir = scratch("nocuda");
+    let sleeper = Proc::spawn(Command::new("sleep").arg("30"));
+    let out = dir.join("sessions");
+    let err = attach_fails(&["--pid", &sleeper.pid().to_string(), "--out", out.to_str().unwrap_or("/tmp")]);
+    assert!(err.contains("no CUDA library") && err.contains("--wait"), "{err}");
+    let left = std::fs::read_dir(&out).map_or(0, Iterator::count);
+    assert_eq!(left, 0, "no empty session directory left behind");
+}
+
+#[test]
+fn unwritable_output_directory_is_reported() {
+    if !can_attach("unwritable_output_directory_is_reported") {
+        return;
+    }
+    let sleeper = Proc::spawn(Command::new("sleep").arg("30"));
+    let err = attach_fails(&["--pid", &sleeper.pid().to_string(), "--out", "/proc/self/no-such-dir"]);
+    assert!(err.contains("--out"), "{err}");
+}
+
+#[test]
+fn unprivileged_user_is_told_how_to_fix_it() {
+    if !can_attach("unprivileged_user_is_told_how_to_fix_it") {
+        return;
+    }
+    // Drop to nobody with no capabilities.
+    let has_setpriv = Command::new("setpriv").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !has_setpriv {
+        eprintln!("SKIPPED unprivileged_user_is_told_how_to_fix_it: setpriv (util-linux) not installed");
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"])
+        .arg(profilemate_bin())
+        .args(["attach", "--pid", "1"])
+        .output()
+        .expect("run setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("CAP_BPF") && err.contains("sudo"), "{err}");
+}
