@@ -5,7 +5,8 @@
 use std::{env, path::PathBuf};
 
 fn main() {
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let obj = match env::var_os("PROFILEMATE_EBPF_OBJ") {
         Some(p) => PathBuf::from(p),
         None => manifest.join("../profilemate-ebpf/target/bpfel-unknown-none/release/profilemate"),

@@ -4,8 +4,8 @@
 //! (DESIGN §4), so the program does one map lookup, one ring-buffer reservation, and no loops.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     helpers::generated::bpf_get_attach_cookie,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
@@ -105,7 +105,10 @@ pub fn cuda_entry(ctx: ProbeContext) -> u32 {
             2 => args[2],
             _ => args[3],
         };
-        if OUT_PARAMS.insert(&cookie::stash_key(tid, api), &ptr, 0).is_err() {
+        if OUT_PARAMS
+            .insert(&cookie::stash_key(tid, api), &ptr, 0)
+            .is_err()
+        {
             count(COUNTER_STASH_FULL);
         }
     }
@@ -139,6 +142,13 @@ pub fn cuda_return(ctx: RetProbeContext) -> u32 {
             let _ = OUT_PARAMS.remove(&key);
         }
     }
-    emit(record_kind::RETURN, api, tgid, tid, flags, [ret, out, 0, 0, 0, 0]);
+    emit(
+        record_kind::RETURN,
+        api,
+        tgid,
+        tid,
+        flags,
+        [ret, out, 0, 0, 0, 0],
+    );
     0
 }

@@ -15,39 +15,92 @@ use profilemate_common::{ApiId, CudaCallRecord};
 fn record_bytes(ev: &CallEvent) -> Vec<u8> {
     let rec = encode(ev);
     // SAFETY: CudaCallRecord is repr(C) plain data with no padding.
-    unsafe { std::slice::from_raw_parts((&rec as *const CudaCallRecord).cast::<u8>(), size_of::<CudaCallRecord>()) }.to_vec()
+    unsafe {
+        std::slice::from_raw_parts(
+            (&rec as *const CudaCallRecord).cast::<u8>(),
+            size_of::<CudaCallRecord>(),
+        )
+    }
+    .to_vec()
 }
 
 fn main() {
-    let steps: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(200_000);
+    let steps: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200_000);
     let (pid, tid, stream) = (4242u32, 4242u32, 0x5000u64);
     let mut ts = 1_000_000u64;
     let mut tick = |d: u64| {
         ts += d;
         ts
     };
-    let entry = |api, ts_ns, args: [u64; 6]| CallEvent { ts_ns, pid, tid, api, phase: CallPhase::Entry { args } };
-    let ret = |api, ts_ns, out| CallEvent { ts_ns, pid, tid, api, phase: CallPhase::Return { ret: 0, out } };
+    let entry = |api, ts_ns, args: [u64; 6]| CallEvent {
+        ts_ns,
+        pid,
+        tid,
+        api,
+        phase: CallPhase::Entry { args },
+    };
+    let ret = |api, ts_ns, out| CallEvent {
+        ts_ns,
+        pid,
+        tid,
+        api,
+        phase: CallPhase::Return { ret: 0, out },
+    };
     // Per step, as the default probe set sees a vLLM graph step: H2D copy, graph launch, D2H
     // copy, event record (each runtime + driver), and a blocking event wait (entry + return, both levels).
     let mut records: Vec<Vec<u8>> = Vec::new();
     for i in 0..steps {
         let ev = 0xe000 + (i % 2);
         for (rt, drv, args) in [
-            (ApiId::cudaMemcpyAsync, ApiId::cuMemcpyHtoDAsync_v2, [1, 2, 4096, 1, stream, 0]),
-            (ApiId::cudaGraphLaunch, ApiId::cuGraphLaunch, [0xbeef, stream, 0, 0, 0, 0]),
-            (ApiId::cudaMemcpyAsync, ApiId::cuMemcpyDtoHAsync_v2, [3, 4, 1024, 2, stream, 0]),
-            (ApiId::cudaEventRecordWithFlags, ApiId::cuEventRecordWithFlags, [ev, stream, 0, 0, 0, 0]),
+            (
+                ApiId::cudaMemcpyAsync,
+                ApiId::cuMemcpyHtoDAsync_v2,
+                [1, 2, 4096, 1, stream, 0],
+            ),
+            (
+                ApiId::cudaGraphLaunch,
+                ApiId::cuGraphLaunch,
+                [0xbeef, stream, 0, 0, 0, 0],
+            ),
+            (
+                ApiId::cudaMemcpyAsync,
+                ApiId::cuMemcpyDtoHAsync_v2,
+                [3, 4, 1024, 2, stream, 0],
+            ),
+            (
+                ApiId::cudaEventRecordWithFlags,
+                ApiId::cuEventRecordWithFlags,
+                [ev, stream, 0, 0, 0, 0],
+            ),
         ] {
             records.push(record_bytes(&entry(rt, tick(10), args)));
             records.push(record_bytes(&entry(drv, tick(1), args)));
         }
         if i > 0 {
             let prev = 0xe000 + ((i - 1) % 2);
-            records.push(record_bytes(&entry(ApiId::cudaEventSynchronize, tick(10), [prev, 0, 0, 0, 0, 0])));
-            records.push(record_bytes(&entry(ApiId::cuEventSynchronize, tick(1), [prev, 0, 0, 0, 0, 0])));
-            records.push(record_bytes(&ret(ApiId::cuEventSynchronize, tick(30_000), None)));
-            records.push(record_bytes(&ret(ApiId::cudaEventSynchronize, tick(1), None)));
+            records.push(record_bytes(&entry(
+                ApiId::cudaEventSynchronize,
+                tick(10),
+                [prev, 0, 0, 0, 0, 0],
+            )));
+            records.push(record_bytes(&entry(
+                ApiId::cuEventSynchronize,
+                tick(1),
+                [prev, 0, 0, 0, 0, 0],
+            )));
+            records.push(record_bytes(&ret(
+                ApiId::cuEventSynchronize,
+                tick(30_000),
+                None,
+            )));
+            records.push(record_bytes(&ret(
+                ApiId::cudaEventSynchronize,
+                tick(1),
+                None,
+            )));
         }
     }
     let mut correlator = Correlator::new(TimingMode::Events, false);
@@ -67,5 +120,8 @@ fn main() {
     println!("pipeline_events={}", records.len());
     println!("pipeline_events_per_sec={:.0}", n / elapsed);
     println!("pipeline_ns_per_event={:.1}", elapsed * 1e9 / n);
-    assert!(correlator.stats.incomplete_steps <= 1, "the synthetic stream must correlate");
+    assert!(
+        correlator.stats.incomplete_steps <= 1,
+        "the synthetic stream must correlate"
+    );
 }

@@ -10,7 +10,11 @@ use profilemate::{
 };
 
 #[derive(Parser)]
-#[command(name = "profilemate", version, about = "Profile a running vLLM server from outside (eBPF; no restart, no code injected)")]
+#[command(
+    name = "profilemate",
+    version,
+    about = "Profile a running vLLM server from outside (eBPF; no restart, no code injected)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,7 +62,10 @@ struct AttachArgs {
 
 fn attach(args: AttachArgs) -> Result<()> {
     if !args.ring_mb.is_power_of_two() || args.ring_mb > 1024 {
-        anyhow::bail!("--ring-mb must be a power of two between 1 and 1024 (got {})", args.ring_mb);
+        anyhow::bail!(
+            "--ring-mb must be a power of two between 1 and 1024 (got {})",
+            args.ring_mb
+        );
     }
     let cfg = AttachConfig {
         pid: args.pid,

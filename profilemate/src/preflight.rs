@@ -71,9 +71,17 @@ pub fn check_privileges() -> Result<(), PreflightError> {
         (CAP_PERFMON, "CAP_PERFMON"),
         (CAP_BPF, "CAP_BPF"),
     ];
-    let have: Vec<&str> = names.iter().filter(|(b, _)| has(*b)).map(|(_, n)| *n).collect();
+    let have: Vec<&str> = names
+        .iter()
+        .filter(|(b, _)| has(*b))
+        .map(|(_, n)| *n)
+        .collect();
     Err(PreflightError::NotPrivileged {
-        have: if have.is_empty() { "none of them".to_owned() } else { have.join(", ") },
+        have: if have.is_empty() {
+            "none of them".to_owned()
+        } else {
+            have.join(", ")
+        },
     })
 }
 
@@ -88,13 +96,21 @@ pub fn check_pid(pid: u32) -> Result<(), PreflightError> {
 /// Fails on kernels without ring buffers (< 5.8) or without the uprobe PMU.
 pub fn check_kernel() -> Result<(), PreflightError> {
     let release = kernel_release();
-    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     if (major, minor) < (5, 8) {
-        return Err(PreflightError::KernelUnsupported { release, what: "BPF ring buffers (5.8+)" });
+        return Err(PreflightError::KernelUnsupported {
+            release,
+            what: "BPF ring buffers (5.8+)",
+        });
     }
     if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
-        return Err(PreflightError::KernelUnsupported { release, what: "the uprobe PMU (/sys/bus/event_source/devices/uprobe)" });
+        return Err(PreflightError::KernelUnsupported {
+            release,
+            what: "the uprobe PMU (/sys/bus/event_source/devices/uprobe)",
+        });
     }
     Ok(())
 }
@@ -104,7 +120,11 @@ pub fn check_kernel() -> Result<(), PreflightError> {
 #[must_use]
 pub fn uretprobe_seccomp_warning(pid: u32) -> Option<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let seccomp = status.lines().find_map(|l| l.strip_prefix("Seccomp:"))?.trim().to_owned();
+    let seccomp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))?
+        .trim()
+        .to_owned();
     (seccomp == "2").then(|| {
         format!(
             "pid {pid} runs under a seccomp filter; on Linux 6.11+ return probes use the uretprobe \

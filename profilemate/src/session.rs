@@ -58,16 +58,25 @@ impl Targets {
         }
         let mut attached = 0;
         for pid in live {
-            if !self.procs.contains_key(&pid) {
-                let Ok(info) = discovery::process_info(pid) else { continue };
-                if let Err(e) = probes.add_target(pid) {
-                    log::warn!("pid {pid}: {e}");
-                    continue;
+            let t = match self.procs.entry(pid) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let Ok(info) = discovery::process_info(pid) else {
+                        continue;
+                    };
+                    if let Err(err) = probes.add_target(pid) {
+                        log::warn!("pid {pid}: {err}");
+                        continue;
+                    }
+                    log::info!("target pid {pid} ({}): {}", info.comm, info.cmdline);
+                    e.insert(TargetRecord {
+                        info,
+                        first_seen_sec: now,
+                        exited_sec: None,
+                        libraries: Vec::new(),
+                    })
                 }
-                log::info!("target pid {pid} ({}): {}", info.comm, info.cmdline);
-                self.procs.insert(pid, TargetRecord { info, first_seen_sec: now, exited_sec: None, libraries: Vec::new() });
-            }
-            let Some(t) = self.procs.get_mut(&pid) else { continue };
+            };
             if t.exited_sec.is_some() {
                 continue;
             }
@@ -103,7 +112,10 @@ pub fn run(cfg: &AttachConfig) -> Result<SessionOutcome> {
         eprintln!("warning: {w}");
     }
     let start_wall = chrono::Local::now();
-    let dir = SessionDir::create(&cfg.out_dir, &start_wall.format("%Y%m%d_%H%M%S").to_string())?;
+    let dir = SessionDir::create(
+        &cfg.out_dir,
+        &start_wall.format("%Y%m%d_%H%M%S").to_string(),
+    )?;
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -134,18 +146,32 @@ impl Stop {
     }
 }
 
-async fn run_session(cfg: &AttachConfig, dir: &SessionDir, start_wall: chrono::DateTime<chrono::Local>) -> Result<SessionOutcome> {
+async fn run_session(
+    cfg: &AttachConfig,
+    dir: &SessionDir,
+    start_wall: chrono::DateTime<chrono::Local>,
+) -> Result<SessionOutcome> {
     let t0 = monotonic_ns();
     let time = TimeBase { t0_ns: t0 };
     let mut probes = Probes::load(cfg.ring_bytes, cfg.kernels)?;
-    let mut drain = Drain::new(probes.take_ring_buffer()?).context("cannot poll the ring buffer")?;
-    let mut targets = Targets { root: cfg.pid, children: cfg.follow_children, time, procs: BTreeMap::new() };
+    let mut drain =
+        Drain::new(probes.take_ring_buffer()?).context("cannot poll the ring buffer")?;
+    let mut targets = Targets {
+        root: cfg.pid,
+        children: cfg.follow_children,
+        time,
+        procs: BTreeMap::new(),
+    };
     targets.rescan(&mut probes);
     if targets.procs.is_empty() {
         bail!(preflight::PreflightError::NoSuchProcess { pid: cfg.pid });
     }
     if !targets.any_library() {
-        let what = if cfg.follow_children { "pid {} or its children" } else { "pid {}" };
+        let what = if cfg.follow_children {
+            "pid {} or its children"
+        } else {
+            "pid {}"
+        };
         let who = what.replace("{}", &cfg.pid.to_string());
         if !cfg.wait {
             bail!(
@@ -159,18 +185,21 @@ async fn run_session(cfg: &AttachConfig, dir: &SessionDir, start_wall: chrono::D
 
     let mut correlator = Correlator::new(cfg.timing, cfg.kernels);
     let mut profilers: Vec<Box<dyn Profiler>> = profilers::default_set();
-    let feed = |drain: &mut Drain, correlator: &mut Correlator, profilers: &mut Vec<Box<dyn Profiler>>| {
-        drain.drain(|ev| {
-            correlator.handle(ev, &mut |rec| {
-                for p in profilers.iter_mut() {
-                    p.consume(&rec);
-                }
+    let feed =
+        |drain: &mut Drain, correlator: &mut Correlator, profilers: &mut Vec<Box<dyn Profiler>>| {
+            drain.drain(|ev| {
+                correlator.handle(ev, &mut |rec| {
+                    for p in profilers.iter_mut() {
+                        p.consume(&rec);
+                    }
+                });
             });
-        });
-    };
+        };
 
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
     let mut drain_tick = tokio::time::interval(DRAIN_TICK);
     let mut rescan_tick = tokio::time::interval(cfg.rescan_interval);
@@ -259,10 +288,18 @@ async fn run_session(cfg: &AttachConfig, dir: &SessionDir, start_wall: chrono::D
         ),
     ];
     if !metadata.probes.failed.is_empty() {
-        summary.push(format!("{} probes could not be attached (see metadata.json)", metadata.probes.failed.len()));
+        summary.push(format!(
+            "{} probes could not be attached (see metadata.json)",
+            metadata.probes.failed.len()
+        ));
     }
     summary.push(format!("files: {}", files.join(", ")));
-    let outcome = SessionOutcome { dir: dir.path().to_owned(), steps, drops: kernel.ring_full_drops, summary };
+    let outcome = SessionOutcome {
+        dir: dir.path().to_owned(),
+        steps,
+        drops: kernel.ring_full_drops,
+        summary,
+    };
     if !cfg.quiet {
         for line in &outcome.summary {
             eprintln!("  {line}");
@@ -280,5 +317,6 @@ async fn run_session(cfg: &AttachConfig, dir: &SessionDir, start_wall: chrono::D
 }
 
 fn count_rows(dir: &SessionDir, name: &str) -> u64 {
-    std::fs::read_to_string(dir.path().join(name)).map_or(0, |s| s.lines().count().saturating_sub(1) as u64)
+    std::fs::read_to_string(dir.path().join(name))
+        .map_or(0, |s| s.lines().count().saturating_sub(1) as u64)
 }

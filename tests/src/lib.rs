@@ -14,7 +14,10 @@ use std::{
 /// Repository root.
 #[must_use]
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn artifact(env: &str, default: &str) -> PathBuf {
@@ -42,7 +45,8 @@ pub fn fake_cuda_dir() -> PathBuf {
 /// Tests that attach run one at a time: parallel targets would distort the timing checks.
 pub fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// True when the test may attach eBPF probes; otherwise prints why it is skipped.
@@ -53,8 +57,16 @@ pub fn can_attach(test: &str) -> bool {
         eprintln!("SKIPPED {test}: needs root (eBPF uprobes); run `sudo -E cargo xtask test`");
         return false;
     }
-    for p in [profilemate_bin(), fixture_bin(), fake_cuda_dir().join("libcuda.so.1")] {
-        assert!(p.exists(), "{} missing: build with `cargo xtask build`", p.display());
+    for p in [
+        profilemate_bin(),
+        fixture_bin(),
+        fake_cuda_dir().join("libcuda.so.1"),
+    ] {
+        assert!(
+            p.exists(),
+            "{} missing: build with `cargo xtask build`",
+            p.display()
+        );
     }
     true
 }
@@ -72,9 +84,16 @@ impl Proc {
     /// Spawns `cmd` with stdout piped.
     #[must_use]
     pub fn spawn(cmd: &mut Command) -> Self {
-        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let reader = child.stdout.take().map(BufReader::new);
-        Self { child, lines: Vec::new(), reader }
+        Self {
+            child,
+            lines: Vec::new(),
+            reader,
+        }
     }
 
     /// Pid.
@@ -89,7 +108,11 @@ impl Proc {
         loop {
             let mut line = String::new();
             let n = reader.read_line(&mut line).expect("read stdout");
-            assert!(n > 0, "process ended before printing {needle:?}; output so far: {:?}", self.lines);
+            assert!(
+                n > 0,
+                "process ended before printing {needle:?}; output so far: {:?}",
+                self.lines
+            );
             let line = line.trim_end().to_owned();
             self.lines.push(line.clone());
             if line.contains(needle) {
@@ -105,7 +128,11 @@ impl Proc {
             if let Some(s) = self.child.try_wait().expect("try_wait") {
                 return s.code().unwrap_or(-1);
             }
-            assert!(Instant::now() < deadline, "process {} did not exit within {timeout:?}", self.pid());
+            assert!(
+                Instant::now() < deadline,
+                "process {} did not exit within {timeout:?}",
+                self.pid()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -155,8 +182,14 @@ impl Target {
     pub fn rust(dir: &Path, args: &[&str]) -> Self {
         let log = dir.join("truth.log");
         let mut cmd = Command::new(fixture_bin());
-        cmd.arg("--lib-dir").arg(fake_cuda_dir()).args(args).env("FAKE_CUDA_LOG", &log);
-        Self { proc: Proc::spawn(&mut cmd), log }
+        cmd.arg("--lib-dir")
+            .arg(fake_cuda_dir())
+            .args(args)
+            .env("FAKE_CUDA_LOG", &log);
+        Self {
+            proc: Proc::spawn(&mut cmd),
+            log,
+        }
     }
 
     /// Starts the Python fixture (tests/scripts/fixture_loop.py) with `args`.
@@ -170,13 +203,19 @@ impl Target {
             .args(args)
             .env("FAKE_CUDA_LOG", &log)
             .env("PYTHONUNBUFFERED", "1");
-        Self { proc: Proc::spawn(&mut cmd), log }
+        Self {
+            proc: Proc::spawn(&mut cmd),
+            log,
+        }
     }
 
     /// Ground truth, after the target has exited.
     #[must_use]
     pub fn truth(&self) -> Truth {
-        Truth::parse(&std::fs::read_to_string(&self.log).unwrap_or_else(|e| panic!("read {}: {e}", self.log.display())))
+        Truth::parse(
+            &std::fs::read_to_string(&self.log)
+                .unwrap_or_else(|e| panic!("read {}: {e}", self.log.display())),
+        )
     }
 }
 
@@ -194,13 +233,24 @@ impl Tracer {
     #[must_use]
     pub fn attach(pid: u32, dir: &Path, args: &[&str]) -> Self {
         let mut cmd = Command::new(profilemate_bin());
-        cmd.args(["attach", "--pid", &pid.to_string(), "--rescan-ms", "50", "--out"])
-            .arg(dir.join("sessions"))
-            .args(args)
-            .stderr(Stdio::piped());
+        cmd.args([
+            "attach",
+            "--pid",
+            &pid.to_string(),
+            "--rescan-ms",
+            "50",
+            "--out",
+        ])
+        .arg(dir.join("sessions"))
+        .args(args)
+        .stderr(Stdio::piped());
         let mut proc = Proc::spawn(&mut cmd);
         let stderr = proc.child.stderr.take().map(BufReader::new);
-        Self { proc, stderr, stderr_lines: Vec::new() }
+        Self {
+            proc,
+            stderr,
+            stderr_lines: Vec::new(),
+        }
     }
 
     /// Waits until the tracer reports it is attached.
@@ -209,7 +259,11 @@ impl Tracer {
         loop {
             let mut line = String::new();
             let n = r.read_line(&mut line).expect("read stderr");
-            assert!(n > 0, "profilemate exited before attaching: {:?}", self.stderr_lines);
+            assert!(
+                n > 0,
+                "profilemate exited before attaching: {:?}",
+                self.stderr_lines
+            );
             self.stderr_lines.push(line.trim_end().to_owned());
             if line.contains("attached to") {
                 return;
@@ -224,12 +278,18 @@ impl Tracer {
             self.stderr_lines.extend(r.lines().map_while(Result::ok));
         }
         let out = self.proc.rest();
-        assert_eq!(code, 0, "profilemate failed; stderr: {:#?}", self.stderr_lines);
+        assert_eq!(
+            code, 0,
+            "profilemate failed; stderr: {:#?}",
+            self.stderr_lines
+        );
         let dir = out
             .iter()
             .find_map(|l| l.strip_prefix("session: "))
             .unwrap_or_else(|| panic!("no session line in {out:?}"));
-        Session { dir: PathBuf::from(dir) }
+        Session {
+            dir: PathBuf::from(dir),
+        }
     }
 }
 
@@ -275,7 +335,11 @@ pub struct Truth {
 }
 
 fn kv(line: &str) -> HashMap<String, String> {
-    line.split_whitespace().skip(1).filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+    line.split_whitespace()
+        .skip(1)
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 fn num(f: &HashMap<String, String>, k: &str) -> u64 {
@@ -314,16 +378,26 @@ impl Truth {
     /// Application-level calls of `api` (not made by the fake's own runtime).
     #[must_use]
     pub fn app_calls(&self, api: &str) -> Vec<&TruthCall> {
-        self.calls.iter().filter(|c| c.api == api && !c.nested).collect()
+        self.calls
+            .iter()
+            .filter(|c| c.api == api && !c.nested)
+            .collect()
     }
 
     /// GPU busy span (first start to last end, ns) of the work each step tag enqueued,
     /// events excluded, in step order.
     #[must_use]
     pub fn step_gpu_ns(&self, pid: u32) -> Vec<(u64, u64)> {
-        let mut by_step: std::collections::BTreeMap<u64, (u64, u64)> = std::collections::BTreeMap::new();
-        for e in self.execs.iter().filter(|e| e.pid == pid && e.kind != "event") {
-            let Some(i) = e.tag.strip_prefix("step_").and_then(|s| s.parse().ok()) else { continue };
+        let mut by_step: std::collections::BTreeMap<u64, (u64, u64)> =
+            std::collections::BTreeMap::new();
+        for e in self
+            .execs
+            .iter()
+            .filter(|e| e.pid == pid && e.kind != "event")
+        {
+            let Some(i) = e.tag.strip_prefix("step_").and_then(|s| s.parse().ok()) else {
+                continue;
+            };
             let span = by_step.entry(i).or_insert((u64::MAX, 0));
             span.0 = span.0.min(e.start);
             span.1 = span.1.max(e.end);
@@ -342,12 +416,17 @@ impl Session {
     /// Rows of a CSV file as header -> value maps.
     #[must_use]
     pub fn csv(&self, name: &str) -> Vec<HashMap<String, String>> {
-        let mut r = csv::Reader::from_path(self.dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut r =
+            csv::Reader::from_path(self.dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         let headers = r.headers().expect("header").clone();
         r.records()
             .map(|rec| {
                 let rec = rec.expect("csv row");
-                headers.iter().zip(rec.iter()).map(|(h, v)| (h.to_owned(), v.to_owned())).collect()
+                headers
+                    .iter()
+                    .zip(rec.iter())
+                    .map(|(h, v)| (h.to_owned(), v.to_owned()))
+                    .collect()
             })
             .collect()
     }
@@ -355,7 +434,8 @@ impl Session {
     /// A JSON file.
     #[must_use]
     pub fn json(&self, name: &str) -> serde_json::Value {
-        let text = std::fs::read_to_string(self.dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let text =
+            std::fs::read_to_string(self.dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
     }
 }

@@ -16,12 +16,20 @@ fn profile(test: &str, python: bool, fixture: &[&str], attach: &[&str]) -> (Sess
     let dir = scratch(test);
     let mut args = vec!["--wait-after-load-ms", "1500"];
     args.extend_from_slice(fixture);
-    let mut target = if python { Target::python(&dir, &args) } else { Target::rust(&dir, &args) };
+    let mut target = if python {
+        Target::python(&dir, &args)
+    } else {
+        Target::rust(&dir, &args)
+    };
     target.proc.wait_line("ready");
     let pid = target.proc.pid();
     let mut tracer = Tracer::attach(pid, &dir, attach);
     tracer.wait_attached();
-    assert_eq!(target.proc.wait_exit(Duration::from_secs(60)), 0, "fixture failed");
+    assert_eq!(
+        target.proc.wait_exit(Duration::from_secs(60)),
+        0,
+        "fixture failed"
+    );
     let session = tracer.finish(Duration::from_secs(30));
     (session, target.truth(), pid)
 }
@@ -44,18 +52,32 @@ fn check_counts_and_times(session: &Session, truth: &Truth, pid: u32, kernels: b
             .app_calls("cudaMemcpyAsync")
             .iter()
             .filter(|c| c.fields.get("kind").is_some_and(|k| k == kind))
-            .map(|c| c.fields.get("bytes").and_then(|b| b.parse::<f64>().ok()).unwrap_or(0.0))
+            .map(|c| {
+                c.fields
+                    .get("bytes")
+                    .and_then(|b| b.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            })
             .sum()
     };
     assert_eq!(sum(&steps, "h2d_bytes"), bytes("1"));
     assert_eq!(sum(&steps, "d2h_bytes"), bytes("2"));
     let captures = session.csv("cuda_graph_captures.csv");
-    assert_eq!(captures.len(), truth.app_calls("cudaStreamEndCapture").len());
+    assert_eq!(
+        captures.len(),
+        truth.app_calls("cudaStreamEndCapture").len()
+    );
     for c in &captures {
         assert_eq!(c["source"], "captured");
-        assert!(!c["capture_ms"].is_empty() && !c["instantiate_ms"].is_empty(), "{c:?}");
+        assert!(
+            !c["capture_ms"].is_empty() && !c["instantiate_ms"].is_empty(),
+            "{c:?}"
+        );
         if kernels {
-            assert_eq!(c["captured_launches"], "3", "kernels recorded into each graph");
+            assert_eq!(
+                c["captured_launches"], "3",
+                "kernels recorded into each graph"
+            );
         } else {
             assert_eq!(c["captured_launches"], "");
         }
@@ -80,7 +102,13 @@ fn check_counts_and_times(session: &Session, truth: &Truth, pid: u32, kernels: b
     if kernels {
         let truth_launches: usize = ["cudaLaunchKernel", "cuLaunchKernelEx"]
             .iter()
-            .map(|a| truth.app_calls(a).iter().filter(|c| c.fields.get("capturing").is_none_or(|v| v == "0")).count())
+            .map(|a| {
+                truth
+                    .app_calls(a)
+                    .iter()
+                    .filter(|c| c.fields.get("capturing").is_none_or(|v| v == "0"))
+                    .count()
+            })
             .sum();
         assert_eq!(sum(&steps, "num_kernel_launches") as usize, truth_launches);
     } else {
@@ -90,10 +118,24 @@ fn check_counts_and_times(session: &Session, truth: &Truth, pid: u32, kernels: b
     // API summary: every application call counted once, twins as calls via runtime.
     let api = session.json("cuda_api_summary.json");
     let p = &api["processes"][pid.to_string()];
-    for name in ["cudaGraphLaunch", "cudaEventRecordWithFlags", "cudaEventSynchronize", "cudaMemcpyAsync", "cudaMalloc", "cudaFree"] {
-        assert_eq!(p[name]["calls"].as_u64(), Some(truth.app_calls(name).len() as u64), "{name}: {p}");
+    for name in [
+        "cudaGraphLaunch",
+        "cudaEventRecordWithFlags",
+        "cudaEventSynchronize",
+        "cudaMemcpyAsync",
+        "cudaMalloc",
+        "cudaFree",
+    ] {
+        assert_eq!(
+            p[name]["calls"].as_u64(),
+            Some(truth.app_calls(name).len() as u64),
+            "{name}: {p}"
+        );
     }
-    assert_eq!(p["cuGraphLaunch"]["calls_via_runtime"].as_u64(), Some(launches.len() as u64));
+    assert_eq!(
+        p["cuGraphLaunch"]["calls_via_runtime"].as_u64(),
+        Some(launches.len() as u64)
+    );
     assert_eq!(p["cuGraphLaunch"]["calls"].as_u64(), Some(0));
 
     // GPU times against the simulated GPU's execution log.
@@ -106,12 +148,19 @@ fn check_counts_and_times(session: &Session, truth: &Truth, pid: u32, kernels: b
             let truth_ms = (end - start) as f64 / 1e6;
             let e = (col(row, "forward_time_ms") - truth_ms).abs();
             if errors.iter().all(|x| *x < e) {
-                worst = format!("step {}: ours {} ms, truth {truth_ms} ms; row {row:?}", row["step"], row["forward_time_ms"]);
+                worst = format!(
+                    "step {}: ours {} ms, truth {truth_ms} ms; row {row:?}",
+                    row["step"], row["forward_time_ms"]
+                );
             }
             errors.push(e);
         }
     }
-    assert!(errors.len() as u64 >= STEPS - 2, "almost every wait blocks: {} exact", errors.len());
+    assert!(
+        errors.len() as u64 >= STEPS - 2,
+        "almost every wait blocks: {} exact",
+        errors.len()
+    );
     errors.sort_by(f64::total_cmp);
     let median = errors[errors.len() / 2];
     let max = errors[errors.len() - 1];
@@ -172,11 +221,18 @@ fn sync_timing_mode_completes_steps_at_stream_waits() {
         return;
     }
     let _g = serial();
-    let (s, truth, _) = profile("sync-mode", false, &["--steps", "40", "--sync-mode", "stream"], &["--timing", "sync"]);
+    let (s, truth, _) = profile(
+        "sync-mode",
+        false,
+        &["--steps", "40", "--sync-mode", "stream"],
+        &["--timing", "sync"],
+    );
     let steps = s.csv("forward_pass_timing.csv");
     assert_eq!(steps.len(), 40);
     assert_eq!(truth.app_calls("cudaStreamSynchronize").len(), 40);
-    assert!(steps.iter().all(|r| r["sync_api"] == "cudaStreamSynchronize"));
+    assert!(steps
+        .iter()
+        .all(|r| r["sync_api"] == "cudaStreamSynchronize"));
     assert!(steps.iter().filter(|r| r["completion"] == "exact").count() >= 38);
 }
 
@@ -187,7 +243,17 @@ fn attach_before_the_cuda_library_is_loaded() {
     }
     let _g = serial();
     let dir = scratch("late-load");
-    let mut target = Target::rust(&dir, &["--wait-before-load-ms", "1500", "--wait-after-load-ms", "500", "--steps", "40"]);
+    let mut target = Target::rust(
+        &dir,
+        &[
+            "--wait-before-load-ms",
+            "1500",
+            "--wait-after-load-ms",
+            "500",
+            "--steps",
+            "40",
+        ],
+    );
     target.proc.wait_line("waiting");
     let mut tracer = Tracer::attach(target.proc.pid(), &dir, &["--wait"]);
     tracer.wait_attached();
@@ -195,9 +261,14 @@ fn attach_before_the_cuda_library_is_loaded() {
     let s = tracer.finish(Duration::from_secs(30));
     let truth = target.truth();
     assert_eq!(s.csv("forward_pass_timing.csv").len(), 40);
-    assert_eq!(s.csv("cuda_graph_timeline.csv").len(), truth.app_calls("cudaGraphLaunch").len());
+    assert_eq!(
+        s.csv("cuda_graph_timeline.csv").len(),
+        truth.app_calls("cudaGraphLaunch").len()
+    );
     let meta = s.json("metadata.json");
-    let libs = meta["targets"][0]["libraries"].as_array().map_or(0, Vec::len);
+    let libs = meta["targets"][0]["libraries"]
+        .as_array()
+        .map_or(0, Vec::len);
     assert_eq!(libs, 2, "libcudart and libcuda found after attach: {meta}");
 }
 
@@ -208,7 +279,17 @@ fn child_process_spawned_after_attach_is_followed() {
     }
     let _g = serial();
     let dir = scratch("child");
-    let mut target = Target::rust(&dir, &["--wait-after-load-ms", "800", "--steps", "40", "--spawn-child-after-ms", "300"]);
+    let mut target = Target::rust(
+        &dir,
+        &[
+            "--wait-after-load-ms",
+            "800",
+            "--steps",
+            "40",
+            "--spawn-child-after-ms",
+            "300",
+        ],
+    );
     target.proc.wait_line("ready");
     let mut tracer = Tracer::attach(target.proc.pid(), &dir, &[]);
     tracer.wait_attached();
@@ -232,7 +313,12 @@ fn target_exiting_mid_trace_flushes_what_completed() {
         return;
     }
     let _g = serial();
-    let (s, truth, _) = profile("exit-mid", false, &["--steps", "100", "--exit-after-steps", "20"], &[]);
+    let (s, truth, _) = profile(
+        "exit-mid",
+        false,
+        &["--steps", "100", "--exit-after-steps", "20"],
+        &[],
+    );
     let steps = s.csv("forward_pass_timing.csv");
     let syncs = truth.app_calls("cudaEventSynchronize").len();
     assert_eq!(steps.len(), syncs, "every completed wait is a step");
@@ -260,11 +346,19 @@ fn sigint_stops_and_flushes_everything() {
     assert!(steps.len() > 50, "{} steps", steps.len());
     let meta = s.json("metadata.json");
     assert_eq!(meta["stop_reason"], "interrupted (SIGINT)");
-    for f in ["forward_pass_summary.json", "cuda_graph_captures.csv", "cuda_graph_usage.csv", "cuda_api_summary.json"] {
+    for f in [
+        "forward_pass_summary.json",
+        "cuda_graph_captures.csv",
+        "cuda_graph_usage.csv",
+        "cuda_api_summary.json",
+    ] {
         assert!(s.dir.join(f).exists(), "{f}");
     }
     // The target keeps running, untouched.
-    assert!(target.proc.child.try_wait().expect("try_wait").is_none(), "target must survive detach");
+    assert!(
+        target.proc.child.try_wait().expect("try_wait").is_none(),
+        "target must survive detach"
+    );
     target.proc.signal(libc::SIGTERM);
     assert_eq!(target.proc.wait_exit(Duration::from_secs(10)), 0);
 }

@@ -5,7 +5,11 @@ use std::process::Command;
 use profilemate_tests::{can_attach, profilemate_bin, scratch, Proc};
 
 fn attach_fails(args: &[&str]) -> String {
-    let out = Command::new(profilemate_bin()).arg("attach").args(args).output().expect("run profilemate");
+    let out = Command::new(profilemate_bin())
+        .arg("attach")
+        .args(args)
+        .output()
+        .expect("run profilemate");
     assert!(!out.status.success(), "expected failure for {args:?}");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -16,7 +20,12 @@ fn unknown_pid_is_reported() {
         return;
     }
     let dir = scratch("nopid");
-    let err = attach_fails(&["--pid", "999999999", "--out", dir.to_str().unwrap_or("/tmp")]);
+    let err = attach_fails(&[
+        "--pid",
+        "999999999",
+        "--out",
+        dir.to_str().unwrap_or("/tmp"),
+    ]);
     assert!(err.contains("no process with pid 999999999"), "{err}");
 }
 
@@ -28,8 +37,16 @@ fn target_without_cuda_names_wait_flag_and_writes_nothing() {
     let dir = scratch("nocuda");
     let sleeper = Proc::spawn(Command::new("sleep").arg("30"));
     let out = dir.join("sessions");
-    let err = attach_fails(&["--pid", &sleeper.pid().to_string(), "--out", out.to_str().unwrap_or("/tmp")]);
-    assert!(err.contains("no CUDA library") && err.contains("--wait"), "{err}");
+    let err = attach_fails(&[
+        "--pid",
+        &sleeper.pid().to_string(),
+        "--out",
+        out.to_str().unwrap_or("/tmp"),
+    ]);
+    assert!(
+        err.contains("no CUDA library") && err.contains("--wait"),
+        "{err}"
+    );
     let left = std::fs::read_dir(&out).map_or(0, Iterator::count);
     assert_eq!(left, 0, "no empty session directory left behind");
 }
@@ -40,7 +57,12 @@ fn unwritable_output_directory_is_reported() {
         return;
     }
     let sleeper = Proc::spawn(Command::new("sleep").arg("30"));
-    let err = attach_fails(&["--pid", &sleeper.pid().to_string(), "--out", "/proc/self/no-such-dir"]);
+    let err = attach_fails(&[
+        "--pid",
+        &sleeper.pid().to_string(),
+        "--out",
+        "/proc/self/no-such-dir",
+    ]);
     assert!(err.contains("--out"), "{err}");
 }
 
@@ -50,13 +72,24 @@ fn unprivileged_user_is_told_how_to_fix_it() {
         return;
     }
     // Drop to nobody with no capabilities.
-    let has_setpriv = Command::new("setpriv").arg("--version").output().is_ok_and(|o| o.status.success());
+    let has_setpriv = Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !has_setpriv {
-        eprintln!("SKIPPED unprivileged_user_is_told_how_to_fix_it: setpriv (util-linux) not installed");
+        eprintln!(
+            "SKIPPED unprivileged_user_is_told_how_to_fix_it: setpriv (util-linux) not installed"
+        );
         return;
     }
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+        ])
         .arg(profilemate_bin())
         .args(["attach", "--pid", "1"])
         .output()

@@ -58,7 +58,10 @@ fn run_target(args: &[String]) -> Result<(TargetRun, u32)> {
         if line.contains("ready") {
             ready = Some(Instant::now());
         }
-        if let Some(v) = line.split_whitespace().find_map(|w| w.strip_prefix("calls_per_sec=")) {
+        if let Some(v) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("calls_per_sec="))
+        {
             rate = v.parse().ok();
         }
         if line.starts_with("done") {
@@ -69,7 +72,12 @@ fn run_target(args: &[String]) -> Result<(TargetRun, u32)> {
     if !status.success() {
         bail!("pm-fixture failed: {status}");
     }
-    let steps: f64 = args.iter().skip_while(|a| *a != "--steps").nth(1).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let steps: f64 = args
+        .iter()
+        .skip_while(|a| *a != "--steps")
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
     let rate = rate.unwrap_or(if seconds > 0.0 { steps / seconds } else { 0.0 });
     Ok((TargetRun { rate, seconds }, pid))
 }
@@ -93,7 +101,9 @@ fn proc_cpu_sec(pid: u32) -> Option<f64> {
 
 fn proc_hwm_kb(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// Runs the target with profilemate waiting for it; returns both sides' numbers.
@@ -112,7 +122,16 @@ fn run_attached(target_args: &[String], extra: &[&str]) -> Result<(TargetRun, Tr
         .context("cannot start pm-fixture")?;
     let fpid = fixture.id();
     let mut tracer = profilemate_command()
-        .args(["attach", "--wait", "--quiet", "--rescan-ms", "50", "--pid", &fpid.to_string(), "--out"])
+        .args([
+            "attach",
+            "--wait",
+            "--quiet",
+            "--rescan-ms",
+            "50",
+            "--pid",
+            &fpid.to_string(),
+            "--out",
+        ])
         .arg(&out)
         .args(extra)
         .stdout(Stdio::piped())
@@ -129,7 +148,10 @@ fn run_attached(target_args: &[String], extra: &[&str]) -> Result<(TargetRun, Tr
         if line.contains("ready") {
             ready = Some(Instant::now());
         }
-        if let Some(v) = line.split_whitespace().find_map(|w| w.strip_prefix("calls_per_sec=")) {
+        if let Some(v) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("calls_per_sec="))
+        {
             rate = v.parse().ok();
         }
         if line.starts_with("done") {
@@ -155,12 +177,28 @@ fn run_attached(target_args: &[String], extra: &[&str]) -> Result<(TargetRun, Tr
         .lines()
         .find_map(|l| l.strip_prefix("session: ").map(PathBuf::from))
         .context("profilemate printed no session path")?;
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(session.join("metadata.json"))?)?;
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(session.join("metadata.json"))?)?;
     let records = meta["losses"]["records_read"].as_u64().unwrap_or(0);
-    let drops = meta["losses"]["kernel"]["ring_full_drops"].as_u64().unwrap_or(0);
-    let steps: f64 = target_args.iter().skip_while(|a| *a != "--steps").nth(1).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let drops = meta["losses"]["kernel"]["ring_full_drops"]
+        .as_u64()
+        .unwrap_or(0);
+    let steps: f64 = target_args
+        .iter()
+        .skip_while(|a| *a != "--steps")
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
     let rate = rate.unwrap_or(if seconds > 0.0 { steps / seconds } else { 0.0 });
-    Ok((TargetRun { rate, seconds }, TracerStats { cpu_sec: cpu, rss_kb: rss, records, drops }))
+    Ok((
+        TargetRun { rate, seconds },
+        TracerStats {
+            cpu_sec: cpu,
+            rss_kb: rss,
+            records,
+            drops,
+        },
+    ))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -171,11 +209,24 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn pipeline() -> Result<String> {
     let out = Command::new("cargo")
         .current_dir(root())
-        .args(["run", "--quiet", "--release", "-p", "profilemate", "--example", "pipeline_bench", "--", "300000"])
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "profilemate",
+            "--example",
+            "pipeline_bench",
+            "--",
+            "300000",
+        ])
         .output()
         .context("cannot run the pipeline benchmark")?;
     if !out.status.success() {
-        bail!("pipeline benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "pipeline benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -184,11 +235,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if !is_root() {
         bail!("cargo xtask bench attaches eBPF probes: run it as root");
     }
-    println!("## userspace pipeline (synthetic vLLM-like records, one thread)\n{}", pipeline()?);
+    println!(
+        "## userspace pipeline (synthetic vLLM-like records, one thread)\n{}",
+        pipeline()?
+    );
 
     let hot: Vec<String> = ["--hot-loop".to_owned(), args.iterations.to_string()].to_vec();
     let step: Vec<String> = [
-        "--steps", &args.steps.to_string(), "--graphs", "2", "--kernel-us", "20", "--eager-kernels", "8", "--step-gap-us", "0",
+        "--steps",
+        &args.steps.to_string(),
+        "--graphs",
+        "2",
+        "--kernel-us",
+        "20",
+        "--eager-kernels",
+        "8",
+        "--step-gap-us",
+        "0",
     ]
     .iter()
     .map(|s| (*s).to_owned())

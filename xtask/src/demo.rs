@@ -35,7 +35,17 @@ pub fn start_fixture(extra: &[&str]) -> Result<Reaped> {
     let child = Command::new(release_dir().join("pm-fixture"))
         .arg("--lib-dir")
         .arg(fake_cuda_dir())
-        .args(["--forever", "--graphs", "4", "--steps", "100", "--kernel-us", "300", "--step-gap-us", "500"])
+        .args([
+            "--forever",
+            "--graphs",
+            "4",
+            "--steps",
+            "100",
+            "--kernel-us",
+            "300",
+            "--step-gap-us",
+            "500",
+        ])
         .args(extra)
         .stdout(Stdio::null())
         .spawn()
@@ -51,7 +61,14 @@ pub fn run(seconds: u64) -> Result<()> {
     std::thread::sleep(std::time::Duration::from_millis(300));
     let out = root().join("target/demo-sessions");
     let status = profilemate_command()
-        .args(["attach", "--pid", &pid.to_string(), "--duration", &format!("{seconds}s"), "--out"])
+        .args([
+            "attach",
+            "--pid",
+            &pid.to_string(),
+            "--duration",
+            &format!("{seconds}s"),
+            "--out",
+        ])
         .arg(&out)
         .status()
         .context("cannot run profilemate")?;

@@ -47,14 +47,19 @@ enum Cmd {
 
 /// Repository root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// Runs a command, failing with its name when it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
     eprintln!("+ {shown}");
-    let status = cmd.status().with_context(|| format!("cannot run {shown}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {shown}"))?;
     if !status.success() {
         bail!("{shown} failed: {status}");
     }
@@ -90,11 +95,21 @@ fn setup() -> Result<()> {
     let has_src = Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", "nightly"])
         .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src")));
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.starts_with("rust-src"))
+        });
     if has_src {
         eprintln!("setup: nightly rust-src already installed");
     } else {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     let linker_ok = Command::new("bpf-linker")
         .arg("--version")
@@ -105,9 +120,21 @@ fn setup() -> Result<()> {
     } else {
         // bpf-linker must link the LLVM the nightly compiler uses (22); its build script finds
         // the library through LLVM_PREFIX, llvm-sys through LLVM_SYS_221_PREFIX.
-        let path = format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{LLVM_PREFIX}/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
         run(Command::new("cargo")
-            .args(["install", "--locked", "bpf-linker", "--version", "^0.13", "--no-default-features", "--features", "llvm-22"])
+            .args([
+                "install",
+                "--locked",
+                "bpf-linker",
+                "--version",
+                "^0.13",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
             .env("LLVM_PREFIX", LLVM_PREFIX)
             .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
             .env("PATH", path))?;
@@ -164,9 +191,16 @@ pub fn release_dir() -> PathBuf {
 
 fn build() -> Result<()> {
     build_ebpf()?;
-    run(Command::new("cargo")
-        .current_dir(root())
-        .args(["build", "--release", "-p", "profilemate", "-p", "fake-cuda", "-p", "fixture-target"]))?;
+    run(Command::new("cargo").current_dir(root()).args([
+        "build",
+        "--release",
+        "-p",
+        "profilemate",
+        "-p",
+        "fake-cuda",
+        "-p",
+        "fixture-target",
+    ]))?;
     let lib = release_dir().join("libfakecuda.so");
     let dir = fake_cuda_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -174,7 +208,8 @@ fn build() -> Result<()> {
         let dst = dir.join(name);
         // Copy to a temporary name and rename: a running fixture may still map the old file.
         let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::copy(&lib, &tmp).with_context(|| format!("cannot copy {} to {}", lib.display(), tmp.display()))?;
+        std::fs::copy(&lib, &tmp)
+            .with_context(|| format!("cannot copy {} to {}", lib.display(), tmp.display()))?;
         std::fs::rename(&tmp, &dst).with_context(|| format!("cannot install {}", dst.display()))?;
     }
     Ok(())

@@ -19,10 +19,15 @@ use std::collections::HashMap;
 use profilemate_common::{ApiId, Library, OpClass};
 use serde::Serialize;
 
-pub use records::{ApiCall, Completion, Correlated, GraphCapture, GraphInstantiation, GraphReplay, Step};
+pub use records::{
+    ApiCall, Completion, Correlated, GraphCapture, GraphInstantiation, GraphReplay, Step,
+};
 pub use steps::BLOCKED_THRESHOLD_NS;
 
-use crate::{config::TimingMode, probes::drain::{CallEvent, CallPhase}};
+use crate::{
+    config::TimingMode,
+    probes::drain::{CallEvent, CallPhase},
+};
 use steps::{StepMachine, Work};
 
 /// A driver call this soon after an entry-only runtime call of the same operation on the
@@ -122,14 +127,20 @@ pub struct Correlator {
 }
 
 fn is_twin(runtime: OpClass, driver: OpClass) -> bool {
-    runtime == driver || (runtime == OpClass::Memcpy && matches!(driver, OpClass::CopyH2D | OpClass::CopyD2H))
+    runtime == driver
+        || (runtime == OpClass::Memcpy && matches!(driver, OpClass::CopyH2D | OpClass::CopyD2H))
 }
 
 impl Correlator {
     /// A correlator for one session.
     #[must_use]
     pub fn new(timing: TimingMode, kernels: bool) -> Self {
-        Self { timing, kernels, procs: HashMap::new(), stats: CorrelatorStats::default() }
+        Self {
+            timing,
+            kernels,
+            procs: HashMap::new(),
+            stats: CorrelatorStats::default(),
+        }
     }
 
     /// Processes one probe hit, emitting what it completes into `out`.
@@ -146,12 +157,17 @@ impl Correlator {
             CallPhase::Entry { args } => {
                 let nested = spec.library == Library::Driver
                     && thread.runtime_open.is_some_and(|(class, ts, exact)| {
-                        is_twin(class, spec.class) && (exact || ev.ts_ns.saturating_sub(ts) <= NEST_WINDOW_NS)
+                        is_twin(class, spec.class)
+                            && (exact || ev.ts_ns.saturating_sub(ts) <= NEST_WINDOW_NS)
                     });
                 match spec.library {
-                    Library::Runtime => thread.runtime_open = Some((spec.class, ev.ts_ns, spec.needs_return)),
+                    Library::Runtime => {
+                        thread.runtime_open = Some((spec.class, ev.ts_ns, spec.needs_return))
+                    }
                     // An entry-only runtime call reaches its twin once.
-                    Library::Driver if nested && thread.runtime_open.is_some_and(|(_, _, exact)| !exact) => {
+                    Library::Driver
+                        if nested && thread.runtime_open.is_some_and(|(_, _, exact)| !exact) =>
+                    {
                         thread.runtime_open = None;
                     }
                     Library::Driver => {}
@@ -160,7 +176,12 @@ impl Correlator {
                     self.stats.nested_calls += 1;
                 }
                 if spec.needs_return {
-                    thread.stack.push(OpenCall { api: ev.api, entry_ns: ev.ts_ns, args, nested });
+                    thread.stack.push(OpenCall {
+                        api: ev.api,
+                        entry_ns: ev.ts_ns,
+                        args,
+                        nested,
+                    });
                     return;
                 }
                 out(Correlated::Call(ApiCall {
@@ -172,18 +193,30 @@ impl Correlator {
                     bytes: call_bytes(ev.api, &args),
                 }));
                 if !nested {
-                    let op = Op { api: ev.api, entry_ns: ev.ts_ns, ret_ns: None, args, ret: 0, out: None };
+                    let op = Op {
+                        api: ev.api,
+                        entry_ns: ev.ts_ns,
+                        ret_ns: None,
+                        args,
+                        ret: 0,
+                        out: None,
+                    };
                     self.operation(ev.pid, ev.tid, op, out);
                 }
             }
-            CallPhase::Return { ret, out: out_value } => {
+            CallPhase::Return {
+                ret,
+                out: out_value,
+            } => {
                 let Some(pos) = thread.stack.iter().rposition(|c| c.api == ev.api) else {
                     self.stats.unmatched_returns += 1;
                     return;
                 };
                 self.stats.abandoned_calls += (thread.stack.len() - pos - 1) as u64;
                 thread.stack.truncate(pos + 1);
-                let Some(call) = thread.stack.pop() else { return };
+                let Some(call) = thread.stack.pop() else {
+                    return;
+                };
                 if spec.library == Library::Runtime {
                     thread.runtime_open = None;
                 }
@@ -196,7 +229,14 @@ impl Correlator {
                     bytes: call_bytes(ev.api, &call.args),
                 }));
                 if !call.nested {
-                    let op = Op { api: ev.api, entry_ns: call.entry_ns, ret_ns: Some(ev.ts_ns), args: call.args, ret, out: out_value };
+                    let op = Op {
+                        api: ev.api,
+                        entry_ns: call.entry_ns,
+                        ret_ns: Some(ev.ts_ns),
+                        args: call.args,
+                        ret,
+                        out: out_value,
+                    };
                     self.operation(ev.pid, ev.tid, op, out);
                 }
             }
@@ -207,13 +247,19 @@ impl Correlator {
         let timing = self.timing;
         let kernels = self.kernels;
         let stats = &mut self.stats;
-        let Some(proc) = self.procs.get_mut(&pid) else { return };
+        let Some(proc) = self.procs.get_mut(&pid) else {
+            return;
+        };
         let capturing = proc.threads.get(&tid).is_some_and(|t| t.capture.is_some());
         let ret_ns = op.ret_ns.unwrap_or(op.entry_ns);
         match op.api.spec().class {
             OpClass::CaptureBegin => {
                 if let Some(t) = proc.threads.get_mut(&tid) {
-                    t.capture = Some(Capture { stream: op.args[0], begin_ns: op.entry_ns, launches: 0 });
+                    t.capture = Some(Capture {
+                        stream: op.args[0],
+                        begin_ns: op.entry_ns,
+                        launches: 0,
+                    });
                 }
             }
             OpClass::CaptureEnd => {
@@ -236,7 +282,11 @@ impl Correlator {
                     begin_ns: cap.as_ref().map(|c| c.begin_ns),
                     end_ns: Some(ret_ns),
                     graph_handle: op.out,
-                    captured_launches: if kernels { cap.map(|c| c.launches) } else { None },
+                    captured_launches: if kernels {
+                        cap.map(|c| c.launches)
+                    } else {
+                        None
+                    },
                 }));
             }
             OpClass::Instantiate => {
@@ -299,7 +349,15 @@ impl Correlator {
                         id
                     }
                 };
-                let replay = GraphReplay { graph_id, pid, tid, ts_ns: op.entry_ns, exec_handle: exec, stream: op.args[1], step: None };
+                let replay = GraphReplay {
+                    graph_id,
+                    pid,
+                    tid,
+                    ts_ns: op.entry_ns,
+                    exec_handle: exec,
+                    stream: op.args[1],
+                    step: None,
+                };
                 proc.steps.work(tid, op.entry_ns, Work::Graph(replay));
             }
             OpClass::KernelLaunch => {
@@ -325,12 +383,14 @@ impl Correlator {
                 proc.steps.work(tid, op.entry_ns, work);
                 // A synchronous copy is a blocking wait too.
                 if op.ret_ns.is_some() && timing == TimingMode::Sync {
-                    proc.steps.complete_all(tid, op.api, op.entry_ns, ret_ns, stats, out);
+                    proc.steps
+                        .complete_all(tid, op.api, op.entry_ns, ret_ns, stats, out);
                 }
             }
             OpClass::EventRecord => {
                 if !capturing {
-                    proc.steps.record_event(tid, op.args[0], op.args[1], op.entry_ns, timing);
+                    proc.steps
+                        .record_event(tid, op.args[0], op.args[1], op.entry_ns, timing);
                 }
             }
             OpClass::EventSync | OpClass::EventQuery => {
@@ -340,15 +400,28 @@ impl Correlator {
                 }
                 match timing {
                     TimingMode::Events => {
-                        proc.steps.complete_event(op.args[0], tid, op.api, op.entry_ns, ret_ns, query, stats, out);
+                        proc.steps.complete_event(
+                            op.args[0],
+                            tid,
+                            op.api,
+                            op.entry_ns,
+                            ret_ns,
+                            query,
+                            stats,
+                            out,
+                        );
                     }
-                    TimingMode::Sync if !query => proc.steps.complete_all(tid, op.api, op.entry_ns, ret_ns, stats, out),
+                    TimingMode::Sync if !query => {
+                        proc.steps
+                            .complete_all(tid, op.api, op.entry_ns, ret_ns, stats, out)
+                    }
                     TimingMode::Sync => {}
                 }
             }
             OpClass::StreamSync | OpClass::DeviceSync => {
                 if timing == TimingMode::Sync {
-                    proc.steps.complete_all(tid, op.api, op.entry_ns, ret_ns, stats, out);
+                    proc.steps
+                        .complete_all(tid, op.api, op.entry_ns, ret_ns, stats, out);
                 }
             }
             OpClass::Malloc | OpClass::Free => {}

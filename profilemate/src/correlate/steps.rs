@@ -96,12 +96,19 @@ impl StepMachine {
     /// Steps of process `pid`; `kernels`: per-kernel probes are attached.
     #[must_use]
     pub fn new(pid: u32, kernels: bool) -> Self {
-        Self { pid, kernels, ..Self::default() }
+        Self {
+            pid,
+            kernels,
+            ..Self::default()
+        }
     }
 
     /// Adds launch-side activity of `tid` at `ts_ns`, opening a step if none is open.
     pub fn work(&mut self, tid: u32, ts_ns: u64, work: Work) {
-        let b = self.open.entry(tid).or_insert_with(|| Builder { start_ns: ts_ns, ..Builder::default() });
+        let b = self.open.entry(tid).or_insert_with(|| Builder {
+            start_ns: ts_ns,
+            ..Builder::default()
+        });
         b.last_ns = ts_ns;
         match work {
             Work::Graph(r) => {
@@ -122,7 +129,14 @@ impl StepMachine {
     }
 
     /// An event was recorded by `tid`.
-    pub fn record_event(&mut self, tid: u32, event: u64, _stream: u64, ts_ns: u64, timing: crate::config::TimingMode) {
+    pub fn record_event(
+        &mut self,
+        tid: u32,
+        event: u64,
+        _stream: u64,
+        ts_ns: u64,
+        timing: crate::config::TimingMode,
+    ) {
         if timing == crate::config::TimingMode::Sync {
             if let Some(b) = self.open.get_mut(&tid) {
                 b.last_ns = ts_ns;
@@ -133,13 +147,26 @@ impl StepMachine {
         if let Some(builder) = self.open.remove(&tid) {
             let id = self.next_candidate;
             self.next_candidate += 1;
-            queue.push_back(Candidate { id, builder, record_ns: ts_ns });
+            queue.push_back(Candidate {
+                id,
+                builder,
+                record_ns: ts_ns,
+            });
         }
-        self.events.insert(event, EventMark { tid, candidate: queue.back().map(|c| c.id) });
+        self.events.insert(
+            event,
+            EventMark {
+                tid,
+                candidate: queue.back().map(|c| c.id),
+            },
+        );
     }
 
     /// A wait on (or successful query of) `event` returned.
-    #[allow(clippy::too_many_arguments, reason = "one call site; the wait's facts travel together")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site; the wait's facts travel together"
+    )]
     pub fn complete_event(
         &mut self,
         event: u64,
@@ -159,7 +186,9 @@ impl StepMachine {
             stats.repeat_syncs += 1;
             return;
         };
-        let Some(queue) = self.sealed.get_mut(&tid) else { return };
+        let Some(queue) = self.sealed.get_mut(&tid) else {
+            return;
+        };
         let mut merged: Option<Candidate> = None;
         while queue.front().is_some_and(|c| c.id <= upto) {
             let Some(c) = queue.pop_front() else { break };
@@ -187,7 +216,14 @@ impl StepMachine {
             (false, true) => (ret_ns, Completion::UpperBound),
             (false, false) => (entry_ns, Completion::UpperBound),
         };
-        let wait = Wait { sync_tid, api, entry_ns, ret_ns, completion_ns, completion };
+        let wait = Wait {
+            sync_tid,
+            api,
+            entry_ns,
+            ret_ns,
+            completion_ns,
+            completion,
+        };
         self.emit(tid, merged.builder, merged.record_ns, &wait, out);
     }
 
@@ -210,23 +246,44 @@ impl StepMachine {
             .collect();
         tids.sort_unstable();
         let blocked = ret_ns.saturating_sub(entry_ns) >= BLOCKED_THRESHOLD_NS;
-        let (completion_ns, completion) =
-            if blocked { (ret_ns, Completion::Exact) } else { (entry_ns, Completion::UpperBound) };
+        let (completion_ns, completion) = if blocked {
+            (ret_ns, Completion::Exact)
+        } else {
+            (entry_ns, Completion::UpperBound)
+        };
         for tid in tids {
             if let Some(b) = self.open.remove(&tid) {
-                let wait = Wait { sync_tid, api, entry_ns, ret_ns, completion_ns, completion };
+                let wait = Wait {
+                    sync_tid,
+                    api,
+                    entry_ns,
+                    ret_ns,
+                    completion_ns,
+                    completion,
+                };
                 let launch_end = b.last_ns;
                 self.emit(tid, b, launch_end, &wait, out);
             }
         }
     }
 
-    fn emit(&mut self, tid: u32, b: Builder, launch_end_ns: u64, wait: &Wait, out: &mut impl FnMut(Correlated)) {
+    fn emit(
+        &mut self,
+        tid: u32,
+        b: Builder,
+        launch_end_ns: u64,
+        wait: &Wait,
+        out: &mut impl FnMut(Correlated),
+    ) {
         let index = self.next_index;
         self.next_index += 1;
         // The GPU cannot start this step before the previous one finished (one device queue).
         let prev = self.last_exact_completion_ns;
-        let gpu_start_ns = if prev > b.start_ns && prev <= wait.completion_ns { prev } else { b.start_ns };
+        let gpu_start_ns = if prev > b.start_ns && prev <= wait.completion_ns {
+            prev
+        } else {
+            b.start_ns
+        };
         if wait.completion == Completion::Exact {
             self.last_exact_completion_ns = self.last_exact_completion_ns.max(wait.completion_ns);
         }

@@ -18,16 +18,29 @@ impl Script {
     fn entry(&mut self, ts_us: u64, tid: u32, api: ApiId, args: &[u64]) -> &mut Self {
         let mut a = [0u64; 6];
         a[..args.len()].copy_from_slice(args);
-        self.evs.push(CallEvent { ts_ns: ts_us * 1000, pid: PID, tid, api, phase: CallPhase::Entry { args: a } });
+        self.evs.push(CallEvent {
+            ts_ns: ts_us * 1000,
+            pid: PID,
+            tid,
+            api,
+            phase: CallPhase::Entry { args: a },
+        });
         self
     }
     fn ret(&mut self, ts_us: u64, tid: u32, api: ApiId, ret: u64, out: Option<u64>) -> &mut Self {
-        self.evs.push(CallEvent { ts_ns: ts_us * 1000, pid: PID, tid, api, phase: CallPhase::Return { ret, out } });
+        self.evs.push(CallEvent {
+            ts_ns: ts_us * 1000,
+            pid: PID,
+            tid,
+            api,
+            phase: CallPhase::Return { ret, out },
+        });
         self
     }
     /// A runtime call and its nested driver twin, entry only.
     fn rt_drv(&mut self, ts_us: u64, rt: ApiId, drv: ApiId, args: &[u64]) -> &mut Self {
-        self.entry(ts_us, MAIN, rt, args).entry(ts_us + 1, MAIN, drv, args)
+        self.entry(ts_us, MAIN, rt, args)
+            .entry(ts_us + 1, MAIN, drv, args)
     }
     fn run(&self, timing: TimingMode, kernels: bool) -> (Vec<Correlated>, CorrelatorStats) {
         let mut c = Correlator::new(timing, kernels);
@@ -41,7 +54,15 @@ impl Script {
 }
 
 fn steps(out: &[Correlated]) -> Vec<Step> {
-    out.iter().filter_map(|r| if let Correlated::Step(s) = r { Some(s.clone()) } else { None }).collect()
+    out.iter()
+        .filter_map(|r| {
+            if let Correlated::Step(s) = r {
+                Some(s.clone())
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 /// Capture one graph: begin, end (graph 0xg), instantiate (exec 0xe).
@@ -49,18 +70,60 @@ fn capture(s: &mut Script, t: u64, graph: u64, exec: u64) {
     s.entry(t, MAIN, ApiId::cudaStreamBeginCapture, &[STREAM, 0])
         .entry(t + 10, MAIN, ApiId::cudaStreamEndCapture, &[STREAM, 0x7ff0])
         .ret(t + 20, MAIN, ApiId::cudaStreamEndCapture, 0, Some(graph))
-        .entry(t + 30, MAIN, ApiId::cudaGraphInstantiateWithFlags, &[0x7ff8, graph, 0])
-        .entry(t + 31, MAIN, ApiId::cuGraphInstantiateWithFlags, &[0x7ff8, graph, 0])
-        .ret(t + 40, MAIN, ApiId::cuGraphInstantiateWithFlags, 0, Some(exec))
-        .ret(t + 41, MAIN, ApiId::cudaGraphInstantiateWithFlags, 0, Some(exec));
+        .entry(
+            t + 30,
+            MAIN,
+            ApiId::cudaGraphInstantiateWithFlags,
+            &[0x7ff8, graph, 0],
+        )
+        .entry(
+            t + 31,
+            MAIN,
+            ApiId::cuGraphInstantiateWithFlags,
+            &[0x7ff8, graph, 0],
+        )
+        .ret(
+            t + 40,
+            MAIN,
+            ApiId::cuGraphInstantiateWithFlags,
+            0,
+            Some(exec),
+        )
+        .ret(
+            t + 41,
+            MAIN,
+            ApiId::cudaGraphInstantiateWithFlags,
+            0,
+            Some(exec),
+        );
 }
 
 /// One vLLM-like step launch: H2D input copy, graph replay, D2H output copy, event record.
 fn launch_step(s: &mut Script, t: u64, exec: u64, event: u64) {
-    s.rt_drv(t, ApiId::cudaMemcpyAsync, ApiId::cuMemcpyHtoDAsync_v2, &[1, 2, 4096, 1, STREAM])
-        .rt_drv(t + 10, ApiId::cudaGraphLaunch, ApiId::cuGraphLaunch, &[exec, STREAM])
-        .rt_drv(t + 20, ApiId::cudaMemcpyAsync, ApiId::cuMemcpyDtoHAsync_v2, &[3, 4, 1024, 2, STREAM])
-        .rt_drv(t + 30, ApiId::cudaEventRecordWithFlags, ApiId::cuEventRecordWithFlags, &[event, STREAM, 0]);
+    s.rt_drv(
+        t,
+        ApiId::cudaMemcpyAsync,
+        ApiId::cuMemcpyHtoDAsync_v2,
+        &[1, 2, 4096, 1, STREAM],
+    )
+    .rt_drv(
+        t + 10,
+        ApiId::cudaGraphLaunch,
+        ApiId::cuGraphLaunch,
+        &[exec, STREAM],
+    )
+    .rt_drv(
+        t + 20,
+        ApiId::cudaMemcpyAsync,
+        ApiId::cuMemcpyDtoHAsync_v2,
+        &[3, 4, 1024, 2, STREAM],
+    )
+    .rt_drv(
+        t + 30,
+        ApiId::cudaEventRecordWithFlags,
+        ApiId::cuEventRecordWithFlags,
+        &[event, STREAM, 0],
+    );
 }
 
 fn sync_event(s: &mut Script, tid: u32, entry: u64, ret: u64, event: u64) {
@@ -94,7 +157,10 @@ fn async_depth_two_matches_waits_by_event_handle() {
     for (i, step) in st.iter().enumerate() {
         assert_eq!(step.index, i as u64);
         assert_eq!(step.completion, Completion::Exact);
-        assert_eq!(step.graph_launches, 1, "runtime+driver graph launch counted once");
+        assert_eq!(
+            step.graph_launches, 1,
+            "runtime+driver graph launch counted once"
+        );
         assert_eq!(step.graph_ids, vec![0]);
         assert_eq!(step.h2d_bytes, 4096);
         assert_eq!(step.d2h_bytes, 1024);
@@ -103,7 +169,10 @@ fn async_depth_two_matches_waits_by_event_handle() {
     }
     assert_eq!(stats.incomplete_steps, 0);
     assert_eq!(stats.nested_calls, 4 * 3 + 1 + 3); // step calls, instantiate, event syncs
-    let replays = out.iter().filter(|r| matches!(r, Correlated::GraphReplay(_))).count();
+    let replays = out
+        .iter()
+        .filter(|r| matches!(r, Correlated::GraphReplay(_)))
+        .count();
     assert_eq!(replays, 3);
 }
 
@@ -131,13 +200,25 @@ fn capture_instantiate_replay_chain_assigns_graph_ids() {
     launch_step(&mut s, 3000, 0xbad, 0xee0);
     sync_event(&mut s, MAIN, 3100, 4000, 0xee0);
     let (out, stats) = s.run(TimingMode::Events, false);
-    let captures: Vec<&GraphCapture> = out.iter().filter_map(|r| if let Correlated::GraphCaptured(c) = r { Some(c) } else { None }).collect();
+    let captures: Vec<&GraphCapture> = out
+        .iter()
+        .filter_map(|r| {
+            if let Correlated::GraphCaptured(c) = r {
+                Some(c)
+            } else {
+                None
+            }
+        })
+        .collect();
     assert_eq!(captures.len(), 3);
     assert_eq!(captures[0].begin_ns, Some(0));
     assert_eq!(captures[0].end_ns, Some(20_000));
     assert_eq!(captures[1].graph_handle, Some(0xa1));
     assert_eq!(captures[2].begin_ns, None);
-    let inst = out.iter().filter(|r| matches!(r, Correlated::GraphInstantiated(_))).count();
+    let inst = out
+        .iter()
+        .filter(|r| matches!(r, Correlated::GraphInstantiated(_)))
+        .count();
     assert_eq!(inst, 2, "runtime+driver instantiation counted once");
     let st = steps(&out);
     assert_eq!(st[0].graph_ids, vec![1]);
@@ -149,8 +230,18 @@ fn capture_instantiate_replay_chain_assigns_graph_ids() {
 fn input_only_wait_merges_into_the_next_step() {
     let mut s = Script::new();
     // V1-style: inputs copied, event recorded and waited at the next step's start.
-    s.rt_drv(1000, ApiId::cudaMemcpyAsync, ApiId::cuMemcpyHtoDAsync_v2, &[1, 2, 100, 1, STREAM])
-        .rt_drv(1010, ApiId::cudaEventRecord, ApiId::cuEventRecord, &[0x111, STREAM]);
+    s.rt_drv(
+        1000,
+        ApiId::cudaMemcpyAsync,
+        ApiId::cuMemcpyHtoDAsync_v2,
+        &[1, 2, 100, 1, STREAM],
+    )
+    .rt_drv(
+        1010,
+        ApiId::cudaEventRecord,
+        ApiId::cuEventRecord,
+        &[0x111, STREAM],
+    );
     sync_event(&mut s, MAIN, 1020, 1021, 0x111);
     launch_step(&mut s, 1100, 0xe0, 0xee0);
     sync_event(&mut s, MAIN, 1200, 3000, 0xee0);
@@ -165,14 +256,24 @@ fn input_only_wait_merges_into_the_next_step() {
 #[test]
 fn direct_driver_calls_count_and_kernel_launches_with_kernels_mode() {
     let mut s = Script::new();
-    s.rt_drv(1000, ApiId::cudaMemcpyAsync, ApiId::cuMemcpyHtoDAsync_v2, &[1, 2, 100, 1, STREAM]);
+    s.rt_drv(
+        1000,
+        ApiId::cudaMemcpyAsync,
+        ApiId::cuMemcpyHtoDAsync_v2,
+        &[1, 2, 100, 1, STREAM],
+    );
     for i in 0..5 {
         s.entry(1010 + i, MAIN, ApiId::cuLaunchKernel, &[]);
     }
     s.entry(1020, MAIN, ApiId::cuLaunchKernelEx, &[]);
     // A direct driver graph launch (no runtime call before it) is its own replay.
     s.entry(1030, MAIN, ApiId::cuGraphLaunch, &[0xe5, STREAM]);
-    s.rt_drv(1040, ApiId::cudaEventRecord, ApiId::cuEventRecord, &[0x111, STREAM]);
+    s.rt_drv(
+        1040,
+        ApiId::cudaEventRecord,
+        ApiId::cuEventRecord,
+        &[0x111, STREAM],
+    );
     sync_event(&mut s, 777, 1050, 2000, 0x111); // waited on by another thread
     let (out, _) = s.run(TimingMode::Events, true);
     let st = steps(&out);
@@ -193,12 +294,24 @@ fn sync_mode_completes_at_any_blocking_wait() {
         .ret(1999, MAIN, ApiId::cuStreamSynchronize, 0, None)
         .ret(2000, MAIN, ApiId::cudaStreamSynchronize, 0, None);
     launch_step(&mut s, 3000, 0xe0, 0xee0);
-    s.entry(3100, MAIN, ApiId::cudaDeviceSynchronize, &[]).ret(3105, MAIN, ApiId::cudaDeviceSynchronize, 0, None);
+    s.entry(3100, MAIN, ApiId::cudaDeviceSynchronize, &[]).ret(
+        3105,
+        MAIN,
+        ApiId::cudaDeviceSynchronize,
+        0,
+        None,
+    );
     let (out, _) = s.run(TimingMode::Sync, false);
     let st = steps(&out);
     assert_eq!(st.len(), 2);
-    assert_eq!((st[0].completion, st[0].completion_ns), (Completion::Exact, 2_000_000));
-    assert_eq!((st[1].completion, st[1].completion_ns), (Completion::UpperBound, 3_100_000));
+    assert_eq!(
+        (st[0].completion, st[0].completion_ns),
+        (Completion::Exact, 2_000_000)
+    );
+    assert_eq!(
+        (st[1].completion, st[1].completion_ns),
+        (Completion::UpperBound, 3_100_000)
+    );
     // events mode ignores stream/device waits: nothing completes
     let (out, stats) = s.run(TimingMode::Events, false);
     assert!(steps(&out).is_empty());
@@ -222,7 +335,12 @@ fn late_driver_call_after_entry_only_runtime_call_is_not_nested() {
     s.entry(1000, MAIN, ApiId::cudaGraphLaunch, &[0xe0, STREAM]);
     // no twin fired (e.g. not exported); 1 ms later the app launches through the driver
     s.entry(2000, MAIN, ApiId::cuGraphLaunch, &[0xe0, STREAM]);
-    s.rt_drv(2100, ApiId::cudaEventRecord, ApiId::cuEventRecord, &[0x1, STREAM]);
+    s.rt_drv(
+        2100,
+        ApiId::cudaEventRecord,
+        ApiId::cuEventRecord,
+        &[0x1, STREAM],
+    );
     sync_event(&mut s, MAIN, 2200, 4000, 0x1);
     let (out, stats) = s.run(TimingMode::Events, false);
     assert_eq!(steps(&out)[0].graph_launches, 2);

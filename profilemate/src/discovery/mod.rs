@@ -89,10 +89,22 @@ pub fn classify_library(path: &str) -> Option<Library> {
 
 /// Reads the identity of `pid`.
 pub fn process_info(pid: u32) -> Result<ProcessInfo, DiscoveryError> {
-    let p = procfs::process::Process::new(pid as i32).map_err(|source| DiscoveryError::Proc { pid, what: "stat", source })?;
-    let stat = p.stat().map_err(|source| DiscoveryError::Proc { pid, what: "stat", source })?;
+    let p = procfs::process::Process::new(pid as i32).map_err(|source| DiscoveryError::Proc {
+        pid,
+        what: "stat",
+        source,
+    })?;
+    let stat = p.stat().map_err(|source| DiscoveryError::Proc {
+        pid,
+        what: "stat",
+        source,
+    })?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let mut joined: Vec<u8> = cmdline.into_iter().take(MAX_CMDLINE).map(|b| if b == 0 { b' ' } else { b }).collect();
+    let mut joined: Vec<u8> = cmdline
+        .into_iter()
+        .take(MAX_CMDLINE)
+        .map(|b| if b == 0 { b' ' } else { b })
+        .collect();
     while joined.last() == Some(&b' ') {
         joined.pop();
     }
@@ -124,7 +136,11 @@ fn parent_map() -> HashMap<u32, u32> {
 #[must_use]
 pub fn process_tree(root: u32, children: bool) -> Vec<u32> {
     if !children {
-        return if Path::new(&format!("/proc/{root}")).exists() { vec![root] } else { vec![] };
+        return if Path::new(&format!("/proc/{root}")).exists() {
+            vec![root]
+        } else {
+            vec![]
+        };
     }
     let parents = parent_map();
     let mut kids: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
@@ -148,8 +164,16 @@ pub fn process_tree(root: u32, children: bool) -> Vec<u32> {
 
 /// The CUDA libraries mapped in `pid`, one entry per file.
 pub fn cuda_libraries(pid: u32) -> Result<Vec<MappedLibrary>, DiscoveryError> {
-    let p = procfs::process::Process::new(pid as i32).map_err(|source| DiscoveryError::Proc { pid, what: "maps", source })?;
-    let maps = p.maps().map_err(|source| DiscoveryError::Proc { pid, what: "maps", source })?;
+    let p = procfs::process::Process::new(pid as i32).map_err(|source| DiscoveryError::Proc {
+        pid,
+        what: "maps",
+        source,
+    })?;
+    let maps = p.maps().map_err(|source| DiscoveryError::Proc {
+        pid,
+        what: "maps",
+        source,
+    })?;
     let mut out: Vec<MappedLibrary> = Vec::new();
     for m in maps {
         let procfs::process::MMapPath::Path(path) = &m.pathname else {
@@ -161,7 +185,10 @@ pub fn cuda_libraries(pid: u32) -> Result<Vec<MappedLibrary>, DiscoveryError> {
         let Some(library) = classify_library(path_str) else {
             continue;
         };
-        let dev = (u64::try_from(m.dev.0).unwrap_or(0), u64::try_from(m.dev.1).unwrap_or(0));
+        let dev = (
+            u64::try_from(m.dev.0).unwrap_or(0),
+            u64::try_from(m.dev.1).unwrap_or(0),
+        );
         if out.iter().any(|l| l.inode == m.inode && l.dev == dev) {
             continue;
         }
@@ -184,10 +211,22 @@ mod tests {
 
     #[test]
     fn classifies_cuda_library_names() {
-        assert_eq!(classify_library("/x/nvidia/cu13/lib/libcudart.so.13"), Some(Library::Runtime));
-        assert_eq!(classify_library("/usr/lib/libcudart.so.12.4.127"), Some(Library::Runtime));
-        assert_eq!(classify_library("/usr/lib/x86_64-linux-gnu/libcuda.so.580.65.06"), Some(Library::Driver));
-        assert_eq!(classify_library("/usr/lib/libcuda.so.1"), Some(Library::Driver));
+        assert_eq!(
+            classify_library("/x/nvidia/cu13/lib/libcudart.so.13"),
+            Some(Library::Runtime)
+        );
+        assert_eq!(
+            classify_library("/usr/lib/libcudart.so.12.4.127"),
+            Some(Library::Runtime)
+        );
+        assert_eq!(
+            classify_library("/usr/lib/x86_64-linux-gnu/libcuda.so.580.65.06"),
+            Some(Library::Driver)
+        );
+        assert_eq!(
+            classify_library("/usr/lib/libcuda.so.1"),
+            Some(Library::Driver)
+        );
         assert_eq!(classify_library("/usr/lib/libcudnn.so.9"), None);
         assert_eq!(classify_library("/usr/lib/libcudart_static.a"), None);
     }

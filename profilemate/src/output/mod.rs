@@ -96,16 +96,24 @@ impl SessionDir {
     /// symlink or writable by others without the sticky bit.
     pub fn create(base: &Path, stamp: &str) -> Result<Self, OutputError> {
         let owner = sudo_owner();
-        let base_err = |why: String| OutputError::BaseDir { path: base.to_owned(), why };
+        let base_err = |why: String| OutputError::BaseDir {
+            path: base.to_owned(),
+            why,
+        };
         match std::fs::symlink_metadata(base) {
-            Ok(m) if m.file_type().is_symlink() => return Err(base_err("it is a symbolic link".into())),
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(base_err("it is a symbolic link".into()))
+            }
             Ok(m) if !m.is_dir() => return Err(base_err("it is not a directory".into())),
             Ok(m) if m.mode() & 0o002 != 0 && m.mode() & 0o1000 == 0 => {
-                return Err(base_err("it is writable by every user and has no sticky bit".into()))
+                return Err(base_err(
+                    "it is writable by every user and has no sticky bit".into(),
+                ))
             }
             Ok(_) => {}
             Err(_) => {
-                std::fs::create_dir_all(base).map_err(|e| base_err(format!("cannot create it: {e}")))?;
+                std::fs::create_dir_all(base)
+                    .map_err(|e| base_err(format!("cannot create it: {e}")))?;
                 std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755))
                     .map_err(|e| base_err(format!("cannot set its mode: {e}")))?;
                 chown(base, owner);
@@ -142,7 +150,10 @@ impl SessionDir {
             .mode(0o644)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(|source| OutputError::Io { path: path.clone(), source })?;
+            .map_err(|source| OutputError::Io {
+                path: path.clone(),
+                source,
+            })?;
         if let Some((uid, gid)) = self.owner {
             // Best effort: hand the file to the sudo user; failure leaves it root-owned, readable.
             let _ = std::os::unix::fs::fchown(&file, Some(uid), Some(gid));
@@ -154,20 +165,38 @@ impl SessionDir {
     pub fn write_json(&self, name: &str, value: &impl Serialize) -> Result<(), OutputError> {
         let path = self.path.join(name);
         let mut w = self.create_file(name)?;
-        serde_json::to_writer_pretty(&mut w, value).map_err(|e| OutputError::Io { path: path.clone(), source: e.into() })?;
-        w.write_all(b"\n").and_then(|()| w.flush()).map_err(|source| OutputError::Io { path, source })
+        serde_json::to_writer_pretty(&mut w, value).map_err(|e| OutputError::Io {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        w.write_all(b"\n")
+            .and_then(|()| w.flush())
+            .map_err(|source| OutputError::Io { path, source })
     }
 
     /// Writes `rows` (serialized with their field names as the header) into `name`.
-    pub fn write_csv<R: Serialize>(&self, name: &str, header: &[&str], rows: impl IntoIterator<Item = R>) -> Result<(), OutputError> {
+    pub fn write_csv<R: Serialize>(
+        &self,
+        name: &str,
+        header: &[&str],
+        rows: impl IntoIterator<Item = R>,
+    ) -> Result<(), OutputError> {
         let path = self.path.join(name);
-        let csv_err = |source| OutputError::Csv { path: path.clone(), source };
-        let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(self.create_file(name)?);
+        let csv_err = |source| OutputError::Csv {
+            path: path.clone(),
+            source,
+        };
+        let mut w = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(self.create_file(name)?);
         w.write_record(header).map_err(csv_err)?;
         for r in rows {
             w.serialize(r).map_err(csv_err)?;
         }
-        w.flush().map_err(|source| OutputError::Io { path: path.clone(), source })
+        w.flush().map_err(|source| OutputError::Io {
+            path: path.clone(),
+            source,
+        })
     }
 }
 
@@ -193,11 +222,17 @@ mod tests {
         let base = tmp("symlink");
         let s = SessionDir::create(&base, "20260101_000000").expect("session");
         std::os::unix::fs::symlink("/etc/passwd", s.path().join("evil.csv")).expect("symlink");
-        assert!(s.create_file("evil.csv").is_err(), "must not write through a symlink");
-        s.write_csv("a.csv", &["x", "y"], [(1, "a,\"b\"")]).expect("csv");
+        assert!(
+            s.create_file("evil.csv").is_err(),
+            "must not write through a symlink"
+        );
+        s.write_csv("a.csv", &["x", "y"], [(1, "a,\"b\"")])
+            .expect("csv");
         let text = std::fs::read_to_string(s.path().join("a.csv")).expect("read");
         assert_eq!(text, "x,y\n1,\"a,\"\"b\"\"\"\n");
-        let mode = std::fs::metadata(s.path().join("a.csv")).expect("meta").mode();
+        let mode = std::fs::metadata(s.path().join("a.csv"))
+            .expect("meta")
+            .mode();
         assert_eq!(mode & 0o022, 0, "not group/world writable");
         // A second session in the same second gets its own directory.
         let s2 = SessionDir::create(&base, "20260101_000000").expect("session 2");
@@ -211,11 +246,20 @@ mod tests {
         std::fs::create_dir_all(&base).expect("mkdir");
         let link = tmp("link");
         std::os::unix::fs::symlink(&base, &link).expect("symlink");
-        assert!(matches!(SessionDir::create(&link, "x"), Err(OutputError::BaseDir { .. })));
+        assert!(matches!(
+            SessionDir::create(&link, "x"),
+            Err(OutputError::BaseDir { .. })
+        ));
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-        assert!(matches!(SessionDir::create(&base, "x"), Err(OutputError::BaseDir { .. })));
+        assert!(matches!(
+            SessionDir::create(&base, "x"),
+            Err(OutputError::BaseDir { .. })
+        ));
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
-        assert!(SessionDir::create(&base, "x").is_ok(), "sticky /tmp-like base is fine");
+        assert!(
+            SessionDir::create(&base, "x").is_ok(),
+            "sticky /tmp-like base is fine"
+        );
         std::fs::remove_file(&link).expect("cleanup");
         std::fs::remove_dir_all(&base).expect("cleanup");
     }

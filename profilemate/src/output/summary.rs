@@ -13,7 +13,8 @@ pub struct Latency {
 impl Default for Latency {
     fn default() -> Self {
         Self {
-            hist: Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("constant bounds are valid"),
+            hist: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
+                .expect("constant bounds are valid"),
             sum_ns: 0,
         }
     }

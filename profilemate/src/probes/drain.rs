@@ -71,7 +71,13 @@ pub fn decode(bytes: &[u8]) -> Result<CallEvent, DecodeError> {
         },
         k => return Err(DecodeError::Kind(k)),
     };
-    Ok(CallEvent { ts_ns: rec.ts_ns, pid: rec.tgid, tid: rec.tid, api, phase })
+    Ok(CallEvent {
+        ts_ns: rec.ts_ns,
+        pid: rec.tgid,
+        tid: rec.tid,
+        api,
+        phase,
+    })
 }
 
 /// Encodes an event the way the kernel side does (tests and benchmarks feed the pipeline).
@@ -79,11 +85,21 @@ pub fn decode(bytes: &[u8]) -> Result<CallEvent, DecodeError> {
 pub fn encode(ev: &CallEvent) -> CudaCallRecord {
     let (kind, flags, args) = match ev.phase {
         CallPhase::Entry { args } => (record_kind::ENTRY, 0, args),
-        CallPhase::Return { ret, out } => {
-            (record_kind::RETURN, if out.is_some() { FLAG_OUT_VALID } else { 0 }, [ret, out.unwrap_or(0), 0, 0, 0, 0])
-        }
+        CallPhase::Return { ret, out } => (
+            record_kind::RETURN,
+            if out.is_some() { FLAG_OUT_VALID } else { 0 },
+            [ret, out.unwrap_or(0), 0, 0, 0, 0],
+        ),
     };
-    CudaCallRecord { kind, api: ev.api as u16, tgid: ev.pid, tid: ev.tid, flags, ts_ns: ev.ts_ns, args }
+    CudaCallRecord {
+        kind,
+        api: ev.api as u16,
+        tgid: ev.pid,
+        tid: ev.tid,
+        flags,
+        ts_ns: ev.ts_ns,
+        args,
+    }
 }
 
 /// The ring buffer registered with the tokio reactor.
@@ -100,8 +116,13 @@ impl Drain {
     pub fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
         // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until it is dropped,
         // so the registered fd is never closed or reused while registered.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
-        Ok(Self { ring, decode_errors: 0, records: 0 })
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(Self {
+            ring,
+            decode_errors: 0,
+            records: 0,
+        })
     }
 
     /// Waits until the kernel signals data (the BPF side only signals past its watermark).
@@ -140,13 +161,41 @@ mod tests {
     #[test]
     fn decode_round_trips_entry_and_return() {
         for ev in [
-            CallEvent { ts_ns: 5, pid: 1, tid: 2, api: ApiId::cudaGraphLaunch, phase: CallPhase::Entry { args: [1, 2, 3, 4, 5, 6] } },
-            CallEvent { ts_ns: 9, pid: 1, tid: 2, api: ApiId::cudaStreamEndCapture, phase: CallPhase::Return { ret: 0, out: Some(0xabc) } },
-            CallEvent { ts_ns: 9, pid: 1, tid: 2, api: ApiId::cudaEventSynchronize, phase: CallPhase::Return { ret: 0, out: None } },
+            CallEvent {
+                ts_ns: 5,
+                pid: 1,
+                tid: 2,
+                api: ApiId::cudaGraphLaunch,
+                phase: CallPhase::Entry {
+                    args: [1, 2, 3, 4, 5, 6],
+                },
+            },
+            CallEvent {
+                ts_ns: 9,
+                pid: 1,
+                tid: 2,
+                api: ApiId::cudaStreamEndCapture,
+                phase: CallPhase::Return {
+                    ret: 0,
+                    out: Some(0xabc),
+                },
+            },
+            CallEvent {
+                ts_ns: 9,
+                pid: 1,
+                tid: 2,
+                api: ApiId::cudaEventSynchronize,
+                phase: CallPhase::Return { ret: 0, out: None },
+            },
         ] {
             let rec = encode(&ev);
             // SAFETY: CudaCallRecord is repr(C) plain data; viewing it as bytes is sound.
-            let bytes = unsafe { std::slice::from_raw_parts((&rec as *const CudaCallRecord).cast::<u8>(), size_of::<CudaCallRecord>()) };
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    (&rec as *const CudaCallRecord).cast::<u8>(),
+                    size_of::<CudaCallRecord>(),
+                )
+            };
             assert_eq!(decode(bytes), Ok(ev));
         }
     }
@@ -154,9 +203,21 @@ mod tests {
     #[test]
     fn decode_rejects_garbage() {
         assert_eq!(decode(&[0u8; 10]), Err(DecodeError::Size(10)));
-        let mut rec = CudaCallRecord { kind: 1, api: 999, ..Default::default() };
+        let mut rec = CudaCallRecord {
+            kind: 1,
+            api: 999,
+            ..Default::default()
+        };
         // SAFETY: as above.
-        let view = |r: &CudaCallRecord| unsafe { std::slice::from_raw_parts((r as *const CudaCallRecord).cast::<u8>(), size_of::<CudaCallRecord>()) }.to_vec();
+        let view = |r: &CudaCallRecord| {
+            unsafe {
+                std::slice::from_raw_parts(
+                    (r as *const CudaCallRecord).cast::<u8>(),
+                    size_of::<CudaCallRecord>(),
+                )
+            }
+            .to_vec()
+        };
         assert_eq!(decode(&view(&rec)), Err(DecodeError::Api(999)));
         rec.api = 0;
         rec.kind = 7;

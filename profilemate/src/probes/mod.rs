@@ -142,7 +142,8 @@ impl Probes {
                 .ok_or(ProbeError::Missing(name))?
                 .try_into()
                 .map_err(|source| ProbeError::Program { name, source })?;
-            prog.load().map_err(|source| ProbeError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| ProbeError::Program { name, source })?;
         }
         Ok(Self {
             ebpf,
@@ -156,25 +157,49 @@ impl Probes {
 
     /// Takes the ring buffer out of the object (call once).
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self.ebpf.take_map(EVENTS_MAP).ok_or(ProbeError::Missing(EVENTS_MAP))?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: EVENTS_MAP, source })
+        let map = self
+            .ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or(ProbeError::Missing(EVENTS_MAP))?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            name: EVENTS_MAP,
+            source,
+        })
     }
 
     /// Adds `pid` to the in-kernel target filter.
     pub fn add_target(&mut self, pid: u32) -> Result<(), ProbeError> {
-        let map = self.ebpf.map_mut(TARGETS_MAP).ok_or(ProbeError::Missing(TARGETS_MAP))?;
+        let map = self
+            .ebpf
+            .map_mut(TARGETS_MAP)
+            .ok_or(ProbeError::Missing(TARGETS_MAP))?;
         let mut targets: BpfHashMap<&mut MapData, u32, u32> =
-            BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { name: TARGETS_MAP, source })?;
-        targets.insert(pid, 1, 0).map_err(|source| ProbeError::Map { name: TARGETS_MAP, source })
+            BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: TARGETS_MAP,
+                source,
+            })?;
+        targets.insert(pid, 1, 0).map_err(|source| ProbeError::Map {
+            name: TARGETS_MAP,
+            source,
+        })
     }
 
     /// Sums the per-CPU counters.
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
-        let map = self.ebpf.map(COUNTERS_MAP).ok_or(ProbeError::Missing(COUNTERS_MAP))?;
+        let map = self
+            .ebpf
+            .map(COUNTERS_MAP)
+            .ok_or(ProbeError::Missing(COUNTERS_MAP))?;
         let arr: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map { name: COUNTERS_MAP, source })?;
+            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
+                name: COUNTERS_MAP,
+                source,
+            })?;
         let sum = |slot: u32| -> Result<u64, ProbeError> {
-            let values = arr.get(&slot, 0).map_err(|source| ProbeError::Map { name: COUNTERS_MAP, source })?;
+            let values = arr.get(&slot, 0).map_err(|source| ProbeError::Map {
+                name: COUNTERS_MAP,
+                source,
+            })?;
             Ok(values.iter().copied().sum())
         };
         Ok(KernelCounters {
@@ -200,16 +225,25 @@ impl Probes {
         let offsets = self
             .symbol_cache
             .entry((lib.dev, lib.inode))
-            .or_insert_with(|| SymbolOffsets::resolve(&lib.host_path, &names).map_err(|e| error_chain(&e)))
+            .or_insert_with(|| {
+                SymbolOffsets::resolve(&lib.host_path, &names).map_err(|e| error_chain(&e))
+            })
             .clone();
         let offsets = match offsets {
             Ok(o) => o,
             Err(reason) => {
-                self.report.failed.push(FailedProbe { pid, library: lib.path.clone(), symbol: String::new(), reason });
+                self.report.failed.push(FailedProbe {
+                    pid,
+                    library: lib.path.clone(),
+                    symbol: String::new(),
+                    reason,
+                });
                 return 0;
             }
         };
-        let Some(scope_pid) = NonZeroU32::new(pid) else { return 0 };
+        let Some(scope_pid) = NonZeroU32::new(pid) else {
+            return 0;
+        };
         let mut attached = 0;
         for api in wanted {
             let spec = api.spec();
@@ -218,7 +252,10 @@ impl Probes {
                     pid,
                     library: lib.path.clone(),
                     symbol: spec.symbol.to_owned(),
-                    reason: format!("{} does not export this symbol (other CUDA version?)", library_name(lib.library)),
+                    reason: format!(
+                        "{} does not export this symbol (other CUDA version?)",
+                        library_name(lib.library)
+                    ),
                 });
                 continue;
             };
@@ -243,7 +280,11 @@ impl Probes {
                         pid,
                         library: lib.path.clone(),
                         symbol: spec.symbol.to_owned(),
-                        reason: format!("attach {}: {}", if is_return { "return" } else { "entry" }, error_chain(&e)),
+                        reason: format!(
+                            "attach {}: {}",
+                            if is_return { "return" } else { "entry" },
+                            error_chain(&e)
+                        ),
                     }),
                 }
             }
@@ -260,14 +301,21 @@ impl Probes {
         lib: &MappedLibrary,
         pid: NonZeroU32,
     ) -> Result<UProbeLinkId, ProbeError> {
-        let name = if is_return { RETURN_PROGRAM } else { ENTRY_PROGRAM };
+        let name = if is_return {
+            RETURN_PROGRAM
+        } else {
+            ENTRY_PROGRAM
+        };
         let prog: &mut UProbe = self
             .ebpf
             .program_mut(name)
             .ok_or(ProbeError::Missing(name))?
             .try_into()
             .map_err(|source| ProbeError::Program { name, source })?;
-        let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie: Some(c) };
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(offset),
+            cookie: Some(c),
+        };
         prog.attach(point, &lib.host_path, UProbeScope::OneProcess(pid))
             .map_err(|source| ProbeError::Program { name, source })
     }
@@ -280,7 +328,11 @@ impl Probes {
     /// programs yet.
     pub fn detach_all(&mut self) {
         for link in std::mem::take(&mut self.links) {
-            let name = if link.is_return { RETURN_PROGRAM } else { ENTRY_PROGRAM };
+            let name = if link.is_return {
+                RETURN_PROGRAM
+            } else {
+                ENTRY_PROGRAM
+            };
             if let Some(Ok(prog)) = self.ebpf.program_mut(name).map(<&mut UProbe>::try_from) {
                 // A link whose process already exited detaches trivially; nothing to report.
                 let _ = prog.detach(link.id);

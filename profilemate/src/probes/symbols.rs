@@ -43,11 +43,20 @@ impl SymbolOffsets {
     /// Reads `path` and resolves each of `wanted` (dynamic symbols first, then .symtab).
     pub fn resolve(path: &Path, wanted: &[&str]) -> Result<Self, SymbolError> {
         let display = path.display().to_string();
-        let file = File::open(path).map_err(|source| SymbolError::Io { path: display.clone(), source })?;
+        let file = File::open(path).map_err(|source| SymbolError::Io {
+            path: display.clone(),
+            source,
+        })?;
         // SAFETY: read-only private mapping; the file is a shared library that the target has
         // mapped and is not expected to be truncated while we parse it.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| SymbolError::Io { path: display.clone(), source })?;
-        let elf = object::File::parse(&*map).map_err(|source| SymbolError::Elf { path: display, source })?;
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| SymbolError::Io {
+            path: display.clone(),
+            source,
+        })?;
+        let elf = object::File::parse(&*map).map_err(|source| SymbolError::Elf {
+            path: display,
+            source,
+        })?;
         let segments: Vec<(u64, u64, u64)> = elf
             .segments()
             .map(|s| (s.address(), s.size(), s.file_range().0))
@@ -90,7 +99,8 @@ mod tests {
             .filter_map(|l| l.split_whitespace().nth(5))
             .find(|p| p.contains("libc.so"))
             .expect("libc mapped");
-        let syms = SymbolOffsets::resolve(Path::new(libc), &["malloc", "free", "no_such_symbol_x"]).expect("parse libc");
+        let syms = SymbolOffsets::resolve(Path::new(libc), &["malloc", "free", "no_such_symbol_x"])
+            .expect("parse libc");
         assert!(syms.get("malloc").is_some());
         assert!(syms.get("free").is_some());
         assert_eq!(syms.get("no_such_symbol_x"), None);

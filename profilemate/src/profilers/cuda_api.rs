@@ -9,7 +9,10 @@ use super::Profiler;
 use crate::{
     correlate::Correlated,
     discovery::library_name,
-    output::{summary::{Latency, LatencySummary}, OutputError, SessionDir, TimeBase},
+    output::{
+        summary::{Latency, LatencySummary},
+        OutputError, SessionDir, TimeBase,
+    },
 };
 
 #[derive(Default)]
@@ -52,7 +55,11 @@ impl Profiler for CudaApi {
         }
     }
 
-    fn write(&mut self, dir: &SessionDir, _time: TimeBase) -> Result<Vec<&'static str>, OutputError> {
+    fn write(
+        &mut self,
+        dir: &SessionDir,
+        _time: TimeBase,
+    ) -> Result<Vec<&'static str>, OutputError> {
         let mut by_pid: BTreeMap<String, BTreeMap<&'static str, ApiRow>> = BTreeMap::new();
         for ((pid, api), s) in &self.stats {
             let spec = api.spec();
@@ -74,7 +81,10 @@ impl Profiler for CudaApi {
                 },
             );
         }
-        dir.write_json("cuda_api_summary.json", &serde_json::json!({ "processes": by_pid }))?;
+        dir.write_json(
+            "cuda_api_summary.json",
+            &serde_json::json!({ "processes": by_pid }),
+        )?;
         Ok(vec!["cuda_api_summary.json"])
     }
 }

@@ -19,11 +19,38 @@ pub struct CudaGraphs {
 }
 
 const CAPTURE_HEADER: &[&str] = &[
-    "graph_id", "pid", "tid", "stream", "capture_begin_sec", "capture_end_sec", "capture_ms", "instantiate_sec",
-    "instantiate_ms", "num_instantiations", "captured_launches", "graph_handle", "exec_handles", "source",
+    "graph_id",
+    "pid",
+    "tid",
+    "stream",
+    "capture_begin_sec",
+    "capture_end_sec",
+    "capture_ms",
+    "instantiate_sec",
+    "instantiate_ms",
+    "num_instantiations",
+    "captured_launches",
+    "graph_handle",
+    "exec_handles",
+    "source",
 ];
-const USAGE_HEADER: &[&str] = &["graph_id", "pid", "replay_count", "first_replay_sec", "last_replay_sec", "replays_in_steps"];
-const TIMELINE_HEADER: &[&str] = &["timestamp_sec", "pid", "tid", "graph_id", "exec_handle", "stream", "step"];
+const USAGE_HEADER: &[&str] = &[
+    "graph_id",
+    "pid",
+    "replay_count",
+    "first_replay_sec",
+    "last_replay_sec",
+    "replays_in_steps",
+];
+const TIMELINE_HEADER: &[&str] = &[
+    "timestamp_sec",
+    "pid",
+    "tid",
+    "graph_id",
+    "exec_handle",
+    "stream",
+    "step",
+];
 
 fn hex(v: u64) -> String {
     format!("{v:#x}")
@@ -74,16 +101,27 @@ impl Profiler for CudaGraphs {
             Correlated::GraphCaptured(c) => {
                 self.captures.insert((c.pid, c.graph_id), c.clone());
             }
-            Correlated::GraphInstantiated(i) => self.instantiations.entry((i.pid, i.graph_id)).or_default().push(i.clone()),
+            Correlated::GraphInstantiated(i) => self
+                .instantiations
+                .entry((i.pid, i.graph_id))
+                .or_default()
+                .push(i.clone()),
             Correlated::GraphReplay(r) => self.replays.push(r.clone()),
             Correlated::Call(_) | Correlated::Step(_) => {}
         }
     }
 
-    fn write(&mut self, dir: &SessionDir, time: TimeBase) -> Result<Vec<&'static str>, OutputError> {
+    fn write(
+        &mut self,
+        dir: &SessionDir,
+        time: TimeBase,
+    ) -> Result<Vec<&'static str>, OutputError> {
         let empty = Vec::new();
         let captures = self.captures.values().map(|c| {
-            let inst = self.instantiations.get(&(c.pid, c.graph_id)).unwrap_or(&empty);
+            let inst = self
+                .instantiations
+                .get(&(c.pid, c.graph_id))
+                .unwrap_or(&empty);
             let first = inst.first();
             CaptureRow {
                 graph_id: c.graph_id,
@@ -92,14 +130,25 @@ impl Profiler for CudaGraphs {
                 stream: c.stream.map(hex),
                 capture_begin_sec: c.begin_ns.map(|t| time.sec(t)),
                 capture_end_sec: c.end_ns.map(|t| time.sec(t)),
-                capture_ms: c.begin_ns.zip(c.end_ns).map(|(b, e)| ms(e.saturating_sub(b))),
+                capture_ms: c
+                    .begin_ns
+                    .zip(c.end_ns)
+                    .map(|(b, e)| ms(e.saturating_sub(b))),
                 instantiate_sec: first.map(|i| time.sec(i.ts_ns)),
                 instantiate_ms: first.map(|i| ms(i.duration_ns)),
                 num_instantiations: inst.len(),
                 captured_launches: c.captured_launches,
                 graph_handle: c.graph_handle.map(hex),
-                exec_handles: inst.iter().map(|i| hex(i.exec_handle)).collect::<Vec<_>>().join(" "),
-                source: if c.end_ns.is_some() { "captured" } else { "before_attach" },
+                exec_handles: inst
+                    .iter()
+                    .map(|i| hex(i.exec_handle))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                source: if c.end_ns.is_some() {
+                    "captured"
+                } else {
+                    "before_attach"
+                },
             }
         });
         dir.write_csv("cuda_graph_captures.csv", CAPTURE_HEADER, captures)?;
@@ -109,7 +158,14 @@ impl Profiler for CudaGraphs {
             .captures
             .values()
             .map(|c| {
-                let row = UsageRow { graph_id: c.graph_id, pid: c.pid, replay_count: 0, first_replay_sec: None, last_replay_sec: None, replays_in_steps: 0 };
+                let row = UsageRow {
+                    graph_id: c.graph_id,
+                    pid: c.pid,
+                    replay_count: 0,
+                    first_replay_sec: None,
+                    last_replay_sec: None,
+                    replays_in_steps: 0,
+                };
                 ((c.pid, c.graph_id), row)
             })
             .collect();
@@ -139,6 +195,10 @@ impl Profiler for CudaGraphs {
             step: r.step,
         });
         dir.write_csv("cuda_graph_timeline.csv", TIMELINE_HEADER, timeline)?;
-        Ok(vec!["cuda_graph_captures.csv", "cuda_graph_usage.csv", "cuda_graph_timeline.csv"])
+        Ok(vec![
+            "cuda_graph_captures.csv",
+            "cuda_graph_usage.csv",
+            "cuda_graph_timeline.csv",
+        ])
     }
 }

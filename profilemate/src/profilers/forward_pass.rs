@@ -7,7 +7,11 @@ use serde::Serialize;
 use super::Profiler;
 use crate::{
     correlate::{Completion, Correlated, Step},
-    output::{ms, summary::{Latency, LatencySummary}, OutputError, SessionDir, TimeBase},
+    output::{
+        ms,
+        summary::{Latency, LatencySummary},
+        OutputError, SessionDir, TimeBase,
+    },
 };
 
 /// Collects steps.
@@ -20,9 +24,24 @@ pub struct ForwardPass {
 const PHASE_UNKNOWN: &str = "unknown";
 
 const HEADER: &[&str] = &[
-    "step", "timestamp_sec", "pid", "tid", "phase", "forward_time_ms", "cpu_launch_ms", "num_kernel_launches",
-    "num_graph_launches", "graph_ids", "h2d_bytes", "d2h_bytes", "completion", "gpu_start_sec", "completion_sec",
-    "sync_tid", "sync_api", "sync_wait_ms",
+    "step",
+    "timestamp_sec",
+    "pid",
+    "tid",
+    "phase",
+    "forward_time_ms",
+    "cpu_launch_ms",
+    "num_kernel_launches",
+    "num_graph_launches",
+    "graph_ids",
+    "h2d_bytes",
+    "d2h_bytes",
+    "completion",
+    "gpu_start_sec",
+    "completion_sec",
+    "sync_tid",
+    "sync_api",
+    "sync_wait_ms",
 ];
 
 #[derive(Serialize)]
@@ -67,7 +86,8 @@ struct Summary {
 }
 
 fn summarize<'a>(steps: impl Iterator<Item = &'a Step>) -> PhaseSummary {
-    let (mut fwd, mut exact, mut cpu) = (Latency::default(), Latency::default(), Latency::default());
+    let (mut fwd, mut exact, mut cpu) =
+        (Latency::default(), Latency::default(), Latency::default());
     let mut s = PhaseSummary::default();
     for st in steps {
         s.count += 1;
@@ -94,7 +114,11 @@ impl Profiler for ForwardPass {
         }
     }
 
-    fn write(&mut self, dir: &SessionDir, time: TimeBase) -> Result<Vec<&'static str>, OutputError> {
+    fn write(
+        &mut self,
+        dir: &SessionDir,
+        time: TimeBase,
+    ) -> Result<Vec<&'static str>, OutputError> {
         self.steps.sort_by_key(|s| (s.start_ns, s.pid, s.index));
         let rows = self.steps.iter().map(|s| Row {
             step: s.index,
@@ -106,7 +130,12 @@ impl Profiler for ForwardPass {
             cpu_launch_ms: ms(s.cpu_launch_ns()),
             num_kernel_launches: s.kernel_launches,
             num_graph_launches: s.graph_launches,
-            graph_ids: s.graph_ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "),
+            graph_ids: s
+                .graph_ids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
             h2d_bytes: s.h2d_bytes,
             d2h_bytes: s.d2h_bytes,
             completion: s.completion.as_str(),
@@ -118,7 +147,12 @@ impl Profiler for ForwardPass {
         });
         dir.write_csv("forward_pass_timing.csv", HEADER, rows)?;
         let mut by_pid = BTreeMap::new();
-        for pid in self.steps.iter().map(|s| s.pid).collect::<std::collections::BTreeSet<_>>() {
+        for pid in self
+            .steps
+            .iter()
+            .map(|s| s.pid)
+            .collect::<std::collections::BTreeSet<_>>()
+        {
             by_pid.insert(pid, summarize(self.steps.iter().filter(|s| s.pid == pid)));
         }
         let summary = Summary {

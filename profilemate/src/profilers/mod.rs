@@ -15,7 +15,8 @@ pub trait Profiler {
     /// Takes one correlated record.
     fn consume(&mut self, record: &Correlated);
     /// Writes this profiler's files; returns their names.
-    fn write(&mut self, dir: &SessionDir, time: TimeBase) -> Result<Vec<&'static str>, OutputError>;
+    fn write(&mut self, dir: &SessionDir, time: TimeBase)
+        -> Result<Vec<&'static str>, OutputError>;
 }
 
 /// The default set, in output order.
