@@ -6,13 +6,12 @@
 # Runs as root on a CUDA machine with PyTorch. Stages (each logs into OUT_DIR; a failed stage
 # is recorded in OUT_DIR/summary.txt and the next stage still runs):
 #   1 env.txt                        nvidia-smi -L, python3 / torch versions
-#   2 baseline_{eager,graph}.json    throughput without the profiler (--no-truth-events, 1500 steps)
-#   3 compare_default.json           accuracy, mixed mode, default probes
-#   4 compare_kernels.json           accuracy, mixed mode, --kernels
-#   5 attached_{eager,graph}.json, attached_eager_kernels.json   throughput with profilemate attached
-#   6 compare_sync.json              accuracy, --timing sync, --async-depth 1
-#   7 summary.txt
-# Environment: PYTHON (default python3), STEPS_BENCH (1500), STEPS_ACC (400), WAIT_S (4).
+#   2 compare_{default,kernels,sync}.json   accuracy on a GPU-bound shape (mixed eager/graph
+#                                    steps; default probes, --kernels, --timing sync)
+#   3 compare_small.json             the small CPU-bound shape (waits return at once)
+#   4 overhead_*.json                same-process throughput with probes attached mid-run vs not
+#   5 summary.txt
+# Environment: PYTHON (default python3), STEPS_ACC (400), WAIT_S (4).
 set -euo pipefail
 
 if [[ $# -ne 2 ]]; then
@@ -27,7 +26,6 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PY=${PYTHON:-python3}
 WL="$HERE/workload.py"
 CMP="$HERE/compare.py"
-STEPS_BENCH=${STEPS_BENCH:-1500}
 STEPS_ACC=${STEPS_ACC:-400}
 WAIT_S=${WAIT_S:-4}
 PY_TIMEOUT=120   # per workload / compare run
@@ -196,25 +194,29 @@ stage_env() {
 log "output: $OUT"
 run_stage env stage_env
 
-run_stage baseline_eager plain_workload baseline_eager --mode eager --no-truth-events --steps "$STEPS_BENCH"
-run_stage baseline_graph plain_workload baseline_graph --mode graph --no-truth-events --steps "$STEPS_BENCH"
-
-run_stage accuracy_default accuracy truth_default compare_default.json "" --mode mixed --steps "$STEPS_ACC"
-run_stage accuracy_kernels accuracy truth_kernels compare_kernels.json "--kernels" --mode mixed --steps "$STEPS_ACC"
-
-run_stage attached_eager attached_workload attached_eager "" --mode eager --no-truth-events --steps "$STEPS_BENCH"
-run_stage attached_graph attached_workload attached_graph "" --mode graph --no-truth-events --steps "$STEPS_BENCH"
-run_stage attached_eager_kernels attached_workload attached_eager_kernels "--kernels" \
-    --mode eager --no-truth-events --steps "$STEPS_BENCH"
-# Step counts / graph replays / losses for the overhead runs too (no timing truth there).
-for n in attached_eager attached_graph attached_eager_kernels; do
-    if [[ -f "$OUT/$n.session" && -f "$OUT/$n.json" ]]; then
-        run_stage "compare_$n" compare_run "$n" "compare_$n.json"
-    fi
-done
-
+# GPU-bound shape (large GEMMs: each step's GPU time far exceeds its CPU launch time, so the
+# per-step waits block and completions are exact) and the small, CPU-bound decode-like shape
+# (the GPU idles between launches: waits return at once and completions are upper bounds).
+BIG=(--hidden 4096 --batch 4096 --layers 8)
+run_stage accuracy_default accuracy truth_default compare_default.json "" --mode mixed --steps "$STEPS_ACC" "${BIG[@]}"
+run_stage accuracy_kernels accuracy truth_kernels compare_kernels.json "--kernels" --mode mixed --steps "$STEPS_ACC" "${BIG[@]}"
 run_stage accuracy_sync accuracy truth_sync compare_sync.json "--timing sync" \
-    --mode mixed --steps "$STEPS_ACC" --async-depth 1
+    --mode mixed --steps "$STEPS_ACC" --async-depth 1 "${BIG[@]}"
+run_stage accuracy_small accuracy truth_small compare_small.json "" --mode mixed --steps "$STEPS_ACC"
+
+# Overhead on the small CPU-bound shape (the worst case: probes cost CPU time per call, and
+# here CPU time is the step time): same process, probes attached mid-run (overhead.py).
+overhead() {   # overhead NAME "PM_ARGS" WORKLOAD_ARGS...
+    local name=$1 pm_args=$2
+    shift 2
+    timeout 150 "$PY" "$HERE/overhead.py" "$PM" "$OUT/$name.json" "$SESSIONS" "--pm-args=$pm_args" -- "$@" \
+        >"$OUT/$name.log" 2>&1
+}
+run_stage overhead_eager overhead overhead_eager "" --mode eager
+run_stage overhead_graph overhead overhead_graph "" --mode graph
+run_stage overhead_eager_kernels overhead overhead_eager_kernels "--kernels" --mode eager
+run_stage overhead_graph_kernels overhead overhead_graph_kernels "--kernels" --mode graph
+run_stage overhead_big_eager overhead overhead_big_eager "" --mode eager "${BIG[@]}"
 
 # ---- summary -----------------------------------------------------------------------------
 log "writing summary"
@@ -235,7 +237,7 @@ def f(v, nd=3):
 
 print("ProfileMate GPU test summary")
 print("output:", out)
-env = load("baseline_eager.json") or load("truth_default.json") or {}
+env = load("truth_default.json") or {}
 print(f"device: {env.get('device')}  torch {env.get('torch')}  cuda {env.get('cuda')}")
 print()
 print("stages:")
@@ -252,28 +254,18 @@ try:
             status[parts[0]] = parts[1]
 except OSError:
     pass
-print("throughput (steps/s over the timed loop; overhead = 1 - attached/baseline)")
-print("  (attached values of a FAILED stage are marked '!': the profiler may not have been attached)")
-print(f"  {'run':<24} {'baseline':>10} {'attached':>10} {'overhead%':>10} {'steps':>7}")
-for label, base, att in (("eager", "baseline_eager.json", "attached_eager.json"),
-                         ("graph", "baseline_graph.json", "attached_graph.json"),
-                         ("eager --kernels", "baseline_eager.json", "attached_eager_kernels.json")):
-    b, a = load(base), load(att)
-    bs = b.get("steps_per_sec") if b else None
-    as_ = a.get("steps_per_sec") if a else None
-    ov = 100.0 * (1.0 - as_ / bs) if (bs and as_) else None
-    ok = status.get(att[:-5]) == "OK" and status.get(base[:-5]) == "OK"
-    mark = "" if ok else " !"
-    print(f"  {label:<24} {f(bs, 1):>10} {f(as_, 1):>10} {f(ov, 2):>10} {f(a.get('steps') if a else None):>7}{mark}")
-for n in ("attached_eager", "attached_graph", "attached_eager_kernels"):
-    c = load(f"compare_{n}.json")
-    if c:
-        print(f"  {n}: profiler steps {c.get('profiler_steps')}/{c.get('truth_steps')}, graph launches "
-              f"{c.get('graph_launches_in_steps')}/{c.get('truth_graph_replays')}, upper_bound {c.get('upper_bound_rows')}, "
-              f"ring_full_drops {c.get('ring_full_drops')}")
+print("overhead (same process; median steps/s of 0.5 s windows with probes attached vs before/after)")
+print(f"  {'run':<24} {'baseline':>10} {'attached':>10} {'overhead%':>10} {'windows':>9} {'records':>9} {'drops':>6}")
+for n in ("overhead_eager", "overhead_graph", "overhead_eager_kernels", "overhead_graph_kernels", "overhead_big_eager"):
+    c = load(f"{n}.json")
+    if not c:
+        print(f"  {n:<24} missing (stage failed?)")
+        continue
+    print(f"  {n:<24} {f(c['baseline_median_steps_per_sec'], 1):>10} {f(c['attached_median_steps_per_sec'], 1):>10} "
+          f"{f(c['overhead_pct'], 2):>10} {c['baseline_windows']:>4}/{c['attached_windows']:<4} {f(c.get('records_read')):>9} {f(c.get('ring_full_drops')):>6}")
 print()
 print("accuracy (error = forward_time_ms - truth gpu_ms, exact rows, ms)")
-for name in ("compare_default.json", "compare_kernels.json", "compare_sync.json"):
+for name in ("compare_default.json", "compare_kernels.json", "compare_sync.json", "compare_small.json"):
     c = load(name)
     print(f"== {name}")
     if not c:

@@ -35,6 +35,8 @@ import time
 import torch
 import torch.nn as nn
 
+VOCAB = 32000
+WINDOW_S = 0.5
 NUM_PINNED_BUFFERS = 4  # > async depth: a pinned buffer is never rewritten while its copy may be in flight
 
 
@@ -94,12 +96,14 @@ def main(argv=None):
     B, H = args.batch, args.hidden
     torch.manual_seed(0)
 
-    model = nn.Sequential(*[Block(H) for _ in range(args.layers)]).to(device=dev, dtype=dtype).eval()
+    # Like a language model step: token ids in (small H2D copy), embedding, layers, sampled ids out.
+    model = nn.Sequential(nn.Embedding(VOCAB, H), *[Block(H) for _ in range(args.layers)])
+    model = model.to(device=dev, dtype=dtype).eval()
 
     # Fresh inputs come from a few pre-filled pinned buffers (rotated), outputs go to pinned buffers.
-    pinned_in = [torch.randn(B, H, dtype=dtype).pin_memory() for _ in range(NUM_PINNED_BUFFERS)]
+    pinned_in = [torch.randint(0, VOCAB, (B,), dtype=torch.int64).pin_memory() for _ in range(NUM_PINNED_BUFFERS)]
     pinned_out = [torch.empty(B, dtype=torch.int64).pin_memory() for _ in range(NUM_PINNED_BUFFERS)]
-    static_in = torch.zeros(B, H, device=dev, dtype=dtype)
+    static_in = torch.zeros(B, device=dev, dtype=torch.int64)
 
     use_graph = args.mode in ("graph", "mixed")
     g = None
@@ -145,6 +149,10 @@ def main(argv=None):
     if args.seconds is not None:
         deadline = t0 + args.seconds
     i = 0
+    # Throughput per ~WINDOW_S window (CLOCK_MONOTONIC seconds), for same-process overhead
+    # measurement while a profiler attaches and detaches mid-run.
+    windows = []
+    win_t0, win_i0 = time.monotonic(), 0
     with torch.no_grad():
         while True:
             if deadline is not None:
@@ -154,15 +162,19 @@ def main(argv=None):
                 break
             kind = kind_of(args.mode, i)
             kinds.append(kind)
-            # (a) H2D of fresh inputs.
-            static_in.copy_(pinned_in[i % NUM_PINNED_BUFFERS], non_blocking=True)
-            # (b) truth start.
+            now = time.monotonic()
+            if now - win_t0 >= WINDOW_S:
+                windows.append([win_t0, now, i - win_i0])
+                win_t0, win_i0 = now, i
+            # (a) truth start: the step's GPU work is everything from the input copy on.
             if truth_events:
                 sev = torch.cuda.Event(enable_timing=True)
                 eev = torch.cuda.Event(enable_timing=True)
                 start_evs.append(sev)
                 end_evs.append(eev)
                 sev.record(stream)
+            # (b) H2D of fresh inputs.
+            static_in.copy_(pinned_in[i % NUM_PINNED_BUFFERS], non_blocking=True)
             # (c) forward.
             if kind == "graph":
                 g.replay()
@@ -170,12 +182,12 @@ def main(argv=None):
                 out = static_out
             else:
                 out = model(static_in)
-            # (d) truth end.
-            if truth_events:
-                eev.record(stream)
-            # (e) D2H of a small slice of the output.
+            # (d) D2H of the sampled ids.
             tok = out.argmax(dim=-1)
             pinned_out[i % NUM_PINNED_BUFFERS].copy_(tok, non_blocking=True)
+            # (e) truth end.
+            if truth_events:
+                eev.record(stream)
             # (f) vLLM-style non-timing completion event.
             done = torch.cuda.Event(blocking=True)
             done.record(stream)
@@ -209,6 +221,7 @@ def main(argv=None):
             "loop_seconds": loop_seconds,
             "steps_per_sec": steps_per_sec,
             "graph_replays": graph_replays,
+            "windows": windows,
             "event_syncs": event_syncs,
             "async_depth": args.async_depth,
             "layers": args.layers,
