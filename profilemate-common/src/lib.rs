@@ -19,7 +19,7 @@ pub const TARGETS_MAP: &str = "TARGET_TGIDS";
 pub const OUT_PARAMS_MAP: &str = "OUT_PARAMS";
 
 /// Default ring buffer size in bytes (power of two, multiple of the page size).
-pub const DEFAULT_RING_BYTES: u32 = 32 << 20;
+pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 /// Unread bytes in the ring buffer past which a submit wakes the reader. Below it the
 /// reader finds the records on its next timer tick (`DRAIN_TICK_MS` in userspace).
 pub const WAKEUP_WATERMARK_BYTES: u64 = 1 << 20;

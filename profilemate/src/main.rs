@@ -50,7 +50,7 @@ struct AttachArgs {
     #[arg(long)]
     wait: bool,
     /// Ring buffer size in MiB (power of two).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 16)]
     ring_mb: u32,
     /// Rescan interval for new processes and libraries (ms).
     #[arg(long, default_value_t = 500)]

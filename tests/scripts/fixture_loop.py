@@ -125,6 +125,7 @@ def main():
     say(f"pid={pid} ready")
     # Like a server loading its model: time for a tracer to find the freshly mapped libraries.
     time.sleep(a.wait_after_load_ms / 1000.0)
+    say(f"pid={pid} start")
 
     stream = ctypes.c_uint64(0)
     check("cudaStreamCreateWithFlags", rt.cudaStreamCreateWithFlags(ctypes.byref(stream), 1))

@@ -34,11 +34,11 @@ pub struct BenchArgs {
 struct TargetRun {
     /// Target-reported or measured rate (calls/s or steps/s).
     rate: f64,
-    /// Seconds between the target's `ready` and `done` lines.
+    /// Seconds between the target's `start` and `done` lines.
     seconds: f64,
 }
 
-/// Runs the fixture to completion, timing from its first step (after loading) to `done`.
+/// Runs the fixture to completion, timing from its `start` line (CUDA loaded, loop begins) to `done`.
 fn run_target(args: &[String]) -> Result<(TargetRun, u32)> {
     let mut child = Command::new(release_dir().join("pm-fixture"))
         .arg("--lib-dir")
@@ -55,7 +55,7 @@ fn run_target(args: &[String]) -> Result<(TargetRun, u32)> {
     let mut seconds = 0.0;
     for line in BufReader::new(stdout).lines() {
         let line = line?;
-        if line.contains("ready") {
+        if line.contains(" start") {
             ready = Some(Instant::now());
         }
         if let Some(v) = line
@@ -145,7 +145,7 @@ fn run_attached(target_args: &[String], extra: &[&str]) -> Result<(TargetRun, Tr
     let (mut cpu, mut rss) = (0.0, 0);
     for line in BufReader::new(stdout).lines() {
         let line = line?;
-        if line.contains("ready") {
+        if line.contains(" start") {
             ready = Some(Instant::now());
         }
         if let Some(v) = line
@@ -158,7 +158,8 @@ fn run_attached(target_args: &[String], extra: &[&str]) -> Result<(TargetRun, Tr
             seconds = ready.map_or(0.0, |r| r.elapsed().as_secs_f64());
         }
     }
-    // Sample the tracer before it exits (it stops when the target is gone).
+    // Reap the target so the tracer sees it gone, sampling the tracer until it exits.
+    let _ = fixture.0.wait();
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Some(c) = proc_cpu_sec(tpid) {

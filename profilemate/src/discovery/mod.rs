@@ -116,7 +116,12 @@ pub fn process_info(pid: u32) -> Result<ProcessInfo, DiscoveryError> {
     })
 }
 
-/// Every process id on the system with its parent.
+/// A process that has exited but not been reaped (zombie, or dead) runs no code: not alive.
+fn is_alive(stat: &procfs::process::Stat) -> bool {
+    !matches!(stat.state, 'Z' | 'X' | 'x')
+}
+
+/// Every live process id on the system with its parent.
 fn parent_map() -> HashMap<u32, u32> {
     let mut map = HashMap::new();
     let Ok(all) = procfs::process::all_processes() else {
@@ -124,6 +129,9 @@ fn parent_map() -> HashMap<u32, u32> {
     };
     for p in all.flatten() {
         if let Ok(stat) = p.stat() {
+            if !is_alive(&stat) {
+                continue;
+            }
             if let (Ok(pid), Ok(ppid)) = (u32::try_from(stat.pid), u32::try_from(stat.ppid)) {
                 map.insert(pid, ppid);
             }
@@ -136,11 +144,10 @@ fn parent_map() -> HashMap<u32, u32> {
 #[must_use]
 pub fn process_tree(root: u32, children: bool) -> Vec<u32> {
     if !children {
-        return if Path::new(&format!("/proc/{root}")).exists() {
-            vec![root]
-        } else {
-            vec![]
-        };
+        let alive = procfs::process::Process::new(root as i32)
+            .and_then(|p| p.stat())
+            .is_ok_and(|s| is_alive(&s));
+        return if alive { vec![root] } else { vec![] };
     }
     let parents = parent_map();
     let mut kids: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
@@ -229,6 +236,17 @@ mod tests {
         );
         assert_eq!(classify_library("/usr/lib/libcudnn.so.9"), None);
         assert_eq!(classify_library("/usr/lib/libcudart_static.a"), None);
+    }
+
+    #[test]
+    fn zombie_children_are_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let pid = child.id();
+        // Exited but not reaped yet: a zombie.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(process_tree(pid, false).is_empty());
+        assert!(!process_tree(std::process::id(), true).contains(&pid));
+        child.wait().expect("reap");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! before the library is loaded. See `usage()` for the options.
 //!
 //! Stdout protocol: `pid=<pid> waiting` (only with --wait-before-load-ms > 0, before the sleep),
-//! `pid=<pid> ready` (library loaded, no CUDA call made yet), `done steps=<n>` at the end (also
+//! `pid=<pid> ready` (library loaded, no CUDA call made yet), `pid=<pid> start` (after --wait-after-load-ms, the loop begins), `done steps=<n>` at the end (also
 //! on --exit-after-steps), `calls_per_sec=<f64>` for --hot-loop.
 
 use std::ffi::{c_char, c_void, CString};
@@ -575,6 +575,7 @@ fn main() {
     if o.wait_after_load_ms > 0 {
         std::thread::sleep(Duration::from_millis(o.wait_after_load_ms));
     }
+    say(&format!("pid={pid} start"));
 
     let hot = o.hot_loop;
     let mut f = Fixture {
