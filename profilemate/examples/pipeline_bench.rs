@@ -7,6 +7,7 @@ use std::time::Instant;
 use profilemate::{
     config::TimingMode,
     correlate::Correlator,
+    output::{SessionDir, TimeBase},
     probes::drain::{decode, encode, CallEvent, CallPhase},
     profilers,
 };
@@ -104,7 +105,11 @@ fn main() {
         }
     }
     let mut correlator = Correlator::new(TimingMode::Events, false);
-    let mut sinks = profilers::default_set();
+    // Real files in a scratch session directory: CSV writing is part of the pipeline's cost.
+    let base =
+        std::env::temp_dir().join(format!("profilemate-pipeline-bench-{}", std::process::id()));
+    let dir = SessionDir::create(&base, "bench").expect("scratch session directory");
+    let mut sinks = profilers::default_set(&dir, TimeBase { t0_ns: 0 }).expect("profilers");
     let start = Instant::now();
     for r in &records {
         if let Ok(ev) = decode(r) {
@@ -115,7 +120,16 @@ fn main() {
             });
         }
     }
+    correlator.finish(&mut |rec| {
+        for p in sinks.iter_mut() {
+            p.consume(&rec);
+        }
+    });
+    for p in &mut sinks {
+        p.finish(&dir).expect("write outputs");
+    }
     let elapsed = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&base);
     let n = records.len() as f64;
     println!("pipeline_events={}", records.len());
     println!("pipeline_events_per_sec={:.0}", n / elapsed);

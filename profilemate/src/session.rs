@@ -184,7 +184,7 @@ async fn run_session(
     }
 
     let mut correlator = Correlator::new(cfg.timing, cfg.kernels);
-    let mut profilers: Vec<Box<dyn Profiler>> = profilers::default_set();
+    let mut profilers: Vec<Box<dyn Profiler>> = profilers::default_set(dir, time)?;
     let feed =
         |drain: &mut Drain, correlator: &mut Correlator, profilers: &mut Vec<Box<dyn Profiler>>| {
             drain.drain(|ev| {
@@ -251,7 +251,7 @@ async fn run_session(
 
     let mut files = Vec::new();
     for p in &mut profilers {
-        files.extend(p.write(dir, time)?);
+        files.extend(p.finish(dir)?);
     }
     let steps = count_rows(dir, "forward_pass_timing.csv");
     let stats = correlator.stats.clone();

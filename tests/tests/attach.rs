@@ -3,7 +3,8 @@
 //!
 //! Tolerances: GPU step times are compared for rows with `completion=exact`. The error is the
 //! wake-up latency of the waiting thread and of the probe (tens of µs on an idle machine);
-//! the bounds allow a loaded 2-core CI machine: median |error| <= 0.1 ms, every row <= 1 ms.
+//! the bounds allow a loaded 2-core CI machine: median |error| <= 0.1 ms, p95 <= 0.5 ms,
+//! every row <= 5 ms (a waiting thread that is descheduled observes the completion late).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -163,10 +164,16 @@ fn check_counts_and_times(session: &Session, truth: &Truth, pid: u32, kernels: b
     );
     errors.sort_by(f64::total_cmp);
     let median = errors[errors.len() / 2];
+    let p95 = errors[errors.len() * 95 / 100];
     let max = errors[errors.len() - 1];
-    eprintln!("forward_time_ms |error| vs ground truth: median {median:.4} ms, max {max:.4} ms over {} steps", errors.len());
+    eprintln!(
+        "forward_time_ms |error| vs ground truth: median {median:.4} ms, p95 {p95:.4} ms, max {max:.4} ms over {} steps",
+        errors.len()
+    );
     assert!(median <= 0.1, "median error {median} ms");
-    assert!(max <= 1.0, "max error {max} ms at {worst}");
+    assert!(p95 <= 0.5, "p95 error {p95} ms");
+    // A waiting thread descheduled on a loaded 2-core machine observes completion late.
+    assert!(max <= 5.0, "max error {max} ms at {worst}");
 
     let meta = session.json("metadata.json");
     assert_eq!(meta["losses"]["kernel"]["ring_full_drops"], 0);
@@ -328,28 +335,31 @@ fn target_exiting_mid_trace_flushes_what_completed() {
     assert!(meta["losses"]["correlator"]["incomplete_steps"].as_u64() <= Some(1));
 }
 
-#[test]
-fn sigint_stops_and_flushes_everything() {
-    if !can_attach("sigint_stops_and_flushes_everything") {
+/// Stops a session on a running target with `signal`; everything must be written and the
+/// target must keep running.
+fn signal_stops_and_flushes_everything(test: &str, signal: i32, reason: &str) {
+    if !can_attach(test) {
         return;
     }
     let _g = serial();
-    let dir = scratch("sigint");
+    let dir = scratch(test);
     let mut target = Target::rust(&dir, &["--forever", "--wait-after-load-ms", "500"]);
     target.proc.wait_line("ready");
     let mut tracer = Tracer::attach(target.proc.pid(), &dir, &[]);
     tracer.wait_attached();
     std::thread::sleep(Duration::from_millis(1500));
-    tracer.proc.signal(libc::SIGINT);
-    let s = tracer.finish(Duration::from_secs(10));
+    tracer.proc.signal(signal);
+    let s = tracer.finish(Duration::from_secs(20));
     let steps = s.csv("forward_pass_timing.csv");
     assert!(steps.len() > 50, "{} steps", steps.len());
     let meta = s.json("metadata.json");
-    assert_eq!(meta["stop_reason"], "interrupted (SIGINT)");
+    assert_eq!(meta["stop_reason"], reason);
+    let summary = s.json("forward_pass_summary.json");
+    assert_eq!(summary["count"].as_u64(), Some(steps.len() as u64));
     for f in [
-        "forward_pass_summary.json",
         "cuda_graph_captures.csv",
         "cuda_graph_usage.csv",
+        "cuda_graph_timeline.csv",
         "cuda_api_summary.json",
     ] {
         assert!(s.dir.join(f).exists(), "{f}");
@@ -361,6 +371,24 @@ fn sigint_stops_and_flushes_everything() {
     );
     target.proc.signal(libc::SIGTERM);
     assert_eq!(target.proc.wait_exit(Duration::from_secs(10)), 0);
+}
+
+#[test]
+fn sigint_stops_and_flushes_everything() {
+    signal_stops_and_flushes_everything(
+        "sigint_stops_and_flushes_everything",
+        libc::SIGINT,
+        "interrupted (SIGINT)",
+    );
+}
+
+#[test]
+fn sigterm_stops_and_flushes_everything() {
+    signal_stops_and_flushes_everything(
+        "sigterm_stops_and_flushes_everything",
+        libc::SIGTERM,
+        "terminated (SIGTERM)",
+    );
 }
 
 #[test]

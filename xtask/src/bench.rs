@@ -111,7 +111,15 @@ fn run_attached(target_args: &[String], extra: &[&str]) -> Result<(TargetRun, Tr
     let out = root().join("target/bench-sessions");
     // The tracer follows the fixture by pid, so start the fixture paused before loading CUDA.
     let mut args = target_args.to_vec();
-    args.extend(["--wait-before-load-ms", "1000", "--wait-after-load-ms", "500"].map(str::to_owned));
+    args.extend(
+        [
+            "--wait-before-load-ms",
+            "1000",
+            "--wait-after-load-ms",
+            "500",
+        ]
+        .map(str::to_owned),
+    );
     let fixture = Command::new(release_dir().join("pm-fixture"))
         .arg("--lib-dir")
         .arg(fake_cuda_dir())

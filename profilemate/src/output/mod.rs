@@ -8,9 +8,13 @@ pub mod metadata;
 pub mod summary;
 
 use std::{
-    fs::{File, OpenOptions},
+    ffi::CString,
+    fs::File,
     io::{BufWriter, Write},
-    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+    },
     path::{Path, PathBuf},
 };
 
@@ -77,10 +81,12 @@ pub fn monotonic_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// The session directory.
+/// The session directory, held open: files are created relative to this descriptor, so a
+/// directory renamed or replaced by a symlink after creation cannot redirect them.
 #[derive(Debug)]
 pub struct SessionDir {
     path: PathBuf,
+    dir: OwnedFd,
     owner: Option<(u32, u32)>,
 }
 
@@ -110,6 +116,12 @@ impl SessionDir {
                     "it is writable by every user and has no sticky bit".into(),
                 ))
             }
+            Ok(m) if !trusted_owner(m.uid(), owner) => {
+                return Err(base_err(format!(
+                    "it belongs to uid {}, neither root nor the invoking user",
+                    m.uid()
+                )))
+            }
             Ok(_) => {}
             Err(_) => {
                 std::fs::create_dir_all(base)
@@ -132,7 +144,13 @@ impl SessionDir {
             }
         }
         chown(&path, owner);
-        Ok(Self { path, owner })
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map(OwnedFd::from)
+            .map_err(|e| base_err(format!("cannot open {}: {e}", path.display())))?;
+        Ok(Self { path, dir, owner })
     }
 
     /// The directory.
@@ -141,19 +159,30 @@ impl SessionDir {
         &self.path
     }
 
-    /// Creates a new file (never an existing one, never through a symlink), mode 0644.
+    /// Creates a new file in the session directory (never an existing one, never through a
+    /// symlink), mode 0644.
     pub fn create_file(&self, name: &str) -> Result<BufWriter<File>, OutputError> {
         let path = self.path.join(name);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|source| OutputError::Io {
-                path: path.clone(),
-                source,
-            })?;
+        let io_err = |source| OutputError::Io {
+            path: path.clone(),
+            source,
+        };
+        let cname =
+            CString::new(name).map_err(|_| io_err(std::io::ErrorKind::InvalidInput.into()))?;
+        // SAFETY: valid directory fd and NUL-terminated name; the returned fd is owned below.
+        let fd = unsafe {
+            libc::openat(
+                self.dir.as_raw_fd(),
+                cname.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o644 as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(io_err(std::io::Error::last_os_error()));
+        }
+        // SAFETY: fd was just returned by openat and is owned by nobody else.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         if let Some((uid, gid)) = self.owner {
             // Best effort: hand the file to the sudo user; failure leaves it root-owned, readable.
             let _ = std::os::unix::fs::fchown(&file, Some(uid), Some(gid));
@@ -172,6 +201,26 @@ impl SessionDir {
         w.write_all(b"\n")
             .and_then(|()| w.flush())
             .map_err(|source| OutputError::Io { path, source })
+    }
+
+    /// Opens `name` for rows written one at a time, starting with `header`.
+    pub fn csv_sink(&self, name: &'static str, header: &[&str]) -> Result<CsvSink, OutputError> {
+        let path = self.path.join(name);
+        let mut writer = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(self.create_file(name)?);
+        writer
+            .write_record(header)
+            .map_err(|source| OutputError::Csv {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(CsvSink {
+            name,
+            path,
+            writer,
+            error: None,
+        })
     }
 
     /// Writes `rows` (serialized with their field names as the header) into `name`.
@@ -198,6 +247,47 @@ impl SessionDir {
             source,
         })
     }
+}
+
+/// A CSV file written row by row as records arrive, so a long session keeps no rows in memory.
+/// The first write error is kept and returned by `finish` (callers consume infallibly).
+pub struct CsvSink {
+    name: &'static str,
+    path: PathBuf,
+    writer: csv::Writer<BufWriter<File>>,
+    error: Option<csv::Error>,
+}
+
+impl CsvSink {
+    /// Appends one row.
+    pub fn row(&mut self, row: &impl Serialize) {
+        if self.error.is_none() {
+            if let Err(e) = self.writer.serialize(row) {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    /// Flushes; returns the file name, or the first error.
+    pub fn finish(&mut self) -> Result<&'static str, OutputError> {
+        if let Some(source) = self.error.take() {
+            return Err(OutputError::Csv {
+                path: self.path.clone(),
+                source,
+            });
+        }
+        self.writer.flush().map_err(|source| OutputError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(self.name)
+    }
+}
+
+/// A directory we did not create may be used only when root or the invoking user owns it.
+fn trusted_owner(uid: u32, owner: Option<(u32, u32)>) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    uid == 0 || uid == unsafe { libc::geteuid() } || owner.is_some_and(|(u, _)| u == uid)
 }
 
 fn chown(path: &Path, owner: Option<(u32, u32)>) {

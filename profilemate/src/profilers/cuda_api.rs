@@ -11,7 +11,7 @@ use crate::{
     discovery::library_name,
     output::{
         summary::{Latency, LatencySummary},
-        OutputError, SessionDir, TimeBase,
+        OutputError, SessionDir,
     },
 };
 
@@ -55,11 +55,7 @@ impl Profiler for CudaApi {
         }
     }
 
-    fn write(
-        &mut self,
-        dir: &SessionDir,
-        _time: TimeBase,
-    ) -> Result<Vec<&'static str>, OutputError> {
+    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
         let mut by_pid: BTreeMap<String, BTreeMap<&'static str, ApiRow>> = BTreeMap::new();
         for ((pid, api), s) in &self.stats {
             let spec = api.spec();

@@ -6,16 +6,41 @@ use serde::Serialize;
 
 use super::Profiler;
 use crate::{
-    correlate::{Correlated, GraphCapture, GraphInstantiation, GraphReplay},
-    output::{ms, OutputError, SessionDir, TimeBase},
+    correlate::{Correlated, GraphCapture, GraphInstantiation},
+    output::{ms, CsvSink, OutputError, SessionDir, TimeBase},
 };
 
-/// Collects the graph registry and every replay.
-#[derive(Default)]
+/// Keeps the graph registry and per-graph replay counts; streams every replay.
 pub struct CudaGraphs {
+    time: TimeBase,
     captures: BTreeMap<(u32, u32), GraphCapture>,
     instantiations: BTreeMap<(u32, u32), Vec<GraphInstantiation>>,
-    replays: Vec<GraphReplay>,
+    usage: BTreeMap<(u32, u32), UsageRow>,
+    timeline: CsvSink,
+}
+
+impl CudaGraphs {
+    /// Opens cuda_graph_timeline.csv in `dir`.
+    pub fn new(dir: &SessionDir, time: TimeBase) -> Result<Self, OutputError> {
+        Ok(Self {
+            time,
+            captures: BTreeMap::new(),
+            instantiations: BTreeMap::new(),
+            usage: BTreeMap::new(),
+            timeline: dir.csv_sink("cuda_graph_timeline.csv", TIMELINE_HEADER)?,
+        })
+    }
+}
+
+fn usage_row(pid: u32, graph_id: u32) -> UsageRow {
+    UsageRow {
+        graph_id,
+        pid,
+        replay_count: 0,
+        first_replay_sec: None,
+        last_replay_sec: None,
+        replays_in_steps: 0,
+    }
 }
 
 const CAPTURE_HEADER: &[&str] = &[
@@ -106,16 +131,32 @@ impl Profiler for CudaGraphs {
                 .entry((i.pid, i.graph_id))
                 .or_default()
                 .push(i.clone()),
-            Correlated::GraphReplay(r) => self.replays.push(r.clone()),
+            Correlated::GraphReplay(r) => {
+                let sec = self.time.sec(r.ts_ns);
+                let u = self
+                    .usage
+                    .entry((r.pid, r.graph_id))
+                    .or_insert_with(|| usage_row(r.pid, r.graph_id));
+                u.replay_count += 1;
+                u.first_replay_sec.get_or_insert(sec);
+                u.last_replay_sec = Some(sec);
+                u.replays_in_steps += u64::from(r.step.is_some());
+                self.timeline.row(&TimelineRow {
+                    timestamp_sec: sec,
+                    pid: r.pid,
+                    tid: r.tid,
+                    graph_id: r.graph_id,
+                    exec_handle: hex(r.exec_handle),
+                    stream: hex(r.stream),
+                    step: r.step,
+                });
+            }
             Correlated::Call(_) | Correlated::Step(_) => {}
         }
     }
 
-    fn write(
-        &mut self,
-        dir: &SessionDir,
-        time: TimeBase,
-    ) -> Result<Vec<&'static str>, OutputError> {
+    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
+        let time = self.time;
         let empty = Vec::new();
         let captures = self.captures.values().map(|c| {
             let inst = self
@@ -153,52 +194,17 @@ impl Profiler for CudaGraphs {
         });
         dir.write_csv("cuda_graph_captures.csv", CAPTURE_HEADER, captures)?;
 
-        self.replays.sort_by_key(|r| (r.ts_ns, r.pid));
-        let mut usage: BTreeMap<(u32, u32), UsageRow> = self
-            .captures
-            .values()
-            .map(|c| {
-                let row = UsageRow {
-                    graph_id: c.graph_id,
-                    pid: c.pid,
-                    replay_count: 0,
-                    first_replay_sec: None,
-                    last_replay_sec: None,
-                    replays_in_steps: 0,
-                };
-                ((c.pid, c.graph_id), row)
-            })
-            .collect();
-        for r in &self.replays {
-            let u = usage.entry((r.pid, r.graph_id)).or_insert(UsageRow {
-                graph_id: r.graph_id,
-                pid: r.pid,
-                replay_count: 0,
-                first_replay_sec: None,
-                last_replay_sec: None,
-                replays_in_steps: 0,
-            });
-            u.replay_count += 1;
-            u.first_replay_sec.get_or_insert(time.sec(r.ts_ns));
-            u.last_replay_sec = Some(time.sec(r.ts_ns));
-            u.replays_in_steps += u64::from(r.step.is_some());
+        for c in self.captures.values() {
+            self.usage
+                .entry((c.pid, c.graph_id))
+                .or_insert_with(|| usage_row(c.pid, c.graph_id));
         }
-        dir.write_csv("cuda_graph_usage.csv", USAGE_HEADER, usage.into_values())?;
-
-        let timeline = self.replays.iter().map(|r| TimelineRow {
-            timestamp_sec: time.sec(r.ts_ns),
-            pid: r.pid,
-            tid: r.tid,
-            graph_id: r.graph_id,
-            exec_handle: hex(r.exec_handle),
-            stream: hex(r.stream),
-            step: r.step,
-        });
-        dir.write_csv("cuda_graph_timeline.csv", TIMELINE_HEADER, timeline)?;
+        dir.write_csv("cuda_graph_usage.csv", USAGE_HEADER, self.usage.values())?;
+        let timeline = self.timeline.finish()?;
         Ok(vec![
             "cuda_graph_captures.csv",
             "cuda_graph_usage.csv",
-            "cuda_graph_timeline.csv",
+            timeline,
         ])
     }
 }

@@ -1,4 +1,4 @@
-//! forward_pass_timing.csv (one row per GPU step) and forward_pass_summary.json.
+//! forward_pass_timing.csv (one row per GPU step, streamed) and forward_pass_summary.json.
 
 use std::collections::BTreeMap;
 
@@ -10,15 +10,9 @@ use crate::{
     output::{
         ms,
         summary::{Latency, LatencySummary},
-        OutputError, SessionDir, TimeBase,
+        CsvSink, OutputError, SessionDir, TimeBase,
     },
 };
-
-/// Collects steps.
-#[derive(Default)]
-pub struct ForwardPass {
-    steps: Vec<Step>,
-}
 
 /// The phase column; vLLM batch phase needs Python context, not read in this version.
 const PHASE_UNKNOWN: &str = "unknown";
@@ -66,7 +60,44 @@ struct Row<'a> {
     sync_wait_ms: f64,
 }
 
-#[derive(Serialize, Default)]
+/// Running statistics of a set of steps.
+#[derive(Default)]
+struct Stats {
+    count: u64,
+    exact: u64,
+    upper_bound: u64,
+    forward: Latency,
+    forward_exact: Latency,
+    cpu_launch: Latency,
+}
+
+impl Stats {
+    fn add(&mut self, s: &Step) {
+        self.count += 1;
+        self.forward.record(s.forward_ns());
+        self.cpu_launch.record(s.cpu_launch_ns());
+        match s.completion {
+            Completion::Exact => {
+                self.exact += 1;
+                self.forward_exact.record(s.forward_ns());
+            }
+            Completion::UpperBound => self.upper_bound += 1,
+        }
+    }
+
+    fn summary(&self) -> PhaseSummary {
+        PhaseSummary {
+            count: self.count,
+            exact_count: self.exact,
+            upper_bound_count: self.upper_bound,
+            forward_time_ms: self.forward.summary(),
+            forward_time_exact_ms: self.forward_exact.summary(),
+            cpu_launch_ms: self.cpu_launch.summary(),
+        }
+    }
+}
+
+#[derive(Serialize)]
 struct PhaseSummary {
     count: u64,
     exact_count: u64,
@@ -85,42 +116,33 @@ struct Summary {
     note: &'static str,
 }
 
-fn summarize<'a>(steps: impl Iterator<Item = &'a Step>) -> PhaseSummary {
-    let (mut fwd, mut exact, mut cpu) =
-        (Latency::default(), Latency::default(), Latency::default());
-    let mut s = PhaseSummary::default();
-    for st in steps {
-        s.count += 1;
-        fwd.record(st.forward_ns());
-        cpu.record(st.cpu_launch_ns());
-        match st.completion {
-            Completion::Exact => {
-                s.exact_count += 1;
-                exact.record(st.forward_ns());
-            }
-            Completion::UpperBound => s.upper_bound_count += 1,
-        }
+/// Streams step rows and keeps running statistics.
+pub struct ForwardPass {
+    time: TimeBase,
+    rows: CsvSink,
+    all: Stats,
+    by_phase: BTreeMap<&'static str, Stats>,
+    by_pid: BTreeMap<u32, Stats>,
+}
+
+impl ForwardPass {
+    /// Opens forward_pass_timing.csv in `dir`.
+    pub fn new(dir: &SessionDir, time: TimeBase) -> Result<Self, OutputError> {
+        Ok(Self {
+            time,
+            rows: dir.csv_sink("forward_pass_timing.csv", HEADER)?,
+            all: Stats::default(),
+            by_phase: BTreeMap::new(),
+            by_pid: BTreeMap::new(),
+        })
     }
-    s.forward_time_ms = fwd.summary();
-    s.forward_time_exact_ms = exact.summary();
-    s.cpu_launch_ms = cpu.summary();
-    s
 }
 
 impl Profiler for ForwardPass {
     fn consume(&mut self, record: &Correlated) {
-        if let Correlated::Step(s) = record {
-            self.steps.push(s.clone());
-        }
-    }
-
-    fn write(
-        &mut self,
-        dir: &SessionDir,
-        time: TimeBase,
-    ) -> Result<Vec<&'static str>, OutputError> {
-        self.steps.sort_by_key(|s| (s.start_ns, s.pid, s.index));
-        let rows = self.steps.iter().map(|s| Row {
+        let Correlated::Step(s) = record else { return };
+        let time = self.time;
+        self.rows.row(&Row {
             step: s.index,
             timestamp_sec: time.sec(s.start_ns),
             pid: s.pid,
@@ -145,23 +167,20 @@ impl Profiler for ForwardPass {
             sync_api: s.sync_api.symbol(),
             sync_wait_ms: ms(s.sync_wait_ns),
         });
-        dir.write_csv("forward_pass_timing.csv", HEADER, rows)?;
-        let mut by_pid = BTreeMap::new();
-        for pid in self
-            .steps
-            .iter()
-            .map(|s| s.pid)
-            .collect::<std::collections::BTreeSet<_>>()
-        {
-            by_pid.insert(pid, summarize(self.steps.iter().filter(|s| s.pid == pid)));
-        }
+        self.all.add(s);
+        self.by_phase.entry(PHASE_UNKNOWN).or_default().add(s);
+        self.by_pid.entry(s.pid).or_default().add(s);
+    }
+
+    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
+        let rows = self.rows.finish()?;
         let summary = Summary {
-            all: summarize(self.steps.iter()),
-            by_phase: BTreeMap::from([(PHASE_UNKNOWN, summarize(self.steps.iter()))]),
-            by_pid,
+            all: self.all.summary(),
+            by_phase: self.by_phase.iter().map(|(k, v)| (*k, v.summary())).collect(),
+            by_pid: self.by_pid.iter().map(|(k, v)| (*k, v.summary())).collect(),
             note: "forward_time_ms = GPU completion (return of the wait that observed it) minus the later of the step's first launch-side call and the previous step's exact completion; upper_bound rows completed before their wait began",
         };
         dir.write_json("forward_pass_summary.json", &summary)?;
-        Ok(vec!["forward_pass_timing.csv", "forward_pass_summary.json"])
+        Ok(vec![rows, "forward_pass_summary.json"])
     }
 }

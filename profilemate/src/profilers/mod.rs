@@ -1,5 +1,5 @@
-//! One profiler per output family. Each consumes correlated records as they arrive and
-//! writes its own files at the end of the session.
+//! One profiler per output family. Each consumes correlated records as they arrive, streams
+//! its row files, and writes its summaries at the end of the session.
 
 pub mod cuda_api;
 pub mod cuda_graphs;
@@ -10,21 +10,23 @@ use crate::{
     output::{OutputError, SessionDir, TimeBase},
 };
 
-/// The two-method shape every profiler has.
+/// The two-method shape every profiler has. Row files are streamed as records arrive (a
+/// profiler opens them when it is created); summaries are written by `finish`.
 pub trait Profiler {
     /// Takes one correlated record.
     fn consume(&mut self, record: &Correlated);
-    /// Writes this profiler's files; returns their names.
-    fn write(&mut self, dir: &SessionDir, time: TimeBase)
-        -> Result<Vec<&'static str>, OutputError>;
+    /// Completes this profiler's files; returns their names.
+    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError>;
 }
 
-/// The default set, in output order.
-#[must_use]
-pub fn default_set() -> Vec<Box<dyn Profiler>> {
-    vec![
-        Box::new(forward_pass::ForwardPass::default()),
-        Box::new(cuda_graphs::CudaGraphs::default()),
+/// The default set, in output order, writing into `dir`.
+pub fn default_set(
+    dir: &SessionDir,
+    time: TimeBase,
+) -> Result<Vec<Box<dyn Profiler>>, OutputError> {
+    Ok(vec![
+        Box::new(forward_pass::ForwardPass::new(dir, time)?),
+        Box::new(cuda_graphs::CudaGraphs::new(dir, time)?),
         Box::new(cuda_api::CudaApi::default()),
-    ]
+    ])
 }
