@@ -24,6 +24,8 @@ use crate::{
 
 /// How often the ring buffer is drained when the kernel does not wake us.
 pub const DRAIN_TICK: Duration = Duration::from_millis(10);
+/// Records handled before the pipeline task looks at its stop signal again.
+const DRAIN_BATCH: usize = 65_536;
 
 /// What a finished session produced.
 #[derive(Debug)]
@@ -52,8 +54,10 @@ impl Targets {
         let now = self.time.sec(monotonic_ns());
         let live = discovery::process_tree(self.root, self.children);
         for (pid, t) in &mut self.procs {
-            if t.exited_sec.is_none() && !live.contains(pid) {
+            // Confirm by pid: a failed /proc scan must not end the session.
+            if t.exited_sec.is_none() && !live.contains(pid) && !discovery::is_running(*pid) {
                 t.exited_sec = Some(now);
+                probes.remove_target(*pid);
             }
         }
         let mut attached = 0;
@@ -111,12 +115,20 @@ pub fn run(cfg: &AttachConfig) -> Result<SessionOutcome> {
     if let Some(w) = preflight::uretprobe_seccomp_warning(cfg.pid) {
         eprintln!("warning: {w}");
     }
+    // One perf event fd per probe (~40 per process): lift the soft fd limit to the hard one.
+    let nofile = nix::sys::resource::Resource::RLIMIT_NOFILE;
+    if let Ok((soft, hard)) = nix::sys::resource::getrlimit(nofile) {
+        if soft < hard {
+            let _ = nix::sys::resource::setrlimit(nofile, hard, hard);
+        }
+    }
     let start_wall = chrono::Local::now();
     let dir = SessionDir::create(
         &cfg.out_dir,
         &start_wall.format("%Y%m%d_%H%M%S").to_string(),
     )?;
-    let result = tokio::runtime::Builder::new_current_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
@@ -128,11 +140,70 @@ pub fn run(cfg: &AttachConfig) -> Result<SessionOutcome> {
     result
 }
 
+/// Ring buffer -> correlator -> profilers, owned by one task.
+struct Pipeline {
+    drain: Drain,
+    correlator: Correlator,
+    profilers: Vec<Box<dyn Profiler>>,
+}
+
+impl Pipeline {
+    /// Processes at most `DRAIN_BATCH` records; true when more may be waiting.
+    fn feed(&mut self) -> bool {
+        let Self {
+            drain,
+            correlator,
+            profilers,
+        } = self;
+        let n = drain.drain(DRAIN_BATCH, |ev| {
+            correlator.handle(ev, &mut |rec| {
+                for p in profilers.iter_mut() {
+                    p.consume(&rec);
+                }
+            });
+        });
+        n >= DRAIN_BATCH
+    }
+
+    /// Drains on readiness and on a timer tick until `stop` turns true, then empties the
+    /// buffer. Batches are bounded so a producer faster than the pipeline cannot keep the
+    /// stop request from being seen.
+    async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) -> (Self, Option<String>) {
+        let mut tick = tokio::time::interval(DRAIN_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut more = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                () = std::future::ready(()), if more => more = self.feed(),
+                r = self.drain.readable() => {
+                    if let Err(e) = r {
+                        // Keep what was correlated so far: the session writes it.
+                        while self.feed() {}
+                        return (self, Some(format!("ring buffer poll failed: {e}")));
+                    }
+                    more = self.feed();
+                }
+                _ = tick.tick() => more = self.feed(),
+            }
+            if more {
+                tokio::task::yield_now().await;
+            }
+        }
+        // Whatever is buffered at the stop, bounded by the buffer's size.
+        while self.feed() {}
+        (self, None)
+    }
+}
+
 enum Stop {
     Duration,
     Interrupt,
     Terminate,
     TargetsExited,
+    /// The pipeline task ended on its own (an error reading the ring buffer, or a panic).
+    PipelineEnded(Box<Result<(Pipeline, Option<String>), tokio::task::JoinError>>),
 }
 
 impl Stop {
@@ -142,6 +213,7 @@ impl Stop {
             Self::Interrupt => "interrupted (SIGINT)",
             Self::Terminate => "terminated (SIGTERM)",
             Self::TargetsExited => "all target processes exited",
+            Self::PipelineEnded(_) => "the pipeline ended",
         }
     }
 }
@@ -154,8 +226,7 @@ async fn run_session(
     let t0 = monotonic_ns();
     let time = TimeBase { t0_ns: t0 };
     let mut probes = Probes::load(cfg.ring_bytes, cfg.kernels)?;
-    let mut drain =
-        Drain::new(probes.take_ring_buffer()?).context("cannot poll the ring buffer")?;
+    let drain = Drain::new(probes.take_ring_buffer()?).context("cannot poll the ring buffer")?;
     let mut targets = Targets {
         root: cfg.pid,
         children: cfg.follow_children,
@@ -183,27 +254,22 @@ async fn run_session(
         eprintln!("no CUDA library mapped in {who} yet; waiting (--wait)...");
     }
 
-    let mut correlator = Correlator::new(cfg.timing, cfg.kernels);
-    let mut profilers: Vec<Box<dyn Profiler>> = profilers::default_set(dir, time)?;
-    let feed =
-        |drain: &mut Drain, correlator: &mut Correlator, profilers: &mut Vec<Box<dyn Profiler>>| {
-            drain.drain(|ev| {
-                correlator.handle(ev, &mut |rec| {
-                    for p in profilers.iter_mut() {
-                        p.consume(&rec);
-                    }
-                });
-            });
-        };
+    let pipeline = Pipeline {
+        drain,
+        correlator: Correlator::new(cfg.timing, cfg.kernels),
+        profilers: profilers::default_set(dir, time)?,
+    };
+    // The pipeline runs on its own task (and worker thread): attaching to a new process
+    // (symbol parsing, dozens of perf_event_open calls) must not stall the ring buffer.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut pipeline_task = tokio::spawn(pipeline.run(stop_rx));
 
     let mut sigint =
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut sigterm =
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut drain_tick = tokio::time::interval(DRAIN_TICK);
     let mut rescan_tick = tokio::time::interval(cfg.rescan_interval);
-    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     rescan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     if !cfg.quiet {
         eprintln!(
@@ -215,29 +281,40 @@ async fn run_session(
     }
     let stop = loop {
         tokio::select! {
-            r = drain.readable() => {
-                r.context("ring buffer poll failed")?;
-                feed(&mut drain, &mut correlator, &mut profilers);
-            }
-            _ = drain_tick.tick() => feed(&mut drain, &mut correlator, &mut profilers),
             _ = rescan_tick.tick() => {
-                // Drain first so records of a process are processed before it is marked exited.
-                feed(&mut drain, &mut correlator, &mut profilers);
                 targets.rescan(&mut probes);
                 if targets.all_exited() {
                     break Stop::TargetsExited;
                 }
             }
+            r = &mut pipeline_task => break Stop::PipelineEnded(Box::new(r)),
             _ = sigint.recv() => break Stop::Interrupt,
             _ = sigterm.recv() => break Stop::Terminate,
             () = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break Stop::Duration,
         }
     };
 
-    // Take everything buffered up to the stop, then write. Detaching comes last: the kernel
-    // removes uprobes one grace period at a time (~0.1 s each), and the results should not
-    // wait for that. Records arriving in between belong to no session time and are not read.
-    feed(&mut drain, &mut correlator, &mut profilers);
+    // The pipeline takes everything buffered up to the stop, then the results are written.
+    // Detaching comes last: the kernel removes uprobes one grace period at a time (~0.1 s
+    // each), and the results should not wait for that. Records arriving in between belong
+    // to no session time and are not read.
+    let _ = stop_tx.send(true);
+    let mut stop_reason = stop.describe().to_owned();
+    let joined = match stop {
+        Stop::PipelineEnded(r) => *r,
+        _ => pipeline_task.await,
+    };
+    let (pipeline, pipeline_error) =
+        joined.context("the pipeline task failed; nothing could be written")?;
+    if let Some(e) = pipeline_error {
+        eprintln!("error: {e}; writing what was recorded until then");
+        stop_reason = format!("error: {e}");
+    }
+    let Pipeline {
+        drain,
+        mut correlator,
+        mut profilers,
+    } = pipeline;
     correlator.finish(&mut |rec| {
         for p in profilers.iter_mut() {
             p.consume(&rec);
@@ -267,7 +344,7 @@ async fn run_session(
         start_time: start_wall.to_rfc3339(),
         end_time: chrono::Local::now().to_rfc3339(),
         duration_sec: (end_ns.saturating_sub(t0)) as f64 / 1e9,
-        stop_reason: stop.describe().to_owned(),
+        stop_reason: stop_reason.clone(),
         ring_buffer_bytes: cfg.ring_bytes,
         targets: std::mem::take(&mut targets.procs).into_values().collect(),
         probes: std::mem::take(&mut probes.report),
@@ -280,7 +357,7 @@ async fn run_session(
     files.push("metadata.json");
 
     let mut summary = vec![
-        format!("stopped: {}", stop.describe()),
+        format!("stopped: {stop_reason}"),
         format!("steps: {steps}; graphs: {}; probe records: {}", count_rows(dir, "cuda_graph_captures.csv"), drain.records),
         format!(
             "lost: {} ring-buffer drops, {} undecodable; unattributed: {} incomplete steps, {} unmatched returns, {} waits on unknown events",

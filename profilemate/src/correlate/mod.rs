@@ -28,7 +28,7 @@ use crate::{
     config::TimingMode,
     probes::drain::{CallEvent, CallPhase},
 };
-use steps::{StepMachine, Work};
+use steps::{EventMark, StepMachine, Work};
 
 /// A driver call this soon after an entry-only runtime call of the same operation on the
 /// same thread is that runtime call's own driver twin.
@@ -67,6 +67,11 @@ pub struct CorrelatorStats {
     pub capture_end_without_begin: u64,
     /// Out-parameters that could not be read (handle unknown).
     pub unreadable_out_params: u64,
+    /// Stream captures that failed (non-zero status): no graph recorded.
+    pub failed_captures: u64,
+    /// Successful event polls on events never waited on (e.g. allocator bookkeeping): not
+    /// taken as step completions.
+    pub ignored_event_polls: u64,
 }
 
 struct OpenCall {
@@ -74,7 +79,14 @@ struct OpenCall {
     entry_ns: u64,
     args: [u64; 6],
     nested: bool,
+    /// For event waits: which step the event marked when the wait began (a concurrent
+    /// re-record of the same event must not redirect the wait).
+    mark: Option<EventMark>,
 }
+
+/// Probed calls with a return probe a thread may have open at once; deeper means returns
+/// are missing (a return probe that failed to attach), and the oldest are dropped.
+const MAX_OPEN_CALLS: usize = 64;
 
 struct Capture {
     stream: u64,
@@ -88,6 +100,8 @@ struct ThreadState {
     runtime_open: Option<(OpClass, u64, bool)>,
     stack: Vec<OpenCall>,
     capture: Option<Capture>,
+    /// The capture whose end call is in progress.
+    capture_ending: Option<Capture>,
 }
 
 #[derive(Default)]
@@ -115,6 +129,7 @@ struct Op {
     args: [u64; 6],
     ret: u64,
     out: Option<u64>,
+    mark: Option<EventMark>,
 }
 
 /// The correlator. Feed `handle` in ring-buffer order; call `finish` at the end.
@@ -176,11 +191,26 @@ impl Correlator {
                     self.stats.nested_calls += 1;
                 }
                 if spec.needs_return {
+                    let mark = match spec.class {
+                        OpClass::EventSync | OpClass::EventQuery if !nested => {
+                            proc.steps.mark(args[0])
+                        }
+                        _ => None,
+                    };
+                    // The capture is over once its end is entered, whatever the return says.
+                    if spec.class == OpClass::CaptureEnd && !nested {
+                        thread.capture_ending = thread.capture.take();
+                    }
+                    if thread.stack.len() >= MAX_OPEN_CALLS {
+                        thread.stack.remove(0);
+                        self.stats.abandoned_calls += 1;
+                    }
                     thread.stack.push(OpenCall {
                         api: ev.api,
                         entry_ns: ev.ts_ns,
                         args,
                         nested,
+                        mark,
                     });
                     return;
                 }
@@ -200,6 +230,7 @@ impl Correlator {
                         args,
                         ret: 0,
                         out: None,
+                        mark: None,
                     };
                     self.operation(ev.pid, ev.tid, op, out);
                 }
@@ -236,6 +267,7 @@ impl Correlator {
                         args: call.args,
                         ret,
                         out: out_value,
+                        mark: call.mark,
                     };
                     self.operation(ev.pid, ev.tid, op, out);
                 }
@@ -263,7 +295,15 @@ impl Correlator {
                 }
             }
             OpClass::CaptureEnd => {
-                let cap = proc.threads.get_mut(&tid).and_then(|t| t.capture.take());
+                let cap = proc
+                    .threads
+                    .get_mut(&tid)
+                    .and_then(|t| t.capture_ending.take());
+                if op.ret != 0 {
+                    // Invalidated or failed capture: no graph; *pGraph holds nothing valid.
+                    stats.failed_captures += 1;
+                    return;
+                }
                 if cap.is_none() {
                     stats.capture_end_without_begin += 1;
                 }
@@ -402,6 +442,7 @@ impl Correlator {
                     TimingMode::Events => {
                         proc.steps.complete_event(
                             op.args[0],
+                            op.mark,
                             tid,
                             op.api,
                             op.entry_ns,

@@ -48,10 +48,10 @@ impl Builder {
     fn merge(&mut self, later: Builder) {
         self.start_ns = self.start_ns.min(later.start_ns);
         self.last_ns = self.last_ns.max(later.last_ns);
-        self.kernels += later.kernels;
+        self.kernels = self.kernels.saturating_add(later.kernels);
         self.graphs.extend(later.graphs);
-        self.h2d += later.h2d;
-        self.d2h += later.d2h;
+        self.h2d = self.h2d.saturating_add(later.h2d);
+        self.d2h = self.d2h.saturating_add(later.d2h);
         self.has_work |= later.has_work;
     }
 }
@@ -62,10 +62,16 @@ struct Candidate {
     record_ns: u64,
 }
 
-struct EventMark {
+/// Where an event was recorded: the thread and the last candidate it sealed.
+#[derive(Clone, Copy, Debug)]
+pub struct EventMark {
     tid: u32,
     candidate: Option<u64>,
 }
+
+/// Sealed candidates a thread may hold; more means its events are recorded but never waited
+/// on, and the oldest two are merged (memory stays bounded, nothing is dropped).
+const MAX_SEALED: usize = 256;
 
 /// Steps of one process.
 #[derive(Default)]
@@ -77,6 +83,8 @@ pub struct StepMachine {
     open: HashMap<u32, Builder>,
     sealed: HashMap<u32, VecDeque<Candidate>>,
     events: HashMap<u64, EventMark>,
+    /// Events that have been waited on: only their successful polls complete steps.
+    waited: std::collections::HashSet<u64>,
     next_candidate: u64,
     next_index: u64,
     last_exact_completion_ns: u64,
@@ -116,12 +124,13 @@ impl StepMachine {
                 b.has_work = true;
             }
             Work::Kernel => {
-                b.kernels += 1;
+                b.kernels = b.kernels.saturating_add(1);
                 b.has_work = true;
             }
-            Work::H2D(n) => b.h2d += n,
+            // Byte counts come from the target's arguments: saturate, never overflow.
+            Work::H2D(n) => b.h2d = b.h2d.saturating_add(n),
             Work::D2H(n) => {
-                b.d2h += n;
+                b.d2h = b.d2h.saturating_add(n);
                 b.has_work = true;
             }
             Work::Copy => b.has_work = true,
@@ -152,6 +161,14 @@ impl StepMachine {
                 builder,
                 record_ns: ts_ns,
             });
+            if queue.len() > MAX_SEALED {
+                if let (Some(oldest), Some(mut next)) = (queue.pop_front(), queue.pop_front()) {
+                    let later = std::mem::take(&mut next.builder);
+                    next.builder = oldest.builder;
+                    next.builder.merge(later);
+                    queue.push_front(next);
+                }
+            }
         }
         self.events.insert(
             event,
@@ -162,7 +179,14 @@ impl StepMachine {
         );
     }
 
-    /// A wait on (or successful query of) `event` returned.
+    /// Where `event` was last recorded, for a wait that begins now.
+    #[must_use]
+    pub fn mark(&self, event: u64) -> Option<EventMark> {
+        self.events.get(&event).copied()
+    }
+
+    /// A wait on (or successful query of) `event` returned; `mark` is where the event stood
+    /// when the wait began.
     #[allow(
         clippy::too_many_arguments,
         reason = "one call site; the wait's facts travel together"
@@ -170,6 +194,7 @@ impl StepMachine {
     pub fn complete_event(
         &mut self,
         event: u64,
+        mark: Option<EventMark>,
         sync_tid: u32,
         api: ApiId,
         entry_ns: u64,
@@ -178,7 +203,14 @@ impl StepMachine {
         stats: &mut CorrelatorStats,
         out: &mut impl FnMut(Correlated),
     ) {
-        let Some(mark) = self.events.get(&event) else {
+        if query && !self.waited.contains(&event) {
+            stats.ignored_event_polls += 1;
+            return;
+        }
+        if !query {
+            self.waited.insert(event);
+        }
+        let Some(mark) = mark else {
             stats.syncs_unknown_event += 1;
             return;
         };

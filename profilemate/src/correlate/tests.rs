@@ -346,3 +346,104 @@ fn late_driver_call_after_entry_only_runtime_call_is_not_nested() {
     assert_eq!(steps(&out)[0].graph_launches, 2);
     assert_eq!(stats.nested_calls, 2); // event record + event wait twins only
 }
+
+#[test]
+fn a_wait_completes_the_step_its_event_marked_when_the_wait_began() {
+    let mut s = Script::new();
+    launch_step(&mut s, 1000, 0xe0, 0xee0);
+    // Thread 777 starts waiting for 0xee0; meanwhile the launcher records the same event
+    // handle again for the next step; the wait returns after that.
+    s.entry(1100, 777, ApiId::cudaEventSynchronize, &[0xee0]);
+    launch_step(&mut s, 1200, 0xe0, 0xee0);
+    s.ret(3000, 777, ApiId::cudaEventSynchronize, 0, None);
+    sync_event(&mut s, 777, 3100, 5000, 0xee0);
+    let (out, stats) = s.run(TimingMode::Events, false);
+    let st = steps(&out);
+    assert_eq!(st.len(), 2, "{st:#?}");
+    assert_eq!(
+        (st[0].start_ns, st[0].completion_ns),
+        (1_000_000, 3_000_000)
+    );
+    assert_eq!(
+        (st[1].start_ns, st[1].completion_ns),
+        (1_200_000, 5_000_000)
+    );
+    assert_eq!(stats.repeat_syncs, 0);
+}
+
+#[test]
+fn polls_complete_steps_only_on_events_that_are_waited_on() {
+    let mut s = Script::new();
+    launch_step(&mut s, 1000, 0xe0, 0xee0);
+    // An allocator-style poll of an event recorded after the step's copies: ignored.
+    s.rt_drv(
+        1040,
+        ApiId::cudaEventRecord,
+        ApiId::cuEventRecord,
+        &[0xa110c, STREAM],
+    );
+    s.entry(1050, MAIN, ApiId::cudaEventQuery, &[0xa110c]).ret(
+        1051,
+        MAIN,
+        ApiId::cudaEventQuery,
+        0,
+        None,
+    );
+    sync_event(&mut s, MAIN, 1100, 3000, 0xee0);
+    let (out, stats) = s.run(TimingMode::Events, false);
+    let st = steps(&out);
+    assert_eq!(st.len(), 1);
+    assert_eq!(st[0].completion, Completion::Exact);
+    assert_eq!(stats.ignored_event_polls, 1);
+}
+
+#[test]
+fn a_failed_capture_records_no_graph_and_ends_the_capture() {
+    let mut s = Script::new();
+    s.entry(0, MAIN, ApiId::cudaStreamBeginCapture, &[STREAM, 0])
+        .entry(10, MAIN, ApiId::cudaStreamEndCapture, &[STREAM, 0x7ff0])
+        .ret(20, MAIN, ApiId::cudaStreamEndCapture, 901, Some(0xdead));
+    // Work after the failed capture is step work, not captured work.
+    launch_step(&mut s, 1000, 0xe0, 0xee0);
+    sync_event(&mut s, MAIN, 1100, 3000, 0xee0);
+    let (out, stats) = s.run(TimingMode::Events, false);
+    assert_eq!(stats.failed_captures, 1);
+    let captured = out
+        .iter()
+        .filter(|r| matches!(r, Correlated::GraphCaptured(c) if c.end_ns.is_some()))
+        .count();
+    assert_eq!(captured, 0);
+    assert_eq!(steps(&out).len(), 1);
+}
+
+#[test]
+fn target_controlled_byte_counts_saturate() {
+    let mut s = Script::new();
+    s.rt_drv(
+        1000,
+        ApiId::cudaMemcpyAsync,
+        ApiId::cuMemcpyHtoDAsync_v2,
+        &[1, 2, u64::MAX, 1, STREAM],
+    )
+    .rt_drv(
+        1001,
+        ApiId::cudaMemcpyAsync,
+        ApiId::cuMemcpyHtoDAsync_v2,
+        &[1, 2, u64::MAX, 1, STREAM],
+    )
+    .rt_drv(
+        1002,
+        ApiId::cudaMemcpyAsync,
+        ApiId::cuMemcpyDtoHAsync_v2,
+        &[3, 4, 8, 2, STREAM],
+    )
+    .rt_drv(
+        1003,
+        ApiId::cudaEventRecord,
+        ApiId::cuEventRecord,
+        &[0x1, STREAM],
+    );
+    sync_event(&mut s, MAIN, 1100, 3000, 0x1);
+    let (out, _) = s.run(TimingMode::Events, false);
+    assert_eq!(steps(&out)[0].h2d_bytes, u64::MAX);
+}

@@ -140,14 +140,19 @@ fn parent_map() -> HashMap<u32, u32> {
     map
 }
 
+/// Whether `pid` exists and is not a zombie.
+#[must_use]
+pub fn is_running(pid: u32) -> bool {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| is_alive(&s))
+}
+
 /// `root` and, when `children` is set, all its live descendants.
 #[must_use]
 pub fn process_tree(root: u32, children: bool) -> Vec<u32> {
     if !children {
-        let alive = procfs::process::Process::new(root as i32)
-            .and_then(|p| p.stat())
-            .is_ok_and(|s| is_alive(&s));
-        return if alive { vec![root] } else { vec![] };
+        return if is_running(root) { vec![root] } else { vec![] };
     }
     let parents = parent_map();
     let mut kids: BTreeMap<u32, Vec<u32>> = BTreeMap::new();

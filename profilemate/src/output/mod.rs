@@ -13,7 +13,7 @@ use std::{
     io::{BufWriter, Write},
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+        unix::fs::{DirBuilderExt, MetadataExt},
     },
     path::{Path, PathBuf},
 };
@@ -98,58 +98,80 @@ fn sudo_owner() -> Option<(u32, u32)> {
 }
 
 impl SessionDir {
-    /// Creates `base/session_<stamp>/` (and `base` if missing). Refuses a base that is a
-    /// symlink or writable by others without the sticky bit.
+    /// Creates `base/session_<stamp>/` (and `base` if missing). Every step after the base is
+    /// opened works on descriptors (`mkdirat`, `openat`, `fchown`), so nothing can be
+    /// redirected through a symlink planted in a shared directory such as /tmp. Refuses a
+    /// base that is a symlink, belongs to another user, or is writable by group or others
+    /// without the sticky bit.
     pub fn create(base: &Path, stamp: &str) -> Result<Self, OutputError> {
         let owner = sudo_owner();
         let base_err = |why: String| OutputError::BaseDir {
             path: base.to_owned(),
             why,
         };
-        match std::fs::symlink_metadata(base) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(base_err("it is a symbolic link".into()))
+        let mut created = false;
+        if std::fs::symlink_metadata(base).is_err() {
+            if let Some(parent) = base.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| base_err(format!("cannot create its parent: {e}")))?;
             }
-            Ok(m) if !m.is_dir() => return Err(base_err("it is not a directory".into())),
-            Ok(m) if m.mode() & 0o002 != 0 && m.mode() & 0o1000 == 0 => {
-                return Err(base_err(
-                    "it is writable by every user and has no sticky bit".into(),
-                ))
-            }
-            Ok(m) if !trusted_owner(m.uid(), owner) => {
-                return Err(base_err(format!(
-                    "it belongs to uid {}, neither root nor the invoking user",
-                    m.uid()
-                )))
-            }
-            Ok(_) => {}
-            Err(_) => {
-                std::fs::create_dir_all(base)
-                    .map_err(|e| base_err(format!("cannot create it: {e}")))?;
-                std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755))
-                    .map_err(|e| base_err(format!("cannot set its mode: {e}")))?;
-                chown(base, owner);
+            match std::fs::DirBuilder::new().mode(0o755).create(base) {
+                Ok(()) => created = true,
+                // Someone else made it meanwhile: the checks below decide.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(base_err(format!("cannot create it: {e}"))),
             }
         }
-        let mut path = base.join(format!("session_{stamp}"));
+        let base_dir = open_dir(None, base).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                base_err("it is a symbolic link".into())
+            } else {
+                base_err(format!("cannot open it: {e}"))
+            }
+        })?;
+        let meta = File::from(base_dir.try_clone().map_err(|e| base_err(e.to_string()))?)
+            .metadata()
+            .map_err(|e| base_err(e.to_string()))?;
+        if created {
+            // SAFETY: valid fd; plain mode and ownership changes on the directory just made.
+            unsafe {
+                libc::fchmod(base_dir.as_raw_fd(), 0o755);
+                if let Some((uid, gid)) = owner {
+                    libc::fchown(base_dir.as_raw_fd(), uid, gid);
+                }
+            }
+        } else if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+            return Err(base_err(
+                "it is writable by other users and has no sticky bit".into(),
+            ));
+        } else if !trusted_owner(meta.uid(), owner) {
+            return Err(base_err(format!(
+                "it belongs to uid {}, neither root nor the invoking user",
+                meta.uid()
+            )));
+        }
+        let mut name = format!("session_{stamp}");
         let mut n = 1;
         loop {
-            match std::fs::DirBuilder::new().mode(0o755).create(&path) {
-                Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => {
-                    path = base.join(format!("session_{stamp}_{n}"));
-                    n += 1;
-                }
-                Err(e) => return Err(base_err(format!("cannot create {}: {e}", path.display()))),
+            let cname = CString::new(name.as_str()).map_err(|e| base_err(e.to_string()))?;
+            // SAFETY: valid directory fd and NUL-terminated name.
+            if unsafe { libc::mkdirat(base_dir.as_raw_fd(), cname.as_ptr(), 0o755) } == 0 {
+                break;
             }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::AlreadyExists || n >= 100 {
+                return Err(base_err(format!("cannot create {name}: {e}")));
+            }
+            name = format!("session_{stamp}_{n}");
+            n += 1;
         }
-        chown(&path, owner);
-        let dir = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map(OwnedFd::from)
+        let path = base.join(&name);
+        let dir = open_dir(Some(&base_dir), Path::new(&name))
             .map_err(|e| base_err(format!("cannot open {}: {e}", path.display())))?;
+        if let Some((uid, gid)) = owner {
+            // SAFETY: valid fd. Best effort: failure leaves the directory root-owned, readable.
+            unsafe { libc::fchown(dir.as_raw_fd(), uid, gid) };
+        }
         Ok(Self { path, dir, owner })
     }
 
@@ -284,21 +306,36 @@ impl CsvSink {
     }
 }
 
+/// Opens a directory (relative to `at` when given) without following a final symlink.
+fn open_dir(at: Option<&OwnedFd>, path: &Path) -> std::io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let dirfd = at.map_or(libc::AT_FDCWD, AsRawFd::as_raw_fd);
+    // SAFETY: valid (or AT_FDCWD) directory fd and NUL-terminated path.
+    let fd = unsafe {
+        libc::openat(
+            dirfd,
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by openat and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// A directory we did not create may be used only when root or the invoking user owns it.
 fn trusted_owner(uid: u32, owner: Option<(u32, u32)>) -> bool {
     // SAFETY: geteuid has no preconditions.
     uid == 0 || uid == unsafe { libc::geteuid() } || owner.is_some_and(|(u, _)| u == uid)
 }
 
-fn chown(path: &Path, owner: Option<(u32, u32)>) {
-    if let Some((uid, gid)) = owner {
-        // Best effort, as above.
-        let _ = std::os::unix::fs::chown(path, Some(uid), Some(gid));
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn tmp(name: &str) -> PathBuf {
@@ -350,6 +387,21 @@ mod tests {
             SessionDir::create(&base, "x").is_ok(),
             "sticky /tmp-like base is fine"
         );
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o775)).expect("chmod");
+        assert!(
+            matches!(
+                SessionDir::create(&base, "y"),
+                Err(OutputError::BaseDir { .. })
+            ),
+            "group-writable"
+        );
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&base, Some(65534), Some(65534)).expect("chown");
+            let err = SessionDir::create(&base, "z").expect_err("owned by another user");
+            assert!(err.to_string().contains("--out"), "{err}");
+        }
         std::fs::remove_file(&link).expect("cleanup");
         std::fs::remove_dir_all(&base).expect("cleanup");
     }

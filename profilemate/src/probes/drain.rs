@@ -132,11 +132,13 @@ impl Drain {
         Ok(())
     }
 
-    /// Reads everything that is in the ring buffer now, handing each event to `sink`.
-    pub fn drain(&mut self, mut sink: impl FnMut(CallEvent)) -> usize {
+    /// Reads up to `max` records from the ring buffer, handing each event to `sink`; returns
+    /// how many were read.
+    pub fn drain(&mut self, max: usize, mut sink: impl FnMut(CallEvent)) -> usize {
         let ring = self.ring.get_mut();
         let mut n = 0;
-        while let Some(item) = ring.next() {
+        while n < max {
+            let Some(item) = ring.next() else { break };
             n += 1;
             match decode(&item) {
                 Ok(ev) => sink(ev),

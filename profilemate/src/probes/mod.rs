@@ -184,6 +184,16 @@ impl Probes {
         })
     }
 
+    /// Removes an exited `pid` from the in-kernel filter (the map is bounded; pids are reused).
+    pub fn remove_target(&mut self, pid: u32) {
+        if let Some(map) = self.ebpf.map_mut(TARGETS_MAP) {
+            if let Ok(mut targets) = BpfHashMap::<&mut MapData, u32, u32>::try_from(map) {
+                // Already absent is fine.
+                let _ = targets.remove(&pid);
+            }
+        }
+    }
+
     /// Sums the per-CPU counters.
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
         let map = self

@@ -12,7 +12,7 @@ use crate::{
 
 /// The two-method shape every profiler has. Row files are streamed as records arrive (a
 /// profiler opens them when it is created); summaries are written by `finish`.
-pub trait Profiler {
+pub trait Profiler: Send {
     /// Takes one correlated record.
     fn consume(&mut self, record: &Correlated);
     /// Completes this profiler's files; returns their names.
