@@ -38,7 +38,7 @@ struct TargetRun {
     seconds: f64,
 }
 
-/// Runs the fixture to completion, timing from its `start` line (CUDA loaded, loop begins) to `done`.
+/// Runs the fixture to completion without a tracer.
 fn run_target(args: &[String]) -> Result<(TargetRun, u32)> {
     let mut child = Command::new(release_dir().join("pm-fixture"))
         .arg("--lib-dir")
@@ -50,13 +50,22 @@ fn run_target(args: &[String]) -> Result<(TargetRun, u32)> {
         .context("cannot start pm-fixture")?;
     let pid = child.id();
     let stdout = child.stdout.take().context("no stdout")?;
-    let mut ready = None;
-    let mut rate = None;
-    let mut seconds = 0.0;
+    let run = read_target(stdout, args)?;
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("pm-fixture failed: {status}");
+    }
+    Ok((run, pid))
+}
+
+/// Reads the fixture's stdout to the end: its reported call rate (hot loop), or steps/s
+/// timed from its `start` line (CUDA loaded, loop begins) to `done`.
+fn read_target(stdout: std::process::ChildStdout, args: &[String]) -> Result<TargetRun> {
+    let (mut start, mut rate, mut seconds) = (None, None, 0.0);
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         if line.contains(" start") {
-            ready = Some(Instant::now());
+            start = Some(Instant::now());
         }
         if let Some(v) = line
             .split_whitespace()
@@ -65,12 +74,8 @@ fn run_target(args: &[String]) -> Result<(TargetRun, u32)> {
             rate = v.parse().ok();
         }
         if line.starts_with("done") {
-            seconds = ready.map_or(0.0, |r| r.elapsed().as_secs_f64());
+            seconds = start.map_or(0.0, |r| r.elapsed().as_secs_f64());
         }
-    }
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("pm-fixture failed: {status}");
     }
     let steps: f64 = args
         .iter()
@@ -79,7 +84,7 @@ fn run_target(args: &[String]) -> Result<(TargetRun, u32)> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0.0);
     let rate = rate.unwrap_or(if seconds > 0.0 { steps / seconds } else { 0.0 });
-    Ok((TargetRun { rate, seconds }, pid))
+    Ok(TargetRun { rate, seconds })
 }
 
 struct TracerStats {
@@ -148,24 +153,8 @@ fn run_attached(target_args: &[String], extra: &[&str]) -> Result<(TargetRun, Tr
     let tpid = tracer.id();
     let mut fixture = crate::demo::Reaped(fixture);
     let stdout = fixture.0.stdout.take().context("no stdout")?;
-    let mut ready = None;
-    let (mut rate, mut seconds) = (None, 0.0);
     let (mut cpu, mut rss) = (0.0, 0);
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        if line.contains(" start") {
-            ready = Some(Instant::now());
-        }
-        if let Some(v) = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("calls_per_sec="))
-        {
-            rate = v.parse().ok();
-        }
-        if line.starts_with("done") {
-            seconds = ready.map_or(0.0, |r| r.elapsed().as_secs_f64());
-        }
-    }
+    let run = read_target(stdout, target_args)?;
     // Reap the target so the tracer sees it gone, sampling the tracer until it exits.
     let _ = fixture.0.wait();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -192,15 +181,8 @@ fn run_attached(target_args: &[String], extra: &[&str]) -> Result<(TargetRun, Tr
     let drops = meta["losses"]["kernel"]["ring_full_drops"]
         .as_u64()
         .unwrap_or(0);
-    let steps: f64 = target_args
-        .iter()
-        .skip_while(|a| *a != "--steps")
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0.0);
-    let rate = rate.unwrap_or(if seconds > 0.0 { steps / seconds } else { 0.0 });
     Ok((
-        TargetRun { rate, seconds },
+        run,
         TracerStats {
             cpu_sec: cpu,
             rss_kb: rss,

@@ -119,6 +119,27 @@ impl ProcState {
         self.next_graph_id += 1;
         id
     }
+
+    /// Registers a graph first seen after its capture (created before attach).
+    fn graph_from_before_attach(
+        &mut self,
+        tid: u32,
+        graph_handle: Option<u64>,
+        out: &mut impl FnMut(Correlated),
+    ) -> u32 {
+        let graph_id = self.new_graph_id();
+        out(Correlated::GraphCaptured(GraphCapture {
+            graph_id,
+            pid: self.steps.pid,
+            tid,
+            stream: None,
+            begin_ns: None,
+            end_ns: None,
+            graph_handle,
+            captured_launches: None,
+        }));
+        graph_id
+    }
 }
 
 /// A call ready for operation-level processing.
@@ -335,18 +356,8 @@ impl Correlator {
                     Some(id) => *id,
                     None => {
                         stats.uncaptured_graphs += 1;
-                        let id = proc.new_graph_id();
+                        let id = proc.graph_from_before_attach(tid, Some(graph), out);
                         proc.graphs.insert(graph, id);
-                        out(Correlated::GraphCaptured(GraphCapture {
-                            graph_id: id,
-                            pid,
-                            tid,
-                            stream: None,
-                            begin_ns: None,
-                            end_ns: None,
-                            graph_handle: Some(graph),
-                            captured_launches: None,
-                        }));
                         id
                     }
                 };
@@ -374,18 +385,8 @@ impl Correlator {
                     Some(id) => *id,
                     None => {
                         stats.unknown_graph_execs += 1;
-                        let id = proc.new_graph_id();
+                        let id = proc.graph_from_before_attach(tid, None, out);
                         proc.execs.insert(exec, id);
-                        out(Correlated::GraphCaptured(GraphCapture {
-                            graph_id: id,
-                            pid,
-                            tid,
-                            stream: None,
-                            begin_ns: None,
-                            end_ns: None,
-                            graph_handle: None,
-                            captured_launches: None,
-                        }));
                         id
                     }
                 };
@@ -424,7 +425,7 @@ impl Correlator {
                 // A synchronous copy is a blocking wait too.
                 if op.ret_ns.is_some() && timing == TimingMode::Sync {
                     proc.steps
-                        .complete_all(tid, op.api, op.entry_ns, ret_ns, stats, out);
+                        .complete_all(tid, op.api, op.entry_ns, ret_ns, out);
                 }
             }
             OpClass::EventRecord => {
@@ -454,7 +455,7 @@ impl Correlator {
                     }
                     TimingMode::Sync if !query => {
                         proc.steps
-                            .complete_all(tid, op.api, op.entry_ns, ret_ns, stats, out)
+                            .complete_all(tid, op.api, op.entry_ns, ret_ns, out)
                     }
                     TimingMode::Sync => {}
                 }
@@ -462,7 +463,7 @@ impl Correlator {
             OpClass::StreamSync | OpClass::DeviceSync => {
                 if timing == TimingMode::Sync {
                     proc.steps
-                        .complete_all(tid, op.api, op.entry_ns, ret_ns, stats, out);
+                        .complete_all(tid, op.api, op.entry_ns, ret_ns, out);
                 }
             }
             OpClass::Malloc | OpClass::Free => {}

@@ -100,6 +100,27 @@ struct Wait {
     completion: Completion,
 }
 
+impl Wait {
+    /// A wait that blocked gives an exact completion (its return); one that returned at once
+    /// only bounds it (its entry); a successful poll bounds it by its return.
+    fn new(sync_tid: u32, api: ApiId, entry_ns: u64, ret_ns: u64, poll: bool) -> Self {
+        let blocked = !poll && ret_ns.saturating_sub(entry_ns) >= BLOCKED_THRESHOLD_NS;
+        let (completion_ns, completion) = match (blocked, poll) {
+            (true, _) => (ret_ns, Completion::Exact),
+            (false, true) => (ret_ns, Completion::UpperBound),
+            (false, false) => (entry_ns, Completion::UpperBound),
+        };
+        Self {
+            sync_tid,
+            api,
+            entry_ns,
+            ret_ns,
+            completion_ns,
+            completion,
+        }
+    }
+}
+
 impl StepMachine {
     /// Steps of process `pid`; `kernels`: per-kernel probes are attached.
     #[must_use]
@@ -242,20 +263,7 @@ impl StepMachine {
             queue.push_front(merged);
             return;
         }
-        let blocked = !query && ret_ns.saturating_sub(entry_ns) >= BLOCKED_THRESHOLD_NS;
-        let (completion_ns, completion) = match (blocked, query) {
-            (true, _) => (ret_ns, Completion::Exact),
-            (false, true) => (ret_ns, Completion::UpperBound),
-            (false, false) => (entry_ns, Completion::UpperBound),
-        };
-        let wait = Wait {
-            sync_tid,
-            api,
-            entry_ns,
-            ret_ns,
-            completion_ns,
-            completion,
-        };
+        let wait = Wait::new(sync_tid, api, entry_ns, ret_ns, query);
         self.emit(tid, merged.builder, merged.record_ns, &wait, out);
     }
 
@@ -267,7 +275,6 @@ impl StepMachine {
         api: ApiId,
         entry_ns: u64,
         ret_ns: u64,
-        _stats: &mut CorrelatorStats,
         out: &mut impl FnMut(Correlated),
     ) {
         let mut tids: Vec<u32> = self
@@ -277,22 +284,9 @@ impl StepMachine {
             .map(|(t, _)| *t)
             .collect();
         tids.sort_unstable();
-        let blocked = ret_ns.saturating_sub(entry_ns) >= BLOCKED_THRESHOLD_NS;
-        let (completion_ns, completion) = if blocked {
-            (ret_ns, Completion::Exact)
-        } else {
-            (entry_ns, Completion::UpperBound)
-        };
+        let wait = Wait::new(sync_tid, api, entry_ns, ret_ns, false);
         for tid in tids {
             if let Some(b) = self.open.remove(&tid) {
-                let wait = Wait {
-                    sync_tid,
-                    api,
-                    entry_ns,
-                    ret_ns,
-                    completion_ns,
-                    completion,
-                };
                 let launch_end = b.last_ns;
                 self.emit(tid, b, launch_end, &wait, out);
             }
