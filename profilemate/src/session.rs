@@ -359,6 +359,7 @@ async fn run_session(
     let mut summary = vec![
         format!("stopped: {stop_reason}"),
         format!("steps: {steps}; graphs: {}; probe records: {}", count_rows(dir, "cuda_graph_captures.csv"), drain.records),
+        forward_summary_line(dir),
         format!(
             "lost: {} ring-buffer drops, {} undecodable; unattributed: {} incomplete steps, {} unmatched returns, {} waits on unknown events",
             kernel.ring_full_drops, drain.decode_errors, stats.incomplete_steps, stats.unmatched_returns, stats.syncs_unknown_event
@@ -383,7 +384,7 @@ async fn run_session(
         }
     }
     println!("session: {}", outcome.dir.display());
-    let n = probes.report.attached_count;
+    let n = metadata.probes.attached_count;
     let t = std::time::Instant::now();
     if !cfg.quiet {
         eprintln!("detaching {n} probes...");
@@ -391,6 +392,25 @@ async fn run_session(
     probes.detach_all();
     log::info!("detached {n} probes in {:?}", t.elapsed());
     Ok(outcome)
+}
+
+/// "forward_time_ms P50/P95/P99 ..." from the summary just written.
+fn forward_summary_line(dir: &SessionDir) -> String {
+    let text =
+        std::fs::read_to_string(dir.path().join("forward_pass_summary.json")).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let f = &v["forward_time_ms"];
+    match (
+        f["p50_ms"].as_f64(),
+        f["p95_ms"].as_f64(),
+        f["p99_ms"].as_f64(),
+    ) {
+        (Some(p50), Some(p95), Some(p99)) => format!(
+            "forward_time_ms P50 {p50:.3}, P95 {p95:.3}, P99 {p99:.3} ({} of {} completions exact)",
+            v["exact_count"], v["count"]
+        ),
+        _ => "forward_time_ms: no completed steps".to_owned(),
+    }
 }
 
 fn count_rows(dir: &SessionDir, name: &str) -> u64 {

@@ -54,21 +54,27 @@ pub fn start_fixture(extra: &[&str]) -> Result<Reaped> {
 }
 
 pub fn run(seconds: u64) -> Result<()> {
-    let target = start_fixture(&[])?;
+    // The target loads CUDA after a second, like a server loading its model; profilemate is
+    // already waiting (--wait) and sees the graph captures at start-up.
+    let target = start_fixture(&[
+        "--wait-before-load-ms",
+        "1000",
+        "--wait-after-load-ms",
+        "300",
+    ])?;
     let pid = target.0.id();
     eprintln!("demo target pid {pid}: a vLLM-shaped step loop (CUDA graph capture, graph replays, eager steps, async event waits) over the fake CUDA libraries");
-    // Give it a moment to load the libraries; profilemate would otherwise need --wait.
-    std::thread::sleep(std::time::Duration::from_millis(300));
     let out = root().join("target/demo-sessions");
     let status = profilemate_command()
         .args([
             "attach",
+            "--wait",
+            "--rescan-ms",
+            "100",
             "--pid",
             &pid.to_string(),
-            "--duration",
-            &format!("{seconds}s"),
-            "--out",
         ])
+        .args(["--duration", &format!("{seconds}s"), "--out"])
         .arg(&out)
         .status()
         .context("cannot run profilemate")?;
