@@ -43,6 +43,12 @@ enum Cmd {
     },
     /// Throughput and overhead benchmarks (root); prints a table for docs/PERFORMANCE.md.
     Bench(bench::BenchArgs),
+    /// Copy what a machine without cargo needs into DIR: the stripped `profilemate`, the
+    /// fixture target and the fake CUDA libraries (the GPU scripts in tests/gpu use them).
+    Bundle {
+        /// Destination directory.
+        dir: PathBuf,
+    },
 }
 
 /// Repository root.
@@ -215,6 +221,28 @@ fn build() -> Result<()> {
     Ok(())
 }
 
+fn bundle(dir: &Path) -> Result<()> {
+    let libs = dir.join("fake-cuda");
+    std::fs::create_dir_all(&libs).with_context(|| format!("cannot create {}", libs.display()))?;
+    for (src, dst) in [
+        (release_dir().join("profilemate"), dir.join("profilemate")),
+        (release_dir().join("pm-fixture"), dir.join("pm-fixture")),
+    ] {
+        std::fs::copy(&src, &dst).with_context(|| format!("cannot copy {}", src.display()))?;
+        run(Command::new("strip").arg(&dst))?;
+    }
+    for entry in std::fs::read_dir(fake_cuda_dir())? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), libs.join(entry.file_name()))?;
+    }
+    eprintln!(
+        "bundle in {}: on the GPU machine run `tests/gpu/run.sh {0}/profilemate OUT` and \
+         `tests/gpu/stress.sh {0}/profilemate {0}/pm-fixture {0}/fake-cuda OUT`",
+        dir.display()
+    );
+    Ok(())
+}
+
 fn test(args: &[String]) -> Result<()> {
     setup()?;
     build()?;
@@ -237,6 +265,11 @@ fn main() -> Result<()> {
             setup()?;
             build()?;
             demo::run(seconds)
+        }
+        Cmd::Bundle { dir } => {
+            setup()?;
+            build()?;
+            bundle(&dir)
         }
         Cmd::Bench(args) => {
             setup()?;
