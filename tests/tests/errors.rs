@@ -1,6 +1,6 @@
 //! Bad input gets a clear error that names the fix, and leaves no half-written session.
 
-use std::process::Command;
+use std::{os::unix::fs::PermissionsExt, process::Command};
 
 use profilemate_tests::{can_attach, profilemate_bin, scratch, Proc};
 
@@ -82,6 +82,12 @@ fn unprivileged_user_is_told_how_to_fix_it() {
         );
         return;
     }
+    // A copy nobody can reach: the checkout may live under a directory only root may enter.
+    let dir = scratch("unprivileged");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let bin = dir.join("profilemate");
+    std::fs::copy(profilemate_bin(), &bin).expect("copy binary");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let out = Command::new("setpriv")
         .args([
             "--reuid=65534",
@@ -90,7 +96,7 @@ fn unprivileged_user_is_told_how_to_fix_it() {
             "--inh-caps=-all",
             "--",
         ])
-        .arg(profilemate_bin())
+        .arg(&bin)
         .args(["attach", "--pid", "1"])
         .output()
         .expect("run setpriv");
