@@ -48,6 +48,15 @@ pub enum OpClass {
     KernelLaunch,
 }
 
+impl OpClass {
+    /// Whether a driver symbol of this class is the twin of a runtime symbol (the runtime
+    /// performs the operation through it). Kernel launches are counted at the driver only.
+    #[must_use]
+    pub const fn is_runtime_twin(self) -> bool {
+        !matches!(self, OpClass::KernelLaunch)
+    }
+}
+
 /// Static facts about one probed symbol.
 #[derive(Clone, Copy, Debug)]
 pub struct ApiSpec {

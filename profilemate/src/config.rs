@@ -28,6 +28,8 @@ pub struct AttachConfig {
     pub follow_children: bool,
     /// Attach the per-kernel launch probes.
     pub kernels: bool,
+    /// Probe driver twins of runtime calls even where libcudart is mapped.
+    pub driver_twins: bool,
     /// Keep watching when no CUDA library is mapped yet.
     pub wait: bool,
     /// How often the process tree and mappings are rescanned.

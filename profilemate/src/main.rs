@@ -46,6 +46,10 @@ struct AttachArgs {
     /// Also probe every kernel launch (cuLaunchKernel[Ex]); adds ~2 µs per launch to the target.
     #[arg(long)]
     kernels: bool,
+    /// Also probe the driver-level twins of runtime calls in processes that map libcudart
+    /// (to see direct driver use, e.g. NCCL's own events; doubles those probe hits).
+    #[arg(long)]
+    driver_twins: bool,
     /// Keep watching when no CUDA library is loaded yet.
     #[arg(long)]
     wait: bool,
@@ -74,6 +78,7 @@ fn attach(args: AttachArgs) -> Result<()> {
         timing: args.timing,
         follow_children: !args.no_children,
         kernels: args.kernels,
+        driver_twins: args.driver_twins,
         wait: args.wait,
         rescan_interval: Duration::from_millis(args.rescan_ms.max(10)),
         ring_bytes: args.ring_mb << 20,

@@ -7,6 +7,7 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context, Result};
+use profilemate_common::Library;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
@@ -84,12 +85,18 @@ impl Targets {
             if t.exited_sec.is_some() {
                 continue;
             }
-            let libs: Vec<MappedLibrary> = discovery::cuda_libraries(pid).unwrap_or_default();
+            let mut libs: Vec<MappedLibrary> = discovery::cuda_libraries(pid).unwrap_or_default();
+            // Runtime libraries first: whether one is mapped decides the driver probe set.
+            libs.sort_by_key(|l| l.library != Library::Runtime);
+            let runtime_mapped = libs
+                .iter()
+                .chain(&t.libraries)
+                .any(|l| l.library == Library::Runtime);
             for lib in libs {
                 if t.libraries.contains(&lib) {
                     continue;
                 }
-                let n = probes.attach_library(pid, &lib);
+                let n = probes.attach_library(pid, &lib, runtime_mapped);
                 log::info!("pid {pid}: {} probes on {}", n, lib.path);
                 attached += n;
                 t.libraries.push(lib);
@@ -225,7 +232,7 @@ async fn run_session(
 ) -> Result<SessionOutcome> {
     let t0 = monotonic_ns();
     let time = TimeBase { t0_ns: t0 };
-    let mut probes = Probes::load(cfg.ring_bytes, cfg.kernels)?;
+    let mut probes = Probes::load(cfg.ring_bytes, cfg.kernels, cfg.driver_twins)?;
     let drain = Drain::new(probes.take_ring_buffer()?).context("cannot poll the ring buffer")?;
     let mut targets = Targets {
         root: cfg.pid,

@@ -40,7 +40,7 @@ fn sum(rows: &[HashMap<String, String>], k: &str) -> f64 {
 }
 
 /// Checks every count and the GPU times of a default-shaped fixture run.
-fn check_counts_and_times(session: &Session, truth: &Truth, pid: u32, kernels: bool) {
+fn check_counts_and_times(session: &Session, truth: &Truth, pid: u32, kernels: bool, twins: bool) {
     let steps = session.csv("forward_pass_timing.csv");
     assert_eq!(steps.len() as u64, STEPS, "one row per fixture step");
     assert!(steps.iter().all(|r| col(r, "pid") as u32 == pid));
@@ -133,11 +133,35 @@ fn check_counts_and_times(session: &Session, truth: &Truth, pid: u32, kernels: b
             "{name}: {p}"
         );
     }
-    assert_eq!(
-        p["cuGraphLaunch"]["calls_via_runtime"].as_u64(),
-        Some(launches.len() as u64)
-    );
-    assert_eq!(p["cuGraphLaunch"]["calls"].as_u64(), Some(0));
+    if twins {
+        // Both levels probed: each runtime operation's driver twin is seen and counted once.
+        for (drv, rt) in [
+            ("cuGraphLaunch", "cudaGraphLaunch"),
+            ("cuEventSynchronize", "cudaEventSynchronize"),
+        ] {
+            assert_eq!(
+                p[drv]["calls_via_runtime"].as_u64(),
+                Some(truth.app_calls(rt).len() as u64),
+                "{drv}"
+            );
+            assert_eq!(p[drv]["calls"].as_u64(), Some(0), "{drv}");
+        }
+    } else {
+        // libcudart is mapped: the driver twins are left out, and metadata says so.
+        assert!(p["cuGraphLaunch"].is_null(), "{p}");
+        let meta = session.json("metadata.json");
+        let skipped: Vec<&str> = meta["probes"]["skipped"].as_array().map_or(vec![], |a| {
+            a.iter().filter_map(|x| x["symbol"].as_str()).collect()
+        });
+        assert!(
+            skipped.contains(&"cuGraphLaunch") && skipped.contains(&"cuEventSynchronize"),
+            "{skipped:?}"
+        );
+        assert!(
+            !skipped.contains(&"cuLaunchKernelEx"),
+            "kernel launches are counted at the driver"
+        );
+    }
 
     // GPU times against the simulated GPU's execution log.
     let truth_gpu = truth.step_gpu_ns(pid);
@@ -190,7 +214,7 @@ fn rust_fixture_default_probes_match_ground_truth() {
     }
     let _g = serial();
     let (s, truth, pid) = profile("rust-default", false, &["--steps", "40"], &[]);
-    check_counts_and_times(&s, &truth, pid, false);
+    check_counts_and_times(&s, &truth, pid, false, false);
 }
 
 #[test]
@@ -200,7 +224,22 @@ fn rust_fixture_kernel_probes_match_ground_truth() {
     }
     let _g = serial();
     let (s, truth, pid) = profile("rust-kernels", false, &["--steps", "40"], &["--kernels"]);
-    check_counts_and_times(&s, &truth, pid, true);
+    check_counts_and_times(&s, &truth, pid, true, false);
+}
+
+#[test]
+fn rust_fixture_with_driver_twins_counts_each_operation_once() {
+    if !can_attach("rust_fixture_with_driver_twins_counts_each_operation_once") {
+        return;
+    }
+    let _g = serial();
+    let (s, truth, pid) = profile(
+        "rust-twins",
+        false,
+        &["--steps", "40"],
+        &["--kernels", "--driver-twins"],
+    );
+    check_counts_and_times(&s, &truth, pid, true, true);
 }
 
 #[test]
@@ -210,7 +249,7 @@ fn python_fixture_default_probes_match_ground_truth() {
     }
     let _g = serial();
     let (s, truth, pid) = profile("python-default", true, &["--steps", "40"], &[]);
-    check_counts_and_times(&s, &truth, pid, false);
+    check_counts_and_times(&s, &truth, pid, false, false);
 }
 
 #[test]
@@ -220,7 +259,7 @@ fn python_fixture_kernel_probes_match_ground_truth() {
     }
     let _g = serial();
     let (s, truth, pid) = profile("python-kernels", true, &["--steps", "40"], &["--kernels"]);
-    check_counts_and_times(&s, &truth, pid, true);
+    check_counts_and_times(&s, &truth, pid, true, false);
 }
 
 #[test]

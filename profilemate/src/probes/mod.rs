@@ -19,8 +19,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use profilemate_common::{
-    cookie, ApiId, COUNTERS_MAP, COUNTER_FILTERED, COUNTER_OUT_READ_FAILED, COUNTER_RING_FULL,
-    COUNTER_STASH_FULL, EVENTS_MAP, TARGETS_MAP,
+    cookie, ApiId, Library, COUNTERS_MAP, COUNTER_FILTERED, COUNTER_OUT_READ_FAILED,
+    COUNTER_RING_FULL, COUNTER_STASH_FULL, EVENTS_MAP, TARGETS_MAP,
 };
 use serde::Serialize;
 
@@ -97,6 +97,8 @@ pub struct ProbeReport {
     pub attached: Vec<AttachedProbe>,
     /// Failures with reasons.
     pub failed: Vec<FailedProbe>,
+    /// Symbols deliberately not probed, with the reason.
+    pub skipped: Vec<FailedProbe>,
 }
 
 /// Kernel-side drop and filter counters, summed over CPUs.
@@ -121,6 +123,7 @@ struct Link {
 pub struct Probes {
     ebpf: Ebpf,
     kernels: bool,
+    driver_twins: bool,
     links: Vec<Link>,
     /// (pid, dev, inode) already handled.
     done: HashMap<(u32, (u64, u64), u64), ()>,
@@ -130,8 +133,10 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Loads the embedded object with a ring buffer of `ring_bytes`.
-    pub fn load(ring_bytes: u32, kernels: bool) -> Result<Self, ProbeError> {
+    /// Loads the embedded object with a ring buffer of `ring_bytes`. `kernels`: attach the
+    /// per-kernel launch probes; `driver_twins`: probe driver twins of runtime calls even in
+    /// processes that map libcudart.
+    pub fn load(ring_bytes: u32, kernels: bool, driver_twins: bool) -> Result<Self, ProbeError> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(EVENTS_MAP, ring_bytes)
             .load(EBPF_OBJECT)
@@ -148,6 +153,7 @@ impl Probes {
         Ok(Self {
             ebpf,
             kernels,
+            driver_twins,
             links: Vec::new(),
             done: HashMap::new(),
             symbol_cache: HashMap::new(),
@@ -222,15 +228,33 @@ impl Probes {
 
     /// Attaches every probe of the table that `lib` exports, scoped to `pid`. Returns how
     /// many probes were attached now (0 when this (pid, file) was already handled).
-    pub fn attach_library(&mut self, pid: u32, lib: &MappedLibrary) -> usize {
+    ///
+    /// In a process that maps libcudart (`runtime_mapped`), the driver twins of runtime
+    /// calls are left out unless `driver_twins` was asked for: every runtime call would hit
+    /// two probes for one operation, doubling the probe cost in the target (~2 µs a hit).
+    pub fn attach_library(&mut self, pid: u32, lib: &MappedLibrary, runtime_mapped: bool) -> usize {
         if self.done.insert((pid, lib.dev, lib.inode), ()).is_some() {
             return 0;
         }
-        let wanted: Vec<ApiId> = ApiId::all()
-            .iter()
-            .copied()
-            .filter(|a| a.spec().library == lib.library && (self.kernels || !a.spec().per_kernel))
-            .collect();
+        let skip_twins = lib.library == Library::Driver && runtime_mapped && !self.driver_twins;
+        let mut wanted: Vec<ApiId> = Vec::new();
+        for api in ApiId::all().iter().copied() {
+            let spec = api.spec();
+            if spec.library != lib.library || (spec.per_kernel && !self.kernels) {
+                continue;
+            }
+            if skip_twins && spec.class.is_runtime_twin() {
+                self.report.skipped.push(FailedProbe {
+                    pid,
+                    library: lib.path.clone(),
+                    symbol: spec.symbol.to_owned(),
+                    reason: "runtime twin probed in libcudart (--driver-twins probes both levels)"
+                        .to_owned(),
+                });
+                continue;
+            }
+            wanted.push(api);
+        }
         let names: Vec<&str> = wanted.iter().map(|a| a.symbol()).collect();
         let offsets = self
             .symbol_cache
