@@ -7,6 +7,7 @@
 
 pub mod drain;
 pub mod symbols;
+pub mod usdt;
 
 use std::{collections::HashMap, num::NonZeroU32};
 

@@ -42,31 +42,9 @@ impl SymbolOffsets {
 
     /// Reads `path` and resolves each of `wanted` (dynamic symbols first, then .symtab).
     pub fn resolve(path: &Path, wanted: &[&str]) -> Result<Self, SymbolError> {
-        let display = path.display().to_string();
-        let file = File::open(path).map_err(|source| SymbolError::Io {
-            path: display.clone(),
-            source,
-        })?;
-        // SAFETY: read-only private mapping; the file is a shared library that the target has
-        // mapped and is not expected to be truncated while we parse it.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| SymbolError::Io {
-            path: display.clone(),
-            source,
-        })?;
-        let elf = object::File::parse(&*map).map_err(|source| SymbolError::Elf {
-            path: display,
-            source,
-        })?;
-        let segments: Vec<(u64, u64, u64)> = elf
-            .segments()
-            .map(|s| (s.address(), s.size(), s.file_range().0))
-            .collect();
-        let to_file_offset = |addr: u64| {
-            segments
-                .iter()
-                .find(|(va, size, _)| addr >= *va && addr < va + size)
-                .map(|(va, _, off)| addr - va + off)
-        };
+        let map = map_file(path)?;
+        let elf = parse_elf(path, &map)?;
+        let to_file_offset = |addr: u64| file_offset(&elf, addr);
         let mut offsets = HashMap::new();
         for sym in elf.dynamic_symbols().chain(elf.symbols()) {
             if sym.is_undefined() || sym.address() == 0 {
@@ -84,6 +62,36 @@ impl SymbolOffsets {
         }
         Ok(Self { offsets })
     }
+}
+
+/// Maps an ELF file read-only.
+pub fn map_file(path: &Path) -> Result<memmap2::Mmap, SymbolError> {
+    let io = |source| SymbolError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    // SAFETY: read-only private mapping of a binary the target has mapped; it is not expected
+    // to be truncated while we parse it (a truncation would fault this process, not the target).
+    unsafe { memmap2::Mmap::map(&file) }.map_err(io)
+}
+
+/// Parses a mapped ELF file.
+pub fn parse_elf<'a>(path: &Path, data: &'a [u8]) -> Result<object::File<'a>, SymbolError> {
+    object::File::parse(data).map_err(|source| SymbolError::Elf {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The file offset of virtual address `addr`, through the loadable segment containing it
+/// (uprobes take file offsets).
+#[must_use]
+pub fn file_offset(elf: &object::File<'_>, addr: u64) -> Option<u64> {
+    elf.segments().find_map(|s| {
+        let (va, size) = (s.address(), s.size());
+        (addr >= va && addr < va + size).then(|| addr - va + s.file_range().0)
+    })
 }
 
 #[cfg(test)]
