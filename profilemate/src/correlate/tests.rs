@@ -447,3 +447,68 @@ fn target_controlled_byte_counts_saturate() {
     let (out, _) = s.run(TimingMode::Events, false);
     assert_eq!(steps(&out)[0].h2d_bytes, u64::MAX);
 }
+
+/// PyTorch's pinned-memory allocator records an event after each copy from or to pinned
+/// memory and later polls it; those records must neither split vLLM's step nor complete it.
+#[test]
+fn allocator_events_between_copies_do_not_split_or_complete_steps() {
+    let mut s = Script::new();
+    for step in 0..3u64 {
+        let t = 1000 + step * 5000;
+        for i in 0..3 {
+            // input copy, then the allocator's bookkeeping event for that pinned block
+            s.entry(
+                t + i * 10,
+                MAIN,
+                ApiId::cudaMemcpyAsync,
+                &[1, 2, 64, 1, STREAM],
+            )
+            .entry(
+                t + i * 10 + 1,
+                MAIN,
+                ApiId::cudaEventRecord,
+                &[0xa000 + i, STREAM],
+            );
+        }
+        s.entry(t + 100, MAIN, ApiId::cudaGraphLaunch, &[0xe0, STREAM])
+            .entry(
+                t + 110,
+                MAIN,
+                ApiId::cudaMemcpyAsync,
+                &[3, 4, 32, 2, STREAM],
+            )
+            .entry(t + 111, MAIN, ApiId::cudaEventRecord, &[0xa00f, STREAM])
+            .entry(
+                t + 120,
+                MAIN,
+                ApiId::cudaEventRecordWithFlags,
+                &[0xc0 + step, STREAM, 0],
+            );
+        // the allocator polls its events: done, but never waited on
+        for i in 0..3 {
+            s.entry(t + 130 + i, MAIN, ApiId::cudaEventQuery, &[0xa000 + i])
+                .ret(t + 131 + i, MAIN, ApiId::cudaEventQuery, 0, None);
+        }
+        if step > 0 {
+            sync_event(&mut s, MAIN, t + 200, t + 2000, 0xc0 + step - 1);
+        }
+    }
+    sync_event(&mut s, MAIN, 20_000, 22_000, 0xc2);
+    let (out, stats) = s.run(TimingMode::Events, false);
+    let st = steps(&out);
+    assert_eq!(st.len(), 3, "{st:#?}");
+    for (i, step) in st.iter().enumerate() {
+        assert_eq!(
+            step.start_ns,
+            (1000 + i as u64 * 5000) * 1000,
+            "step {i} starts at its first input copy"
+        );
+        assert_eq!(
+            (step.h2d_bytes, step.d2h_bytes, step.graph_launches),
+            (192, 32, 1)
+        );
+        assert_eq!(step.completion, Completion::Exact);
+    }
+    assert_eq!(stats.ignored_event_polls, 9);
+    assert_eq!(stats.incomplete_steps, 0);
+}
