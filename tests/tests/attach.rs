@@ -207,59 +207,58 @@ fn check_counts_and_times(session: &Session, truth: &Truth, pid: u32, kernels: b
     assert_eq!(meta["stop_reason"], "all target processes exited");
 }
 
-#[test]
-fn rust_fixture_default_probes_match_ground_truth() {
-    if !can_attach("rust_fixture_default_probes_match_ground_truth") {
+/// One ground-truth comparison: profile a 40-step fixture run with `attach` flags, then
+/// check every count and the GPU times.
+fn ground_truth_case(test: &str, python: bool, attach: &[&str]) {
+    if !can_attach(test) {
         return;
     }
     let _g = serial();
-    let (s, truth, pid) = profile("rust-default", false, &["--steps", "40"], &[]);
-    check_counts_and_times(&s, &truth, pid, false, false);
+    let (s, truth, pid) = profile(test, python, &["--steps", "40"], attach);
+    let kernels = attach.contains(&"--kernels");
+    let twins = attach.contains(&"--driver-twins");
+    check_counts_and_times(&s, &truth, pid, kernels, twins);
+}
+
+#[test]
+fn rust_fixture_default_probes_match_ground_truth() {
+    ground_truth_case("rust_fixture_default_probes_match_ground_truth", false, &[]);
 }
 
 #[test]
 fn rust_fixture_kernel_probes_match_ground_truth() {
-    if !can_attach("rust_fixture_kernel_probes_match_ground_truth") {
-        return;
-    }
-    let _g = serial();
-    let (s, truth, pid) = profile("rust-kernels", false, &["--steps", "40"], &["--kernels"]);
-    check_counts_and_times(&s, &truth, pid, true, false);
+    ground_truth_case(
+        "rust_fixture_kernel_probes_match_ground_truth",
+        false,
+        &["--kernels"],
+    );
 }
 
 #[test]
 fn rust_fixture_with_driver_twins_counts_each_operation_once() {
-    if !can_attach("rust_fixture_with_driver_twins_counts_each_operation_once") {
-        return;
-    }
-    let _g = serial();
-    let (s, truth, pid) = profile(
-        "rust-twins",
+    ground_truth_case(
+        "rust_fixture_with_driver_twins_counts_each_operation_once",
         false,
-        &["--steps", "40"],
         &["--kernels", "--driver-twins"],
     );
-    check_counts_and_times(&s, &truth, pid, true, true);
 }
 
 #[test]
 fn python_fixture_default_probes_match_ground_truth() {
-    if !can_attach("python_fixture_default_probes_match_ground_truth") {
-        return;
-    }
-    let _g = serial();
-    let (s, truth, pid) = profile("python-default", true, &["--steps", "40"], &[]);
-    check_counts_and_times(&s, &truth, pid, false, false);
+    ground_truth_case(
+        "python_fixture_default_probes_match_ground_truth",
+        true,
+        &[],
+    );
 }
 
 #[test]
 fn python_fixture_kernel_probes_match_ground_truth() {
-    if !can_attach("python_fixture_kernel_probes_match_ground_truth") {
-        return;
-    }
-    let _g = serial();
-    let (s, truth, pid) = profile("python-kernels", true, &["--steps", "40"], &["--kernels"]);
-    check_counts_and_times(&s, &truth, pid, true, false);
+    ground_truth_case(
+        "python_fixture_kernel_probes_match_ground_truth",
+        true,
+        &["--kernels"],
+    );
 }
 
 #[test]

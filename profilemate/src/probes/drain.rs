@@ -2,8 +2,6 @@
 //! when the buffer fills past a watermark, so the session drains on a short timer tick and on
 //! readiness; each drain empties the buffer in one pass.
 
-use std::os::fd::AsRawFd;
-
 use aya::maps::{MapData, RingBuf};
 use profilemate_common::{record_kind, ApiId, CudaCallRecord, FLAG_OUT_VALID};
 use tokio::io::unix::AsyncFd;
@@ -147,12 +145,6 @@ impl Drain {
         }
         self.records += n as u64;
         n
-    }
-
-    /// Raw fd, for diagnostics.
-    #[must_use]
-    pub fn fd(&self) -> i32 {
-        self.ring.get_ref().as_raw_fd()
     }
 }
 
