@@ -5,8 +5,9 @@
 //! 1. **De-duplication across levels.** A runtime call (`cudaX`) reaches its driver twin
 //!    (`cuX`) on the same thread; the driver hit inside the runtime call is `nested` and not
 //!    a second operation. Runtime calls with a return probe bound the window exactly; for
-//!    entry-only ones the twin must follow within `NEST_WINDOW_NS` (it follows within
-//!    microseconds, a probe hit itself costing ~2 µs).
+//!    entry-only ones the twin is the next probed driver call of the same operation on that
+//!    thread, within `NEST_WINDOW_NS` (it follows within microseconds, but a descheduled
+//!    thread or a first-hit uprobe set-up can delay it by milliseconds).
 //! 2. **Entry/return pairing** per thread (a call stack of probed calls with return probes).
 //! 3. **Operations**: graph capture/instantiate/replay, copies, launches, event records and
 //!    waits, fed to the step machine in `steps`.
@@ -32,7 +33,7 @@ use steps::{EventMark, StepMachine, Work};
 
 /// A driver call this soon after an entry-only runtime call of the same operation on the
 /// same thread is that runtime call's own driver twin.
-pub const NEST_WINDOW_NS: u64 = 200_000;
+pub const NEST_WINDOW_NS: u64 = 20_000_000;
 
 /// `cudaMemcpyKind` values.
 const MEMCPY_H2D: u64 = 1;
@@ -200,10 +201,9 @@ impl Correlator {
                     Library::Runtime => {
                         thread.runtime_open = Some((spec.class, ev.ts_ns, spec.needs_return))
                     }
-                    // An entry-only runtime call reaches its twin once.
-                    Library::Driver
-                        if nested && thread.runtime_open.is_some_and(|(_, _, exact)| !exact) =>
-                    {
+                    // An entry-only runtime call reaches its twin once, and before any other
+                    // probed driver call on its thread.
+                    Library::Driver if thread.runtime_open.is_some_and(|(_, _, exact)| !exact) => {
                         thread.runtime_open = None;
                     }
                     Library::Driver => {}

@@ -333,15 +333,15 @@ fn returns_without_entries_are_counted_not_guessed() {
 fn late_driver_call_after_entry_only_runtime_call_is_not_nested() {
     let mut s = Script::new();
     s.entry(1000, MAIN, ApiId::cudaGraphLaunch, &[0xe0, STREAM]);
-    // no twin fired (e.g. not exported); 1 ms later the app launches through the driver
-    s.entry(2000, MAIN, ApiId::cuGraphLaunch, &[0xe0, STREAM]);
+    // no twin fired (e.g. not exported); 30 ms later the app launches through the driver
+    s.entry(31_000, MAIN, ApiId::cuGraphLaunch, &[0xe0, STREAM]);
     s.rt_drv(
-        2100,
+        31_100,
         ApiId::cudaEventRecord,
         ApiId::cuEventRecord,
         &[0x1, STREAM],
     );
-    sync_event(&mut s, MAIN, 2200, 4000, 0x1);
+    sync_event(&mut s, MAIN, 31_200, 33_000, 0x1);
     let (out, stats) = s.run(TimingMode::Events, false);
     assert_eq!(steps(&out)[0].graph_launches, 2);
     assert_eq!(stats.nested_calls, 2); // event record + event wait twins only
