@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), no_std)]
 
 mod api;
+pub mod python;
 pub use api::{ApiId, ApiSpec, Library, OpClass, API_COUNT};
 
 /// Name of the BPF ring buffer that carries every record.
@@ -28,7 +29,7 @@ pub const MAX_TARGETS: u32 = 4096;
 /// Capacity of `OUT_PARAMS`: one slot per thread inside an out-parameter call.
 pub const OUT_PARAM_SLOTS: u32 = 16384;
 
-/// Counter slot: a record was lost because the ring buffer was full.
+/// Counter slot: a CUDA call record was lost because the ring buffer was full.
 pub const COUNTER_RING_FULL: u32 = 0;
 /// Counter slot: an out-parameter address could not be stashed (`OUT_PARAMS` full).
 pub const COUNTER_STASH_FULL: u32 = 1;
@@ -36,17 +37,27 @@ pub const COUNTER_STASH_FULL: u32 = 1;
 pub const COUNTER_OUT_READ_FAILED: u32 = 2;
 /// Counter slot: probe hits from processes outside `TARGET_TGIDS` (filtered, not lost).
 pub const COUNTER_FILTERED: u32 = 3;
+/// Counter slot: a Python stack record was lost because the ring buffer was full.
+pub const COUNTER_STACK_RING_FULL: u32 = 4;
+/// Counter slot: a USDT record was lost because the ring buffer was full.
+pub const COUNTER_USDT_RING_FULL: u32 = 5;
+/// Counter slot: a USDT probe fired whose cookie has no spec (attach/spec mismatch).
+pub const COUNTER_USDT_NO_SPEC: u32 = 6;
 /// Number of counter slots.
-pub const COUNTER_SLOTS: u32 = 4;
+pub const COUNTER_SLOTS: u32 = 7;
 
-/// Record kinds (`CudaCallRecord::kind`). Plain `u16` constants rather than an enum: a value
-/// read from shared memory must never be transmuted into an enum.
+/// Record kinds: the first `u16` of every ring-buffer record. Plain `u16` constants rather
+/// than an enum: a value read from shared memory must never be transmuted into an enum.
 pub mod record_kind {
     /// A probed function was entered; `args` holds the six integer argument registers.
     pub const ENTRY: u16 = 1;
     /// A probed function returned; `args[0]` is the return value, `args[1]` the out-parameter
     /// value when `FLAG_OUT_VALID` is set.
     pub const RETURN: u16 = 2;
+    /// A `python::PyStackRecord`.
+    pub const PY_STACK: u16 = 3;
+    /// A `python::UsdtRecord`.
+    pub const USDT: u16 = 4;
 }
 
 /// `CudaCallRecord::flags`: `args[1]` holds the value read through the out-parameter.

@@ -1,63 +1,32 @@
 //! Entry and return probes shared by every CUDA API symbol; the bpf cookie says which API.
 //!
-//! Both programs are tiny on purpose: a uprobe hit costs ~2 µs of target time already
-//! (DESIGN §4), so the program does one map lookup, one ring-buffer reservation, and no loops.
+//! Both programs are small on purpose: a uprobe hit costs ~2 µs of target time already
+//! (DESIGN §4). The entry probe walks the Python stack only at the APIs userspace marked in
+//! `CUDA_STACKS` (step boundaries, syncs, graph launches, the first launch after a boundary).
 
 use aya_ebpf::{
     helpers::generated::bpf_get_attach_cookie,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
-    macros::{map, uprobe, uretprobe},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
     EbpfContext,
 };
 use profilemate_common::{
-    cookie, record_kind, CudaCallRecord, COUNTER_FILTERED, COUNTER_OUT_READ_FAILED,
-    COUNTER_RING_FULL, COUNTER_SLOTS, COUNTER_STASH_FULL, DEFAULT_RING_BYTES, FLAG_OUT_VALID,
-    MAX_TARGETS, OUT_PARAM_SLOTS, WAKEUP_WATERMARK_BYTES,
+    cookie,
+    python::{cuda_stack, stack_reason},
+    record_kind, CudaCallRecord, COUNTER_OUT_READ_FAILED, COUNTER_RING_FULL, COUNTER_STASH_FULL,
+    FLAG_OUT_VALID,
 };
 
-/// `bpf_ringbuf_query` / `bpf_ringbuf_submit` flags (uapi/linux/bpf.h).
-const BPF_RB_AVAIL_DATA: u64 = 0;
-const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-
-#[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
-
-#[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
-
-#[map]
-static TARGET_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TARGETS, 0);
-
-#[map]
-static OUT_PARAMS: HashMap<u64, u64> = HashMap::with_max_entries(OUT_PARAM_SLOTS, 0);
+use crate::{
+    maps::{
+        count, submit_flags, target_ids_counted, CUDA_STACKS, EVENTS, LAUNCH_ARMED, OUT_PARAMS,
+    },
+    python::walk_stack,
+};
 
 #[inline(always)]
-fn count(slot: u32) {
-    if let Some(p) = COUNTERS.get_ptr_mut(slot) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
-        unsafe { *p += 1 };
-    }
-}
-
-/// Returns (tgid, tid) when the current process is a target.
-#[inline(always)]
-fn target_ids() -> Option<(u32, u32)> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: read-only lookup of a plain value.
-    if unsafe { TARGET_TGIDS.get(&tgid) }.is_none() {
-        count(COUNTER_FILTERED);
-        return None;
-    }
-    Some((tgid, pid_tgid as u32))
-}
-
-#[inline(always)]
-fn emit(kind: u16, api: u16, tgid: u32, tid: u32, flags: u32, args: [u64; 6]) {
-    let ts_ns = unsafe { bpf_ktime_get_ns() };
+fn emit(kind: u16, api: u16, tgid: u32, tid: u32, flags: u32, ts_ns: u64, args: [u64; 6]) {
     match EVENTS.reserve::<CudaCallRecord>(0) {
         Some(mut entry) => {
             entry.write(CudaCallRecord {
@@ -69,24 +38,39 @@ fn emit(kind: u16, api: u16, tgid: u32, tid: u32, flags: u32, args: [u64; 6]) {
                 ts_ns,
                 args,
             });
-            // Wake the reader only past the watermark: userspace drains on a timer anyway, and a
-            // wake-up per record would add a scheduler round trip to every probed call.
-            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > WAKEUP_WATERMARK_BYTES {
-                BPF_RB_FORCE_WAKEUP
-            } else {
-                BPF_RB_NO_WAKEUP
-            };
-            entry.submit(flags);
+            entry.submit(submit_flags());
         }
         None => count(COUNTER_RING_FULL),
     }
 }
 
+/// Whether this entry walks the Python stack (and arms/disarms the thread's next launch).
+#[inline(always)]
+fn wants_stack(api: u16, tid: u32) -> bool {
+    match CUDA_STACKS.get(api as u32).copied() {
+        Some(cuda_stack::ALWAYS) => {
+            let _ = LAUNCH_ARMED.insert(&tid, &1, 0);
+            true
+        }
+        Some(cuda_stack::FIRST_AFTER_BOUNDARY) => {
+            // SAFETY: plain value lookup.
+            if unsafe { LAUNCH_ARMED.get(&tid) }.is_some() {
+                let _ = LAUNCH_ARMED.remove(&tid);
+                true
+            } else {
+                false
+            }
+        }
+        _ => false,
+    }
+}
+
 #[uprobe]
 pub fn cuda_entry(ctx: ProbeContext) -> u32 {
-    let Some((tgid, tid)) = target_ids() else {
+    let Some((tgid, tid)) = target_ids_counted() else {
         return 0;
     };
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
     // SAFETY: the helper only reads the attach cookie of the running program.
     let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let api = cookie::api(c);
@@ -112,15 +96,19 @@ pub fn cuda_entry(ctx: ProbeContext) -> u32 {
             count(COUNTER_STASH_FULL);
         }
     }
-    emit(record_kind::ENTRY, api, tgid, tid, 0, args);
+    emit(record_kind::ENTRY, api, tgid, tid, 0, ts_ns, args);
+    if wants_stack(api, tid) {
+        walk_stack(tgid, tid, stack_reason::CUDA_CALL, api, ts_ns);
+    }
     0
 }
 
 #[uretprobe]
 pub fn cuda_return(ctx: RetProbeContext) -> u32 {
-    let Some((tgid, tid)) = target_ids() else {
+    let Some((tgid, tid)) = target_ids_counted() else {
         return 0;
     };
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
     // SAFETY: the helper only reads the attach cookie of the running program.
     let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let api = cookie::api(c);
@@ -148,6 +136,7 @@ pub fn cuda_return(ctx: RetProbeContext) -> u32 {
         tgid,
         tid,
         flags,
+        ts_ns,
         [ret, out, 0, 0, 0, 0],
     );
     0

@@ -1,12 +1,16 @@
-//! ProfileMate kernel-side programs: CUDA API entry and return uprobes.
+//! ProfileMate kernel-side programs: CUDA API entry and return uprobes, the CPython frame
+//! walker (at CUDA calls and on perf sampling ticks), and USDT probes.
 //!
 //! Owns: the tgid filter, the ring-buffer record layout fill, the out-parameter stash and the
-//! drop counters. Does not own: which symbols are probed (userspace attaches by the table in
-//! `profilemate-common`) or any interpretation of the arguments.
+//! drop counters. Does not own: which symbols are probed or which interpreter layout applies
+//! (userspace decides both and fills the maps), or any interpretation of the values.
 #![no_std]
 #![no_main]
 
 mod cuda;
+mod maps;
+mod python;
+mod usdt;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -38,6 +38,10 @@ pub struct AttachConfig {
     pub ring_bytes: u32,
     /// Suppress the end-of-session summary on stdout.
     pub quiet: bool,
+    /// Python stack sampling rate per CPU in Hz (0: off).
+    pub sample_hz: u64,
+    /// At which CUDA calls Python stacks are walked.
+    pub cuda_stacks: crate::probes::CudaStacks,
 }
 
 impl AttachConfig {

@@ -4,7 +4,9 @@
 //! `discovery` (which processes and CUDA libraries) -> `probes` (load, attach, drain the ring
 //! buffer) -> `correlate` (calls -> steps, graphs, API statistics) -> `profilers` (one per
 //! output family) -> `output` (session directory, CSV/JSON writers, metadata).
-//! `session` wires them together for `profilemate attach`.
+//! Side modules: `python` (the CPython reader: interpreter discovery, layouts, code objects)
+//! and `vllm` (versioned vLLM name tables). `session` wires them together for
+//! `profilemate attach`.
 
 pub mod config;
 pub mod correlate;
@@ -13,7 +15,9 @@ pub mod output;
 pub mod preflight;
 pub mod probes;
 pub mod profilers;
+pub mod python;
 pub mod session;
+pub mod vllm;
 
 /// Tracer version written into metadata.json.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -62,9 +62,24 @@ struct AttachArgs {
     /// Print only the session directory at the end.
     #[arg(long, short)]
     quiet: bool,
+    /// Python stack samples per second of CPU time of each target thread (cpu-clock);
+    /// 0 turns sampling off.
+    #[arg(long, default_value_t = 199)]
+    sample_hz: u64,
+    /// At which CUDA calls the Python stack is walked: step boundaries (graph launches,
+    /// event records and waits, syncs, copies, the first kernel launch after one), all calls,
+    /// or none.
+    #[arg(long, value_enum, default_value = "boundaries")]
+    cuda_stacks: profilemate::probes::CudaStacks,
 }
 
 fn attach(args: AttachArgs) -> Result<()> {
+    if args.sample_hz > 10_000 {
+        anyhow::bail!(
+            "--sample-hz must be at most 10000 (got {}); each sample walks the Python stack",
+            args.sample_hz
+        );
+    }
     if !args.ring_mb.is_power_of_two() || args.ring_mb > 1024 {
         anyhow::bail!(
             "--ring-mb must be a power of two between 1 and 1024 (got {})",
@@ -83,6 +98,8 @@ fn attach(args: AttachArgs) -> Result<()> {
         rescan_interval: Duration::from_millis(args.rescan_ms.max(10)),
         ring_bytes: args.ring_mb << 20,
         quiet: args.quiet,
+        sample_hz: args.sample_hz,
+        cuda_stacks: args.cuda_stacks,
     };
     session::run(&cfg)?;
     Ok(())

@@ -4,24 +4,59 @@
 //! drain tick, a rescan tick (new processes and late-loaded libraries), signals and the
 //! deadline. Keeping it on one thread keeps the tracer to (at most) one core.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::mpsc,
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
-use profilemate_common::Library;
+use profilemate_common::{python::usdt_probe, Library};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     config::AttachConfig,
-    correlate::Correlator,
+    correlate::{python::PythonContext, Correlator},
     discovery::{self, MappedLibrary},
     output::{
-        metadata::{LossReport, Metadata, TargetRecord},
+        metadata::{LossReport, Metadata, PythonRecord, PythonReport, TargetRecord},
         monotonic_ns, SessionDir, TimeBase,
     },
     preflight,
-    probes::{drain::Drain, Probes},
+    probes::{
+        drain::{Drain, Record},
+        usdt::{self, UsdtProbe},
+        Probes,
+    },
     profilers::{self, Profiler},
+    python::{self, Interpreter, PythonError},
+    vllm,
 };
+
+/// Rescans that retry finding the interpreter of a process that is not (yet) Python.
+const PYTHON_ATTEMPTS: u32 = 10;
+
+/// The USDT probes ProfileMate attaches in CPython: (probe name, id).
+const PYTHON_USDT: &[(&str, u16)] = &[
+    ("gc__start", usdt_probe::GC_START),
+    ("gc__done", usdt_probe::GC_DONE),
+];
+
+/// Interpreter changes sent from the rescan loop to the pipeline task.
+enum PyUpdate {
+    Add(Box<Interpreter>),
+    Remove(u32),
+}
+
+#[derive(Default)]
+struct PyTrack {
+    attempts: u32,
+    done: bool,
+    record: Option<PythonRecord>,
+    /// The interpreter being walked (its thread list is re-read at each rescan).
+    walking: Option<Interpreter>,
+}
 
 /// How often the ring buffer is drained when the kernel does not wake us.
 pub const DRAIN_TICK: Duration = Duration::from_millis(10);
@@ -46,9 +81,136 @@ struct Targets {
     children: bool,
     time: TimeBase,
     procs: BTreeMap<u32, TargetRecord>,
+    python: BTreeMap<u32, PyTrack>,
+    py_tx: mpsc::Sender<PyUpdate>,
+    usdt_notes: HashMap<(u64, u64), Result<Vec<UsdtProbe>, String>>,
 }
 
 impl Targets {
+    /// Finds `pid`'s interpreter (retrying a few rescans while it is not Python yet), hands
+    /// it to the walker and the pipeline, and attaches its GC probes.
+    fn python_scan(&mut self, pid: u32, probes: &mut Probes) {
+        let track = self.python.entry(pid).or_default();
+        if let Some(interp) = &track.walking {
+            // New threads get walked from the next rescan on.
+            match interp.thread_refs() {
+                Ok(refs) => {
+                    if let Err(e) = probes.set_python_threads(pid, &refs) {
+                        log::warn!("pid {pid}: {e}");
+                    }
+                }
+                Err(e) => log::debug!("pid {pid}: thread list: {e}"),
+            }
+            return;
+        }
+        if track.done {
+            return;
+        }
+        track.attempts += 1;
+        let found = python::find(pid);
+        let retry = matches!(found, Err(PythonError::NotPython | PythonError::Read(_)))
+            && track.attempts < PYTHON_ATTEMPTS;
+        let interp = match found {
+            Ok(i) => i,
+            Err(e) if retry => {
+                log::debug!("pid {pid}: {e} (will retry)");
+                return;
+            }
+            Err(e) => {
+                let status = match e {
+                    PythonError::NotPython => "not_python",
+                    _ => "unsupported",
+                };
+                if status == "unsupported" {
+                    eprintln!("warning: pid {pid}: Python stacks not walked: {e}");
+                }
+                track.done = true;
+                track.record = Some(PythonRecord {
+                    pid,
+                    status,
+                    interpreter: None,
+                    tested: None,
+                    reason: Some(crate::probes::error_chain(&e)),
+                });
+                return;
+            }
+        };
+        track.done = true;
+        if let Err(e) = probes.set_python(pid, interp.walker_config()) {
+            track.record = Some(PythonRecord {
+                pid,
+                status: "unsupported",
+                interpreter: Some(interp),
+                tested: None,
+                reason: Some(format!("cannot configure the walker: {e}")),
+            });
+            return;
+        }
+        log::info!(
+            "pid {pid}: CPython {} ({}, layout {:?})",
+            interp.version,
+            interp.binary,
+            interp.layout.source
+        );
+        let notes = self
+            .usdt_notes
+            .entry(interp.file_id)
+            .or_insert_with(|| {
+                usdt::probes(&interp.host_path)
+                    .map(|all| all.into_iter().flatten().collect())
+                    .map_err(|e| crate::probes::error_chain(&e))
+            })
+            .clone();
+        match notes {
+            Ok(notes) => {
+                for (name, id) in PYTHON_USDT {
+                    match notes.iter().find(|p| p.provider == "python" && p.name == *name) {
+                        Some(p) => {
+                            probes.attach_usdt(
+                                pid,
+                                &interp.host_path,
+                                &interp.binary,
+                                interp.file_id,
+                                p,
+                                *id,
+                            );
+                        }
+                        None => probes.usdt_report.push(crate::probes::UsdtReport {
+                            pid,
+                            file: interp.binary.clone(),
+                            probe: format!("python:{name}"),
+                            status: "absent: this CPython was built without --with-dtrace; GC pauses are not measured".to_owned(),
+                        }),
+                    }
+                }
+            }
+            Err(e) => probes.usdt_report.push(crate::probes::UsdtReport {
+                pid,
+                file: interp.binary.clone(),
+                probe: "python:*".to_owned(),
+                status: format!("cannot read the USDT notes: {e}"),
+            }),
+        }
+        let tested = interp.layout.tested;
+        if let Ok(refs) = interp.thread_refs() {
+            if let Err(e) = probes.set_python_threads(pid, &refs) {
+                log::warn!("pid {pid}: {e}");
+            }
+        }
+        let Some(track) = self.python.get_mut(&pid) else {
+            return;
+        };
+        track.walking = Some(interp.clone());
+        track.record = Some(PythonRecord {
+            pid,
+            status: "walking",
+            interpreter: Some(interp.clone()),
+            tested: Some(tested),
+            reason: None,
+        });
+        let _ = self.py_tx.send(PyUpdate::Add(Box::new(interp)));
+    }
+
     /// Finds new processes and libraries and attaches to them. Returns how many probes were
     /// attached now.
     fn rescan(&mut self, probes: &mut Probes) -> usize {
@@ -59,6 +221,8 @@ impl Targets {
             if t.exited_sec.is_none() && !live.contains(pid) && !discovery::is_running(*pid) {
                 t.exited_sec = Some(now);
                 probes.remove_target(*pid);
+                probes.remove_python(*pid);
+                let _ = self.py_tx.send(PyUpdate::Remove(*pid));
             }
         }
         let mut attached = 0;
@@ -85,6 +249,10 @@ impl Targets {
             if t.exited_sec.is_some() {
                 continue;
             }
+            self.python_scan(pid, probes);
+            let Some(t) = self.procs.get_mut(&pid) else {
+                continue;
+            };
             let mut libs: Vec<MappedLibrary> = discovery::cuda_libraries(pid).unwrap_or_default();
             // Runtime libraries first: whether one is mapped decides the driver probe set.
             libs.sort_by_key(|l| l.library != Library::Runtime);
@@ -147,10 +315,13 @@ pub fn run(cfg: &AttachConfig) -> Result<SessionOutcome> {
     result
 }
 
-/// Ring buffer -> correlator -> profilers, owned by one task.
+/// Ring buffer -> correlator (CUDA calls) and Python context (stacks, USDT) -> profilers,
+/// owned by one task.
 struct Pipeline {
     drain: Drain,
     correlator: Correlator,
+    python: PythonContext,
+    py_rx: mpsc::Receiver<PyUpdate>,
     profilers: Vec<Box<dyn Profiler>>,
 }
 
@@ -160,14 +331,25 @@ impl Pipeline {
         let Self {
             drain,
             correlator,
+            python,
+            py_rx,
             profilers,
         } = self;
-        let n = drain.drain(DRAIN_BATCH, |ev| {
-            correlator.handle(ev, &mut |rec| {
-                for p in profilers.iter_mut() {
-                    p.consume(&rec);
-                }
-            });
+        while let Ok(update) = py_rx.try_recv() {
+            match update {
+                PyUpdate::Add(i) => python.add_interpreter(*i),
+                PyUpdate::Remove(pid) => python.remove_process(pid),
+            }
+        }
+        let mut emit = |rec: crate::correlate::Correlated| {
+            for p in profilers.iter_mut() {
+                p.consume(&rec);
+            }
+        };
+        let n = drain.drain(DRAIN_BATCH, |rec| match rec {
+            Record::Call(ev) => correlator.handle(ev, &mut emit),
+            Record::Stack(ev) => python.stack(ev, &mut emit),
+            Record::Usdt(ev) => python.usdt(ev, &mut emit),
         });
         n >= DRAIN_BATCH
     }
@@ -233,12 +415,17 @@ async fn run_session(
     let t0 = monotonic_ns();
     let time = TimeBase { t0_ns: t0 };
     let mut probes = Probes::load(cfg.ring_bytes, cfg.kernels, cfg.driver_twins)?;
+    probes.set_cuda_stacks(cfg.cuda_stacks)?;
     let drain = Drain::new(probes.take_ring_buffer()?).context("cannot poll the ring buffer")?;
+    let (py_tx, py_rx) = mpsc::channel();
     let mut targets = Targets {
         root: cfg.pid,
         children: cfg.follow_children,
         time,
         procs: BTreeMap::new(),
+        python: BTreeMap::new(),
+        py_tx,
+        usdt_notes: HashMap::new(),
     };
     targets.rescan(&mut probes);
     if targets.procs.is_empty() {
@@ -261,10 +448,25 @@ async fn run_session(
         eprintln!("no CUDA library mapped in {who} yet; waiting (--wait)...");
     }
 
+    let (sampled_cpus, sampling_error) = if cfg.sample_hz > 0 {
+        match probes.start_sampling(cfg.sample_hz) {
+            Ok(n) => (n, None),
+            Err(e) => {
+                let why = crate::probes::error_chain(&e);
+                eprintln!("warning: Python stack sampling is off: {why}");
+                (0, Some(why))
+            }
+        }
+    } else {
+        (0, None)
+    };
+    let sample_hz = if sampled_cpus > 0 { cfg.sample_hz } else { 0 };
     let pipeline = Pipeline {
         drain,
         correlator: Correlator::new(cfg.timing, cfg.kernels),
-        profilers: profilers::default_set(dir, time)?,
+        python: PythonContext::new(vllm::ops::VLLM_0_33),
+        py_rx,
+        profilers: profilers::default_set(dir, time, sample_hz)?,
     };
     // The pipeline runs on its own task (and worker thread): attaching to a new process
     // (symbol parsing, dozens of perf_event_open calls) must not stall the ring buffer.
@@ -320,6 +522,8 @@ async fn run_session(
     let Pipeline {
         drain,
         mut correlator,
+        python: python_ctx,
+        py_rx: _,
         mut profilers,
     } = pipeline;
     correlator.finish(&mut |rec| {
@@ -355,9 +559,21 @@ async fn run_session(
         ring_buffer_bytes: cfg.ring_bytes,
         targets: std::mem::take(&mut targets.procs).into_values().collect(),
         probes: std::mem::take(&mut probes.report),
+        python: PythonReport {
+            sample_hz,
+            sampled_cpus,
+            sampling_error,
+            cuda_stacks: cfg.cuda_stacks,
+            processes: std::mem::take(&mut targets.python)
+                .into_values()
+                .filter_map(|t| t.record)
+                .collect(),
+            usdt: std::mem::take(&mut probes.usdt_report),
+            stats: python_ctx.final_stats(),
+        },
         losses: LossReport { kernel, records_read: drain.records, decode_errors: drain.decode_errors, correlator: stats.clone() },
         notes: vec![
-            "phase is `unknown`: prefill/decode classification needs the Python context (not read by this version)".to_owned(),
+            "phase is `unknown`: prefill/decode classification needs the vLLM scheduler state (not read by this version)".to_owned(),
         ],
     };
     dir.write_json("metadata.json", &metadata)?;

@@ -12,6 +12,7 @@
 //! 3. **Operations**: graph capture/instantiate/replay, copies, launches, event records and
 //!    waits, fed to the step machine in `steps`.
 
+pub mod python;
 mod records;
 mod steps;
 
@@ -21,7 +22,8 @@ use profilemate_common::{ApiId, Library, OpClass};
 use serde::Serialize;
 
 pub use records::{
-    ApiCall, Completion, Correlated, GraphCapture, GraphInstantiation, GraphReplay, Step,
+    ApiCall, Completion, Correlated, GcPause, GraphCapture, GraphInstantiation, GraphReplay,
+    PyFrameInfo, PyStack, Step,
 };
 pub use steps::BLOCKED_THRESHOLD_NS;
 

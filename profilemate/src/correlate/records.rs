@@ -160,4 +160,64 @@ pub enum Correlated {
     GraphInstantiated(GraphInstantiation),
     /// Graph replays of a step, emitted when the step completes (or at the end if it never does).
     GraphReplay(GraphReplay),
+    /// A Python stack (sampled, or at a CUDA call).
+    PyStack(Box<PyStack>),
+    /// A GC pause.
+    GcPause(GcPause),
+}
+
+/// One symbolized Python frame.
+#[derive(Clone, Debug)]
+pub struct PyFrameInfo {
+    /// The code object's names.
+    pub code: std::sync::Arc<crate::python::code::CodeInfo>,
+    /// Current line.
+    pub line: i32,
+}
+
+impl crate::vllm::ops::FrameName for PyFrameInfo {
+    fn filename(&self) -> &str {
+        &self.code.filename
+    }
+    fn qualname(&self) -> &str {
+        &self.code.qualname
+    }
+}
+
+/// A symbolized Python stack of one thread at one instant.
+#[derive(Clone, Debug)]
+pub struct PyStack {
+    /// Process.
+    pub pid: u32,
+    /// Thread.
+    pub tid: u32,
+    /// When it was walked.
+    pub ts_ns: u64,
+    /// A sampling tick, or the CUDA call it was walked at.
+    pub reason: crate::probes::drain::StackReason,
+    /// `stack_flags::*` from the walker.
+    pub flags: u16,
+    /// Frames, innermost first (unreadable code objects appear as `<unknown>`).
+    pub frames: Vec<PyFrameInfo>,
+    /// The vLLM operation of the stack.
+    pub op: crate::vllm::ops::Operation,
+    /// Index of the frame that decided `op`.
+    pub op_frame: Option<usize>,
+}
+
+/// One garbage collection pause (`gc__start` .. `gc__done` on one thread).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GcPause {
+    /// Process.
+    pub pid: u32,
+    /// Thread.
+    pub tid: u32,
+    /// `gc__start`.
+    pub start_ns: u64,
+    /// `gc__done`.
+    pub end_ns: u64,
+    /// Generation collected.
+    pub generation: i64,
+    /// Objects collected (`gc__done`'s argument: collected + uncollectable).
+    pub collected: i64,
 }

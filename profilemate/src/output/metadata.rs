@@ -4,10 +4,45 @@ use serde::Serialize;
 
 use crate::{
     config::TimingMode,
-    correlate::CorrelatorStats,
+    correlate::{python::PythonStats, CorrelatorStats},
     discovery::{MappedLibrary, ProcessInfo},
-    probes::{KernelCounters, ProbeReport},
+    probes::{CudaStacks, KernelCounters, ProbeReport, UsdtReport},
+    python::Interpreter,
 };
+
+/// What was found about one target's Python interpreter.
+#[derive(Debug, Serialize)]
+pub struct PythonRecord {
+    /// Process.
+    pub pid: u32,
+    /// `walking`, `not_python` or `unsupported`.
+    pub status: &'static str,
+    /// Version, binary, layout and its source (when found).
+    pub interpreter: Option<Interpreter>,
+    /// Whether ProfileMate's tests cover this version's layout.
+    pub tested: Option<bool>,
+    /// Why it is not walked.
+    pub reason: Option<String>,
+}
+
+/// The Python side of the session.
+#[derive(Debug, Serialize)]
+pub struct PythonReport {
+    /// Sampling rate (0: off).
+    pub sample_hz: u64,
+    /// CPUs sampled.
+    pub sampled_cpus: usize,
+    /// Why sampling is off, if it failed to start.
+    pub sampling_error: Option<String>,
+    /// Where stacks are walked at CUDA calls.
+    pub cuda_stacks: CudaStacks,
+    /// Per process.
+    pub processes: Vec<PythonRecord>,
+    /// USDT probes (GC) per process.
+    pub usdt: Vec<UsdtReport>,
+    /// Walk and symbolization counters.
+    pub stats: PythonStats,
+}
 
 /// A target process as seen during the session.
 #[derive(Debug, Serialize)]
@@ -69,8 +104,10 @@ pub struct Metadata {
     pub targets: Vec<TargetRecord>,
     /// Probes attached and failed.
     pub probes: ProbeReport,
+    /// Python context: interpreters, sampling, USDT probes, walk counters.
+    pub python: PythonReport,
     /// Losses.
     pub losses: LossReport,
-    /// Phase is `unknown` in this version: Python context is not read yet.
+    /// Caveats of this session's outputs.
     pub notes: Vec<String>,
 }

@@ -212,6 +212,18 @@ impl SessionDir {
         Ok(BufWriter::new(file))
     }
 
+    /// Writes a text file into the session directory.
+    pub fn write_text(&self, name: &str, text: &str) -> Result<(), OutputError> {
+        use std::io::Write;
+        let mut f = self.create_file(name)?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.flush())
+            .map_err(|source| OutputError::Io {
+                path: self.path.join(name),
+                source,
+            })
+    }
+
     /// Writes `value` as pretty JSON into `name`.
     pub fn write_json(&self, name: &str, value: &impl Serialize) -> Result<(), OutputError> {
         let path = self.path.join(name);

@@ -3,7 +3,10 @@
 //! readiness; each drain empties the buffer in one pass.
 
 use aya::maps::{MapData, RingBuf};
-use profilemate_common::{record_kind, ApiId, CudaCallRecord, FLAG_OUT_VALID};
+use profilemate_common::{
+    python::{stack_reason, PyFrame, PyStackRecord, UsdtRecord},
+    record_kind, ApiId, CudaCallRecord, FLAG_OUT_VALID,
+};
 use tokio::io::unix::AsyncFd;
 
 /// What happened at a probe.
@@ -38,11 +41,65 @@ pub struct CallEvent {
     pub phase: CallPhase,
 }
 
+/// Why a Python stack was walked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackReason {
+    /// A sampling tick.
+    Sample,
+    /// Entry of this CUDA API.
+    CudaCall(ApiId),
+}
+
+/// One walked Python stack (frames innermost first, not yet symbolized).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackEvent {
+    /// CLOCK_MONOTONIC ns (equal to the CUDA call's for `CudaCall`).
+    pub ts_ns: u64,
+    /// Process.
+    pub pid: u32,
+    /// Thread.
+    pub tid: u32,
+    /// Sample or CUDA call.
+    pub reason: StackReason,
+    /// `stack_flags::*`.
+    pub flags: u16,
+    /// Frames, innermost first.
+    pub frames: Vec<PyFrame>,
+}
+
+/// One USDT probe hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsdtEvent {
+    /// CLOCK_MONOTONIC ns.
+    pub ts_ns: u64,
+    /// Process.
+    pub pid: u32,
+    /// Thread.
+    pub tid: u32,
+    /// `usdt_probe::*`.
+    pub probe: u16,
+    /// Decoded arguments.
+    pub args: [u64; 3],
+    /// Bit i: argument i unreadable.
+    pub failed_args: u32,
+}
+
+/// Any decoded ring-buffer record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// A CUDA API entry or return.
+    Call(CallEvent),
+    /// A Python stack.
+    Stack(StackEvent),
+    /// A USDT hit.
+    Usdt(UsdtEvent),
+}
+
 /// A ring-buffer record this build cannot interpret (counted, never dropped silently).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    /// Wrong size (object/userspace mismatch).
-    #[error("record of {0} bytes, expected {expected}", expected = core::mem::size_of::<CudaCallRecord>())]
+    /// Wrong size for its kind (object/userspace mismatch).
+    #[error("record of {0} bytes does not fit its kind")]
     Size(usize),
     /// Unknown API id.
     #[error("unknown api id {0}")]
@@ -52,14 +109,64 @@ pub enum DecodeError {
     Kind(u16),
 }
 
-/// Decodes one ring-buffer record.
-pub fn decode(bytes: &[u8]) -> Result<CallEvent, DecodeError> {
-    if bytes.len() != core::mem::size_of::<CudaCallRecord>() {
+/// Reads a plain-data record of exactly `size_of::<T>()` bytes.
+fn read_pod<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() != core::mem::size_of::<T>() {
         return Err(DecodeError::Size(bytes.len()));
     }
-    // SAFETY: the length is checked above; CudaCallRecord is Pod (any bit pattern is valid) and
-    // read_unaligned makes no alignment assumption about the ring buffer slice.
-    let rec: CudaCallRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    // SAFETY: the length is checked; every record type is repr(C) integers only (any bit
+    // pattern is valid), and read_unaligned makes no alignment assumption.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Decodes any ring-buffer record by its leading kind.
+pub fn decode_record(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let kind = bytes
+        .get(..2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .ok_or(DecodeError::Size(bytes.len()))?;
+    match kind {
+        record_kind::ENTRY | record_kind::RETURN => decode(bytes).map(Record::Call),
+        record_kind::PY_STACK => decode_stack(bytes).map(Record::Stack),
+        record_kind::USDT => {
+            let r: UsdtRecord = read_pod(bytes)?;
+            Ok(Record::Usdt(UsdtEvent {
+                ts_ns: r.ts_ns,
+                pid: r.tgid,
+                tid: r.tid,
+                probe: r.probe,
+                args: r.args,
+                failed_args: r.failed_args,
+            }))
+        }
+        k => Err(DecodeError::Kind(k)),
+    }
+}
+
+/// Decodes a Python stack record; only its valid frames are copied.
+pub fn decode_stack(bytes: &[u8]) -> Result<StackEvent, DecodeError> {
+    let r: PyStackRecord = read_pod(bytes)?;
+    let reason = match r.reason {
+        stack_reason::SAMPLE => StackReason::Sample,
+        stack_reason::CUDA_CALL => {
+            StackReason::CudaCall(ApiId::from_u16(r.api).ok_or(DecodeError::Api(r.api))?)
+        }
+        k => return Err(DecodeError::Kind(k)),
+    };
+    let depth = usize::from(r.depth).min(r.frames.len());
+    Ok(StackEvent {
+        ts_ns: r.ts_ns,
+        pid: r.tgid,
+        tid: r.tid,
+        reason,
+        flags: r.flags,
+        frames: r.frames[..depth].to_vec(),
+    })
+}
+
+/// Decodes one CUDA call record.
+pub fn decode(bytes: &[u8]) -> Result<CallEvent, DecodeError> {
+    let rec: CudaCallRecord = read_pod(bytes)?;
     let api = ApiId::from_u16(rec.api).ok_or(DecodeError::Api(rec.api))?;
     let phase = match rec.kind {
         record_kind::ENTRY => CallPhase::Entry { args: rec.args },
@@ -130,16 +237,16 @@ impl Drain {
         Ok(())
     }
 
-    /// Reads up to `max` records from the ring buffer, handing each event to `sink`; returns
-    /// how many were read.
-    pub fn drain(&mut self, max: usize, mut sink: impl FnMut(CallEvent)) -> usize {
+    /// Reads up to `max` records from the ring buffer, handing each to `sink`; returns how
+    /// many were read.
+    pub fn drain(&mut self, max: usize, mut sink: impl FnMut(Record)) -> usize {
         let ring = self.ring.get_mut();
         let mut n = 0;
         while n < max {
             let Some(item) = ring.next() else { break };
             n += 1;
-            match decode(&item) {
-                Ok(ev) => sink(ev),
+            match decode_record(&item) {
+                Ok(rec) => sink(rec),
                 Err(_) => self.decode_errors += 1,
             }
         }

@@ -12,16 +12,25 @@ pub mod usdt;
 use std::{collections::HashMap, num::NonZeroU32};
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
+        perf_event::{
+            PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
+        },
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
-        UProbe,
+        PerfEvent, UProbe,
     },
     Ebpf, EbpfLoader,
 };
 use profilemate_common::{
-    cookie, ApiId, Library, COUNTERS_MAP, COUNTER_FILTERED, COUNTER_OUT_READ_FAILED,
-    COUNTER_RING_FULL, COUNTER_STASH_FULL, EVENTS_MAP, TARGETS_MAP,
+    cookie,
+    python::{
+        cuda_stack, PyProcConfig, PyThreadRef, UsdtSpec, CUDA_STACKS_MAP, PY_PROCS_MAP,
+        PY_THREADS_MAP, USDT_SPECS_MAP, USDT_SPEC_SLOTS,
+    },
+    ApiId, Library, OpClass, COUNTERS_MAP, COUNTER_FILTERED, COUNTER_OUT_READ_FAILED,
+    COUNTER_RING_FULL, COUNTER_STACK_RING_FULL, COUNTER_STASH_FULL, COUNTER_USDT_NO_SPEC,
+    COUNTER_USDT_RING_FULL, EVENTS_MAP, TARGETS_MAP,
 };
 use serde::Serialize;
 
@@ -33,6 +42,42 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PROFILEMATE_EBPF_O
 
 const ENTRY_PROGRAM: &str = "cuda_entry";
 const RETURN_PROGRAM: &str = "cuda_return";
+const SAMPLE_PROGRAM: &str = "py_sample";
+const USDT_PROGRAM: &str = "usdt_hit";
+
+/// At which CUDA calls the Python stack is walked (`--cuda-stacks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum CudaStacks {
+    /// Step boundaries: graph launches, event records and waits, stream/device syncs,
+    /// copies, graph capture and instantiation, and the first kernel launch after one of those.
+    Boundaries,
+    /// Every probed call.
+    All,
+    /// None (sampling only).
+    None,
+}
+
+impl CudaStacks {
+    /// The `CUDA_STACKS` value of `api` under this policy; `driver_twins`: both levels of an
+    /// operation are probed, so walk at the runtime level only.
+    #[must_use]
+    pub fn mode(self, api: ApiId, driver_twins: bool) -> u32 {
+        let spec = api.spec();
+        let twin_at_driver =
+            driver_twins && spec.library == Library::Driver && spec.class.is_runtime_twin();
+        match self {
+            Self::None => cuda_stack::NEVER,
+            _ if twin_at_driver => cuda_stack::NEVER,
+            Self::All => cuda_stack::ALWAYS,
+            Self::Boundaries => match spec.class {
+                OpClass::KernelLaunch => cuda_stack::FIRST_AFTER_BOUNDARY,
+                OpClass::Malloc | OpClass::Free | OpClass::EventQuery => cuda_stack::NEVER,
+                _ => cuda_stack::ALWAYS,
+            },
+        }
+    }
+}
 
 /// Loading or attaching failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +103,9 @@ pub enum ProbeError {
         #[source]
         source: aya::maps::MapError,
     },
+    /// The online CPUs could not be listed (for sampling).
+    #[error("cannot list the online CPUs")]
+    Cpus(#[source] std::io::Error),
     /// The object lacks a program or map (build mismatch).
     #[error("the embedded eBPF object has no `{0}`: rebuild with `cargo xtask build`")]
     Missing(&'static str),
@@ -113,6 +161,25 @@ pub struct KernelCounters {
     pub out_param_read_failed: u64,
     /// Hits from processes that are not targets (filtered in the kernel, not lost).
     pub filtered_hits: u64,
+    /// Python stack records lost because the ring buffer was full.
+    pub stack_ring_full_drops: u64,
+    /// USDT records lost because the ring buffer was full.
+    pub usdt_ring_full_drops: u64,
+    /// USDT hits without a spec (should stay 0).
+    pub usdt_without_spec: u64,
+}
+
+/// One USDT probe attached (or not), for metadata.json.
+#[derive(Debug, Serialize, Clone)]
+pub struct UsdtReport {
+    /// Target process.
+    pub pid: u32,
+    /// File holding the probe.
+    pub file: String,
+    /// `provider:name`.
+    pub probe: String,
+    /// Attached, or why not.
+    pub status: String,
 }
 
 struct Link {
@@ -129,8 +196,16 @@ pub struct Probes {
     /// (pid, dev, inode) already handled.
     done: HashMap<(u32, (u64, u64), u64), ()>,
     symbol_cache: HashMap<((u64, u64), u64), Result<SymbolOffsets, String>>,
+    sampling: Vec<PerfEventLinkId>,
+    usdt_links: Vec<usdt::UsdtLink>,
+    /// (file id, probe name) -> spec slot.
+    usdt_slots: HashMap<((u64, u64), String), u32>,
+    /// pid -> the thread ids it has in `PY_THREADS`.
+    py_threads: HashMap<u32, Vec<u32>>,
     /// What was attached and what failed.
     pub report: ProbeReport,
+    /// USDT probes per process.
+    pub usdt_report: Vec<UsdtReport>,
 }
 
 impl Probes {
@@ -142,7 +217,7 @@ impl Probes {
             .map_max_entries(EVENTS_MAP, ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
-        for name in [ENTRY_PROGRAM, RETURN_PROGRAM] {
+        for name in [ENTRY_PROGRAM, RETURN_PROGRAM, USDT_PROGRAM] {
             let prog: &mut UProbe = ebpf
                 .program_mut(name)
                 .ok_or(ProbeError::Missing(name))?
@@ -151,6 +226,18 @@ impl Probes {
             prog.load()
                 .map_err(|source| ProbeError::Program { name, source })?;
         }
+        let sample: &mut PerfEvent = ebpf
+            .program_mut(SAMPLE_PROGRAM)
+            .ok_or(ProbeError::Missing(SAMPLE_PROGRAM))?
+            .try_into()
+            .map_err(|source| ProbeError::Program {
+                name: SAMPLE_PROGRAM,
+                source,
+            })?;
+        sample.load().map_err(|source| ProbeError::Program {
+            name: SAMPLE_PROGRAM,
+            source,
+        })?;
         Ok(Self {
             ebpf,
             kernels,
@@ -158,8 +245,202 @@ impl Probes {
             links: Vec::new(),
             done: HashMap::new(),
             symbol_cache: HashMap::new(),
+            sampling: Vec::new(),
+            usdt_links: Vec::new(),
+            usdt_slots: HashMap::new(),
+            py_threads: HashMap::new(),
             report: ProbeReport::default(),
+            usdt_report: Vec::new(),
         })
+    }
+
+    /// Fills `CUDA_STACKS` for `policy`.
+    pub fn set_cuda_stacks(&mut self, policy: CudaStacks) -> Result<(), ProbeError> {
+        let driver_twins = self.driver_twins;
+        let map = self
+            .ebpf
+            .map_mut(CUDA_STACKS_MAP)
+            .ok_or(ProbeError::Missing(CUDA_STACKS_MAP))?;
+        let mut arr: Array<&mut MapData, u32> =
+            Array::try_from(map).map_err(|source| ProbeError::Map {
+                name: CUDA_STACKS_MAP,
+                source,
+            })?;
+        for api in ApiId::all().iter().copied() {
+            arr.set(api as u32, policy.mode(api, driver_twins), 0)
+                .map_err(|source| ProbeError::Map {
+                    name: CUDA_STACKS_MAP,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Lets the walker read `pid`'s Python stacks with `cfg`.
+    pub fn set_python(&mut self, pid: u32, cfg: PyProcConfig) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(PY_PROCS_MAP)
+            .ok_or(ProbeError::Missing(PY_PROCS_MAP))?;
+        let mut procs: BpfHashMap<&mut MapData, u32, PyProcConfig> = BpfHashMap::try_from(map)
+            .map_err(|source| ProbeError::Map {
+                name: PY_PROCS_MAP,
+                source,
+            })?;
+        procs.insert(pid, cfg, 0).map_err(|source| ProbeError::Map {
+            name: PY_PROCS_MAP,
+            source,
+        })
+    }
+
+    /// Stops walking an exited `pid` (its address space is gone; the pid may be reused).
+    pub fn remove_python(&mut self, pid: u32) {
+        if let Some(map) = self.ebpf.map_mut(PY_PROCS_MAP) {
+            if let Ok(mut procs) = BpfHashMap::<&mut MapData, u32, PyProcConfig>::try_from(map) {
+                let _ = procs.remove(&pid);
+            }
+        }
+        let _ = self.set_python_threads(pid, &[]);
+    }
+
+    /// Replaces `pid`'s entries in `PY_THREADS` with `threads`.
+    pub fn set_python_threads(
+        &mut self,
+        pid: u32,
+        threads: &[(u32, PyThreadRef)],
+    ) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(PY_THREADS_MAP)
+            .ok_or(ProbeError::Missing(PY_THREADS_MAP))?;
+        let mut table: BpfHashMap<&mut MapData, u32, PyThreadRef> = BpfHashMap::try_from(map)
+            .map_err(|source| ProbeError::Map {
+                name: PY_THREADS_MAP,
+                source,
+            })?;
+        let old = self.py_threads.remove(&pid).unwrap_or_default();
+        for tid in &old {
+            if !threads.iter().any(|(t, _)| t == tid) {
+                let _ = table.remove(tid);
+            }
+        }
+        let mut now = Vec::with_capacity(threads.len());
+        for (tid, r) in threads {
+            table
+                .insert(*tid, *r, 0)
+                .map_err(|source| ProbeError::Map {
+                    name: PY_THREADS_MAP,
+                    source,
+                })?;
+            now.push(*tid);
+        }
+        self.py_threads.insert(pid, now);
+        Ok(())
+    }
+
+    /// Starts cpu-clock sampling at `hz` on every online CPU; the program keeps only ticks
+    /// that interrupt a target thread. Returns the number of CPUs sampled.
+    pub fn start_sampling(&mut self, hz: u64) -> Result<usize, ProbeError> {
+        let cpus = aya::util::online_cpus().map_err(|(_, e)| ProbeError::Cpus(e))?;
+        let period_ns = 1_000_000_000 / hz.max(1);
+        let prog: &mut PerfEvent = self
+            .ebpf
+            .program_mut(SAMPLE_PROGRAM)
+            .ok_or(ProbeError::Missing(SAMPLE_PROGRAM))?
+            .try_into()
+            .map_err(|source| ProbeError::Program {
+                name: SAMPLE_PROGRAM,
+                source,
+            })?;
+        for cpu in cpus {
+            let id = prog
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Period(period_ns),
+                    false,
+                )
+                .map_err(|source| ProbeError::Program {
+                    name: SAMPLE_PROGRAM,
+                    source,
+                })?;
+            self.sampling.push(id);
+        }
+        Ok(self.sampling.len())
+    }
+
+    /// Attaches the USDT probe `probe` of the file `path` (identity `file_id`) in `pid`,
+    /// reported to userspace as `probe_id`.
+    pub fn attach_usdt(
+        &mut self,
+        pid: u32,
+        path: &std::path::Path,
+        display_path: &str,
+        file_id: (u64, u64),
+        probe: &usdt::UsdtProbe,
+        probe_id: u16,
+    ) -> bool {
+        let label = format!("{}:{}", probe.provider, probe.name);
+        let result = self.try_attach_usdt(pid, path, file_id, probe, probe_id);
+        let status = match &result {
+            Ok(()) => "attached".to_owned(),
+            Err(e) => e.clone(),
+        };
+        self.usdt_report.push(UsdtReport {
+            pid,
+            file: display_path.to_owned(),
+            probe: label,
+            status,
+        });
+        result.is_ok()
+    }
+
+    fn try_attach_usdt(
+        &mut self,
+        pid: u32,
+        path: &std::path::Path,
+        file_id: (u64, u64),
+        probe: &usdt::UsdtProbe,
+        probe_id: u16,
+    ) -> Result<(), String> {
+        let key = (file_id, probe.name.clone());
+        let slot = match self.usdt_slots.get(&key) {
+            Some(s) => *s,
+            None => {
+                let slot = self.usdt_slots.len() as u32;
+                if slot >= USDT_SPEC_SLOTS {
+                    return Err("too many distinct USDT probes".to_owned());
+                }
+                let map = self
+                    .ebpf
+                    .map_mut(USDT_SPECS_MAP)
+                    .ok_or_else(|| format!("missing map {USDT_SPECS_MAP}"))?;
+                let mut specs: Array<&mut MapData, UsdtSpec> =
+                    Array::try_from(map).map_err(|e| error_chain(&e))?;
+                specs
+                    .set(slot, probe.spec(probe_id), 0)
+                    .map_err(|e| error_chain(&e))?;
+                self.usdt_slots.insert(key, slot);
+                slot
+            }
+        };
+        let prog: &mut UProbe = self
+            .ebpf
+            .program_mut(USDT_PROGRAM)
+            .ok_or_else(|| format!("missing program {USDT_PROGRAM}"))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| error_chain(&e))?;
+        let fd = prog.fd().map_err(|e| error_chain(&e))?;
+        let link = usdt::attach(
+            std::os::fd::AsFd::as_fd(fd),
+            path,
+            probe,
+            pid,
+            u64::from(slot),
+        )
+        .map_err(|e| error_chain(&e))?;
+        self.usdt_links.push(link);
+        Ok(())
     }
 
     /// Takes the ring buffer out of the object (call once).
@@ -224,6 +505,9 @@ impl Probes {
             out_param_stash_full: sum(COUNTER_STASH_FULL)?,
             out_param_read_failed: sum(COUNTER_OUT_READ_FAILED)?,
             filtered_hits: sum(COUNTER_FILTERED)?,
+            stack_ring_full_drops: sum(COUNTER_STACK_RING_FULL)?,
+            usdt_ring_full_drops: sum(COUNTER_USDT_RING_FULL)?,
+            usdt_without_spec: sum(COUNTER_USDT_NO_SPEC)?,
         })
     }
 
@@ -362,6 +646,17 @@ impl Probes {
     /// A batched `uprobe_multi` link would pay it once per library; aya 0.14 cannot load such
     /// programs yet.
     pub fn detach_all(&mut self) {
+        if let Some(Ok(prog)) = self
+            .ebpf
+            .program_mut(SAMPLE_PROGRAM)
+            .map(<&mut PerfEvent>::try_from)
+        {
+            for id in std::mem::take(&mut self.sampling) {
+                let _ = prog.detach(id);
+            }
+        }
+        // Closing the descriptors detaches; the kernel lowers the semaphores.
+        self.usdt_links.clear();
         for link in std::mem::take(&mut self.links) {
             let name = if link.is_return {
                 RETURN_PROGRAM

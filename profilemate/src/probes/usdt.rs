@@ -3,13 +3,21 @@
 //!
 //! Owns: parsing the notes into attach points (file offsets of the probe and of its
 //! semaphore) and decoding the argument specs into pt_regs locations for the eBPF side.
-//! Does not own: attaching (a raw uprobe-PMU `perf_event_open` with `ref_ctr_offset`, so the
-//! kernel raises and lowers the semaphore; see DESIGN §3). Format:
+//! Attaching: aya cannot set a uprobe's `ref_ctr_offset`, so `attach` opens the uprobe with a
+//! raw uprobe-PMU `perf_event_open` (the kernel raises the semaphore while the probe exists
+//! and lowers it when the fd closes; see DESIGN §3) and links the loaded program to it with
+//! `BPF_LINK_CREATE`, the bpf cookie naming the probe's spec slot. Format:
 //! <https://sourceware.org/systemtap/wiki/UserSpaceProbeImplementation>.
 
-use std::path::Path;
+use std::{
+    ffi::CString,
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::unix::ffi::OsStrExt,
+    path::Path,
+};
 
 use object::{Object, ObjectSection};
+use profilemate_common::python::{usdt_location, UsdtArgSpec, UsdtSpec, USDT_MAX_ARGS};
 
 use super::symbols::{file_offset, map_file, parse_elf, SymbolError};
 
@@ -313,4 +321,174 @@ mod tests {
             assert_eq!(p.args.len(), 1, "{name}: one argument ({:?})", p.args);
         }
     }
+}
+
+impl UsdtProbe {
+    /// The kernel-side spec of this probe, reported as `probe_id`.
+    #[must_use]
+    pub fn spec(&self, probe_id: u16) -> UsdtSpec {
+        let mut spec = UsdtSpec {
+            probe: probe_id,
+            nargs: self.args.len().min(USDT_MAX_ARGS) as u16,
+            ..UsdtSpec::default()
+        };
+        for (slot, arg) in spec.args.iter_mut().zip(&self.args) {
+            let (location, reg_offset, value) = match arg.location {
+                ArgLocation::Register(r) => (usdt_location::REGISTER, r, 0),
+                ArgLocation::Memory { base, disp } => {
+                    (usdt_location::MEMORY, base, i64::from(disp))
+                }
+                ArgLocation::Constant(v) => (usdt_location::CONSTANT, 0, v),
+            };
+            *slot = UsdtArgSpec {
+                location,
+                size: arg.size,
+                signed: u8::from(arg.signed),
+                _pad: 0,
+                reg_offset,
+                _pad2: 0,
+                value,
+            };
+        }
+        spec
+    }
+}
+
+/// An attached USDT probe: closing both descriptors detaches it (and the kernel lowers the
+/// semaphore it raised).
+#[derive(Debug)]
+pub struct UsdtLink {
+    _perf: OwnedFd,
+    _link: OwnedFd,
+}
+
+/// Attaching failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UsdtAttachError {
+    /// The uprobe PMU is missing.
+    #[error("cannot read the uprobe PMU type (/sys/bus/event_source/devices/uprobe/type)")]
+    NoPmu(#[source] std::io::Error),
+    /// `perf_event_open` failed.
+    #[error("perf_event_open of the uprobe failed")]
+    PerfOpen(#[source] std::io::Error),
+    /// `BPF_LINK_CREATE` failed.
+    #[error("linking the program to the uprobe failed")]
+    Link(#[source] std::io::Error),
+    /// The path has an interior NUL.
+    #[error("unusable path")]
+    Path,
+}
+
+/// `perf_event_attr` as far as the uprobe PMU needs it (PERF_ATTR_SIZE_VER5 = 112 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct PerfEventAttr {
+    kind: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    flags: u64,
+    wakeup_events: u32,
+    bp_type: u32,
+    config1: u64,
+    config2: u64,
+    branch_sample_type: u64,
+    sample_regs_user: u64,
+    sample_stack_user: u32,
+    clockid: i32,
+    sample_regs_intr: u64,
+    aux_watermark: u32,
+    sample_max_stack: u16,
+    reserved: u16,
+}
+
+const _: () = assert!(std::mem::size_of::<PerfEventAttr>() == 112);
+
+/// `union bpf_attr` for `BPF_LINK_CREATE` with a perf event target.
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    bpf_cookie: u64,
+    _rest: [u64; 4],
+}
+
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PERF_EVENT: u32 = 41;
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+
+fn uprobe_pmu_type() -> Result<u32, UsdtAttachError> {
+    let text = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/type")
+        .map_err(UsdtAttachError::NoPmu)?;
+    text.trim().parse().map_err(|e| {
+        UsdtAttachError::NoPmu(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    })
+}
+
+/// Attaches `prog` (a loaded uprobe program) at `probe` in the file at `path`, for process
+/// `pid` only, with `cookie`.
+pub fn attach(
+    prog: BorrowedFd<'_>,
+    path: &Path,
+    probe: &UsdtProbe,
+    pid: u32,
+    cookie: u64,
+) -> Result<UsdtLink, UsdtAttachError> {
+    let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| UsdtAttachError::Path)?;
+    let attr = PerfEventAttr {
+        kind: uprobe_pmu_type()?,
+        size: std::mem::size_of::<PerfEventAttr>() as u32,
+        // Bits 32-63: ref_ctr_offset (the semaphore), bit 0 clear: an entry probe.
+        config: probe.semaphore_offset.unwrap_or(0) << 32,
+        config1: path.as_ptr() as u64,
+        config2: probe.offset,
+        ..PerfEventAttr::default()
+    };
+    // SAFETY: perf_event_open reads `attr` (and the path it points to, alive for the call)
+    // and returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &attr as *const PerfEventAttr,
+            pid as libc::pid_t,
+            -1 as libc::c_int,
+            -1 as libc::c_int,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(UsdtAttachError::PerfOpen(std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh descriptor owned by nothing else.
+    let perf = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let link_attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_fd: perf.as_raw_fd() as u32,
+        attach_type: BPF_PERF_EVENT,
+        flags: 0,
+        bpf_cookie: cookie,
+        _rest: [0; 4],
+    };
+    // SAFETY: the bpf syscall reads `link_attr` (size given) and returns a new fd or -1.
+    let link = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            &link_attr as *const LinkCreateAttr,
+            std::mem::size_of::<LinkCreateAttr>() as libc::c_uint,
+        )
+    };
+    if link < 0 {
+        return Err(UsdtAttachError::Link(std::io::Error::last_os_error()));
+    }
+    Ok(UsdtLink {
+        _perf: perf,
+        // SAFETY: a fresh descriptor owned by nothing else.
+        _link: unsafe { OwnedFd::from_raw_fd(link as i32) },
+    })
 }

@@ -151,7 +151,10 @@ impl Profiler for CudaGraphs {
                     step: r.step,
                 });
             }
-            Correlated::Call(_) | Correlated::Step(_) => {}
+            Correlated::Call(_)
+            | Correlated::Step(_)
+            | Correlated::PyStack(_)
+            | Correlated::GcPause(_) => {}
         }
     }
 

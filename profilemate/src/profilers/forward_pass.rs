@@ -1,17 +1,18 @@
 //! forward_pass_timing.csv (one row per GPU step, streamed) and forward_pass_summary.json.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::Serialize;
 
 use super::Profiler;
 use crate::{
-    correlate::{Completion, Correlated, Step},
+    correlate::{Completion, Correlated, PyStack, Step},
     output::{
         ms,
         summary::{Latency, LatencySummary},
         CsvSink, OutputError, SessionDir, TimeBase,
     },
+    probes::drain::StackReason,
 };
 
 /// The phase column; vLLM batch phase needs Python context, not read in this version.
@@ -36,7 +37,15 @@ const HEADER: &[&str] = &[
     "sync_tid",
     "sync_api",
     "sync_wait_ms",
+    "launched_by",
+    "launch_stack",
 ];
+
+/// CUDA-call stacks kept per thread until their step completes (async scheduling completes
+/// step N after N+1 was launched, so a few steps' worth).
+const STACKS_PER_THREAD: usize = 256;
+/// Frames written into `launch_stack` (outermost vLLM frame inwards).
+const LAUNCH_STACK_FRAMES: usize = 24;
 
 #[derive(Serialize)]
 struct Row<'a> {
@@ -58,6 +67,8 @@ struct Row<'a> {
     sync_tid: u32,
     sync_api: &'a str,
     sync_wait_ms: f64,
+    launched_by: String,
+    launch_stack: String,
 }
 
 /// Running statistics of a set of steps.
@@ -123,6 +134,45 @@ pub struct ForwardPass {
     all: Stats,
     by_phase: BTreeMap<&'static str, Stats>,
     by_pid: BTreeMap<u32, Stats>,
+    /// (pid, tid) -> recent CUDA-call stacks, oldest first.
+    stacks: HashMap<(u32, u32), VecDeque<(u64, LaunchContext)>>,
+}
+
+/// What a step row says about the Python code that launched it.
+#[derive(Clone, Default)]
+struct LaunchContext {
+    launched_by: String,
+    launch_stack: String,
+}
+
+impl LaunchContext {
+    fn of(stack: &PyStack) -> Self {
+        let label = |i: usize| {
+            stack
+                .frames
+                .get(i)
+                .map(|f| format!("{}:{}", f.code.qualname, f.line))
+                .unwrap_or_default()
+        };
+        let launched_by = stack.op_frame.map(label).unwrap_or_default();
+        // From the outermost vLLM frame (or the whole stack) inwards.
+        let outer = stack
+            .frames
+            .iter()
+            .rposition(|f| f.code.filename.contains("vllm/"))
+            .unwrap_or(stack.frames.len().saturating_sub(1));
+        let first = outer.saturating_sub(LAUNCH_STACK_FRAMES - 1);
+        let launch_stack = (first..=outer)
+            .rev()
+            .filter(|&i| i < stack.frames.len())
+            .map(label)
+            .collect::<Vec<_>>()
+            .join(";");
+        Self {
+            launched_by,
+            launch_stack,
+        }
+    }
 }
 
 impl ForwardPass {
@@ -134,14 +184,42 @@ impl ForwardPass {
             all: Stats::default(),
             by_phase: BTreeMap::new(),
             by_pid: BTreeMap::new(),
+            stacks: HashMap::new(),
         })
+    }
+
+    /// The stack walked at the step's first call, else at its first walked call.
+    fn launch_context(&self, s: &Step) -> LaunchContext {
+        let Some(q) = self.stacks.get(&(s.pid, s.tid)) else {
+            return LaunchContext::default();
+        };
+        q.iter()
+            .find(|(ts, _)| *ts == s.start_ns)
+            .or_else(|| {
+                q.iter()
+                    .find(|(ts, _)| *ts >= s.start_ns && *ts <= s.launch_end_ns)
+            })
+            .map(|(_, c)| c.clone())
+            .unwrap_or_default()
     }
 }
 
 impl Profiler for ForwardPass {
     fn consume(&mut self, record: &Correlated) {
-        let Correlated::Step(s) = record else { return };
+        let s = match record {
+            Correlated::PyStack(st) if matches!(st.reason, StackReason::CudaCall(_)) => {
+                let q = self.stacks.entry((st.pid, st.tid)).or_default();
+                if q.len() >= STACKS_PER_THREAD {
+                    q.pop_front();
+                }
+                q.push_back((st.ts_ns, LaunchContext::of(st)));
+                return;
+            }
+            Correlated::Step(s) => s,
+            _ => return,
+        };
         let time = self.time;
+        let launch = self.launch_context(s);
         self.rows.row(&Row {
             step: s.index,
             timestamp_sec: time.sec(s.start_ns),
@@ -166,6 +244,8 @@ impl Profiler for ForwardPass {
             sync_tid: s.sync_tid,
             sync_api: s.sync_api.symbol(),
             sync_wait_ms: ms(s.sync_wait_ns),
+            launched_by: launch.launched_by,
+            launch_stack: launch.launch_stack,
         });
         self.all.add(s);
         self.by_phase.entry(PHASE_UNKNOWN).or_default().add(s);

@@ -1,9 +1,11 @@
 //! One profiler per output family. Each consumes correlated records as they arrive, streams
 //! its row files, and writes its summaries at the end of the session.
 
+pub mod cpu_attribution;
 pub mod cuda_api;
 pub mod cuda_graphs;
 pub mod forward_pass;
+pub mod gc_pauses;
 
 use crate::{
     correlate::Correlated,
@@ -20,13 +22,17 @@ pub trait Profiler: Send {
 }
 
 /// The default set, in output order, writing into `dir`.
+/// `sample_hz`: the Python sampling rate in use (0: off).
 pub fn default_set(
     dir: &SessionDir,
     time: TimeBase,
+    sample_hz: u64,
 ) -> Result<Vec<Box<dyn Profiler>>, OutputError> {
     Ok(vec![
         Box::new(forward_pass::ForwardPass::new(dir, time)?),
         Box::new(cuda_graphs::CudaGraphs::new(dir, time)?),
         Box::new(cuda_api::CudaApi::default()),
+        Box::new(cpu_attribution::CpuAttribution::new(dir, time, sample_hz)?),
+        Box::new(gc_pauses::GcPauses::new(dir, time)?),
     ])
 }

@@ -1,0 +1,151 @@
+//! The CPython frame walker: takes the current thread's `PyThreadState` from `PY_THREADS`
+//! (userspace reads the interpreter's thread list at each rescan), checks it still belongs
+//! to the thread, then follows `_PyInterpreterFrame.previous` from the current frame,
+//! recording (code object, instruction offset, first line) per frame.
+//!
+//! Every read is `bpf_probe_read_user` (read-only, fault-tolerant): a thread that is
+//! mid-update yields a shorter stack flagged `READ_FAILED`, never a fault in the target.
+
+use aya_ebpf::{
+    helpers::generated::bpf_get_smp_processor_id,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::perf_event,
+    programs::PerfEventContext,
+};
+use profilemate_common::{
+    python::{
+        stack_flags, stack_reason, PyFrame, PyProcConfig, PyStackRecord, MAX_PY_FRAMES, NO_OFFSET,
+    },
+    record_kind, COUNTER_STACK_RING_FULL,
+};
+
+use crate::maps::{count, submit_flags, target_ids, EVENTS, PY_PROCS, PY_THREADS};
+
+#[inline(always)]
+fn read_u64(addr: u64) -> Option<u64> {
+    // SAFETY: read of target memory through the fault-tolerant helper.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+#[inline(always)]
+fn read_u8(addr: u64) -> Option<u8> {
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_user(addr as *const u8) }.ok()
+}
+
+/// The current thread's `PyThreadState *`, if userspace found one and it still belongs to
+/// this thread.
+#[inline(always)]
+fn thread_state(cfg: &PyProcConfig, tid: u32) -> Option<u64> {
+    // SAFETY: plain value lookup, copied out.
+    let t = unsafe { PY_THREADS.get(&tid) }.copied()?;
+    (read_u64(t.tstate + cfg.tstate_native_tid as u64)? == t.native_tid).then_some(t.tstate)
+}
+
+/// Walks the current thread's Python stack into one ring-buffer record.
+#[inline(always)]
+pub fn walk_stack(tgid: u32, tid: u32, reason: u16, api: u16, ts_ns: u64) {
+    // SAFETY: plain value lookup, copied out.
+    let cfg = unsafe { PY_PROCS.get(&tgid) }.copied();
+    if cfg.is_none() && reason != stack_reason::SAMPLE {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<PyStackRecord>(0) else {
+        count(COUNTER_STACK_RING_FULL);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    let mut flags = 0u16;
+    let mut depth = 0u32;
+    match cfg {
+        None => flags |= stack_flags::NO_PYTHON,
+        Some(cfg) => match thread_state(&cfg, tid) {
+            None => flags |= stack_flags::NO_THREAD_STATE,
+            Some(tstate) => {
+                let (d, f) = walk_frames(&cfg, tstate, rec);
+                depth = d;
+                flags |= f;
+            }
+        },
+    }
+    // SAFETY: `rec` points at the reserved record; header fields are written in place (the
+    // frames past `depth` stay unwritten and are never read).
+    unsafe {
+        (*rec).kind = record_kind::PY_STACK;
+        (*rec).reason = reason;
+        (*rec).tgid = tgid;
+        (*rec).tid = tid;
+        (*rec).depth = depth as u16;
+        (*rec).flags = flags;
+        (*rec).ts_ns = ts_ns;
+        (*rec).api = api;
+        (*rec).cpu = bpf_get_smp_processor_id() as u16;
+        (*rec)._pad = 0;
+    }
+    entry.submit(submit_flags());
+}
+
+/// Follows the frame chain from `tstate`; returns (frames written, flags).
+///
+/// The loop body is kept nearly branch-free so the verifier's cost stays linear in
+/// `MAX_PY_FRAMES`: frame i goes to slot i, a non-Python (shim) frame is written with
+/// code 0 for userspace to drop, and the instruction offset is sent unchecked (userspace
+/// validates it against the code object).
+#[inline(always)]
+fn walk_frames(cfg: &PyProcConfig, tstate: u64, rec: *mut PyStackRecord) -> (u32, u16) {
+    let Some(mut frame) = read_u64(tstate + cfg.tstate_frame as u64) else {
+        return (0, stack_flags::READ_FAILED);
+    };
+    if cfg.cframe_current_frame != NO_OFFSET && frame != 0 {
+        match read_u64(frame + cfg.cframe_current_frame as u64) {
+            Some(f) => frame = f,
+            None => return (0, stack_flags::READ_FAILED),
+        }
+    }
+    for i in 0..MAX_PY_FRAMES {
+        if frame == 0 {
+            return (i as u32, 0);
+        }
+        let Some(previous) = read_u64(frame + cfg.frame_previous as u64) else {
+            return (i as u32, stack_flags::READ_FAILED);
+        };
+        let mut code = read_u64(frame + cfg.frame_code as u64).unwrap_or(0) & cfg.code_pointer_mask;
+        let instr = read_u64(frame + cfg.frame_instr as u64).unwrap_or(0);
+        let owner = read_u8(frame + cfg.frame_owner as u64).unwrap_or(0);
+        if owner >= cfg.owner_skip_min {
+            code = 0;
+        }
+        let first_line =
+            unsafe { bpf_probe_read_user((code + cfg.code_first_line as u64) as *const i32) }
+                .unwrap_or(-1);
+        let instr_offset = instr.wrapping_sub(code + cfg.code_adaptive as u64) as u32;
+        // SAFETY: `i` < MAX_PY_FRAMES; the record is reserved ring-buffer memory.
+        unsafe {
+            (*rec).frames[i] = PyFrame {
+                code,
+                instr_offset,
+                first_line,
+            };
+        }
+        frame = previous;
+    }
+    let flags = if frame != 0 {
+        stack_flags::TRUNCATED
+    } else {
+        0
+    };
+    (MAX_PY_FRAMES as u32, flags)
+}
+
+/// Perf sampling tick (cpu-clock, one event per CPU): walks the stack of the interrupted
+/// thread when its process is a target.
+#[perf_event]
+pub fn py_sample(_ctx: PerfEventContext) -> u32 {
+    // Ticks of other processes are the normal case here: not counted as filtered hits.
+    let Some((tgid, tid)) = target_ids() else {
+        return 0;
+    };
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    walk_stack(tgid, tid, stack_reason::SAMPLE, 0, ts_ns);
+    0
+}

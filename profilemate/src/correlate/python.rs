@@ -1,0 +1,209 @@
+//! Python context: walked stacks -> symbolized `PyStack`s classified by vLLM operation, and
+//! `gc__start`/`gc__done` hits -> `GcPause`s.
+//!
+//! Symbolization reads code objects from the target (read-only, cached per process); the
+//! cache is checked against the first line the kernel read with each frame, so a code
+//! object freed and replaced at the same address is read again.
+
+use std::{collections::HashMap, sync::Arc};
+
+use profilemate_common::python::{stack_flags, usdt_probe};
+use serde::Serialize;
+
+use super::records::{Correlated, GcPause, PyFrameInfo, PyStack};
+use crate::{
+    probes::drain::{StackEvent, StackReason, UsdtEvent},
+    python::{
+        code::{CodeCache, CodeInfo},
+        remote::ProcessMemory,
+        Interpreter,
+    },
+    vllm::ops::{classify, OpRule, Operation},
+};
+
+/// Counts of the Python side, for metadata.json.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct PythonStats {
+    /// Stacks walked at sampling ticks.
+    pub sampled_stacks: u64,
+    /// Stacks walked at CUDA calls.
+    pub cuda_call_stacks: u64,
+    /// Stacks cut at the walker's depth limit.
+    pub truncated_stacks: u64,
+    /// Ticks of threads without a Python thread state (native threads).
+    pub no_thread_state: u64,
+    /// Walks that stopped on an unreadable frame.
+    pub read_failed_stacks: u64,
+    /// Stacks from processes whose interpreter is not walked.
+    pub no_python: u64,
+    /// Frames symbolized.
+    pub frames: u64,
+    /// Frames whose code object could not be read (shown as `<unknown>`).
+    pub unresolved_frames: u64,
+    /// Code objects read from the target.
+    pub code_objects_read: u64,
+    /// Cached code objects replaced because their address was reused.
+    pub code_objects_reused: u64,
+    /// GC pauses.
+    pub gc_pauses: u64,
+    /// `gc__done` without a `gc__start` on that thread (collection began before attach).
+    pub gc_unpaired: u64,
+    /// USDT hits of probes this build does not know.
+    pub usdt_unknown: u64,
+    /// USDT hits with an unreadable argument.
+    pub usdt_bad_args: u64,
+}
+
+struct ProcPython {
+    interp: Interpreter,
+    mem: ProcessMemory,
+    codes: CodeCache,
+}
+
+/// The Python stage of the correlator.
+pub struct PythonContext {
+    table: &'static [OpRule],
+    procs: HashMap<u32, ProcPython>,
+    gc_open: HashMap<(u32, u32), (u64, i64)>,
+    unknown: Arc<CodeInfo>,
+    /// Counters.
+    pub stats: PythonStats,
+}
+
+impl PythonContext {
+    /// A context classifying stacks with `table`.
+    #[must_use]
+    pub fn new(table: &'static [OpRule]) -> Self {
+        Self {
+            table,
+            procs: HashMap::new(),
+            gc_open: HashMap::new(),
+            unknown: Arc::new(CodeInfo::new("<unknown>", "<unknown>", 0, Vec::new())),
+            stats: PythonStats::default(),
+        }
+    }
+
+    /// Registers a process's interpreter (stacks of unknown processes stay unsymbolized).
+    pub fn add_interpreter(&mut self, interp: Interpreter) {
+        let pid = interp.pid;
+        self.procs.insert(
+            pid,
+            ProcPython {
+                mem: ProcessMemory::new(pid),
+                interp,
+                codes: CodeCache::default(),
+            },
+        );
+    }
+
+    /// Forgets an exited process (its pid may be reused).
+    pub fn remove_process(&mut self, pid: u32) {
+        if let Some(p) = self.procs.remove(&pid) {
+            self.stats.code_objects_read += p.codes.reads;
+            self.stats.code_objects_reused += p.codes.reused;
+        }
+    }
+
+    /// Symbolizes and classifies one walked stack.
+    pub fn stack(&mut self, ev: StackEvent, out: &mut impl FnMut(Correlated)) {
+        match ev.reason {
+            StackReason::Sample => self.stats.sampled_stacks += 1,
+            StackReason::CudaCall(_) => self.stats.cuda_call_stacks += 1,
+        }
+        if ev.flags & stack_flags::TRUNCATED != 0 {
+            self.stats.truncated_stacks += 1;
+        }
+        if ev.flags & stack_flags::NO_THREAD_STATE != 0 {
+            self.stats.no_thread_state += 1;
+        }
+        if ev.flags & stack_flags::READ_FAILED != 0 {
+            self.stats.read_failed_stacks += 1;
+        }
+        if ev.flags & stack_flags::NO_PYTHON != 0 {
+            self.stats.no_python += 1;
+        }
+        let mut frames = Vec::with_capacity(ev.frames.len());
+        if let Some(p) = self.procs.get_mut(&ev.pid) {
+            // Code 0: a shim frame the walker saw but did not follow into.
+            for f in ev.frames.iter().filter(|f| f.code != 0) {
+                self.stats.frames += 1;
+                match p.codes.get(
+                    &p.mem,
+                    &p.interp.layout,
+                    p.interp.code_type_addr,
+                    f.code,
+                    f.first_line,
+                ) {
+                    Ok(code) => {
+                        let line = code.line(f.instr_offset);
+                        frames.push(PyFrameInfo { code, line });
+                    }
+                    Err(_) => {
+                        self.stats.unresolved_frames += 1;
+                        frames.push(PyFrameInfo {
+                            code: Arc::clone(&self.unknown),
+                            line: 0,
+                        });
+                    }
+                }
+            }
+        } else if !ev.frames.is_empty() {
+            self.stats.unresolved_frames += ev.frames.len() as u64;
+        }
+        let (op, op_frame) =
+            if ev.flags & (stack_flags::NO_THREAD_STATE | stack_flags::NO_PYTHON) != 0 {
+                (Operation::Native, None)
+            } else {
+                classify(self.table, &frames)
+            };
+        out(Correlated::PyStack(Box::new(PyStack {
+            pid: ev.pid,
+            tid: ev.tid,
+            ts_ns: ev.ts_ns,
+            reason: ev.reason,
+            flags: ev.flags,
+            frames,
+            op,
+            op_frame,
+        })));
+    }
+
+    /// Pairs GC probe hits per thread into pauses.
+    pub fn usdt(&mut self, ev: UsdtEvent, out: &mut impl FnMut(Correlated)) {
+        if ev.failed_args != 0 {
+            self.stats.usdt_bad_args += 1;
+        }
+        let key = (ev.pid, ev.tid);
+        match ev.probe {
+            usdt_probe::GC_START => {
+                self.gc_open.insert(key, (ev.ts_ns, ev.args[0] as i64));
+            }
+            usdt_probe::GC_DONE => match self.gc_open.remove(&key) {
+                Some((start_ns, generation)) => {
+                    self.stats.gc_pauses += 1;
+                    out(Correlated::GcPause(GcPause {
+                        pid: ev.pid,
+                        tid: ev.tid,
+                        start_ns,
+                        end_ns: ev.ts_ns,
+                        generation,
+                        collected: ev.args[0] as i64,
+                    }));
+                }
+                None => self.stats.gc_unpaired += 1,
+            },
+            _ => self.stats.usdt_unknown += 1,
+        }
+    }
+
+    /// Final counters (code cache figures of live processes included).
+    #[must_use]
+    pub fn final_stats(&self) -> PythonStats {
+        let mut s = self.stats.clone();
+        for p in self.procs.values() {
+            s.code_objects_read += p.codes.reads;
+            s.code_objects_reused += p.codes.reused;
+        }
+        s
+    }
+}

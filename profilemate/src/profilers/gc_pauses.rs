@@ -1,0 +1,138 @@
+//! gc_pauses.csv (one row per collection, streamed) and gc_summary.json, from CPython's
+//! `gc__start`/`gc__done` USDT probes: exact pause times, no sampling.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::Profiler;
+use crate::{
+    correlate::{Correlated, GcPause},
+    output::{
+        ms,
+        summary::{Latency, LatencySummary},
+        CsvSink, OutputError, SessionDir, TimeBase,
+    },
+};
+
+const HEADER: &[&str] = &[
+    "timestamp_sec",
+    "pid",
+    "tid",
+    "generation",
+    "duration_ms",
+    "collected",
+];
+
+#[derive(Serialize)]
+struct Row {
+    timestamp_sec: f64,
+    pid: u32,
+    tid: u32,
+    generation: i64,
+    duration_ms: f64,
+    collected: i64,
+}
+
+#[derive(Default)]
+struct Totals {
+    pauses: u64,
+    total_ns: u64,
+    collected: i64,
+    duration: Latency,
+}
+
+#[derive(Serialize)]
+struct TotalsSummary {
+    pauses: u64,
+    total_ms: f64,
+    collected: i64,
+    duration_ms: Option<LatencySummary>,
+}
+
+impl Totals {
+    fn add(&mut self, g: &GcPause) {
+        let d = g.end_ns.saturating_sub(g.start_ns);
+        self.pauses += 1;
+        self.total_ns += d;
+        self.collected += g.collected;
+        self.duration.record(d);
+    }
+
+    fn summary(&self) -> TotalsSummary {
+        TotalsSummary {
+            pauses: self.pauses,
+            total_ms: ms(self.total_ns),
+            collected: self.collected,
+            duration_ms: self.duration.summary(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Summary {
+    #[serde(flatten)]
+    all: TotalsSummary,
+    by_generation: BTreeMap<i64, TotalsSummary>,
+    by_pid: BTreeMap<u32, TotalsSummary>,
+    source: &'static str,
+}
+
+/// The GC pause profiler.
+pub struct GcPauses {
+    time: TimeBase,
+    rows: CsvSink,
+    all: Totals,
+    by_generation: BTreeMap<i64, Totals>,
+    by_pid: BTreeMap<u32, Totals>,
+}
+
+impl GcPauses {
+    /// Opens gc_pauses.csv in `dir`.
+    pub fn new(dir: &SessionDir, time: TimeBase) -> Result<Self, OutputError> {
+        Ok(Self {
+            time,
+            rows: dir.csv_sink("gc_pauses.csv", HEADER)?,
+            all: Totals::default(),
+            by_generation: BTreeMap::new(),
+            by_pid: BTreeMap::new(),
+        })
+    }
+}
+
+impl Profiler for GcPauses {
+    fn consume(&mut self, record: &Correlated) {
+        let Correlated::GcPause(g) = record else {
+            return;
+        };
+        self.rows.row(&Row {
+            timestamp_sec: self.time.sec(g.start_ns),
+            pid: g.pid,
+            tid: g.tid,
+            generation: g.generation,
+            duration_ms: ms(g.end_ns.saturating_sub(g.start_ns)),
+            collected: g.collected,
+        });
+        self.all.add(g);
+        self.by_generation.entry(g.generation).or_default().add(g);
+        self.by_pid.entry(g.pid).or_default().add(g);
+    }
+
+    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
+        let rows = self.rows.finish()?;
+        dir.write_json(
+            "gc_summary.json",
+            &Summary {
+                all: self.all.summary(),
+                by_generation: self
+                    .by_generation
+                    .iter()
+                    .map(|(k, v)| (*k, v.summary()))
+                    .collect(),
+                by_pid: self.by_pid.iter().map(|(k, v)| (*k, v.summary())).collect(),
+                source: "CPython USDT probes python:gc__start / python:gc__done (exact); processes whose interpreter has no such probes are listed in metadata.json",
+            },
+        )?;
+        Ok(vec![rows, "gc_summary.json"])
+    }
+}

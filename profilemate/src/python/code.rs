@@ -1,0 +1,370 @@
+//! Code objects -> (qualname, filename, first line, line table), read read-only from the
+//! target and cached; instruction offsets -> line numbers through the 3.11+ location table.
+
+use std::{collections::HashMap, sync::Arc};
+
+use super::{
+    layout::PyLayout,
+    remote::{ReadError, RemoteMemory},
+};
+
+/// Longest string read from the target (characters); longer names are cut.
+const MAX_STR_CHARS: u64 = 1024;
+/// Largest line table read (bytes); a bigger one is treated as unreadable.
+const MAX_LINETABLE: u64 = 1 << 20;
+/// Instruction offsets at or past this are not inside any code object.
+const MAX_CODE_BYTES: u32 = 1 << 28;
+/// Cached code objects per process before the cache is cleared (bounded memory).
+const MAX_CACHED_CODES: usize = 200_000;
+
+/// A code object could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CodeError {
+    /// Memory read failed (freed object, process gone).
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The object is not a code object (its type is not `PyCode_Type`).
+    #[error("object at {0:#x} is not a code object")]
+    NotCode(u64),
+    /// A string field is not a compact str object.
+    #[error("unreadable str object at {0:#x}")]
+    BadString(u64),
+}
+
+/// What a code object says about its function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeInfo {
+    /// `co_qualname` (`Scheduler.schedule`).
+    pub qualname: String,
+    /// `co_filename` as the target has it.
+    pub filename: String,
+    /// `co_firstlineno`.
+    pub first_line: i32,
+    linetable: Vec<u8>,
+}
+
+impl CodeInfo {
+    /// A code object from its parts (tests).
+    #[must_use]
+    pub fn new(qualname: &str, filename: &str, first_line: i32, linetable: Vec<u8>) -> Self {
+        Self {
+            qualname: qualname.to_owned(),
+            filename: filename.to_owned(),
+            first_line,
+            linetable,
+        }
+    }
+
+    /// Line of the instruction at `byte_offset` in the bytecode. An offset outside the
+    /// code (3.11's "not started yet" position one instruction before the start, or a torn
+    /// read) gives the first line.
+    #[must_use]
+    pub fn line(&self, byte_offset: u32) -> i32 {
+        if byte_offset >= MAX_CODE_BYTES {
+            return self.first_line;
+        }
+        line_for(&self.linetable, self.first_line, byte_offset).unwrap_or(self.first_line)
+    }
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let b = self.bytes.get(self.pos).copied();
+        self.pos += 1;
+        b
+    }
+
+    fn varint(&mut self) -> Option<u32> {
+        let mut read = self.byte()?;
+        let mut val = u32::from(read & 63);
+        let mut shift = 0;
+        while read & 64 != 0 {
+            read = self.byte()?;
+            shift += 6;
+            if shift > 30 {
+                return None;
+            }
+            val |= u32::from(read & 63) << shift;
+        }
+        Some(val)
+    }
+
+    fn svarint(&mut self) -> Option<i32> {
+        let u = self.varint()?;
+        let magnitude = (u >> 1) as i32;
+        Some(if u & 1 != 0 { -magnitude } else { magnitude })
+    }
+}
+
+/// Decodes CPython's location table (3.11-3.14 format) up to `target` (a byte offset into the
+/// bytecode). None: no location for that instruction, or a malformed table.
+#[must_use]
+pub fn line_for(table: &[u8], first_line: i32, target: u32) -> Option<i32> {
+    let mut c = Cursor {
+        bytes: table,
+        pos: 0,
+    };
+    let mut addr: u32 = 0;
+    let mut line = first_line;
+    while c.pos < table.len() {
+        let head = c.byte()?;
+        if head & 0x80 == 0 {
+            return None;
+        }
+        let code = (head >> 3) & 15;
+        let length = (u32::from(head & 7) + 1) * 2;
+        let has_location = match code {
+            15 => false,
+            14 => {
+                line = line.checked_add(c.svarint()?)?;
+                c.varint()?;
+                c.varint()?;
+                c.varint()?;
+                true
+            }
+            13 => {
+                line = line.checked_add(c.svarint()?)?;
+                true
+            }
+            10..=12 => {
+                line += i32::from(code) - 10;
+                c.byte()?;
+                c.byte()?;
+                true
+            }
+            _ => {
+                c.byte()?;
+                true
+            }
+        };
+        let end = addr.checked_add(length)?;
+        if target < end {
+            return has_location.then_some(line);
+        }
+        addr = end;
+    }
+    None
+}
+
+/// Reads a compact `str` object (ASCII, Latin-1, UCS-2 or UCS-4), lossy, bounded.
+pub fn read_str(mem: &dyn RemoteMemory, layout: &PyLayout, addr: u64) -> Result<String, CodeError> {
+    if addr == 0 {
+        return Err(CodeError::BadString(addr));
+    }
+    let len = mem.read_u64(addr + layout.unicode_length)?;
+    let state = mem.read_u32(addr + layout.unicode_state)?;
+    let kind = (state >> 2) & 7;
+    let compact = state & (1 << 5) != 0;
+    let ascii = state & (1 << 6) != 0;
+    if !compact || !matches!(kind, 1 | 2 | 4) || len > (1 << 32) {
+        return Err(CodeError::BadString(addr));
+    }
+    let chars = len.min(MAX_STR_CHARS);
+    let data = addr
+        + if ascii {
+            layout.unicode_ascii_size
+        } else {
+            layout.unicode_compact_size
+        };
+    let mut buf = vec![0u8; (chars * u64::from(kind)) as usize];
+    mem.read(data, &mut buf)?;
+    let s: String = match kind {
+        1 if ascii => String::from_utf8_lossy(&buf).into_owned(),
+        1 => buf.iter().map(|&b| char::from(b)).collect(),
+        2 => buf
+            .chunks_exact(2)
+            .map(|c| {
+                char::from_u32(u32::from(u16::from_le_bytes([c[0], c[1]]))).unwrap_or('\u{fffd}')
+            })
+            .collect(),
+        _ => buf
+            .chunks_exact(4)
+            .map(|c| {
+                char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]])).unwrap_or('\u{fffd}')
+            })
+            .collect(),
+    };
+    Ok(s)
+}
+
+/// Reads a `bytes` object, bounded.
+fn read_bytes(mem: &dyn RemoteMemory, layout: &PyLayout, addr: u64) -> Result<Vec<u8>, CodeError> {
+    let len = mem.read_u64(addr + layout.bytes_size)?;
+    if len > MAX_LINETABLE {
+        return Err(CodeError::BadString(addr));
+    }
+    let mut buf = vec![0u8; len as usize];
+    mem.read(addr + layout.bytes_data, &mut buf)?;
+    Ok(buf)
+}
+
+/// Reads the code object at `addr`; `code_type` (address of `PyCode_Type`) guards against a
+/// freed and reused address.
+pub fn read_code(
+    mem: &dyn RemoteMemory,
+    layout: &PyLayout,
+    addr: u64,
+    code_type: Option<u64>,
+) -> Result<CodeInfo, CodeError> {
+    if let Some(t) = code_type {
+        if mem.read_u64(addr + layout.object_type)? != t {
+            return Err(CodeError::NotCode(addr));
+        }
+    }
+    let qualname = read_str(mem, layout, mem.read_u64(addr + layout.code_qualname)?)?;
+    let filename = read_str(mem, layout, mem.read_u64(addr + layout.code_filename)?)?;
+    let first_line = mem.read_i32(addr + layout.code_first_line)?;
+    let linetable = read_bytes(mem, layout, mem.read_u64(addr + layout.code_linetable)?)?;
+    Ok(CodeInfo {
+        qualname,
+        filename,
+        first_line,
+        linetable,
+    })
+}
+
+/// Per-process cache of code objects, keyed by address and checked against the first line
+/// the kernel read with each frame (a freed code object's address is reused by others).
+#[derive(Default)]
+pub struct CodeCache {
+    codes: HashMap<u64, Result<Arc<CodeInfo>, CodeError>>,
+    /// Code objects read from the target.
+    pub reads: u64,
+    /// Reads that failed (counted once per address and identity).
+    pub failures: u64,
+    /// Cached entries replaced because the identity check failed.
+    pub reused: u64,
+}
+
+impl CodeCache {
+    /// The code object at `addr` whose `co_firstlineno` the kernel saw as `first_line`.
+    pub fn get(
+        &mut self,
+        mem: &dyn RemoteMemory,
+        layout: &PyLayout,
+        code_type: Option<u64>,
+        addr: u64,
+        first_line: i32,
+    ) -> Result<Arc<CodeInfo>, CodeError> {
+        if let Some(hit) = self.codes.get(&addr) {
+            match hit {
+                Ok(info) if info.first_line == first_line => return Ok(Arc::clone(info)),
+                Err(e) => return Err(e.clone()),
+                Ok(_) => self.reused += 1,
+            }
+        }
+        if self.codes.len() >= MAX_CACHED_CODES {
+            self.codes.clear();
+        }
+        self.reads += 1;
+        let got = read_code(mem, layout, addr, code_type).map(Arc::new);
+        if got.is_err() {
+            self.failures += 1;
+        }
+        self.codes.insert(addr, got.clone());
+        got
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Location table entries as CPython 3.11+ writes them.
+    fn entry(code: u8, units: u8) -> u8 {
+        0x80 | (code << 3) | (units - 1)
+    }
+
+    #[test]
+    fn line_table_short_one_line_no_column_long_and_none() {
+        let table = vec![
+            // 2 units, one-line form, delta +0 (code 10), 2 column bytes
+            entry(10, 2),
+            1,
+            5,
+            // 1 unit, one-line form delta +2 (code 12)
+            entry(12, 1),
+            0,
+            3,
+            // 3 units, no-column form delta -1 (svarint 3 -> -1)
+            entry(13, 3),
+            3,
+            // 1 unit, no location
+            entry(15, 1),
+            // 2 units, long form delta +10 (svarint 20), end line 0, cols
+            entry(14, 2),
+            20,
+            0,
+            1,
+            4,
+            // 1 unit, short form (code 0): same line
+            entry(0, 1),
+            7,
+        ];
+        let line = |off| line_for(&table, 100, off);
+        assert_eq!(line(0), Some(100));
+        assert_eq!(line(2), Some(100));
+        assert_eq!(line(4), Some(102));
+        assert_eq!(line(6), Some(101));
+        assert_eq!(line(10), Some(101));
+        assert_eq!(line(12), None);
+        assert_eq!(line(14), Some(111));
+        assert_eq!(line(18), Some(111));
+        assert_eq!(line(20), None, "past the end");
+    }
+
+    #[test]
+    fn malformed_line_tables_do_not_panic() {
+        assert_eq!(line_for(&[0x00], 1, 0), None);
+        assert_eq!(line_for(&[entry(14, 1), 0xff], 1, 0), None);
+        assert_eq!(
+            line_for(
+                &[entry(14, 1), 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f],
+                1,
+                0
+            ),
+            None
+        );
+        let info = CodeInfo::new("f", "x.py", 7, vec![0x00]);
+        assert_eq!(info.line(4), 7);
+        assert_eq!(info.line(u32::MAX), 7);
+    }
+
+    #[test]
+    fn strings_of_each_kind_and_bad_ones() {
+        use crate::python::{layout::PY312, remote::BufferMemory};
+        let l = PY312;
+        let base = 0x1000u64;
+        let mut bytes = vec![0u8; 0x400];
+        // ASCII at 0x1000: "Scheduler.schedule"
+        let s = b"Scheduler.schedule";
+        bytes[16..24].copy_from_slice(&(s.len() as u64).to_le_bytes());
+        bytes[32..36].copy_from_slice(&((1u32 << 2) | (1 << 5) | (1 << 6)).to_le_bytes());
+        bytes[40..40 + s.len()].copy_from_slice(s);
+        // UCS-2 at 0x1100: "añ€"
+        let o = 0x100;
+        let text: Vec<u16> = "añ€".encode_utf16().collect();
+        bytes[o + 16..o + 24].copy_from_slice(&(text.len() as u64).to_le_bytes());
+        bytes[o + 32..o + 36].copy_from_slice(&((2u32 << 2) | (1 << 5)).to_le_bytes());
+        for (i, u) in text.iter().enumerate() {
+            bytes[o + 56 + 2 * i..o + 58 + 2 * i].copy_from_slice(&u.to_le_bytes());
+        }
+        // Not compact at 0x1200.
+        let o = 0x200;
+        bytes[o + 32..o + 36].copy_from_slice(&(1u32 << 2).to_le_bytes());
+        let mem = BufferMemory { base, bytes };
+        assert_eq!(
+            read_str(&mem, &l, base).expect("ascii"),
+            "Scheduler.schedule"
+        );
+        assert_eq!(read_str(&mem, &l, base + 0x100).expect("ucs2"), "añ€");
+        assert!(read_str(&mem, &l, base + 0x200).is_err());
+        assert!(read_str(&mem, &l, 0).is_err());
+        assert!(read_str(&mem, &l, 0x9999_0000).is_err());
+    }
+}
