@@ -555,6 +555,7 @@ async fn run_session(
         start_time: start_wall.to_rfc3339(),
         end_time: chrono::Local::now().to_rfc3339(),
         duration_sec: (end_ns.saturating_sub(t0)) as f64 / 1e9,
+        monotonic_start_ns: t0,
         stop_reason: stop_reason.clone(),
         ring_buffer_bytes: cfg.ring_bytes,
         targets: std::mem::take(&mut targets.procs).into_values().collect(),

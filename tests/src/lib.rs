@@ -209,6 +209,27 @@ impl Target {
         }
     }
 
+    /// Starts the vLLM-shaped Python fixture (tests/scripts/vllm_fixture.py) under `python`
+    /// over the fake CUDA runtime; its own ground truth goes to `DIR/py_truth.jsonl`.
+    #[must_use]
+    pub fn vllm(dir: &Path, python: &Path, args: &[&str]) -> Self {
+        let log = dir.join("truth.log");
+        let mut cmd = Command::new(python);
+        cmd.arg(root().join("tests/scripts/vllm_fixture.py"))
+            .arg("--lib-dir")
+            .arg(fake_cuda_dir())
+            .arg("--truth")
+            .arg(dir.join("py_truth.jsonl"))
+            .args(args)
+            .env("FAKE_CUDA_LOG", &log)
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        Self {
+            proc: Proc::spawn(&mut cmd),
+            log,
+        }
+    }
+
     /// Ground truth, after the target has exited.
     #[must_use]
     pub fn truth(&self) -> Truth {
@@ -444,4 +465,83 @@ impl Session {
 #[must_use]
 pub fn col(row: &HashMap<String, String>, k: &str) -> f64 {
     row.get(k).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+}
+
+/// The Python interpreters to test against that exist here: Debian's python3.11 (with USDT
+/// notes) and the pyenv 3.12 / 3.13 builds. (label, path).
+#[must_use]
+pub fn pythons() -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let debian = PathBuf::from("/usr/bin/python3.11");
+    if debian.exists() {
+        out.push(("3.11 (/usr/bin/python3.11)".to_owned(), debian));
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    for minor in ["3.12", "3.13"] {
+        let Ok(dir) = std::fs::read_dir(home.join(".pyenv/versions")) else {
+            continue;
+        };
+        let mut found: Vec<PathBuf> = dir
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{minor}."))
+            })
+            .map(|e| e.path().join(format!("bin/python{minor}")))
+            .filter(|p| p.exists())
+            .collect();
+        found.sort();
+        if let Some(p) = found.pop() {
+            out.push((format!("{minor} ({})", p.display()), p));
+        }
+    }
+    out
+}
+
+/// One line of the Python fixture's ground truth.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PyTruthLine {
+    /// meta | op | gc | step.
+    pub kind: String,
+    /// `file:qualname` (op).
+    #[serde(default)]
+    pub op: String,
+    /// Thread.
+    #[serde(default)]
+    pub tid: u64,
+    /// Step.
+    #[serde(default)]
+    pub step: i64,
+    /// Start (op, step).
+    #[serde(default)]
+    pub start_ns: u64,
+    /// End (op, step).
+    #[serde(default)]
+    pub end_ns: u64,
+    /// CPU time (op).
+    #[serde(default)]
+    pub cpu_ns: u64,
+    /// Line of the burn call (op).
+    #[serde(default)]
+    pub line: i64,
+    /// start | stop (gc).
+    #[serde(default)]
+    pub phase: String,
+    /// GC generation.
+    #[serde(default)]
+    pub generation: i64,
+    /// Timestamp (gc).
+    #[serde(default)]
+    pub ts_ns: u64,
+}
+
+/// The Python fixture's ground truth file.
+#[must_use]
+pub fn py_truth(dir: &Path) -> Vec<PyTruthLine> {
+    let text = std::fs::read_to_string(dir.join("py_truth.jsonl")).expect("python truth file");
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("truth line {l}: {e}")))
+        .collect()
 }

@@ -96,6 +96,9 @@ pub struct Metadata {
     pub end_time: String,
     /// Seconds profiled.
     pub duration_sec: f64,
+    /// CLOCK_MONOTONIC at session start (ns): every `*_sec` column is seconds since this,
+    /// so rows can be aligned with other traces of the same machine.
+    pub monotonic_start_ns: u64,
     /// Why the session ended.
     pub stop_reason: String,
     /// Ring buffer size.
