@@ -13,7 +13,9 @@ Every --gc-every steps, 20000 reference cycles are left behind and gc.collect(0|
 With --lib-dir, the fake CUDA runtime (<lib-dir>/libcudart.so.12, loaded like
 fixture_loop.py) gets an H2D copy in prepare_inputs, a graph launch in run_fullgraph (graph
 captured in GPUModelRunner.capture_model), an event record in sample_tokens and the
-previous step's event synchronize in get_output. Without it there is no CUDA at all.
+previous step's event synchronize in get_output. --torch does the same with real CUDA
+through PyTorch (pinned copy, CUDA graph of matmuls, blocking events). Without either there
+is no CUDA at all.
 
 Ground truth (--truth, JSON lines, written at exit, also after SIGTERM/SIGINT, which end
 the loop after the current step; times are CLOCK_MONOTONIC ns):
@@ -59,14 +61,131 @@ def say(line):
     sys.stdout.flush()
 
 
-def load_cuda(lib_dir):
-    """The fake runtime with fixture_loop.py's signatures, plus cudaEventRecord."""
-    import fixture_loop
+def _check(what, rc):
+    assert rc == 0, f"{what}: {rc}"
 
-    rt, _driver = fixture_loop.load(lib_dir)
-    rt.cudaEventRecord.argtypes = [ctypes.c_uint64, ctypes.c_uint64]
-    rt.cudaEventRecord.restype = ctypes.c_int
-    return rt
+
+class FakeCudaGpu:
+    """The fake CUDA runtime through ctypes (fixture_loop.py's signatures): one stream, two
+    events used in turn, a device input buffer, one captured graph of `num_kernels` kernels
+    of `kernel_us` µs each (kernel duration = grid.x µs on the fake GPU)."""
+
+    def __init__(self, lib_dir, input_bytes=4096):
+        import fixture_loop
+
+        rt, _driver = fixture_loop.load(lib_dir)
+        rt.cudaEventRecord.argtypes = [ctypes.c_uint64, ctypes.c_uint64]
+        rt.cudaEventRecord.restype = ctypes.c_int
+        self.rt = rt
+        self.input_bytes = input_bytes
+        self.stream = 0
+
+    def _setup(self):
+        rt = self.rt
+        stream = ctypes.c_uint64(0)
+        _check("cudaStreamCreateWithFlags", rt.cudaStreamCreateWithFlags(ctypes.byref(stream), 1))
+        self.stream = stream.value
+        self.events = []
+        for _ in range(2):
+            ev = ctypes.c_uint64(0)
+            _check("cudaEventCreateWithFlags", rt.cudaEventCreateWithFlags(ctypes.byref(ev), 0))
+            self.events.append(ev.value)
+        self.host_input = ctypes.create_string_buffer(self.input_bytes)
+        self.device_input = ctypes.c_void_p(0)
+        _check("cudaMalloc", rt.cudaMalloc(ctypes.byref(self.device_input), self.input_bytes))
+
+    def capture(self, num_kernels, kernel_us):
+        self._setup()
+        rt = self.rt
+        dim3 = rt.cudaLaunchKernel.argtypes[1]  # the dim3 structure the loader declared
+        grid, block = dim3(kernel_us, 1, 1), dim3(128, 1, 1)
+        graph, exe = ctypes.c_uint64(0), ctypes.c_uint64(0)
+        _check("cudaStreamBeginCapture", rt.cudaStreamBeginCapture(self.stream, 0))
+        func = ctypes.c_void_p(0x1000)
+        for _ in range(num_kernels):
+            _check("cudaLaunchKernel", rt.cudaLaunchKernel(func, grid, block, None, 0, self.stream))
+        _check("cudaStreamEndCapture", rt.cudaStreamEndCapture(self.stream, ctypes.byref(graph)))
+        _check("cudaGraphInstantiateWithFlags",
+               rt.cudaGraphInstantiateWithFlags(ctypes.byref(exe), graph.value, 0))
+        return exe.value
+
+    def copy_inputs(self):
+        _check("cudaMemcpyAsync", self.rt.cudaMemcpyAsync(
+            self.device_input, self.host_input, self.input_bytes, 1, self.stream))
+
+    def replay(self, graph):
+        _check("cudaGraphLaunch", self.rt.cudaGraphLaunch(graph, self.stream))
+
+    def record(self, step):
+        event = self.events[step % 2]
+        _check("cudaEventRecord", self.rt.cudaEventRecord(event, self.stream))
+        return event
+
+    def wait(self, event):
+        _check("cudaEventSynchronize", self.rt.cudaEventSynchronize(event))
+
+    def mark(self, text):
+        self.rt.fakeCudaMark(text.encode())  # tags the fake GPU's exec lines with the step
+
+    def shutdown(self):
+        _check("cudaStreamSynchronize", self.rt.cudaStreamSynchronize(self.stream))
+        _check("cudaFree", self.rt.cudaFree(self.device_input))
+        self.rt.fakeCudaFlush()
+
+
+class TorchGpu:
+    """Real CUDA through PyTorch, shaped like vLLM's V2 runner: a pinned-host -> device input
+    copy, a CUDA graph of `num_kernels` matmuls replayed per step, a blocking event recorded
+    after it and synchronized one step later."""
+
+    def __init__(self, input_bytes=4096):
+        import torch
+
+        self.torch = torch
+        self.host = torch.zeros(input_bytes // 4, dtype=torch.float32).pin_memory()
+        self.device = torch.zeros(input_bytes // 4, dtype=torch.float32, device="cuda")
+        self.events = [torch.cuda.Event(blocking=True) for _ in range(2)]
+
+    def capture(self, num_kernels, kernel_us):
+        torch = self.torch
+        n = 2048
+        self.a = torch.randn(n, n, device="cuda")
+        self.b = torch.randn(n, n, device="cuda")
+        repeats = max(1, num_kernels * kernel_us // 100)  # a 2048^3 matmul is ~0.1 ms or less
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the capture, as torch requires
+            for _ in range(2):
+                self.a @ self.b
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.a
+            for _ in range(repeats):
+                out = out @ self.b
+            self.out = out
+        torch.cuda.synchronize()
+        return graph
+
+    def copy_inputs(self):
+        self.device.copy_(self.host, non_blocking=True)
+
+    def replay(self, graph):
+        graph.replay()
+
+    def record(self, step):
+        event = self.events[step % 2]
+        event.record()
+        return event
+
+    def wait(self, event):
+        event.synchronize()
+
+    def mark(self, text):
+        pass
+
+    def shutdown(self):
+        self.torch.cuda.synchronize()
 
 
 def output_handler(processor, outputs, tids):
@@ -115,6 +234,7 @@ def main():
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--forever", action="store_true")
     p.add_argument("--lib-dir")
+    p.add_argument("--torch", action="store_true", help="real CUDA work through PyTorch")
     p.add_argument("--wait-after-load-ms", type=int, default=0)
     p.add_argument("--async-depth", type=int, choices=(1, 2), default=2)
     p.add_argument("--kernels-per-graph", type=int, default=3)
@@ -144,7 +264,12 @@ def main():
     gc.callbacks.append(_fixture_cpu.on_gc)
 
     pid = os.getpid()
-    cuda = load_cuda(a.lib_dir) if a.lib_dir else None
+    if a.torch:
+        cuda = TorchGpu()
+    elif a.lib_dir:
+        cuda = FakeCudaGpu(a.lib_dir)
+    else:
+        cuda = None
     say(f"pid={pid} ready")
     # Like a server loading its model: time for a tracer to attach before the first step.
     deadline = time.monotonic() + a.wait_after_load_ms / 1000.0
@@ -171,8 +296,6 @@ def main():
     outputs.put(None)
     handler.join()
     runner.shutdown()
-    if cuda is not None:
-        cuda.fakeCudaFlush()
 
     budgets = {k: getattr(a, k + "_us") for k in
                ("schedule", "prepare", "forward", "sample", "update", "output", "idle")}

@@ -15,7 +15,7 @@ const STEPS: u64 = 40;
 /// Runs the fixture to completion with profilemate attached while it loads its model.
 fn profile(test: &str, python: bool, fixture: &[&str], attach: &[&str]) -> (Session, Truth, u32) {
     let dir = scratch(test);
-    let mut args = vec!["--wait-after-load-ms", "1500"];
+    let mut args = vec!["--wait-after-load-ms", "2500"];
     args.extend_from_slice(fixture);
     let mut target = if python {
         Target::python(&dir, &args)
@@ -293,7 +293,7 @@ fn attach_before_the_cuda_library_is_loaded() {
         &dir,
         &[
             "--wait-before-load-ms",
-            "1500",
+            "3000",
             "--wait-after-load-ms",
             "500",
             "--steps",
@@ -329,11 +329,11 @@ fn child_process_spawned_after_attach_is_followed() {
         &dir,
         &[
             "--wait-after-load-ms",
-            "800",
+            "2500",
             "--steps",
             "40",
             "--spawn-child-after-ms",
-            "300",
+            "1500",
         ],
     );
     target.proc.wait_line("ready");

@@ -3,14 +3,13 @@ only when the engine asks for it (async scheduling: one step later)."""
 
 
 class AsyncOutput:
-    def __init__(self, model_runner_output, cuda=None, copy_event=0):
+    def __init__(self, model_runner_output, gpu=None, copy_event=None):
         self.model_runner_output = model_runner_output
-        self.cuda = cuda
+        self.gpu = gpu
         self.copy_event = copy_event
 
     def get_output(self):
         """Blocks (off-CPU) until the step's copy event has completed on the GPU."""
-        if self.cuda is not None:
-            rc = self.cuda.cudaEventSynchronize(self.copy_event)
-            assert rc == 0, f"cudaEventSynchronize: {rc}"
+        if self.gpu is not None:
+            self.gpu.wait(self.copy_event)
         return self.model_runner_output

@@ -5,16 +5,14 @@ from vllm._fixture_cpu import burn
 
 
 class CudaGraphManager:
-    def __init__(self, forward_us, cuda=None, stream=0):
+    def __init__(self, forward_us, gpu=None):
         self.forward_us = forward_us
-        self.cuda = cuda
-        self.stream = stream
+        self.gpu = gpu
         self.graphs = {}
 
     def run_fullgraph(self, desc):
         """Prepares the replay (CPU budget), then launches the graph."""
         burn(self.forward_us)
-        if self.cuda is not None:
-            rc = self.cuda.cudaGraphLaunch(self.graphs[desc], self.stream)
-            assert rc == 0, f"cudaGraphLaunch: {rc}"
+        if self.gpu is not None:
+            self.gpu.replay(self.graphs[desc])
         return desc
