@@ -19,18 +19,39 @@ use profilemate_common::{
     record_kind, COUNTER_STACK_RING_FULL,
 };
 
+use aya_ebpf::{helpers::bpf_probe_read_user_buf, macros::map, maps::PerCpuArray};
+
 use crate::maps::{count, submit_flags, target_ids, EVENTS, PY_PROCS, PY_THREADS};
+
+/// Bytes of a frame copied per step: every field the walker reads lies in the first 80, and
+/// `_PyInterpreterFrame` is at least that long in every supported version.
+const FRAME_BYTES: usize = 80;
+/// Words of the copy buffer: a power of two, so a masked index always stays inside it (the
+/// verifier accepts variable offsets into a map value only when it can bound them).
+const FRAME_COPY_WORDS: usize = 16;
+
+/// Per-CPU copy of the frame being walked. Tracing programs do not nest on a CPU (the
+/// kernel skips a program that would run inside another), so one buffer per CPU suffices.
+#[map]
+static FRAME_COPY: PerCpuArray<[u64; FRAME_COPY_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The 8-byte field at byte offset `off` of the copied frame.
+#[inline(always)]
+fn field(copy: *const [u64; FRAME_COPY_WORDS], off: u16) -> u64 {
+    // SAFETY: the index is masked into the buffer.
+    unsafe { (*copy)[((off >> 3) as usize) & (FRAME_COPY_WORDS - 1)] }
+}
+
+/// The byte at offset `off` of the copied frame.
+#[inline(always)]
+fn field_byte(copy: *const [u64; FRAME_COPY_WORDS], off: u16) -> u8 {
+    (field(copy, off & !7) >> ((off & 7) * 8)) as u8
+}
 
 #[inline(always)]
 fn read_u64(addr: u64) -> Option<u64> {
     // SAFETY: read of target memory through the fault-tolerant helper.
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
-}
-
-#[inline(always)]
-fn read_u8(addr: u64) -> Option<u8> {
-    // SAFETY: as above.
-    unsafe { bpf_probe_read_user(addr as *const u8) }.ok()
 }
 
 /// The current thread's `PyThreadState *`, if userspace found one and it still belongs to
@@ -102,17 +123,29 @@ fn walk_frames(cfg: &PyProcConfig, tstate: u64, rec: *mut PyStackRecord) -> (u32
             None => return (0, stack_flags::READ_FAILED),
         }
     }
+    let Some(copy) = FRAME_COPY.get_ptr_mut(0) else {
+        return (0, stack_flags::READ_FAILED);
+    };
     for i in 0..MAX_PY_FRAMES {
         if frame == 0 {
             return (i as u32, 0);
         }
-        let Some(previous) = read_u64(frame + cfg.frame_previous as u64) else {
-            return (i as u32, stack_flags::READ_FAILED);
+        // One read per frame into the per-CPU copy, then fields by offset.
+        // SAFETY: the destination is the per-CPU buffer (FRAME_BYTES <= its size); the
+        // source is target memory read through the fault-tolerant helper.
+        let read = unsafe {
+            bpf_probe_read_user_buf(
+                frame as *const u8,
+                core::slice::from_raw_parts_mut(copy.cast::<u8>(), FRAME_BYTES),
+            )
         };
-        let mut code = read_u64(frame + cfg.frame_code as u64).unwrap_or(0) & cfg.code_pointer_mask;
-        let instr = read_u64(frame + cfg.frame_instr as u64).unwrap_or(0);
-        let owner = read_u8(frame + cfg.frame_owner as u64).unwrap_or(0);
-        if owner >= cfg.owner_skip_min {
+        if read.is_err() {
+            return (i as u32, stack_flags::READ_FAILED);
+        }
+        let previous = field(copy, cfg.frame_previous);
+        let mut code = field(copy, cfg.frame_code) & cfg.code_pointer_mask;
+        let instr = field(copy, cfg.frame_instr);
+        if field_byte(copy, cfg.frame_owner) >= cfg.owner_skip_min {
             code = 0;
         }
         let first_line =

@@ -572,6 +572,7 @@ async fn run_session(
             usdt: std::mem::take(&mut probes.usdt_report),
             stats: python_ctx.final_stats(),
         },
+        program_costs: probes.program_costs(),
         losses: LossReport { kernel, records_read: drain.records, decode_errors: drain.decode_errors, correlator: stats.clone() },
         notes: vec![
             "phase is `unknown`: prefill/decode classification needs the vLLM scheduler state (not read by this version)".to_owned(),

@@ -6,7 +6,7 @@ use crate::{
     config::TimingMode,
     correlate::{python::PythonStats, CorrelatorStats},
     discovery::{MappedLibrary, ProcessInfo},
-    probes::{CudaStacks, KernelCounters, ProbeReport, UsdtReport},
+    probes::{CudaStacks, KernelCounters, ProbeReport, ProgramCost, UsdtReport},
     python::Interpreter,
 };
 
@@ -109,6 +109,8 @@ pub struct Metadata {
     pub probes: ProbeReport,
     /// Python context: interpreters, sampling, USDT probes, walk counters.
     pub python: PythonReport,
+    /// Kernel-measured cost per program (only with `kernel.bpf_stats_enabled=1`).
+    pub program_costs: Vec<ProgramCost>,
     /// Losses.
     pub losses: LossReport,
     /// Caveats of this session's outputs.

@@ -169,6 +169,19 @@ pub struct KernelCounters {
     pub usdt_without_spec: u64,
 }
 
+/// Kernel-measured cost of one program (when `kernel.bpf_stats_enabled` is 1).
+#[derive(Debug, Serialize, Clone)]
+pub struct ProgramCost {
+    /// Program.
+    pub program: &'static str,
+    /// Runs.
+    pub runs: u64,
+    /// Total run time.
+    pub run_time_ns: u64,
+    /// Mean per run.
+    pub mean_ns: Option<u64>,
+}
+
 /// One USDT probe attached (or not), for metadata.json.
 #[derive(Debug, Serialize, Clone)]
 pub struct UsdtReport {
@@ -480,6 +493,43 @@ impl Probes {
                 let _ = targets.remove(&pid);
             }
         }
+    }
+
+    /// Run counts and run times the kernel measured per program, when BPF statistics are
+    /// enabled (`sysctl kernel.bpf_stats_enabled=1`); empty otherwise.
+    #[must_use]
+    pub fn program_costs(&self) -> Vec<ProgramCost> {
+        let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .is_ok_and(|v| v.trim() == "1");
+        if !enabled {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for name in [ENTRY_PROGRAM, RETURN_PROGRAM, SAMPLE_PROGRAM, USDT_PROGRAM] {
+            let Some(prog) = self.ebpf.program(name) else {
+                continue;
+            };
+            let Ok(fd) = prog.fd() else { continue };
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(fd));
+            let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")) else {
+                continue;
+            };
+            let field = |key: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let runs = field("run_cnt:");
+            let run_time_ns = field("run_time_ns:");
+            out.push(ProgramCost {
+                program: name,
+                runs,
+                run_time_ns,
+                mean_ns: (runs > 0).then(|| run_time_ns / runs),
+            });
+        }
+        out
     }
 
     /// Sums the per-CPU counters.
