@@ -222,6 +222,25 @@ fn pipeline() -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Python stack sampling on a CPU-bound Python loop (tests/scripts/py_overhead.py): the
+/// kernel-measured cost per walk, and throughput against an unprofiled control process.
+fn python_sampling(python: &str, hz: u32) -> Result<String> {
+    let out = Command::new(python)
+        .current_dir(root())
+        .arg("tests/scripts/py_overhead.py")
+        .arg(root().join("target/release/profilemate"))
+        .args(["--python", python, "--hz", &hz.to_string()])
+        .output()
+        .context("cannot run tests/scripts/py_overhead.py")?;
+    if !out.status.success() {
+        bail!(
+            "python sampling benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
     if !is_root() {
         bail!("cargo xtask bench attaches eBPF probes: run it as root");
@@ -277,6 +296,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 s.rss_kb / 1024
             );
         }
+    }
+    for hz in [199, 997] {
+        println!(
+            "## Python stack sampling at {hz} Hz (40-frame-deep CPU-bound loop, /usr/bin/python3.11)\n{}",
+            python_sampling("/usr/bin/python3.11", hz)?
+        );
     }
     Ok(())
 }
