@@ -265,6 +265,17 @@ fn namespace_tids(pid: u32) -> Vec<(u32, u64)> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
+    let ns = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    if ns("/proc/self/ns/pid").is_some()
+        && ns("/proc/self/ns/pid") == ns(&format!("/proc/{pid}/ns/pid"))
+    {
+        // Same pid namespace: thread ids are the same on both sides (no status reads).
+        return dir
+            .flatten()
+            .filter_map(|t| t.file_name().to_str()?.parse::<u32>().ok())
+            .map(|tid| (tid, u64::from(tid)))
+            .collect();
+    }
     dir.flatten()
         .filter_map(|task| {
             let tid: u32 = task.file_name().to_str()?.parse().ok()?;
