@@ -578,6 +578,13 @@ async fn run_session(
             "phase is `unknown`: prefill/decode classification needs the vLLM scheduler state (not read by this version)".to_owned(),
         ],
     };
+    let mut metadata = metadata;
+    let gc_attached = metadata.python.usdt.iter().any(|u| u.status == "attached");
+    if gc_attached && metadata.python.stats.gc_pauses == 0 {
+        metadata.notes.push(
+            "GC probes were attached but no collection was observed: none happened during the session, or the probes did not fire".to_owned(),
+        );
+    }
     dir.write_json("metadata.json", &metadata)?;
     files.push("metadata.json");
 
@@ -585,6 +592,7 @@ async fn run_session(
         format!("stopped: {stop_reason}"),
         format!("steps: {steps}; graphs: {}; probe records: {}", count_rows(dir, "cuda_graph_captures.csv"), drain.records),
         forward_summary_line(dir),
+        cpu_summary_line(dir),
         format!(
             "lost: {} ring-buffer drops, {} undecodable; unattributed: {} incomplete steps, {} unmatched returns, {} waits on unknown events",
             kernel.ring_full_drops, drain.decode_errors, stats.incomplete_steps, stats.unmatched_returns, stats.syncs_unknown_event
@@ -636,6 +644,37 @@ fn forward_summary_line(dir: &SessionDir) -> String {
         ),
         _ => "forward_time_ms: no completed steps".to_owned(),
     }
+}
+
+/// "cpu (sampled): schedule 29%, ...; gc: N pauses, X ms" from the summary just written.
+fn cpu_summary_line(dir: &SessionDir) -> String {
+    let text =
+        std::fs::read_to_string(dir.path().join("cpu_timing_summary.json")).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let mut ops: Vec<(String, f64)> = v["operations"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, o)| Some((k.clone(), o["share_of_samples_pct"].as_f64()?)))
+                .filter(|(_, pct)| *pct > 0.0)
+                .collect()
+        })
+        .unwrap_or_default();
+    ops.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let shares = if ops.is_empty() {
+        "no samples".to_owned()
+    } else {
+        ops.iter()
+            .take(6)
+            .map(|(k, p)| format!("{k} {p:.0}%"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "cpu (sampled): {shares}; gc: {} pauses, {:.1} ms",
+        v["gc"]["pauses"].as_u64().unwrap_or(0),
+        v["gc"]["total_ms"].as_f64().unwrap_or(0.0)
+    )
 }
 
 fn count_rows(dir: &SessionDir, name: &str) -> u64 {

@@ -468,16 +468,16 @@ pub fn col(row: &HashMap<String, String>, k: &str) -> f64 {
 }
 
 /// The Python interpreters to test against that exist here: Debian's python3.11 (with USDT
-/// notes) and the pyenv 3.12 / 3.13 builds. (label, path).
+/// notes, labelled `debian 3.11`) and the pyenv 3.11 / 3.12 / 3.13 builds. (label, path).
 #[must_use]
 pub fn pythons() -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
     let debian = PathBuf::from("/usr/bin/python3.11");
     if debian.exists() {
-        out.push(("3.11 (/usr/bin/python3.11)".to_owned(), debian));
+        out.push(("debian 3.11 (/usr/bin/python3.11)".to_owned(), debian));
     }
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-    for minor in ["3.12", "3.13"] {
+    for minor in ["3.11", "3.12", "3.13"] {
         let Ok(dir) = std::fs::read_dir(home.join(".pyenv/versions")) else {
             continue;
         };

@@ -53,17 +53,55 @@ pub fn start_fixture(extra: &[&str]) -> Result<Reaped> {
     Ok(Reaped(child))
 }
 
+/// The Python demo target: vLLM's module paths and functions (tests/pyfixture) running an
+/// async-scheduling engine loop over the fake CUDA runtime, until terminated.
+fn start_python_fixture(python: &str) -> Result<Reaped> {
+    let out = root().join("target/demo-sessions");
+    std::fs::create_dir_all(&out).context("cannot create target/demo-sessions")?;
+    let child = Command::new(python)
+        .arg(root().join("tests/scripts/vllm_fixture.py"))
+        .arg("--lib-dir")
+        .arg(fake_cuda_dir())
+        .args(["--forever", "--wait-after-load-ms", "1500", "--truth"])
+        .arg(out.join("demo_target_truth.jsonl"))
+        .env("FAKE_CUDA_LOG", "/dev/null")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("cannot start the demo target (tests/scripts/vllm_fixture.py)")?;
+    Ok(Reaped(child))
+}
+
 pub fn run(seconds: u64) -> Result<()> {
-    // The target loads CUDA after a second, like a server loading its model; profilemate is
-    // already waiting (--wait) and sees the graph captures at start-up.
-    let target = start_fixture(&[
-        "--wait-before-load-ms",
-        "1000",
-        "--wait-after-load-ms",
-        "300",
-    ])?;
+    // Preferred target: the Python one (CPU per vLLM operation, stacks, GC pauses as well as
+    // the CUDA steps); the Rust fixture where no python3 is installed. Either loads CUDA
+    // after a moment, like a server loading its model; profilemate is already waiting
+    // (--wait) and sees the graph captures at start-up.
+    let python = ["/usr/bin/python3", "python3"].into_iter().find(|p| {
+        Command::new(p)
+            .arg("-c")
+            .arg("pass")
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let target = match python {
+        Some(py) => {
+            let t = start_python_fixture(py)?;
+            eprintln!("demo target pid {}: vLLM's engine loop shape in Python ({py}; scheduler, model runner, sampler, output thread with vLLM's module paths) over the fake CUDA libraries", t.0.id());
+            t
+        }
+        None => {
+            let t = start_fixture(&[
+                "--wait-before-load-ms",
+                "1000",
+                "--wait-after-load-ms",
+                "300",
+            ])?;
+            eprintln!("demo target pid {}: a vLLM-shaped step loop (CUDA graph capture, graph replays, eager steps, async event waits) over the fake CUDA libraries", t.0.id());
+            t
+        }
+    };
     let pid = target.0.id();
-    eprintln!("demo target pid {pid}: a vLLM-shaped step loop (CUDA graph capture, graph replays, eager steps, async event waits) over the fake CUDA libraries");
     let out = root().join("target/demo-sessions");
     let status = profilemate_command()
         .args([

@@ -45,6 +45,8 @@ const MAX_FOLDED_STACKS: usize = 200_000;
 const KEPT_STEP_STARTS: usize = 16;
 /// Records held before any step is seen; past this they are written without a step.
 const UNSTEPPED_FLUSH: usize = 20_000;
+/// Records held in all; past this they are written into the last known step windows.
+const MAX_PENDING: usize = 200_000;
 /// Name of the operation of GC pause rows.
 const GC_OPERATION: &str = "gc";
 
@@ -515,6 +517,15 @@ impl CpuAttribution {
     /// window: write them without a step before they pile up.
     fn bound_pending(&mut self) {
         if self.reference.is_none() && self.pending.len() >= UNSTEPPED_FLUSH {
+            self.flush(None, u64::MAX);
+        }
+        // Steps stopped coming (the stepping process exited or stalled): write what is held
+        // into the last known windows rather than holding it for the rest of the session.
+        if self.pending.len() >= MAX_PENDING {
+            let timelines: Vec<u32> = self.timelines.keys().copied().collect();
+            for tl in timelines {
+                self.flush(Some(tl), u64::MAX);
+            }
             self.flush(None, u64::MAX);
         }
     }
