@@ -7,6 +7,7 @@
 
 pub mod code;
 pub mod layout;
+pub mod objects;
 pub mod remote;
 
 use std::{

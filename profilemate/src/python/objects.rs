@@ -1,0 +1,583 @@
+//! Reading live Python objects of a target, read-only: type names, ints, floats, bools,
+//! strs, lists, tuples, dicts, deques, and instance attributes (managed dicts and inline
+//! values of 3.11-3.13, `tp_dictoffset` dicts, `__slots__`). Every read is bounded and
+//! type-checked; a torn or implausible read is an error, never data.
+
+use super::{
+    code::read_str,
+    layout::PyLayout,
+    remote::{ReadError, RemoteMemory},
+};
+
+/// Items read from one container at most.
+pub const MAX_ITEMS: usize = 100_000;
+/// Bytes of a C string (type names) read at most.
+const MAX_CSTR: usize = 256;
+/// A reference count above this is not a live object's (3.12+ immortal objects have 2^32-1).
+const MAX_REFCOUNT: u64 = 1 << 40;
+
+/// How instance attributes are stored, per version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ManagedDict {
+    /// 3.11: dict pointer at -3 words, values pointer at -4 words.
+    Split311,
+    /// 3.12: one tagged word at -3 words: the values pointer minus 1 (odd), or the dict.
+    Tagged312,
+    /// 3.13: values inline after the object (`Py_TPFLAGS_INLINE_VALUES`), dict at -3 words.
+    Inline313,
+}
+
+/// Object offsets of one CPython version (x86-64, default build).
+#[derive(Clone, Copy, Debug)]
+pub struct ObjectLayout {
+    managed: ManagedDict,
+    /// 3.12+: ints carry `lv_tag` (digit count << 3 | sign) instead of a signed size.
+    long_tagged: bool,
+    ht_cached_keys: u64,
+    /// Offset of the value array inside `PyDictValues`.
+    values_array: u64,
+}
+
+const TP_NAME: u64 = 24;
+const TP_BASICSIZE: u64 = 32;
+const TP_FLAGS: u64 = 168;
+const TP_DICT: u64 = 264;
+const TP_DICTOFFSET: u64 = 288;
+const TP_MRO: u64 = 344;
+const OB_SIZE: u64 = 16;
+const ITEMS: u64 = 24;
+const FLOAT_VALUE: u64 = 16;
+const DICT_USED: u64 = 16;
+const DICT_KEYS: u64 = 32;
+const DICT_VALUES: u64 = 40;
+/// `dk_log2_size`, followed by the bytes `dk_log2_index_bytes` and `dk_kind`.
+const KEYS_LOG2_SIZE: u64 = 8;
+const KEYS_NENTRIES: u64 = 24;
+const KEYS_INDICES: u64 = 32;
+const MEMBER_DESCR_MEMBER: u64 = 40;
+const MEMBER_DEF_OFFSET: u64 = 16;
+const FLAG_MANAGED_DICT: u64 = 1 << 4;
+const FLAG_INLINE_VALUES: u64 = 1 << 2;
+const FLAG_LONG_SUBCLASS: u64 = 1 << 24;
+
+/// The object layout of `version`, if ProfileMate reads that version's objects.
+#[must_use]
+pub fn object_layout(version: (u8, u8)) -> Option<ObjectLayout> {
+    match version {
+        (3, 11) => Some(ObjectLayout {
+            managed: ManagedDict::Split311,
+            long_tagged: false,
+            ht_cached_keys: 872,
+            values_array: 0,
+        }),
+        (3, 12) => Some(ObjectLayout {
+            managed: ManagedDict::Tagged312,
+            long_tagged: true,
+            ht_cached_keys: 880,
+            values_array: 0,
+        }),
+        (3, 13) => Some(ObjectLayout {
+            managed: ManagedDict::Inline313,
+            long_tagged: true,
+            ht_cached_keys: 880,
+            values_array: 8,
+        }),
+        _ => None,
+    }
+}
+
+/// A read that did not yield a value.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ObjectError {
+    /// Memory could not be read (freed, unmapped, process gone).
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The object is not of the expected type.
+    #[error("expected {expected}, found {found}")]
+    WrongType {
+        /// What the caller asked for.
+        expected: &'static str,
+        /// The object's type name.
+        found: String,
+    },
+    /// A header field is implausible (torn read, freed object).
+    #[error("implausible object at {0:#x}")]
+    Implausible(u64),
+    /// An int does not fit 64 bits.
+    #[error("int at {0:#x} does not fit 64 bits")]
+    TooLarge(u64),
+    /// A string field could not be read.
+    #[error("unreadable str at {0:#x}")]
+    BadString(u64),
+}
+
+/// Reads objects of one process.
+pub struct Objects<'a> {
+    mem: &'a dyn RemoteMemory,
+    layout: &'a PyLayout,
+    ol: ObjectLayout,
+}
+
+impl<'a> Objects<'a> {
+    /// A reader over `mem` for an interpreter with `layout` and object layout `ol`.
+    #[must_use]
+    pub fn new(mem: &'a dyn RemoteMemory, layout: &'a PyLayout, ol: ObjectLayout) -> Self {
+        Self { mem, layout, ol }
+    }
+
+    fn u64(&self, addr: u64) -> Result<u64, ObjectError> {
+        Ok(self.mem.read_u64(addr)?)
+    }
+
+    /// The object's type, after sanity checks of its header.
+    pub fn type_of(&self, obj: u64) -> Result<u64, ObjectError> {
+        if obj == 0 || obj % 8 != 0 {
+            return Err(ObjectError::Implausible(obj));
+        }
+        let refcnt = self.u64(obj)?;
+        let ty = self.u64(obj + self.layout.object_type)?;
+        if refcnt == 0 || refcnt > MAX_REFCOUNT || ty == 0 || ty % 8 != 0 {
+            return Err(ObjectError::Implausible(obj));
+        }
+        Ok(ty)
+    }
+
+    /// `tp_flags` of a type.
+    pub fn type_flags(&self, ty: u64) -> Result<u64, ObjectError> {
+        self.u64(ty + TP_FLAGS)
+    }
+
+    /// The type's `tp_name` (for heap types the bare class name).
+    pub fn type_name(&self, obj: u64) -> Result<String, ObjectError> {
+        let ty = self.type_of(obj)?;
+        let name = self.u64(ty + TP_NAME)?;
+        let mut buf = [0u8; MAX_CSTR];
+        // Names are short; read what is readable in two steps (a page end may follow).
+        self.mem
+            .read(name, &mut buf[..64])
+            .map_err(ObjectError::Read)?;
+        if !buf[..64].contains(&0) {
+            let _ = self.mem.read(name + 64, &mut buf[64..]);
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(MAX_CSTR);
+        Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+    }
+
+    fn expect(&self, obj: u64, names: &[&str], expected: &'static str) -> Result<(), ObjectError> {
+        let found = self.type_name(obj)?;
+        if names.contains(&found.as_str()) {
+            Ok(())
+        } else {
+            Err(ObjectError::WrongType { expected, found })
+        }
+    }
+
+    /// An int (or bool, or IntEnum member: any int subclass) that fits 64 bits.
+    pub fn int(&self, obj: u64) -> Result<i64, ObjectError> {
+        let ty = self.type_of(obj)?;
+        if self.type_flags(ty)? & FLAG_LONG_SUBCLASS == 0 {
+            return Err(ObjectError::WrongType {
+                expected: "int",
+                found: self.type_name(obj)?,
+            });
+        }
+        let head = self.u64(obj + OB_SIZE)?;
+        let (ndigits, negative) = if self.ol.long_tagged {
+            (head >> 3, head & 3 == 2)
+        } else {
+            let size = head as i64;
+            (size.unsigned_abs(), size < 0)
+        };
+        if ndigits > 3 {
+            return Err(ObjectError::TooLarge(obj));
+        }
+        let mut value: u128 = 0;
+        for i in 0..ndigits {
+            let digit = self.mem.read_u32(obj + ITEMS + 4 * i)?;
+            value |= u128::from(digit & ((1 << 30) - 1)) << (30 * i);
+        }
+        let value = i64::try_from(value).map_err(|_| ObjectError::TooLarge(obj))?;
+        Ok(if negative { -value } else { value })
+    }
+
+    /// A float.
+    pub fn float(&self, obj: u64) -> Result<f64, ObjectError> {
+        self.expect(obj, &["float"], "float")?;
+        Ok(f64::from_bits(self.u64(obj + FLOAT_VALUE)?))
+    }
+
+    /// A str (bounded, lossy).
+    pub fn str(&self, obj: u64) -> Result<String, ObjectError> {
+        self.expect(obj, &["str"], "str")?;
+        read_str(self.mem, self.layout, obj).map_err(|_| ObjectError::BadString(obj))
+    }
+
+    /// True for `None`.
+    pub fn is_none(&self, obj: u64) -> Result<bool, ObjectError> {
+        Ok(self.type_name(obj)? == "NoneType")
+    }
+
+    /// Length of a list, tuple or deque (`ob_size`), or a dict (`ma_used`).
+    pub fn len(&self, obj: u64) -> Result<u64, ObjectError> {
+        let name = self.type_name(obj)?;
+        let ty = self.type_of(obj)?;
+        let flags = self.type_flags(ty)?;
+        let is_dict = name == "dict" || flags & (1 << 29) != 0;
+        let n = self.u64(obj + if is_dict { DICT_USED } else { OB_SIZE })?;
+        if n as usize > MAX_ITEMS * 100 {
+            return Err(ObjectError::Implausible(obj));
+        }
+        Ok(n)
+    }
+
+    fn items(&self, base: u64, n: u64, max: usize) -> Result<Vec<u64>, ObjectError> {
+        let n = (n as usize).min(max).min(MAX_ITEMS);
+        let mut buf = vec![0u8; n * 8];
+        self.mem.read(base, &mut buf)?;
+        Ok(buf
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect())
+    }
+
+    /// Items of a list (or list subclass), at most `max`.
+    pub fn list_items(&self, obj: u64, max: usize) -> Result<Vec<u64>, ObjectError> {
+        let ty = self.type_of(obj)?;
+        if self.type_flags(ty)? & (1 << 25) == 0 {
+            return Err(ObjectError::WrongType {
+                expected: "list",
+                found: self.type_name(obj)?,
+            });
+        }
+        let n = self.u64(obj + OB_SIZE)?;
+        let array = self.u64(obj + ITEMS)?;
+        if n > 0 && array == 0 {
+            return Err(ObjectError::Implausible(obj));
+        }
+        self.items(array, n, max)
+    }
+
+    /// Items of a tuple (or tuple subclass), at most `max`.
+    pub fn tuple_items(&self, obj: u64, max: usize) -> Result<Vec<u64>, ObjectError> {
+        let ty = self.type_of(obj)?;
+        if self.type_flags(ty)? & (1 << 26) == 0 {
+            return Err(ObjectError::WrongType {
+                expected: "tuple",
+                found: self.type_name(obj)?,
+            });
+        }
+        let n = self.u64(obj + OB_SIZE)?;
+        self.items(obj + ITEMS, n, max)
+    }
+
+    /// (key, value) pairs of a dict's keys object and optional split values array.
+    fn keys_items(
+        &self,
+        keys: u64,
+        values: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<(u64, u64)>, ObjectError> {
+        let mut head = [0u8; 3];
+        self.mem.read(keys + KEYS_LOG2_SIZE, &mut head)?;
+        let (log2_size, log2_index_bytes, kind) = (head[0], head[1], head[2]);
+        let nentries = self.u64(keys + KEYS_NENTRIES)?;
+        if log2_size > 40 || log2_index_bytes > 43 || nentries > (1u64 << log2_size) {
+            return Err(ObjectError::Implausible(keys));
+        }
+        let entries = keys + KEYS_INDICES + (1u64 << log2_index_bytes);
+        let general = kind == 0;
+        let entry_size = if general { 24 } else { 16 };
+        let n = (nentries as usize).min(max).min(MAX_ITEMS);
+        let mut buf = vec![0u8; n * entry_size];
+        self.mem.read(entries, &mut buf)?;
+        let word = |b: &[u8], i: usize| {
+            u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))
+        };
+        let split_values = match values {
+            Some(v) => Some(self.items(v + self.ol.values_array, n as u64, n)?),
+            None => None,
+        };
+        let mut out = Vec::with_capacity(n);
+        for (i, e) in buf.chunks_exact(entry_size).enumerate() {
+            let (key, value) = if general {
+                (word(e, 1), word(e, 2))
+            } else {
+                (word(e, 0), word(e, 1))
+            };
+            let value = match &split_values {
+                Some(vals) => vals.get(i).copied().unwrap_or(0),
+                None => value,
+            };
+            // Deleted entries and unset split slots.
+            if key != 0 && value != 0 {
+                out.push((key, value));
+            }
+        }
+        Ok(out)
+    }
+
+    /// (key, value) pairs of a dict, at most `max`.
+    pub fn dict_items(&self, obj: u64, max: usize) -> Result<Vec<(u64, u64)>, ObjectError> {
+        let ty = self.type_of(obj)?;
+        if self.type_flags(ty)? & (1 << 29) == 0 {
+            return Err(ObjectError::WrongType {
+                expected: "dict",
+                found: self.type_name(obj)?,
+            });
+        }
+        let keys = self.u64(obj + DICT_KEYS)?;
+        let values = self.u64(obj + DICT_VALUES)?;
+        self.keys_items(keys, (values != 0).then_some(values), max)
+    }
+
+    /// The value of str key `name` in a list of (key, value) pairs.
+    fn find_str_key(&self, items: &[(u64, u64)], name: &str) -> Option<u64> {
+        items.iter().find_map(|&(k, v)| {
+            read_str(self.mem, self.layout, k)
+                .ok()
+                .filter(|s| s == name)
+                .map(|_| v)
+        })
+    }
+
+    /// `d[name]` for a dict with str keys.
+    pub fn dict_get(&self, obj: u64, name: &str) -> Result<Option<u64>, ObjectError> {
+        let items = self.dict_items(obj, MAX_ITEMS)?;
+        Ok(self.find_str_key(&items, name))
+    }
+
+    /// The instance's attribute `name` from its `__dict__` (managed, inline values, or
+    /// `tp_dictoffset`) or a `__slots__` member; None when it has no such attribute.
+    pub fn attr(&self, obj: u64, name: &str) -> Result<Option<u64>, ObjectError> {
+        let ty = self.type_of(obj)?;
+        let flags = self.type_flags(ty)?;
+        if flags & FLAG_MANAGED_DICT != 0 {
+            if let Some(v) = self.managed_attr(obj, ty, flags, name)? {
+                return Ok(Some(v));
+            }
+        } else {
+            let off = self.u64(ty + TP_DICTOFFSET)? as i64;
+            if off > 0 {
+                let dict = self.u64(obj.wrapping_add(off as u64))?;
+                if dict != 0 {
+                    if let Some(v) = self.dict_get(dict, name)? {
+                        return Ok(Some(v));
+                    }
+                }
+            }
+        }
+        self.slot_attr(obj, ty, name)
+    }
+
+    fn managed_attr(
+        &self,
+        obj: u64,
+        ty: u64,
+        flags: u64,
+        name: &str,
+    ) -> Result<Option<u64>, ObjectError> {
+        let cached_keys = || self.u64(ty + self.ol.ht_cached_keys);
+        let (dict, values) = match self.ol.managed {
+            ManagedDict::Split311 => (self.u64(obj - 24)?, self.u64(obj - 32)?),
+            ManagedDict::Tagged312 => {
+                let w = self.u64(obj - 24)?;
+                if w & 1 == 1 {
+                    (0, w + 1)
+                } else {
+                    (w, 0)
+                }
+            }
+            ManagedDict::Inline313 => {
+                let dict = self.u64(obj - 24)?;
+                let values = if dict == 0 && flags & FLAG_INLINE_VALUES != 0 {
+                    obj + self.u64(ty + TP_BASICSIZE)?
+                } else {
+                    0
+                };
+                (dict, values)
+            }
+        };
+        if dict != 0 {
+            return self.dict_get(dict, name);
+        }
+        if values != 0 {
+            let keys = cached_keys()?;
+            if keys == 0 {
+                return Ok(None);
+            }
+            let items = self.keys_items(keys, Some(values), MAX_ITEMS)?;
+            return Ok(self.find_str_key(&items, name));
+        }
+        Ok(None)
+    }
+
+    /// A `__slots__` member: a member descriptor in a type dict of the MRO.
+    fn slot_attr(&self, obj: u64, ty: u64, name: &str) -> Result<Option<u64>, ObjectError> {
+        let mro = self.u64(ty + TP_MRO)?;
+        if mro == 0 {
+            return Ok(None);
+        }
+        for t in self.tuple_items(mro, 64)? {
+            let tdict = self.u64(t + TP_DICT)?;
+            if tdict == 0 {
+                continue;
+            }
+            let Ok(Some(descr)) = self.dict_get(tdict, name) else {
+                continue;
+            };
+            if self.type_name(descr)? != "member_descriptor" {
+                return Ok(None);
+            }
+            let def = self.u64(descr + MEMBER_DESCR_MEMBER)?;
+            let off = self.u64(def + MEMBER_DEF_OFFSET)?;
+            if off == 0 || off > 1 << 20 {
+                return Err(ObjectError::Implausible(descr));
+            }
+            let v = self.u64(obj + off)?;
+            return Ok((v != 0).then_some(v));
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{BufRead, BufReader},
+        process::{Command, Stdio},
+    };
+
+    use super::*;
+    use crate::python::{self, remote::ProcessMemory};
+
+    const SCRIPT: &str = r#"
+import collections, dataclasses, enum, json, sys
+class Status(enum.IntEnum):
+    RUNNING = 5
+    PREEMPTED = 6
+@dataclasses.dataclass
+class Request:
+    request_id: str
+    num_prompt_tokens: int
+    status: Status
+    arrival_time: float
+class Slotted:
+    __slots__ = ("a", "b")
+    def __init__(self):
+        self.a = 7
+        self.b = "slot"
+class Scheduler:
+    def __init__(self):
+        self.requests = {"r1": Request("r1", 12, Status.RUNNING, 1.5),
+                         "r2": Request("r2", 40, Status.PREEMPTED, 2.25)}
+        self.running = [self.requests["r1"]]
+        self.waiting = collections.deque([self.requests["r2"]])
+        self.max_num_seqs = 256
+        self.big = -(2 ** 40 + 5)
+        self.name = "añ€"
+        self.slotted = Slotted()
+        self.pair = (1, 2)
+        self.flag = True
+        self.nothing = None
+root = Scheduler()
+touched = Request("r3", 1, Status.RUNNING, 0.0)
+touched.__dict__["extra"] = 99  # materializes a real dict
+root.touched = touched
+print(json.dumps({"root": id(root)}), flush=True)
+sys.stdin.read()
+"#;
+
+    fn interpreters() -> Vec<std::path::PathBuf> {
+        let mut v = vec![std::path::PathBuf::from("/usr/bin/python3.11")];
+        if let Ok(home) = std::env::var("HOME") {
+            for m in ["3.11.7", "3.12.1", "3.13.0"] {
+                let minor = &m[..4];
+                v.push(format!("{home}/.pyenv/versions/{m}/bin/python{minor}").into());
+            }
+        }
+        v.into_iter().filter(|p| p.exists()).collect()
+    }
+
+    #[test]
+    fn reads_live_objects_of_each_version() {
+        let pythons = interpreters();
+        if pythons.is_empty() {
+            eprintln!("SKIP: no CPython 3.11-3.13 installed");
+            return;
+        }
+        for py in pythons {
+            let mut child = Command::new(&py)
+                .args(["-c", SCRIPT])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn python");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("root line");
+            let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+            let root = v["root"].as_u64().expect("root id");
+            let pid = child.id();
+            let result = std::panic::catch_unwind(|| check(pid, root));
+            let _ = child.kill();
+            let _ = child.wait();
+            if let Err(e) = result {
+                panic!("{}: {:?}", py.display(), e.downcast_ref::<String>());
+            }
+        }
+    }
+
+    fn check(pid: u32, root: u64) {
+        let interp = match python::find(pid) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("SKIP: cannot read pid {pid}: {e}");
+                return;
+            }
+        };
+        let (maj, min) = interp.layout.version;
+        let ol = object_layout((maj, min)).expect("object layout");
+        let mem = ProcessMemory::new(pid);
+        let o = Objects::new(&mem, &interp.layout, ol);
+        let attr = |obj: u64, name: &str| {
+            o.attr(obj, name)
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .unwrap_or_else(|| panic!("no attribute {name}"))
+        };
+        assert_eq!(o.type_name(root).expect("type"), "Scheduler");
+        assert_eq!(o.int(attr(root, "max_num_seqs")).expect("int"), 256);
+        assert_eq!(o.int(attr(root, "big")).expect("int"), -(1i64 << 40) - 5);
+        assert_eq!(o.str(attr(root, "name")).expect("str"), "añ€");
+        assert_eq!(o.int(attr(root, "flag")).expect("bool"), 1);
+        assert!(o.is_none(attr(root, "nothing")).expect("none"));
+        assert!(o.attr(root, "missing").expect("lookup").is_none());
+        let pair = o.tuple_items(attr(root, "pair"), 10).expect("tuple");
+        assert_eq!(pair.len(), 2);
+        assert_eq!(o.int(pair[1]).expect("int"), 2);
+        let slotted = attr(root, "slotted");
+        assert_eq!(o.int(attr(slotted, "a")).expect("slot a"), 7);
+        assert_eq!(o.str(attr(slotted, "b")).expect("slot b"), "slot");
+        let requests = attr(root, "requests");
+        assert_eq!(o.len(requests).expect("len"), 2);
+        let r2 = o.dict_get(requests, "r2").expect("get").expect("r2");
+        assert_eq!(o.type_name(r2).expect("type"), "Request");
+        assert_eq!(o.str(attr(r2, "request_id")).expect("id"), "r2");
+        assert_eq!(o.int(attr(r2, "num_prompt_tokens")).expect("n"), 40);
+        assert_eq!(o.int(attr(r2, "status")).expect("status"), 6);
+        assert!((o.float(attr(r2, "arrival_time")).expect("float") - 2.25).abs() < 1e-12);
+        let running = o.list_items(attr(root, "running"), 10).expect("list");
+        assert_eq!(running.len(), 1);
+        assert_eq!(o.str(attr(running[0], "request_id")).expect("id"), "r1");
+        assert_eq!(o.len(attr(root, "waiting")).expect("deque len"), 1);
+        let touched = attr(root, "touched");
+        assert_eq!(
+            o.int(attr(touched, "extra")).expect("materialized dict"),
+            99
+        );
+        assert_eq!(o.str(attr(touched, "request_id")).expect("id"), "r3");
+        // Wrong types are errors, not data.
+        assert!(o.int(attr(root, "name")).is_err());
+        assert!(o.list_items(requests, 10).is_err());
+    }
+}
