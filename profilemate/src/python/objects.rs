@@ -131,12 +131,12 @@ impl<'a> Objects<'a> {
 
     /// The object's type, after sanity checks of its header.
     pub fn type_of(&self, obj: u64) -> Result<u64, ObjectError> {
-        if obj == 0 || obj % 8 != 0 {
+        if obj == 0 || !obj.is_multiple_of(8) {
             return Err(ObjectError::Implausible(obj));
         }
         let refcnt = self.u64(obj)?;
         let ty = self.u64(obj + self.layout.object_type)?;
-        if refcnt == 0 || refcnt > MAX_REFCOUNT || ty == 0 || ty % 8 != 0 {
+        if refcnt == 0 || refcnt > MAX_REFCOUNT || ty == 0 || !ty.is_multiple_of(8) {
             return Err(ObjectError::Implausible(obj));
         }
         Ok(ty)
