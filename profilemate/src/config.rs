@@ -42,6 +42,8 @@ pub struct AttachConfig {
     pub sample_hz: u64,
     /// At which CUDA calls Python stacks are walked.
     pub cuda_stacks: crate::probes::CudaStacks,
+    /// vLLM scheduler-state polls per second (0: off).
+    pub state_hz: u64,
 }
 
 impl AttachConfig {

@@ -71,6 +71,10 @@ struct AttachArgs {
     /// or none.
     #[arg(long, value_enum, default_value = "boundaries")]
     cuda_stacks: profilemate::probes::CudaStacks,
+    /// Polls per second of vLLM's scheduler state (queues, KV cache blocks), read from the
+    /// target's live objects; 0 turns it off.
+    #[arg(long, default_value_t = 10)]
+    state_hz: u64,
 }
 
 fn attach(args: AttachArgs) -> Result<()> {
@@ -100,6 +104,7 @@ fn attach(args: AttachArgs) -> Result<()> {
         quiet: args.quiet,
         sample_hz: args.sample_hz,
         cuda_stacks: args.cuda_stacks,
+        state_hz: args.state_hz.min(1000),
     };
     session::run(&cfg)?;
     Ok(())

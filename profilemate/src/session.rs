@@ -31,7 +31,10 @@ use crate::{
     },
     profilers::{self, Profiler},
     python::{self, Interpreter, PythonError},
-    vllm,
+    vllm::{
+        self,
+        state::{StatePoller, StateSnapshot},
+    },
 };
 
 /// Rescans that retry finding the interpreter of a process that is not (yet) Python.
@@ -43,10 +46,11 @@ const PYTHON_USDT: &[(&str, u16)] = &[
     ("gc__done", usdt_probe::GC_DONE),
 ];
 
-/// Interpreter changes sent from the rescan loop to the pipeline task.
+/// Interpreter changes and scheduler polls sent from the main loop to the pipeline task.
 enum PyUpdate {
     Add(Box<Interpreter>),
     Remove(u32),
+    State(StateSnapshot),
 }
 
 #[derive(Default)]
@@ -84,6 +88,7 @@ struct Targets {
     python: BTreeMap<u32, PyTrack>,
     py_tx: mpsc::Sender<PyUpdate>,
     usdt_notes: HashMap<(u64, u64), Result<Vec<UsdtProbe>, String>>,
+    pollers: BTreeMap<u32, StatePoller>,
 }
 
 impl Targets {
@@ -208,7 +213,34 @@ impl Targets {
             tested: Some(tested),
             reason: None,
         });
+        self.pollers.insert(
+            pid,
+            StatePoller::new(interp.clone(), &vllm::state::VLLM_0_33),
+        );
         let _ = self.py_tx.send(PyUpdate::Add(Box::new(interp)));
+    }
+
+    /// Reads every live process's scheduler state once.
+    fn poll_state(&mut self) {
+        let ts = monotonic_ns();
+        for (pid, poller) in &mut self.pollers {
+            if self.procs.get(pid).is_some_and(|t| t.exited_sec.is_some()) {
+                continue;
+            }
+            match poller.poll(ts) {
+                Ok(snap) => {
+                    poller.last_error = None;
+                    let _ = self.py_tx.send(PyUpdate::State(snap));
+                }
+                Err(e) => {
+                    let why = crate::probes::error_chain(&e);
+                    if poller.last_error.as_deref() != Some(why.as_str()) {
+                        log::debug!("pid {pid}: scheduler state: {why}");
+                    }
+                    poller.last_error = Some(why);
+                }
+            }
+        }
     }
 
     /// Finds new processes and libraries and attaches to them. Returns how many probes were
@@ -339,6 +371,12 @@ impl Pipeline {
             match update {
                 PyUpdate::Add(i) => python.add_interpreter(*i),
                 PyUpdate::Remove(pid) => python.remove_process(pid),
+                PyUpdate::State(snap) => {
+                    let rec = crate::correlate::Correlated::VllmState(snap);
+                    for p in profilers.iter_mut() {
+                        p.consume(&rec);
+                    }
+                }
             }
         }
         let mut emit = |rec: crate::correlate::Correlated| {
@@ -426,6 +464,7 @@ async fn run_session(
         python: BTreeMap::new(),
         py_tx,
         usdt_notes: HashMap::new(),
+        pollers: BTreeMap::new(),
     };
     targets.rescan(&mut probes);
     if targets.procs.is_empty() {
@@ -480,6 +519,11 @@ async fn run_session(
     let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
     let mut rescan_tick = tokio::time::interval(cfg.rescan_interval);
     rescan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state_period = 1_000_000_000u64
+        .checked_div(cfg.state_hz)
+        .map_or(Duration::from_secs(3600), Duration::from_nanos);
+    let mut state_tick = tokio::time::interval(state_period);
+    state_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     if !cfg.quiet {
         eprintln!(
             "profilemate: attached to {} process(es), {} probes; writing to {}; Ctrl-C to stop",
@@ -496,6 +540,7 @@ async fn run_session(
                     break Stop::TargetsExited;
                 }
             }
+            _ = state_tick.tick(), if cfg.state_hz > 0 => targets.poll_state(),
             r = &mut pipeline_task => break Stop::PipelineEnded(Box::new(r)),
             _ = sigint.recv() => break Stop::Interrupt,
             _ = sigterm.recv() => break Stop::Terminate,
@@ -571,6 +616,16 @@ async fn run_session(
                 .collect(),
             usdt: std::mem::take(&mut probes.usdt_report),
             stats: python_ctx.final_stats(),
+            vllm_state: targets
+                .pollers
+                .iter()
+                .map(|(pid, p)| crate::output::metadata::StateReport {
+                    pid: *pid,
+                    names: vllm::state::VLLM_0_33.versions,
+                    polls: p.polls,
+                    last_error: p.last_error.clone(),
+                })
+                .collect(),
         },
         program_costs: probes.program_costs(),
         losses: LossReport { kernel, records_read: drain.records, decode_errors: drain.decode_errors, correlator: stats.clone() },

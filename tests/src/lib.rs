@@ -531,9 +531,24 @@ pub struct PyTruthLine {
     /// GC generation.
     #[serde(default)]
     pub generation: i64,
-    /// Timestamp (gc).
+    /// Timestamp (gc, state).
     #[serde(default)]
     pub ts_ns: u64,
+    /// Scheduler queues (state).
+    #[serde(default)]
+    pub running: u64,
+    /// See `running`.
+    #[serde(default)]
+    pub waiting: u64,
+    /// See `running`.
+    #[serde(default)]
+    pub requests: u64,
+    /// KV cache blocks (state).
+    #[serde(default)]
+    pub free_blocks: u64,
+    /// See `free_blocks`.
+    #[serde(default)]
+    pub total_blocks: u64,
 }
 
 /// The Python fixture's ground truth file.

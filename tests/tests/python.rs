@@ -364,3 +364,83 @@ fn gpu_idle_gaps_are_attributed_to_the_python_work_that_filled_them() {
     assert!(filled >= 0.6 * total, "gap work: {attributed:?}");
     assert!(ms("model_forward") < ms("schedule"), "{attributed:?}");
 }
+
+#[test]
+fn scheduler_queues_and_kv_cache_usage_match_ground_truth() {
+    let _g = serial();
+    if !can_attach("scheduler_queues_and_kv_cache_usage_match_ground_truth") {
+        return;
+    }
+    let Some((label, python)) = pythons().into_iter().next() else {
+        eprintln!("SKIP: no CPython 3.11-3.13 found");
+        return;
+    };
+    let run = run("state", &python, 250, &["--state-hz", "50"], &[]);
+    let md = run.session.json("metadata.json");
+    let t0 = md["monotonic_start_ns"]
+        .as_u64()
+        .expect("monotonic_start_ns");
+    // (ts, running, waiting, requests, usage %) after every change, in time order.
+    let states: Vec<(u64, f64, f64, f64, f64)> = run
+        .truth
+        .iter()
+        .filter(|t| t.kind == "state")
+        .map(|t| {
+            let usage = 100.0 * (1.0 - t.free_blocks as f64 / (t.total_blocks as f64 - 1.0));
+            (
+                t.ts_ns,
+                t.running as f64,
+                t.waiting as f64,
+                t.requests as f64,
+                usage,
+            )
+        })
+        .collect();
+    assert!(states.len() > 100, "{label}: truth states");
+    let (lo, hi) = (states[0].0, states[states.len() - 1].0);
+    // A poll reads between two changes: it must equal the state before or after its time
+    // (a change in flight during the read can show either).
+    let around = |ts: u64| {
+        let i = states.partition_point(|s| s.0 <= ts);
+        let before = states.get(i.saturating_sub(1)).copied();
+        let after = states.get(i).copied();
+        [before, after]
+    };
+    let kv = run.session.csv("kv_cache_usage.csv");
+    let queues = run.session.csv("scheduler_state.csv");
+    let in_loop = |r: &HashMap<String, String>| {
+        let ts = t0 + (col(r, "timestamp_sec") * 1e9) as u64;
+        (ts > lo && ts < hi).then_some(ts)
+    };
+    let mut checked = 0;
+    for r in &kv {
+        let Some(ts) = in_loop(r) else { continue };
+        checked += 1;
+        let usage = col(r, "usage_pct");
+        assert_eq!(col(r, "total_blocks"), 64.0);
+        assert!(
+            around(ts)
+                .iter()
+                .flatten()
+                .any(|s| (s.4 - usage).abs() <= 1.0),
+            "{label}: usage {usage} at {ts} vs {:?}",
+            around(ts)
+        );
+    }
+    assert!(checked >= 50, "{label}: {checked} polls inside the loop");
+    let mut queue_checked = 0;
+    for r in &queues {
+        let Some(ts) = in_loop(r) else { continue };
+        queue_checked += 1;
+        let got = (col(r, "running"), col(r, "waiting"), col(r, "requests"));
+        assert!(
+            around(ts).iter().flatten().any(|s| (s.1, s.2, s.3) == got),
+            "{label}: queues {got:?} at {ts} vs {:?}",
+            around(ts)
+        );
+    }
+    assert_eq!(queue_checked, checked);
+    let summary = std::fs::read_to_string(run.session.dir.join("kv_cache_summary.txt"))
+        .expect("kv_cache_summary.txt");
+    assert!(summary.contains("64 blocks"), "{summary}");
+}

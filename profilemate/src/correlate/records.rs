@@ -164,6 +164,8 @@ pub enum Correlated {
     PyStack(Box<PyStack>),
     /// A GC pause.
     GcPause(GcPause),
+    /// A poll of vLLM's scheduler state (side channel: live objects of the target).
+    VllmState(crate::vllm::state::StateSnapshot),
 }
 
 /// One symbolized Python frame.

@@ -42,6 +42,21 @@ pub struct PythonReport {
     pub usdt: Vec<UsdtReport>,
     /// Walk and symbolization counters.
     pub stats: PythonStats,
+    /// Scheduler-state polls per process.
+    pub vllm_state: Vec<StateReport>,
+}
+
+/// Reads of one process's vLLM scheduler state.
+#[derive(Debug, Serialize)]
+pub struct StateReport {
+    /// Process.
+    pub pid: u32,
+    /// The vLLM name table used.
+    pub names: &'static str,
+    /// Successful polls.
+    pub polls: u64,
+    /// Why the last poll found nothing (None: it succeeded).
+    pub last_error: Option<String>,
 }
 
 /// A target process as seen during the session.

@@ -154,7 +154,8 @@ impl Profiler for CudaGraphs {
             Correlated::Call(_)
             | Correlated::Step(_)
             | Correlated::PyStack(_)
-            | Correlated::GcPause(_) => {}
+            | Correlated::GcPause(_)
+            | Correlated::VllmState(_) => {}
         }
     }
 

@@ -6,6 +6,7 @@ pub mod cuda_api;
 pub mod cuda_graphs;
 pub mod forward_pass;
 pub mod gc_pauses;
+pub mod kv_cache;
 
 use crate::{
     correlate::Correlated,
@@ -34,5 +35,6 @@ pub fn default_set(
         Box::new(cuda_api::CudaApi::default()),
         Box::new(cpu_attribution::CpuAttribution::new(dir, time, sample_hz)?),
         Box::new(gc_pauses::GcPauses::new(dir, time)?),
+        Box::new(kv_cache::KvCache::new(dir, time)?),
     ])
 }

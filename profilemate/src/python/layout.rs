@@ -56,6 +56,8 @@ pub struct PyLayout {
     pub frame_instr: u64,
     /// `_PyInterpreterFrame.owner`.
     pub frame_owner: u64,
+    /// `_PyInterpreterFrame.localsplus`: the frame's locals (`self` first in methods).
+    pub frame_localsplus: u64,
     /// Frames with an owner value at least this are not Python frames (3.12+: C-stack
     /// shims; 3.14: also interpreter-owned entry frames).
     pub owner_skip_min: Option<u8>,
@@ -115,6 +117,7 @@ pub const PY311: PyLayout = PyLayout {
     frame_previous: 48,
     frame_instr: 56,
     frame_owner: 69,
+    frame_localsplus: 72,
     owner_skip_min: None,
     code_pointer_mask: u64::MAX,
     object_type: OBJECT_TYPE,
@@ -151,6 +154,7 @@ pub const PY312: PyLayout = PyLayout {
     frame_previous: 8,
     frame_instr: 56,
     frame_owner: 70,
+    frame_localsplus: 72,
     owner_skip_min: Some(3),
     code_pointer_mask: u64::MAX,
     object_type: OBJECT_TYPE,
@@ -200,6 +204,7 @@ struct DebugFieldPositions {
     frame_previous: usize,
     frame_executable: usize,
     frame_instr_ptr: usize,
+    frame_localsplus: usize,
     frame_owner: usize,
     code_filename: usize,
     code_name: usize,
@@ -234,6 +239,7 @@ const DEBUG_313: DebugFieldPositions = DebugFieldPositions {
     frame_previous: 232,
     frame_executable: 240,
     frame_instr_ptr: 248,
+    frame_localsplus: 256,
     frame_owner: 264,
     code_filename: 280,
     code_name: 288,
@@ -268,6 +274,7 @@ const DEBUG_314: DebugFieldPositions = DebugFieldPositions {
     frame_previous: 256,
     frame_executable: 264,
     frame_instr_ptr: 272,
+    frame_localsplus: 280,
     frame_owner: 288,
     code_filename: 320,
     code_name: 328,
@@ -374,6 +381,7 @@ fn from_debug_offsets(pos: &DebugFieldPositions, raw: &[u8]) -> Result<PyLayout,
         frame_previous: off(pos.frame_previous)?,
         frame_instr: off(pos.frame_instr_ptr)?,
         frame_owner: off(pos.frame_owner)?,
+        frame_localsplus: off(pos.frame_localsplus)?,
         owner_skip_min: Some(3),
         code_pointer_mask: !pos.executable_tag_bits,
         object_type: off(pos.object_type)?,
@@ -413,6 +421,7 @@ mod tests {
         put(232, 8);
         put(240, 0);
         put(248, 56);
+        put(256, 72);
         put(264, 70);
         put(280, 112);
         put(288, 120);

@@ -144,6 +144,75 @@ impl Interpreter {
     }
 }
 
+/// A frame read from userspace: its code object and its first local (`self` in methods).
+#[derive(Debug, Clone)]
+pub struct LiveFrame {
+    /// Thread state the frame belongs to.
+    pub tstate: u64,
+    /// The code object's names.
+    pub code: std::sync::Arc<code::CodeInfo>,
+    /// `localsplus[0]` (0 when unset).
+    pub first_local: u64,
+}
+
+/// Frames read per thread at most.
+const MAX_LIVE_FRAMES: usize = 256;
+
+impl Interpreter {
+    /// Every Python thread's current frames, innermost first, read now from userspace
+    /// (frames change while they are read: a torn chain simply ends early). Used to find
+    /// long-lived objects (`self` of a busy loop), not for timing.
+    pub fn live_frames(
+        &self,
+        mem: &dyn RemoteMemory,
+        codes: &mut code::CodeCache,
+    ) -> Vec<LiveFrame> {
+        let l = &self.layout;
+        let mut out = Vec::new();
+        let Ok(mut tstate) = mem.read_u64(self.main_interp + l.interp_threads_head) else {
+            return out;
+        };
+        let mut threads = 0;
+        while tstate != 0 && threads < MAX_THREADS_CHECKED {
+            threads += 1;
+            let mut frame = mem.read_u64(tstate + l.tstate_frame).unwrap_or(0);
+            if let Some(cf) = l.cframe_current_frame {
+                frame = if frame == 0 {
+                    0
+                } else {
+                    mem.read_u64(frame + cf).unwrap_or(0)
+                };
+            }
+            for _ in 0..MAX_LIVE_FRAMES {
+                if frame == 0 {
+                    break;
+                }
+                let owner = mem.read_u32(frame + l.frame_owner).map_or(0, |w| w as u8);
+                let code = mem.read_u64(frame + l.frame_code).unwrap_or(0) & l.code_pointer_mask;
+                if code != 0 && l.owner_skip_min.is_none_or(|min| owner < min) {
+                    let first_line = mem.read_i32(code + l.code_first_line).unwrap_or(-1);
+                    if let Ok(info) = codes.get(mem, l, self.code_type_addr, code, first_line) {
+                        let first_local = mem
+                            .read_u64(frame + l.frame_localsplus)
+                            .map_or(0, |v| v & l.code_pointer_mask);
+                        out.push(LiveFrame {
+                            tstate,
+                            code: info,
+                            first_local,
+                        });
+                    }
+                }
+                match mem.read_u64(frame + l.frame_previous) {
+                    Ok(p) => frame = p,
+                    Err(_) => break,
+                }
+            }
+            tstate = mem.read_u64(tstate + l.tstate_next).unwrap_or(0);
+        }
+        out
+    }
+}
+
 /// A mapped ELF file that may hold the interpreter.
 struct Candidate {
     path: String,

@@ -5,3 +5,4 @@
 //! matches, and the session reports when no vLLM function was seen at all.
 
 pub mod ops;
+pub mod state;
