@@ -213,8 +213,8 @@ pub struct Probes {
     usdt_links: Vec<usdt::UsdtLink>,
     /// (file id, probe name) -> spec slot.
     usdt_slots: HashMap<((u64, u64), String), u32>,
-    /// pid -> the thread ids it has in `PY_THREADS`.
-    py_threads: HashMap<u32, Vec<u32>>,
+    /// pid -> its entries in `PY_THREADS`.
+    py_threads: HashMap<u32, Vec<(u32, PyThreadRef)>>,
     /// What was attached and what failed.
     pub report: ProbeReport,
     /// USDT probes per process.
@@ -270,48 +270,27 @@ impl Probes {
     /// Fills `CUDA_STACKS` for `policy`.
     pub fn set_cuda_stacks(&mut self, policy: CudaStacks) -> Result<(), ProbeError> {
         let driver_twins = self.driver_twins;
-        let map = self
-            .ebpf
-            .map_mut(CUDA_STACKS_MAP)
-            .ok_or(ProbeError::Missing(CUDA_STACKS_MAP))?;
-        let mut arr: Array<&mut MapData, u32> =
-            Array::try_from(map).map_err(|source| ProbeError::Map {
-                name: CUDA_STACKS_MAP,
-                source,
-            })?;
+        let mut arr: Array<&mut MapData, u32> = typed_map(&mut self.ebpf, CUDA_STACKS_MAP)?;
         for api in ApiId::all().iter().copied() {
             arr.set(api as u32, policy.mode(api, driver_twins), 0)
-                .map_err(|source| ProbeError::Map {
-                    name: CUDA_STACKS_MAP,
-                    source,
-                })?;
+                .map_err(map_error(CUDA_STACKS_MAP))?;
         }
         Ok(())
     }
 
     /// Lets the walker read `pid`'s Python stacks with `cfg`.
     pub fn set_python(&mut self, pid: u32, cfg: PyProcConfig) -> Result<(), ProbeError> {
-        let map = self
-            .ebpf
-            .map_mut(PY_PROCS_MAP)
-            .ok_or(ProbeError::Missing(PY_PROCS_MAP))?;
-        let mut procs: BpfHashMap<&mut MapData, u32, PyProcConfig> = BpfHashMap::try_from(map)
-            .map_err(|source| ProbeError::Map {
-                name: PY_PROCS_MAP,
-                source,
-            })?;
-        procs.insert(pid, cfg, 0).map_err(|source| ProbeError::Map {
-            name: PY_PROCS_MAP,
-            source,
-        })
+        let mut procs: BpfHashMap<&mut MapData, u32, PyProcConfig> =
+            typed_map(&mut self.ebpf, PY_PROCS_MAP)?;
+        procs.insert(pid, cfg, 0).map_err(map_error(PY_PROCS_MAP))
     }
 
     /// Stops walking an exited `pid` (its address space is gone; the pid may be reused).
     pub fn remove_python(&mut self, pid: u32) {
-        if let Some(map) = self.ebpf.map_mut(PY_PROCS_MAP) {
-            if let Ok(mut procs) = BpfHashMap::<&mut MapData, u32, PyProcConfig>::try_from(map) {
-                let _ = procs.remove(&pid);
-            }
+        if let Ok(mut procs) =
+            typed_map::<BpfHashMap<&mut MapData, u32, PyProcConfig>>(&mut self.ebpf, PY_PROCS_MAP)
+        {
+            let _ = procs.remove(&pid);
         }
         let _ = self.set_python_threads(pid, &[]);
     }
@@ -322,31 +301,21 @@ impl Probes {
         pid: u32,
         threads: &[(u32, PyThreadRef)],
     ) -> Result<(), ProbeError> {
-        let map = self
-            .ebpf
-            .map_mut(PY_THREADS_MAP)
-            .ok_or(ProbeError::Missing(PY_THREADS_MAP))?;
-        let mut table: BpfHashMap<&mut MapData, u32, PyThreadRef> = BpfHashMap::try_from(map)
-            .map_err(|source| ProbeError::Map {
-                name: PY_THREADS_MAP,
-                source,
-            })?;
+        let mut table: BpfHashMap<&mut MapData, u32, PyThreadRef> =
+            typed_map(&mut self.ebpf, PY_THREADS_MAP)?;
         let old = self.py_threads.remove(&pid).unwrap_or_default();
-        for tid in &old {
+        for (tid, _) in &old {
             if !threads.iter().any(|(t, _)| t == tid) {
                 let _ = table.remove(tid);
             }
         }
-        let mut now = Vec::with_capacity(threads.len());
-        for (tid, r) in threads {
+        // Rescans repeat the same list: write only new or changed entries.
+        for entry in threads.iter().filter(|e| !old.contains(e)) {
             table
-                .insert(*tid, *r, 0)
-                .map_err(|source| ProbeError::Map {
-                    name: PY_THREADS_MAP,
-                    source,
-                })?;
-            now.push(*tid);
+                .insert(entry.0, entry.1, 0)
+                .map_err(map_error(PY_THREADS_MAP))?;
         }
+        let now = threads.to_vec();
         self.py_threads.insert(pid, now);
         Ok(())
     }
@@ -424,12 +393,8 @@ impl Probes {
                 if slot >= USDT_SPEC_SLOTS {
                     return Err("too many distinct USDT probes".to_owned());
                 }
-                let map = self
-                    .ebpf
-                    .map_mut(USDT_SPECS_MAP)
-                    .ok_or_else(|| format!("missing map {USDT_SPECS_MAP}"))?;
                 let mut specs: Array<&mut MapData, UsdtSpec> =
-                    Array::try_from(map).map_err(|e| error_chain(&e))?;
+                    typed_map(&mut self.ebpf, USDT_SPECS_MAP).map_err(|e| error_chain(&e))?;
                 specs
                     .set(slot, probe.spec(probe_id), 0)
                     .map_err(|e| error_chain(&e))?;
@@ -462,36 +427,23 @@ impl Probes {
             .ebpf
             .take_map(EVENTS_MAP)
             .ok_or(ProbeError::Missing(EVENTS_MAP))?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
-            name: EVENTS_MAP,
-            source,
-        })
+        RingBuf::try_from(map).map_err(map_error(EVENTS_MAP))
     }
 
     /// Adds `pid` to the in-kernel target filter.
     pub fn add_target(&mut self, pid: u32) -> Result<(), ProbeError> {
-        let map = self
-            .ebpf
-            .map_mut(TARGETS_MAP)
-            .ok_or(ProbeError::Missing(TARGETS_MAP))?;
         let mut targets: BpfHashMap<&mut MapData, u32, u32> =
-            BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
-                name: TARGETS_MAP,
-                source,
-            })?;
-        targets.insert(pid, 1, 0).map_err(|source| ProbeError::Map {
-            name: TARGETS_MAP,
-            source,
-        })
+            typed_map(&mut self.ebpf, TARGETS_MAP)?;
+        targets.insert(pid, 1, 0).map_err(map_error(TARGETS_MAP))
     }
 
     /// Removes an exited `pid` from the in-kernel filter (the map is bounded; pids are reused).
     pub fn remove_target(&mut self, pid: u32) {
-        if let Some(map) = self.ebpf.map_mut(TARGETS_MAP) {
-            if let Ok(mut targets) = BpfHashMap::<&mut MapData, u32, u32>::try_from(map) {
-                // Already absent is fine.
-                let _ = targets.remove(&pid);
-            }
+        if let Ok(mut targets) =
+            typed_map::<BpfHashMap<&mut MapData, u32, u32>>(&mut self.ebpf, TARGETS_MAP)
+        {
+            // Already absent is fine.
+            let _ = targets.remove(&pid);
         }
     }
 
@@ -539,15 +491,9 @@ impl Probes {
             .map(COUNTERS_MAP)
             .ok_or(ProbeError::Missing(COUNTERS_MAP))?;
         let arr: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
-                name: COUNTERS_MAP,
-                source,
-            })?;
+            PerCpuArray::try_from(map).map_err(map_error(COUNTERS_MAP))?;
         let sum = |slot: u32| -> Result<u64, ProbeError> {
-            let values = arr.get(&slot, 0).map_err(|source| ProbeError::Map {
-                name: COUNTERS_MAP,
-                source,
-            })?;
+            let values = arr.get(&slot, 0).map_err(map_error(COUNTERS_MAP))?;
             Ok(values.iter().copied().sum())
         };
         Ok(KernelCounters {
@@ -719,6 +665,20 @@ impl Probes {
             }
         }
     }
+}
+
+/// Map `name` of the loaded object, as the map type `M`.
+fn typed_map<'a, M>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<M, ProbeError>
+where
+    M: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.map_mut(name).ok_or(ProbeError::Missing(name))?;
+    M::try_from(map).map_err(map_error(name))
+}
+
+/// Wraps a map operation's failure with the map's name.
+fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
+    move |source| ProbeError::Map { name, source }
 }
 
 /// The error and its sources on one line.
