@@ -59,6 +59,9 @@ const MEMBER_DEF_OFFSET: u64 = 16;
 const FLAG_MANAGED_DICT: u64 = 1 << 4;
 const FLAG_INLINE_VALUES: u64 = 1 << 2;
 const FLAG_LONG_SUBCLASS: u64 = 1 << 24;
+const FLAG_LIST_SUBCLASS: u64 = 1 << 25;
+const FLAG_TUPLE_SUBCLASS: u64 = 1 << 26;
+const FLAG_DICT_SUBCLASS: u64 = 1 << 29;
 
 /// The object layout of `version`, if ProfileMate reads that version's objects.
 #[must_use]
@@ -172,15 +175,21 @@ impl<'a> Objects<'a> {
         }
     }
 
+    /// Checks that `obj`'s type carries the subclass flag `flag` (the object is an
+    /// `expected`, or a subclass of one).
+    fn expect_flag(&self, obj: u64, flag: u64, expected: &'static str) -> Result<(), ObjectError> {
+        if self.type_flags(self.type_of(obj)?)? & flag != 0 {
+            return Ok(());
+        }
+        Err(ObjectError::WrongType {
+            expected,
+            found: self.type_name(obj)?,
+        })
+    }
+
     /// An int (or bool, or IntEnum member: any int subclass) that fits 64 bits.
     pub fn int(&self, obj: u64) -> Result<i64, ObjectError> {
-        let ty = self.type_of(obj)?;
-        if self.type_flags(ty)? & FLAG_LONG_SUBCLASS == 0 {
-            return Err(ObjectError::WrongType {
-                expected: "int",
-                found: self.type_name(obj)?,
-            });
-        }
+        self.expect_flag(obj, FLAG_LONG_SUBCLASS, "int")?;
         let head = self.u64(obj + OB_SIZE)?;
         let (ndigits, negative) = if self.ol.long_tagged {
             (head >> 3, head & 3 == 2)
@@ -219,10 +228,7 @@ impl<'a> Objects<'a> {
 
     /// Length of a list, tuple or deque (`ob_size`), or a dict (`ma_used`).
     pub fn len(&self, obj: u64) -> Result<u64, ObjectError> {
-        let name = self.type_name(obj)?;
-        let ty = self.type_of(obj)?;
-        let flags = self.type_flags(ty)?;
-        let is_dict = name == "dict" || flags & (1 << 29) != 0;
+        let is_dict = self.type_flags(self.type_of(obj)?)? & FLAG_DICT_SUBCLASS != 0;
         let n = self.u64(obj + if is_dict { DICT_USED } else { OB_SIZE })?;
         if n as usize > MAX_ITEMS * 100 {
             return Err(ObjectError::Implausible(obj));
@@ -242,13 +248,7 @@ impl<'a> Objects<'a> {
 
     /// Items of a list (or list subclass), at most `max`.
     pub fn list_items(&self, obj: u64, max: usize) -> Result<Vec<u64>, ObjectError> {
-        let ty = self.type_of(obj)?;
-        if self.type_flags(ty)? & (1 << 25) == 0 {
-            return Err(ObjectError::WrongType {
-                expected: "list",
-                found: self.type_name(obj)?,
-            });
-        }
+        self.expect_flag(obj, FLAG_LIST_SUBCLASS, "list")?;
         let n = self.u64(obj + OB_SIZE)?;
         let array = self.u64(obj + ITEMS)?;
         if n > 0 && array == 0 {
@@ -259,13 +259,7 @@ impl<'a> Objects<'a> {
 
     /// Items of a tuple (or tuple subclass), at most `max`.
     pub fn tuple_items(&self, obj: u64, max: usize) -> Result<Vec<u64>, ObjectError> {
-        let ty = self.type_of(obj)?;
-        if self.type_flags(ty)? & (1 << 26) == 0 {
-            return Err(ObjectError::WrongType {
-                expected: "tuple",
-                found: self.type_name(obj)?,
-            });
-        }
+        self.expect_flag(obj, FLAG_TUPLE_SUBCLASS, "tuple")?;
         let n = self.u64(obj + OB_SIZE)?;
         self.items(obj + ITEMS, n, max)
     }
@@ -318,13 +312,7 @@ impl<'a> Objects<'a> {
 
     /// (key, value) pairs of a dict, at most `max`.
     pub fn dict_items(&self, obj: u64, max: usize) -> Result<Vec<(u64, u64)>, ObjectError> {
-        let ty = self.type_of(obj)?;
-        if self.type_flags(ty)? & (1 << 29) == 0 {
-            return Err(ObjectError::WrongType {
-                expected: "dict",
-                found: self.type_name(obj)?,
-            });
-        }
+        self.expect_flag(obj, FLAG_DICT_SUBCLASS, "dict")?;
         let keys = self.u64(obj + DICT_KEYS)?;
         let values = self.u64(obj + DICT_VALUES)?;
         self.keys_items(keys, (values != 0).then_some(values), max)
