@@ -174,6 +174,14 @@ pub fn process_tree(root: u32, children: bool) -> Vec<u32> {
     out
 }
 
+/// A path the target sees, reached from here through its root (`/proc/PID/root`), so a
+/// file inside the target's container is the one it really mapped.
+#[must_use]
+pub fn host_path(pid: u32, path: &Path) -> PathBuf {
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    PathBuf::from(format!("/proc/{pid}/root")).join(relative)
+}
+
 /// The CUDA libraries mapped in `pid`, one entry per file.
 pub fn cuda_libraries(pid: u32) -> Result<Vec<MappedLibrary>, DiscoveryError> {
     let p = procfs::process::Process::new(pid as i32).map_err(|source| DiscoveryError::Proc {
@@ -204,10 +212,9 @@ pub fn cuda_libraries(pid: u32) -> Result<Vec<MappedLibrary>, DiscoveryError> {
         if out.iter().any(|l| l.inode == m.inode && l.dev == dev) {
             continue;
         }
-        let relative = path.strip_prefix("/").unwrap_or(path);
         out.push(MappedLibrary {
             path: path_str.to_owned(),
-            host_path: PathBuf::from(format!("/proc/{pid}/root")).join(relative),
+            host_path: host_path(pid, path),
             dev,
             inode: m.inode,
             library,

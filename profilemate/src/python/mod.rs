@@ -248,8 +248,7 @@ fn candidates(pid: u32) -> Result<Vec<Candidate>, PythonError> {
         if out.iter().any(|c| c.path == path_str) {
             continue;
         }
-        let relative = path.strip_prefix("/").unwrap_or(path);
-        let host_path = PathBuf::from(format!("/proc/{pid}/root")).join(relative);
+        let host_path = crate::discovery::host_path(pid, path);
         let file_id = std::fs::metadata(&host_path).map_or((0, 0), |md| (md.dev(), md.ino()));
         out.push(Candidate {
             path: path_str.to_owned(),
