@@ -588,7 +588,7 @@ async fn run_session(
     }
     let steps = count_rows(dir, "forward_pass_timing.csv");
     let stats = correlator.stats.clone();
-    let metadata = Metadata {
+    let mut metadata = Metadata {
         tracer: "profilemate",
         tracer_version: crate::VERSION,
         kernel: preflight::kernel_release(),
@@ -633,7 +633,6 @@ async fn run_session(
             "phase is `unknown`: prefill/decode classification needs the vLLM scheduler state (not read by this version)".to_owned(),
         ],
     };
-    let mut metadata = metadata;
     let gc_attached = metadata.python.usdt.iter().any(|u| u.status == "attached");
     if gc_attached && metadata.python.stats.gc_pauses == 0 {
         metadata.notes.push(

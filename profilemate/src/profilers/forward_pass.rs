@@ -134,12 +134,13 @@ pub struct ForwardPass {
     all: Stats,
     by_phase: BTreeMap<&'static str, Stats>,
     by_pid: BTreeMap<u32, Stats>,
-    /// (pid, tid) -> recent CUDA-call stacks, oldest first.
-    stacks: HashMap<(u32, u32), VecDeque<(u64, LaunchContext)>>,
+    /// (pid, tid) -> recent CUDA-call stacks, oldest first (formatted only for the step
+    /// rows that use them).
+    stacks: HashMap<(u32, u32), VecDeque<PyStack>>,
 }
 
 /// What a step row says about the Python code that launched it.
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct LaunchContext {
     launched_by: String,
     launch_stack: String,
@@ -194,12 +195,12 @@ impl ForwardPass {
             return LaunchContext::default();
         };
         q.iter()
-            .find(|(ts, _)| *ts == s.start_ns)
+            .find(|st| st.ts_ns == s.start_ns)
             .or_else(|| {
                 q.iter()
-                    .find(|(ts, _)| *ts >= s.start_ns && *ts <= s.launch_end_ns)
+                    .find(|st| st.ts_ns >= s.start_ns && st.ts_ns <= s.launch_end_ns)
             })
-            .map(|(_, c)| c.clone())
+            .map(LaunchContext::of)
             .unwrap_or_default()
     }
 }
@@ -212,7 +213,7 @@ impl Profiler for ForwardPass {
                 if q.len() >= STACKS_PER_THREAD {
                     q.pop_front();
                 }
-                q.push_back((st.ts_ns, LaunchContext::of(st)));
+                q.push_back(PyStack::clone(st));
                 return;
             }
             Correlated::Step(s) => s,
