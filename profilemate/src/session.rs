@@ -623,6 +623,7 @@ async fn run_session(
                     pid: *pid,
                     names: vllm::state::VLLM_0_33.versions,
                     polls: p.polls,
+                    torn_polls: p.torn,
                     last_error: p.last_error.clone(),
                 })
                 .collect(),

@@ -55,6 +55,8 @@ pub struct StateReport {
     pub names: &'static str,
     /// Successful polls.
     pub polls: u64,
+    /// Polls dropped because the state changed while being read.
+    pub torn_polls: u64,
     /// Why the last poll found nothing (None: it succeeded).
     pub last_error: Option<String>,
 }

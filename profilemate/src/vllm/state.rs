@@ -111,6 +111,9 @@ pub enum StateError {
     /// A read failed.
     #[error(transparent)]
     Object(#[from] ObjectError),
+    /// The state changed during every read attempt (dropped, counted).
+    #[error("the scheduler state changed while it was read; poll dropped")]
+    Torn,
 }
 
 /// Polls one process's scheduler.
@@ -124,6 +127,8 @@ pub struct StatePoller {
     pub last_error: Option<String>,
     /// Polls that returned a snapshot.
     pub polls: u64,
+    /// Polls dropped because the state kept changing while it was read.
+    pub torn: u64,
 }
 
 impl StatePoller {
@@ -138,6 +143,7 @@ impl StatePoller {
             scheduler: None,
             last_error: None,
             polls: 0,
+            torn: 0,
         }
     }
 
@@ -187,36 +193,59 @@ impl StatePoller {
                 s
             }
         };
-        let n = self.names;
-        let len_of = |name: &'static str| -> Result<Option<u64>, StateError> {
-            match o.attr(scheduler, name)? {
-                Some(v) => Ok(Some(o.len(v)?)),
-                None => Err(StateError::MissingName(name, "scheduler")),
+        // The fields are read one after another while the target keeps changing them: a
+        // snapshot counts only when two consecutive reads agree (nothing changed across
+        // both); otherwise it is retried, and after that dropped and counted as torn.
+        let mut previous = read_once(&o, self.names, scheduler)?;
+        for _ in 0..MAX_READ_ATTEMPTS {
+            let again = read_once(&o, self.names, scheduler)?;
+            if again == previous {
+                self.polls += 1;
+                return Ok(StateSnapshot {
+                    pid: self.interp.pid,
+                    ts_ns,
+                    ..again
+                });
             }
-        };
-        let running = len_of(n.running)?;
-        let waiting = len_of(n.waiting)?;
-        let requests = len_of(n.requests)?;
-        let get = |obj: u64, name: &'static str, what: &'static str| -> Result<u64, StateError> {
-            o.attr(obj, name)?
-                .ok_or(StateError::MissingName(name, what))
-        };
-        let kvm = get(scheduler, n.kv_cache_manager, "scheduler")?;
-        let pool = get(kvm, n.block_pool, "KV cache manager")?;
-        let total = o.int(get(pool, n.num_gpu_blocks, "block pool")?)?;
-        let queue = get(pool, n.free_block_queue, "block pool")?;
-        let free = o.int(get(queue, n.num_free_blocks, "free block queue")?)?;
-        self.polls += 1;
-        Ok(StateSnapshot {
-            pid: self.interp.pid,
-            ts_ns,
-            running,
-            waiting,
-            requests,
-            total_blocks: u64::try_from(total).ok(),
-            free_blocks: u64::try_from(free).ok(),
-        })
+            previous = again;
+        }
+        self.torn += 1;
+        Err(StateError::Torn)
     }
+}
+
+/// Reads to try before a snapshot whose fields keep changing is dropped as torn.
+const MAX_READ_ATTEMPTS: usize = 4;
+
+/// One pass over the scheduler's fields (pid and time left 0).
+fn read_once(o: &Objects<'_>, n: &StateNames, scheduler: u64) -> Result<StateSnapshot, StateError> {
+    let len_of = |name: &'static str| -> Result<Option<u64>, StateError> {
+        match o.attr(scheduler, name)? {
+            Some(v) => Ok(Some(o.len(v)?)),
+            None => Err(StateError::MissingName(name, "scheduler")),
+        }
+    };
+    let get = |obj: u64, name: &'static str, what: &'static str| -> Result<u64, StateError> {
+        o.attr(obj, name)?
+            .ok_or(StateError::MissingName(name, what))
+    };
+    let running = len_of(n.running)?;
+    let waiting = len_of(n.waiting)?;
+    let requests = len_of(n.requests)?;
+    let kvm = get(scheduler, n.kv_cache_manager, "scheduler")?;
+    let pool = get(kvm, n.block_pool, "KV cache manager")?;
+    let total = o.int(get(pool, n.num_gpu_blocks, "block pool")?)?;
+    let queue = get(pool, n.free_block_queue, "block pool")?;
+    let free = o.int(get(queue, n.num_free_blocks, "free block queue")?)?;
+    Ok(StateSnapshot {
+        pid: 0,
+        ts_ns: 0,
+        running,
+        waiting,
+        requests,
+        total_blocks: u64::try_from(total).ok(),
+        free_blocks: u64::try_from(free).ok(),
+    })
 }
 
 #[cfg(test)]
