@@ -85,7 +85,13 @@ pub struct PyProcConfig {
     /// interpreter-owned entry frames, 3.12+) and are skipped; 0xff when none exist.
     pub owner_skip_min: u8,
     /// Explicit padding.
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// `_PyInterpreterFrame.localsplus[1]`: a method's first argument after `self`, kept
+    /// per frame so that userspace can read the object a vLLM method was called with
+    /// (the `SchedulerOutput` of `execute_model`, the descriptor of `run_fullgraph`).
+    pub frame_arg1: u16,
+    /// Explicit padding.
+    pub _pad2: u16,
     /// Mask applied to the code pointer (3.14 tags `f_executable` stack references).
     pub code_pointer_mask: u64,
 }
@@ -114,6 +120,9 @@ pub struct PyFrame {
     pub instr_offset: u32,
     /// `co_firstlineno` read from the code object (identity check for the symbol cache).
     pub first_line: i32,
+    /// `localsplus[1]` at walk time (masked like the code pointer; 0 when unread): the
+    /// frame's second argument, captured atomically with the stack.
+    pub arg1: u64,
 }
 
 /// A walked Python stack; frames innermost first. Fixed size (the ring buffer reserves
@@ -145,7 +154,7 @@ pub struct PyStackRecord {
     pub frames: [PyFrame; MAX_PY_FRAMES],
 }
 
-const _: () = assert!(core::mem::size_of::<PyStackRecord>() == 32 + 16 * MAX_PY_FRAMES);
+const _: () = assert!(core::mem::size_of::<PyStackRecord>() == 32 + 24 * MAX_PY_FRAMES);
 
 impl Default for PyStackRecord {
     fn default() -> Self {

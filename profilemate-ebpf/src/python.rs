@@ -23,9 +23,12 @@ use aya_ebpf::{helpers::bpf_probe_read_user_buf, macros::map, maps::PerCpuArray}
 
 use crate::maps::{count, submit_flags, target_ids, EVENTS, PY_PROCS, PY_THREADS};
 
-/// Bytes of a frame copied per step: every field the walker reads lies in the first 80, and
-/// `_PyInterpreterFrame` is at least that long in every supported version.
+/// Bytes of a frame copied per step: every header field the walker reads lies in the first
+/// 80, and `_PyInterpreterFrame` is at least that long in every supported version.
 const FRAME_BYTES: usize = 80;
+/// Bytes copied when the frame's `localsplus[1]` is wanted too (it ends by byte 96 in every
+/// supported version; userspace sends `NO_OFFSET` otherwise).
+const FRAME_BYTES_WITH_ARG: usize = 96;
 /// Words of the copy buffer: a power of two, so a masked index always stays inside it (the
 /// verifier accepts variable offsets into a map value only when it can bound them).
 const FRAME_COPY_WORDS: usize = 16;
@@ -130,16 +133,15 @@ fn walk_frames(cfg: &PyProcConfig, tstate: u64, rec: *mut PyStackRecord) -> (u32
         if frame == 0 {
             return (i as u32, 0);
         }
-        // One read per frame into the per-CPU copy, then fields by offset.
-        // SAFETY: the destination is the per-CPU buffer (FRAME_BYTES <= its size); the
-        // source is target memory read through the fault-tolerant helper.
-        let read = unsafe {
-            bpf_probe_read_user_buf(
-                frame as *const u8,
-                core::slice::from_raw_parts_mut(copy.cast::<u8>(), FRAME_BYTES),
-            )
-        };
-        if read.is_err() {
+        // One read per frame into the per-CPU copy, then fields by offset. The copy that
+        // includes the first arguments can run past the end of a frame at the very end of
+        // its stack chunk: then the header alone is copied and the argument left unread.
+        let mut arg1 = 0;
+        if read_frame(frame, copy, FRAME_BYTES_WITH_ARG) {
+            if (cfg.frame_arg1 as usize) < FRAME_BYTES_WITH_ARG {
+                arg1 = field(copy, cfg.frame_arg1) & cfg.code_pointer_mask;
+            }
+        } else if !read_frame(frame, copy, FRAME_BYTES) {
             return (i as u32, stack_flags::READ_FAILED);
         }
         let previous = field(copy, cfg.frame_previous);
@@ -158,6 +160,7 @@ fn walk_frames(cfg: &PyProcConfig, tstate: u64, rec: *mut PyStackRecord) -> (u32
                 code,
                 instr_offset,
                 first_line,
+                arg1,
             };
         }
         frame = previous;
@@ -168,6 +171,20 @@ fn walk_frames(cfg: &PyProcConfig, tstate: u64, rec: *mut PyStackRecord) -> (u32
         0
     };
     (MAX_PY_FRAMES as u32, flags)
+}
+
+/// Copies `len` bytes of the frame at `frame` into the per-CPU buffer; false on a fault.
+#[inline(always)]
+fn read_frame(frame: u64, copy: *mut [u64; FRAME_COPY_WORDS], len: usize) -> bool {
+    // SAFETY: the destination is the per-CPU buffer (`len` <= its size); the source is
+    // target memory read through the fault-tolerant helper.
+    unsafe {
+        bpf_probe_read_user_buf(
+            frame as *const u8,
+            core::slice::from_raw_parts_mut(copy.cast::<u8>(), len),
+        )
+    }
+    .is_ok()
 }
 
 /// Perf sampling tick (cpu-clock, one event per CPU): walks the stack of the interrupted

@@ -33,7 +33,8 @@ use crate::{
     python::{self, Interpreter, PythonError},
     vllm::{
         self,
-        state::{StatePoller, StateSnapshot},
+        batch::BatchReader,
+        state::{RequestPoll, StatePoller, StateSnapshot},
     },
 };
 
@@ -51,6 +52,7 @@ enum PyUpdate {
     Add(Box<Interpreter>),
     Remove(u32),
     State(StateSnapshot),
+    Requests(Box<RequestPoll>),
 }
 
 #[derive(Default)]
@@ -227,10 +229,13 @@ impl Targets {
             if self.procs.get(pid).is_some_and(|t| t.exited_sec.is_some()) {
                 continue;
             }
-            match poller.poll(ts) {
-                Ok(snap) => {
+            match poller.poll(ts, true) {
+                Ok((snap, requests)) => {
                     poller.last_error = None;
                     let _ = self.py_tx.send(PyUpdate::State(snap));
+                    if let Some(r) = requests {
+                        let _ = self.py_tx.send(PyUpdate::Requests(Box::new(r)));
+                    }
                 }
                 Err(e) => {
                     let why = crate::probes::error_chain(&e);
@@ -353,6 +358,7 @@ struct Pipeline {
     drain: Drain,
     correlator: Correlator,
     python: PythonContext,
+    batches: BatchReader,
     py_rx: mpsc::Receiver<PyUpdate>,
     profilers: Vec<Box<dyn Profiler>>,
 }
@@ -364,15 +370,29 @@ impl Pipeline {
             drain,
             correlator,
             python,
+            batches,
             py_rx,
             profilers,
         } = self;
         while let Ok(update) = py_rx.try_recv() {
             match update {
-                PyUpdate::Add(i) => python.add_interpreter(*i),
-                PyUpdate::Remove(pid) => python.remove_process(pid),
+                PyUpdate::Add(i) => {
+                    batches.add_interpreter(Interpreter::clone(&i));
+                    python.add_interpreter(*i);
+                }
+                PyUpdate::Remove(pid) => {
+                    batches.remove_process(pid);
+                    python.remove_process(pid);
+                }
                 PyUpdate::State(snap) => {
+                    batches.set_scheduler(snap.pid, snap.scheduler);
                     let rec = crate::correlate::Correlated::VllmState(snap);
+                    for p in profilers.iter_mut() {
+                        p.consume(&rec);
+                    }
+                }
+                PyUpdate::Requests(poll) => {
+                    let rec = crate::correlate::Correlated::Requests(poll);
                     for p in profilers.iter_mut() {
                         p.consume(&rec);
                     }
@@ -386,7 +406,12 @@ impl Pipeline {
         };
         let n = drain.drain(DRAIN_BATCH, |rec| match rec {
             Record::Call(ev) => correlator.handle(ev, &mut emit),
-            Record::Stack(ev) => python.stack(ev, &mut emit),
+            Record::Stack(ev) => python.stack(ev, &mut |rec| {
+                if let crate::correlate::Correlated::PyStack(st) = &rec {
+                    batches.observe(st, &mut emit);
+                }
+                emit(rec);
+            }),
             Record::Usdt(ev) => python.usdt(ev, &mut emit),
         });
         n >= DRAIN_BATCH
@@ -504,6 +529,7 @@ async fn run_session(
         drain,
         correlator: Correlator::new(cfg.timing, cfg.kernels),
         python: PythonContext::new(vllm::ops::VLLM_0_33),
+        batches: BatchReader::new(&vllm::batch::BATCH_0_33, &vllm::state::VLLM_0_33),
         py_rx,
         profilers: profilers::default_set(dir, time, sample_hz)?,
     };
@@ -568,6 +594,7 @@ async fn run_session(
         drain,
         mut correlator,
         python: python_ctx,
+        batches,
         py_rx: _,
         mut profilers,
     } = pipeline;
@@ -592,7 +619,9 @@ async fn run_session(
         tracer: "profilemate",
         tracer_version: crate::VERSION,
         kernel: preflight::kernel_release(),
-        hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+        hostname: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         root_pid: cfg.pid,
         follow_children: cfg.follow_children,
         timing_mode: cfg.timing,
@@ -616,6 +645,7 @@ async fn run_session(
                 .collect(),
             usdt: std::mem::take(&mut probes.usdt_report),
             stats: python_ctx.final_stats(),
+            vllm_batches: batches.stats.clone(),
             vllm_state: targets
                 .pollers
                 .iter()
@@ -629,10 +659,13 @@ async fn run_session(
                 .collect(),
         },
         program_costs: probes.program_costs(),
-        losses: LossReport { kernel, records_read: drain.records, decode_errors: drain.decode_errors, correlator: stats.clone() },
-        notes: vec![
-            "phase is `unknown`: prefill/decode classification needs the vLLM scheduler state (not read by this version)".to_owned(),
-        ],
+        losses: LossReport {
+            kernel,
+            records_read: drain.records,
+            decode_errors: drain.decode_errors,
+            correlator: stats.clone(),
+        },
+        notes: Vec::new(),
     };
     let gc_attached = metadata.python.usdt.iter().any(|u| u.status == "attached");
     if gc_attached && metadata.python.stats.gc_pauses == 0 {

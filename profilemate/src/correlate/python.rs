@@ -136,13 +136,18 @@ impl PythonContext {
                 ) {
                     Ok(code) => {
                         let line = code.line(f.instr_offset);
-                        frames.push(PyFrameInfo { code, line });
+                        frames.push(PyFrameInfo {
+                            code,
+                            line,
+                            arg1: f.arg1,
+                        });
                     }
                     Err(_) => {
                         self.stats.unresolved_frames += 1;
                         frames.push(PyFrameInfo {
                             code: Arc::clone(&self.unknown),
                             line: 0,
+                            arg1: f.arg1,
                         });
                     }
                 }

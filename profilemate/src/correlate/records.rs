@@ -166,6 +166,12 @@ pub enum Correlated {
     GcPause(GcPause),
     /// A poll of vLLM's scheduler state (side channel: live objects of the target).
     VllmState(crate::vllm::state::StateSnapshot),
+    /// A poll of every request of vLLM's scheduler.
+    Requests(Box<crate::vllm::state::RequestPoll>),
+    /// The batch a step was launched with (its `SchedulerOutput`).
+    Batch(Box<crate::vllm::batch::StepBatch>),
+    /// The CUDA graph descriptor a replay used.
+    GraphDescriptor(crate::vllm::batch::GraphDescriptor),
 }
 
 /// One symbolized Python frame.
@@ -175,6 +181,8 @@ pub struct PyFrameInfo {
     pub code: std::sync::Arc<crate::python::code::CodeInfo>,
     /// Current line.
     pub line: i32,
+    /// The frame's second local (`localsplus[1]`, the argument after `self`) at walk time.
+    pub arg1: u64,
 }
 
 impl crate::vllm::ops::FrameName for PyFrameInfo {

@@ -42,6 +42,8 @@ pub struct PythonReport {
     pub usdt: Vec<UsdtReport>,
     /// Walk and symbolization counters.
     pub stats: PythonStats,
+    /// Per-step `SchedulerOutput` and graph descriptor reads.
+    pub vllm_batches: crate::vllm::batch::BatchStats,
     /// Scheduler-state polls per process.
     pub vllm_state: Vec<StateReport>,
 }

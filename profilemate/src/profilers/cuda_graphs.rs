@@ -1,6 +1,6 @@
 //! cuda_graph_captures.csv, cuda_graph_usage.csv and cuda_graph_timeline.csv.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::Serialize;
 
@@ -8,6 +8,7 @@ use super::Profiler;
 use crate::{
     correlate::{Correlated, GraphCapture, GraphInstantiation},
     output::{ms, CsvSink, OutputError, SessionDir, TimeBase},
+    vllm::batch::GraphDescriptor,
 };
 
 /// Keeps the graph registry and per-graph replay counts; streams every replay.
@@ -17,6 +18,32 @@ pub struct CudaGraphs {
     instantiations: BTreeMap<(u32, u32), Vec<GraphInstantiation>>,
     usage: BTreeMap<(u32, u32), UsageRow>,
     timeline: CsvSink,
+    /// Descriptors read at graph launches, waiting for their replay record.
+    pending: HashMap<(u32, u32), VecDeque<GraphDescriptor>>,
+    /// (pid, graph id) -> the descriptor its replays were launched with.
+    descriptors: BTreeMap<(u32, u32), GraphDescriptor>,
+    /// Replays of one graph launched with a different descriptor than its first (counted).
+    descriptor_conflicts: u64,
+}
+
+/// Descriptors kept per thread until their replay is correlated (replays are emitted when
+/// their step completes, a few steps later at most).
+const PENDING_DESCRIPTORS: usize = 1024;
+
+fn same_shape(a: &GraphDescriptor, b: &GraphDescriptor) -> bool {
+    (
+        &a.mode,
+        a.num_tokens,
+        a.num_reqs,
+        a.uniform,
+        a.num_active_loras,
+    ) == (
+        &b.mode,
+        b.num_tokens,
+        b.num_reqs,
+        b.uniform,
+        b.num_active_loras,
+    )
 }
 
 impl CudaGraphs {
@@ -28,6 +55,9 @@ impl CudaGraphs {
             instantiations: BTreeMap::new(),
             usage: BTreeMap::new(),
             timeline: dir.csv_sink("cuda_graph_timeline.csv", TIMELINE_HEADER)?,
+            pending: HashMap::new(),
+            descriptors: BTreeMap::new(),
+            descriptor_conflicts: 0,
         })
     }
 }
@@ -40,6 +70,11 @@ fn usage_row(pid: u32, graph_id: u32) -> UsageRow {
         first_replay_sec: None,
         last_replay_sec: None,
         replays_in_steps: 0,
+        runtime_mode: None,
+        num_tokens: None,
+        num_reqs: None,
+        uniform: None,
+        has_lora: None,
     }
 }
 
@@ -58,6 +93,11 @@ const CAPTURE_HEADER: &[&str] = &[
     "graph_handle",
     "exec_handles",
     "source",
+    "runtime_mode",
+    "num_tokens",
+    "num_reqs",
+    "uniform",
+    "has_lora",
 ];
 const USAGE_HEADER: &[&str] = &[
     "graph_id",
@@ -66,6 +106,11 @@ const USAGE_HEADER: &[&str] = &[
     "first_replay_sec",
     "last_replay_sec",
     "replays_in_steps",
+    "runtime_mode",
+    "num_tokens",
+    "num_reqs",
+    "uniform",
+    "has_lora",
 ];
 const TIMELINE_HEADER: &[&str] = &[
     "timestamp_sec",
@@ -97,6 +142,27 @@ struct CaptureRow {
     graph_handle: Option<String>,
     exec_handles: String,
     source: &'static str,
+    runtime_mode: Option<String>,
+    num_tokens: Option<u64>,
+    num_reqs: Option<u64>,
+    uniform: Option<u64>,
+    has_lora: Option<bool>,
+}
+
+impl CaptureRow {
+    fn with(self, d: Option<&GraphDescriptor>) -> Self {
+        match d {
+            Some(d) => Self {
+                runtime_mode: Some(d.mode.clone()),
+                num_tokens: Some(d.num_tokens),
+                num_reqs: d.num_reqs,
+                uniform: d.uniform,
+                has_lora: Some(d.num_active_loras > 0),
+                ..self
+            },
+            None => self,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -107,6 +173,11 @@ struct UsageRow {
     first_replay_sec: Option<f64>,
     last_replay_sec: Option<f64>,
     replays_in_steps: u64,
+    runtime_mode: Option<String>,
+    num_tokens: Option<u64>,
+    num_reqs: Option<u64>,
+    uniform: Option<u64>,
+    has_lora: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -133,6 +204,24 @@ impl Profiler for CudaGraphs {
                 .push(i.clone()),
             Correlated::GraphReplay(r) => {
                 let sec = self.time.sec(r.ts_ns);
+                // The descriptor read from the stack walked at this very launch.
+                if let Some(q) = self.pending.get_mut(&(r.pid, r.tid)) {
+                    if let Some(i) = q.iter().position(|d| d.ts_ns == r.ts_ns) {
+                        if let Some(d) = q.remove(i) {
+                            let known = self.descriptors.entry((r.pid, r.graph_id));
+                            match known {
+                                std::collections::btree_map::Entry::Vacant(v) => {
+                                    v.insert(d);
+                                }
+                                std::collections::btree_map::Entry::Occupied(o) => {
+                                    if !same_shape(o.get(), &d) {
+                                        self.descriptor_conflicts += 1;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
                 let u = self
                     .usage
                     .entry((r.pid, r.graph_id))
@@ -155,7 +244,16 @@ impl Profiler for CudaGraphs {
             | Correlated::Step(_)
             | Correlated::PyStack(_)
             | Correlated::GcPause(_)
-            | Correlated::VllmState(_) => {}
+            | Correlated::VllmState(_)
+            | Correlated::Requests(_)
+            | Correlated::Batch(_) => {}
+            Correlated::GraphDescriptor(d) => {
+                let q = self.pending.entry((d.pid, d.tid)).or_default();
+                if q.len() >= PENDING_DESCRIPTORS {
+                    q.pop_front();
+                }
+                q.push_back(d.clone());
+            }
         }
     }
 
@@ -194,7 +292,13 @@ impl Profiler for CudaGraphs {
                 } else {
                     "before_attach"
                 },
+                runtime_mode: None,
+                num_tokens: None,
+                num_reqs: None,
+                uniform: None,
+                has_lora: None,
             }
+            .with(self.descriptors.get(&(c.pid, c.graph_id)))
         });
         dir.write_csv("cuda_graph_captures.csv", CAPTURE_HEADER, captures)?;
 
@@ -202,6 +306,15 @@ impl Profiler for CudaGraphs {
             self.usage
                 .entry((c.pid, c.graph_id))
                 .or_insert_with(|| usage_row(c.pid, c.graph_id));
+        }
+        for (key, u) in &mut self.usage {
+            if let Some(d) = self.descriptors.get(key) {
+                u.runtime_mode = Some(d.mode.clone());
+                u.num_tokens = Some(d.num_tokens);
+                u.num_reqs = d.num_reqs;
+                u.uniform = d.uniform;
+                u.has_lora = Some(d.num_active_loras > 0);
+            }
         }
         dir.write_csv("cuda_graph_usage.csv", USAGE_HEADER, self.usage.values())?;
         let timeline = self.timeline.finish()?;

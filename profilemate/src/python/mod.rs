@@ -112,7 +112,9 @@ impl Interpreter {
             code_first_line: o(l.code_first_line),
             code_adaptive: o(l.code_adaptive),
             owner_skip_min: l.owner_skip_min.unwrap_or(0xff),
-            _pad: [0; 5],
+            _pad: 0,
+            frame_arg1: o(l.frame_localsplus + 8),
+            _pad2: 0,
             code_pointer_mask: l.code_pointer_mask,
         }
     }

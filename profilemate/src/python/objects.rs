@@ -3,6 +3,8 @@
 //! values of 3.11-3.13, `tp_dictoffset` dicts, `__slots__`). Every read is bounded and
 //! type-checked; a torn or implausible read is an error, never data.
 
+use std::{cell::RefCell, collections::HashMap};
+
 use super::{
     code::read_str,
     layout::PyLayout,
@@ -48,6 +50,12 @@ const OB_SIZE: u64 = 16;
 const ITEMS: u64 = 24;
 const FLOAT_VALUE: u64 = 16;
 const DICT_USED: u64 = 16;
+const DICT_VERSION: u64 = 24;
+/// `PyASCIIObject.hash`.
+const STR_HASH: u64 = 24;
+const SET_USED: u64 = 24;
+const SET_MASK: u64 = 32;
+const SET_TABLE: u64 = 40;
 const DICT_KEYS: u64 = 32;
 const DICT_VALUES: u64 = 40;
 /// `dk_log2_size`, followed by the bytes `dk_log2_index_bytes` and `dk_kind`.
@@ -114,18 +122,67 @@ pub enum ObjectError {
     BadString(u64),
 }
 
+/// Where instance attributes sit in shared-key (split) dicts, learned once per keys object:
+/// a class's instances share one keys object, so after the first lookup an attribute of any
+/// instance costs two reads (the key check and the value) instead of a scan of every key.
+#[derive(Default)]
+pub struct AttrCache {
+    /// keys object -> attribute name -> (address of the entry's key, the key str object,
+    /// index in the values array).
+    slots: RefCell<HashMap<u64, HashMap<String, (u64, u64, u64)>>>,
+}
+
+impl AttrCache {
+    /// Keys objects whose positions are remembered (bounded: see `MAX_CACHED_KEYS`).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.slots.borrow().len()
+    }
+
+    /// True when nothing is remembered yet.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An instance's split dict.
+struct SplitValues {
+    ty: u64,
+    keys: u64,
+    array: u64,
+}
+
+/// Keys objects remembered at most (classes with split dicts: a few dozen in vLLM).
+const MAX_CACHED_KEYS: usize = 4096;
+
 /// Reads objects of one process.
 pub struct Objects<'a> {
     mem: &'a dyn RemoteMemory,
     layout: &'a PyLayout,
     ol: ObjectLayout,
+    cache: Option<&'a AttrCache>,
 }
 
 impl<'a> Objects<'a> {
     /// A reader over `mem` for an interpreter with `layout` and object layout `ol`.
     #[must_use]
     pub fn new(mem: &'a dyn RemoteMemory, layout: &'a PyLayout, ol: ObjectLayout) -> Self {
-        Self { mem, layout, ol }
+        Self {
+            mem,
+            layout,
+            ol,
+            cache: None,
+        }
+    }
+
+    /// The same reader, remembering attribute positions in `cache` across reads.
+    #[must_use]
+    pub fn with_cache(self, cache: &'a AttrCache) -> Self {
+        Self {
+            cache: Some(cache),
+            ..self
+        }
     }
 
     fn u64(&self, addr: u64) -> Result<u64, ObjectError> {
@@ -187,10 +244,26 @@ impl<'a> Objects<'a> {
         })
     }
 
-    /// An int (or bool, or IntEnum member: any int subclass) that fits 64 bits.
+    /// An int (or bool, or IntEnum member: any int subclass) that fits 64 bits. One read of
+    /// the header and up to three digits, one of the type's flags.
     pub fn int(&self, obj: u64) -> Result<i64, ObjectError> {
-        self.expect_flag(obj, FLAG_LONG_SUBCLASS, "int")?;
-        let head = self.u64(obj + OB_SIZE)?;
+        if obj == 0 || !obj.is_multiple_of(8) {
+            return Err(ObjectError::Implausible(obj));
+        }
+        let mut buf = [0u8; 40];
+        self.mem.read(obj, &mut buf)?;
+        let word = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().unwrap_or([0; 8]));
+        let (refcnt, ty) = (word(0), word(self.layout.object_type as usize));
+        if refcnt == 0 || refcnt > MAX_REFCOUNT || ty == 0 || !ty.is_multiple_of(8) {
+            return Err(ObjectError::Implausible(obj));
+        }
+        if self.type_flags(ty)? & FLAG_LONG_SUBCLASS == 0 {
+            return Err(ObjectError::WrongType {
+                expected: "int",
+                found: self.type_name(obj)?,
+            });
+        }
+        let head = word(OB_SIZE as usize);
         let (ndigits, negative) = if self.ol.long_tagged {
             (head >> 3, head & 3 == 2)
         } else {
@@ -201,8 +274,9 @@ impl<'a> Objects<'a> {
             return Err(ObjectError::TooLarge(obj));
         }
         let mut value: u128 = 0;
-        for i in 0..ndigits {
-            let digit = self.mem.read_u32(obj + ITEMS + 4 * i)?;
+        for i in 0..ndigits as usize {
+            let at = ITEMS as usize + 4 * i;
+            let digit = u32::from_le_bytes(buf[at..at + 4].try_into().unwrap_or([0; 4]));
             value |= u128::from(digit & ((1 << 30) - 1)) << (30 * i);
         }
         let value = i64::try_from(value).map_err(|_| ObjectError::TooLarge(obj))?;
@@ -219,6 +293,12 @@ impl<'a> Objects<'a> {
     pub fn str(&self, obj: u64) -> Result<String, ObjectError> {
         self.expect(obj, &["str"], "str")?;
         read_str(self.mem, self.layout, obj).map_err(|_| ObjectError::BadString(obj))
+    }
+
+    /// The cached hash of a str (-1 as u64 when not computed yet): an identity check for
+    /// strs remembered by address.
+    pub fn str_hash(&self, obj: u64) -> Result<u64, ObjectError> {
+        self.u64(obj + STR_HASH)
     }
 
     /// True for `None`.
@@ -310,6 +390,70 @@ impl<'a> Objects<'a> {
         Ok(out)
     }
 
+    /// Checks that `obj` is a set or frozenset (no subclass flag exists for sets).
+    fn expect_set(&self, obj: u64) -> Result<(), ObjectError> {
+        self.expect(obj, &["set", "frozenset"], "set")
+    }
+
+    /// Number of items of a set.
+    pub fn set_len(&self, obj: u64) -> Result<u64, ObjectError> {
+        self.expect_set(obj)?;
+        let used = self.u64(obj + SET_USED)?;
+        if used as usize > MAX_ITEMS * 100 {
+            return Err(ObjectError::Implausible(obj));
+        }
+        Ok(used)
+    }
+
+    /// Items of a set, at most `max` (table order).
+    pub fn set_items(&self, obj: u64, max: usize) -> Result<Vec<u64>, ObjectError> {
+        self.expect_set(obj)?;
+        let used = self.u64(obj + SET_USED)?;
+        let mask = self.u64(obj + SET_MASK)?;
+        let table = self.u64(obj + SET_TABLE)?;
+        if mask >= 1 << 32 || !(mask + 1).is_power_of_two() || used > mask + 1 || table == 0 {
+            return Err(ObjectError::Implausible(obj));
+        }
+        let slots = ((mask + 1) as usize).min(MAX_ITEMS);
+        let mut buf = vec![0u8; slots * 16];
+        self.mem.read(table, &mut buf)?;
+        let mut out = Vec::new();
+        for e in buf.chunks_exact(16) {
+            let key = u64::from_le_bytes(e[..8].try_into().unwrap_or([0; 8]));
+            let hash = i64::from_le_bytes(e[8..].try_into().unwrap_or([0; 8]));
+            // Empty slots are NULL; deleted ones hold the dummy key with hash -1.
+            if key != 0 && hash != -1 {
+                out.push(key);
+                if out.len() >= max {
+                    break;
+                }
+            }
+        }
+        if out.len() as u64 != used.min(max as u64) {
+            // The table changed under the read.
+            return Err(ObjectError::Implausible(obj));
+        }
+        Ok(out)
+    }
+
+    /// A dict's `ma_version_tag` (3.11-3.13): changes on every modification of any dict, so
+    /// two reads of one address with equal tags saw the same unmodified dict.
+    pub fn dict_version(&self, obj: u64) -> Result<u64, ObjectError> {
+        self.expect_flag(obj, FLAG_DICT_SUBCLASS, "dict")?;
+        self.u64(obj + DICT_VERSION)
+    }
+
+    /// The name of an `enum.Enum` member (`_name_`).
+    pub fn enum_name(&self, obj: u64) -> Result<String, ObjectError> {
+        match self.attr(obj, "_name_")? {
+            Some(n) => self.str(n),
+            None => Err(ObjectError::WrongType {
+                expected: "enum member",
+                found: self.type_name(obj)?,
+            }),
+        }
+    }
+
     /// (key, value) pairs of a dict, at most `max`.
     pub fn dict_items(&self, obj: u64, max: usize) -> Result<Vec<(u64, u64)>, ObjectError> {
         self.expect_flag(obj, FLAG_DICT_SUBCLASS, "dict")?;
@@ -357,6 +501,114 @@ impl<'a> Objects<'a> {
         self.slot_attr(obj, ty, name)
     }
 
+    /// Several attributes of one instance; for a split dict with a cache this reads the
+    /// header once and the values array once.
+    pub fn attrs<const N: usize>(
+        &self,
+        obj: u64,
+        names: [&str; N],
+    ) -> Result<[Option<u64>; N], ObjectError> {
+        let mut out = [None; N];
+        if let Some(values) = self.split_values(obj)? {
+            let known: Vec<_> = names
+                .iter()
+                .map(|n| self.cached_position(values.keys, n))
+                .collect::<Result<_, _>>()?;
+            if let Some(max) = known.iter().flatten().map(|&(_, _, i)| i).max() {
+                let vals = self.items(values.array, max + 1, MAX_ITEMS)?;
+                for (slot, k) in out.iter_mut().zip(&known) {
+                    *slot = k
+                        .and_then(|(_, _, i)| vals.get(i as usize).copied())
+                        .filter(|&v| v != 0);
+                }
+            }
+            // A name the split keys lack may still be a slot.
+            for (slot, name) in out.iter_mut().zip(names) {
+                if slot.is_none() {
+                    *slot = self.slot_attr(obj, values.ty, name)?;
+                }
+            }
+            return Ok(out);
+        }
+        for (slot, name) in out.iter_mut().zip(names) {
+            *slot = self.attr(obj, name)?;
+        }
+        Ok(out)
+    }
+
+    /// The shared keys and values array of an instance whose attributes live in a split
+    /// dict (None otherwise, or without a cache).
+    fn split_values(&self, obj: u64) -> Result<Option<SplitValues>, ObjectError> {
+        if self.cache.is_none() {
+            return Ok(None);
+        }
+        let ty = self.type_of(obj)?;
+        let flags = self.type_flags(ty)?;
+        if flags & FLAG_MANAGED_DICT == 0 {
+            return Ok(None);
+        }
+        let values = match self.ol.managed {
+            ManagedDict::Split311 => {
+                if self.u64(obj - 24)? != 0 {
+                    return Ok(None);
+                }
+                self.u64(obj - 32)?
+            }
+            ManagedDict::Tagged312 => {
+                let w = self.u64(obj - 24)?;
+                if w & 1 == 0 {
+                    return Ok(None);
+                }
+                w + 1
+            }
+            ManagedDict::Inline313 => {
+                if self.u64(obj - 24)? != 0 || flags & FLAG_INLINE_VALUES == 0 {
+                    return Ok(None);
+                }
+                obj + self.u64(ty + TP_BASICSIZE)?
+            }
+        };
+        let keys = self.u64(ty + self.ol.ht_cached_keys)?;
+        if values == 0 || keys == 0 {
+            return Ok(None);
+        }
+        Ok(Some(SplitValues {
+            ty,
+            keys,
+            array: values + self.ol.values_array,
+        }))
+    }
+
+    /// The cached (validated) or newly found position of `name` in split keys `keys`.
+    fn cached_position(
+        &self,
+        keys: u64,
+        name: &str,
+    ) -> Result<Option<(u64, u64, u64)>, ObjectError> {
+        let Some(cache) = self.cache else {
+            return self.split_position(keys, name);
+        };
+        let known = cache
+            .slots
+            .borrow()
+            .get(&keys)
+            .and_then(|m| m.get(name).copied());
+        if let Some((entry, key, index)) = known {
+            if self.u64(entry)? == key {
+                return Ok(Some((entry, key, index)));
+            }
+        }
+        let found = self.split_position(keys, name)?;
+        if let Some(pos) = found {
+            let mut slots = cache.slots.borrow_mut();
+            if slots.len() >= MAX_CACHED_KEYS {
+                slots.clear();
+            }
+            slots.entry(keys).or_default().insert(name.to_owned(), pos);
+        }
+        Ok(found)
+    }
+
     fn managed_attr(
         &self,
         obj: u64,
@@ -393,8 +645,47 @@ impl<'a> Objects<'a> {
             if keys == 0 {
                 return Ok(None);
             }
+            if self.cache.is_some() {
+                return Ok(match self.cached_position(keys, name)? {
+                    Some((_, _, index)) => {
+                        let v = self.u64(values + self.ol.values_array + 8 * index)?;
+                        (v != 0).then_some(v)
+                    }
+                    None => None,
+                });
+            }
             let items = self.keys_items(keys, Some(values), MAX_ITEMS)?;
             return Ok(self.find_str_key(&items, name));
+        }
+        Ok(None)
+    }
+
+    /// Where str key `name` sits in a split keys object: (address of the entry's key
+    /// pointer, the key object, index).
+    fn split_position(
+        &self,
+        keys: u64,
+        name: &str,
+    ) -> Result<Option<(u64, u64, u64)>, ObjectError> {
+        let mut head = [0u8; 3];
+        self.mem.read(keys + KEYS_LOG2_SIZE, &mut head)?;
+        let (log2_size, log2_index_bytes, kind) = (head[0], head[1], head[2]);
+        let nentries = self.u64(keys + KEYS_NENTRIES)?;
+        if log2_size > 40 || log2_index_bytes > 43 || nentries > (1u64 << log2_size) {
+            return Err(ObjectError::Implausible(keys));
+        }
+        let entries = keys + KEYS_INDICES + (1u64 << log2_index_bytes);
+        let (entry_size, key_at) = if kind == 0 { (24, 8) } else { (16, 0) };
+        let n = (nentries as usize).min(MAX_ITEMS);
+        let mut buf = vec![0u8; n * entry_size as usize];
+        self.mem.read(entries, &mut buf)?;
+        for (i, e) in buf.chunks_exact(entry_size as usize).enumerate() {
+            let at = key_at as usize;
+            let key = u64::from_le_bytes(e[at..at + 8].try_into().unwrap_or([0; 8]));
+            if key != 0 && read_str(self.mem, self.layout, key).is_ok_and(|s| s == name) {
+                let entry = entries + i as u64 * entry_size + key_at;
+                return Ok(Some((entry, key, i as u64)));
+            }
         }
         Ok(None)
     }

@@ -4,5 +4,6 @@
 //! Names are matched, never assumed: a name missing from a target's vLLM simply never
 //! matches, and the session reports when no vLLM function was seen at all.
 
+pub mod batch;
 pub mod ops;
 pub mod state;

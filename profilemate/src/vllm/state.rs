@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::python::{
     code::CodeCache,
-    objects::{object_layout, ObjectError, Objects},
+    objects::{object_layout, AttrCache, ObjectError, Objects},
     remote::ProcessMemory,
     Interpreter,
 };
@@ -41,6 +41,38 @@ pub struct StateNames {
     pub free_block_queue: &'static str,
     /// `FreeKVCacheBlockQueue.num_free_blocks`.
     pub num_free_blocks: &'static str,
+    /// `Scheduler.current_step`: schedule() calls so far.
+    pub current_step: &'static str,
+    /// `Scheduler.max_num_running_reqs` (= `max_num_seqs`).
+    pub max_num_running_reqs: &'static str,
+    /// `Scheduler.max_num_scheduled_tokens` (token budget per step).
+    pub max_num_scheduled_tokens: &'static str,
+    /// `BlockPool.cached_block_hash_to_block`: replaced by a new object at every prefix
+    /// cache reset (so a changed address marks a reset).
+    pub prefix_cache_map: &'static str,
+    /// `BlockHashToBlockMap._cache`: the cached (prefix-hit-able) blocks.
+    pub prefix_cache_dict: &'static str,
+    /// `Request` fields read per request.
+    pub request: RequestNames,
+}
+
+/// `vllm.v1.request.Request` fields.
+#[derive(Debug)]
+pub struct RequestNames {
+    /// `request_id` (str).
+    pub request_id: &'static str,
+    /// `status` (`RequestStatus`, an IntEnum).
+    pub status: &'static str,
+    /// `num_preemptions` (int, incremented by every preemption).
+    pub num_preemptions: &'static str,
+    /// `num_computed_tokens` (int).
+    pub num_computed_tokens: &'static str,
+    /// `num_prompt_tokens` (int).
+    pub num_prompt_tokens: &'static str,
+    /// `_output_token_ids` (list).
+    pub output_token_ids: &'static str,
+    /// `arrival_time` (float, `time.time()` seconds).
+    pub arrival_time: &'static str,
 }
 
 /// vLLM 0.33 (V1 engine core, V1/V2 scheduler).
@@ -62,6 +94,20 @@ pub static VLLM_0_33: StateNames = StateNames {
     num_gpu_blocks: "num_gpu_blocks",
     free_block_queue: "free_block_queue",
     num_free_blocks: "num_free_blocks",
+    current_step: "current_step",
+    max_num_running_reqs: "max_num_running_reqs",
+    max_num_scheduled_tokens: "max_num_scheduled_tokens",
+    prefix_cache_map: "cached_block_hash_to_block",
+    prefix_cache_dict: "_cache",
+    request: RequestNames {
+        request_id: "request_id",
+        status: "status",
+        num_preemptions: "num_preemptions",
+        num_computed_tokens: "num_computed_tokens",
+        num_prompt_tokens: "num_prompt_tokens",
+        output_token_ids: "_output_token_ids",
+        arrival_time: "arrival_time",
+    },
 };
 
 /// One poll of the scheduler.
@@ -71,6 +117,9 @@ pub struct StateSnapshot {
     pub pid: u32,
     /// CLOCK_MONOTONIC ns when read.
     pub ts_ns: u64,
+    /// Address of the scheduler object (for per-step reads of the same process).
+    #[serde(skip)]
+    pub scheduler: u64,
     /// `len(scheduler.running)`.
     pub running: Option<u64>,
     /// `len(scheduler.waiting)`.
@@ -81,7 +130,53 @@ pub struct StateSnapshot {
     pub total_blocks: Option<u64>,
     /// `block_pool.free_block_queue.num_free_blocks`.
     pub free_blocks: Option<u64>,
+    /// `scheduler.current_step` (schedule() calls so far).
+    pub current_step: Option<u64>,
+    /// `scheduler.max_num_running_reqs` (max_num_seqs).
+    pub max_num_seqs: Option<u64>,
+    /// `scheduler.max_num_scheduled_tokens`.
+    pub max_num_scheduled_tokens: Option<u64>,
+    /// Address of the prefix cache map (a new one after every prefix cache reset).
+    #[serde(skip)]
+    pub prefix_cache_map: Option<u64>,
+    /// Cached blocks in the prefix cache map.
+    pub cached_blocks: Option<u64>,
 }
+
+/// One request as a poll saw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RequestState {
+    /// `request_id`.
+    pub id: String,
+    /// `RequestStatus` member name (`RUNNING`, `PREEMPTED`, `FINISHED_STOPPED`, ...).
+    pub status: String,
+    /// `num_preemptions`.
+    pub num_preemptions: u64,
+    /// `num_computed_tokens`.
+    pub num_computed_tokens: u64,
+    /// `num_prompt_tokens`.
+    pub num_prompt_tokens: u64,
+    /// `len(_output_token_ids)`.
+    pub num_output_tokens: u64,
+    /// `arrival_time` (Unix seconds).
+    pub arrival_time: Option<f64>,
+}
+
+/// Every request of the scheduler at one poll.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RequestPoll {
+    /// Process.
+    pub pid: u32,
+    /// CLOCK_MONOTONIC ns when read.
+    pub ts_ns: u64,
+    /// Requests (the scheduler's `requests` dict, at most `MAX_REQUESTS`).
+    pub requests: Vec<RequestState>,
+    /// Requests that could not be read consistently (skipped this poll, counted).
+    pub unreadable: u64,
+}
+
+/// Requests read per poll at most (the cost is a few reads each).
+pub const MAX_REQUESTS: usize = 16_384;
 
 impl StateSnapshot {
     /// KV cache usage in percent, as vLLM computes it (`1 - free / (total - 1)`: block 0 is
@@ -123,6 +218,10 @@ pub struct StatePoller {
     mem: ProcessMemory,
     codes: CodeCache,
     scheduler: Option<u64>,
+    /// The scheduler's limits, read once per scheduler object.
+    limits: (Option<u64>, Option<u64>),
+    attrs: AttrCache,
+    strings: StrCache,
     /// The last reason a poll found nothing (for metadata.json).
     pub last_error: Option<String>,
     /// Polls that returned a snapshot.
@@ -141,6 +240,9 @@ impl StatePoller {
             names,
             codes: CodeCache::default(),
             scheduler: None,
+            limits: (None, None),
+            attrs: AttrCache::default(),
+            strings: StrCache::default(),
             last_error: None,
             polls: 0,
             torn: 0,
@@ -148,17 +250,23 @@ impl StatePoller {
     }
 
     /// Finds the scheduler object from the live frames.
-    fn find_scheduler(&mut self, o: &Objects<'_>) -> Result<u64, StateError> {
-        let frames = self.interp.live_frames(&self.mem, &mut self.codes);
+    fn find_scheduler(
+        interp: &Interpreter,
+        names: &StateNames,
+        mem: &ProcessMemory,
+        codes: &mut CodeCache,
+        o: &Objects<'_>,
+    ) -> Result<u64, StateError> {
+        let frames = interp.live_frames(mem, codes);
         let n = frames.len();
         let is_vllm = |f: &crate::python::LiveFrame| f.code.filename.contains("vllm/");
         for f in frames.iter().filter(|f| is_vllm(f)) {
-            if self.names.engine_frames.contains(&f.code.qualname.as_str()) && f.first_local != 0 {
-                if let Some(s) = o.attr(f.first_local, self.names.engine_scheduler)? {
+            if names.engine_frames.contains(&f.code.qualname.as_str()) && f.first_local != 0 {
+                if let Some(s) = o.attr(f.first_local, names.engine_scheduler)? {
                     return Ok(s);
                 }
                 return Err(StateError::MissingName(
-                    self.names.engine_scheduler,
+                    names.engine_scheduler,
                     "engine core",
                 ));
             }
@@ -166,85 +274,256 @@ impl StatePoller {
         frames
             .iter()
             .filter(|f| is_vllm(f))
-            .find(|f| {
-                self.names
-                    .scheduler_frames
-                    .contains(&f.code.qualname.as_str())
-            })
+            .find(|f| names.scheduler_frames.contains(&f.code.qualname.as_str()))
             .map(|f| f.first_local)
             .filter(|s| *s != 0)
             .ok_or(StateError::NoEngine(n))
     }
 
-    /// Reads the scheduler's queues and KV cache now.
-    pub fn poll(&mut self, ts_ns: u64) -> Result<StateSnapshot, StateError> {
+    /// Reads the scheduler's queues and KV cache now, and with `requests` every request.
+    pub fn poll(
+        &mut self,
+        ts_ns: u64,
+        requests: bool,
+    ) -> Result<(StateSnapshot, Option<RequestPoll>), StateError> {
         let (maj, min) = self.interp.layout.version;
         let ol = object_layout((maj, min))
             .ok_or_else(|| StateError::Unsupported(self.interp.version.clone()))?;
-        let layout = self.interp.layout.clone();
-        let mem = self.mem;
-        let o = Objects::new(&mem, &layout, ol);
-        let scheduler = match self.scheduler {
+        let Self {
+            interp,
+            names,
+            mem,
+            codes,
+            scheduler: known,
+            limits,
+            attrs,
+            strings,
+            polls,
+            torn,
+            ..
+        } = self;
+        let names: &StateNames = names;
+        let o = Objects::new(&*mem, &interp.layout, ol).with_cache(attrs);
+        let scheduler = match *known {
             // Still the same object? (a freed address would not be a Scheduler any more)
             Some(s) if o.type_name(s).is_ok_and(|t| t.contains("Scheduler")) => s,
             _ => {
-                let s = self.find_scheduler(&o)?;
-                self.scheduler = Some(s);
+                let s = Self::find_scheduler(interp, names, mem, codes, &o)?;
+                *known = Some(s);
+                *limits = (
+                    optional_int(&o, s, names.max_num_running_reqs)?,
+                    optional_int(&o, s, names.max_num_scheduled_tokens)?,
+                );
                 s
             }
         };
         // The fields are read one after another while the target keeps changing them: a
         // snapshot counts only when two consecutive reads agree (nothing changed across
         // both); otherwise it is retried, and after that dropped and counted as torn.
-        let mut previous = read_once(&o, self.names, scheduler)?;
+        let mut previous = read_scheduler(&o, names, scheduler)?;
         for _ in 0..MAX_READ_ATTEMPTS {
-            let again = read_once(&o, self.names, scheduler)?;
+            let again = read_scheduler(&o, names, scheduler)?;
             if again == previous {
-                self.polls += 1;
-                return Ok(StateSnapshot {
-                    pid: self.interp.pid,
+                *polls += 1;
+                let snap = StateSnapshot {
+                    pid: interp.pid,
                     ts_ns,
+                    max_num_seqs: limits.0,
+                    max_num_scheduled_tokens: limits.1,
                     ..again
-                });
+                };
+                let reqs = if requests {
+                    let r = read_requests(&o, names, strings, scheduler)?;
+                    Some(RequestPoll {
+                        pid: interp.pid,
+                        ts_ns,
+                        ..r
+                    })
+                } else {
+                    None
+                };
+                return Ok((snap, reqs));
             }
             previous = again;
         }
-        self.torn += 1;
+        *torn += 1;
         Err(StateError::Torn)
+    }
+}
+
+/// Every request of the scheduler's `requests` dict (pid and time left 0). A request whose
+/// fields cannot be read (freed between the dict read and its own) is skipped and counted.
+fn read_requests(
+    o: &Objects<'_>,
+    names: &StateNames,
+    strings: &mut StrCache,
+    scheduler: u64,
+) -> Result<RequestPoll, StateError> {
+    let n = &names.request;
+    let dict = o
+        .attr(scheduler, names.requests)?
+        .ok_or(StateError::MissingName(names.requests, "scheduler"))?;
+    let mut out = RequestPoll {
+        pid: 0,
+        ts_ns: 0,
+        requests: Vec::new(),
+        unreadable: 0,
+    };
+    for (_, req) in o.dict_items(dict, MAX_REQUESTS)? {
+        let fields = o.attrs(
+            req,
+            [
+                n.request_id,
+                n.status,
+                n.num_preemptions,
+                n.num_computed_tokens,
+                n.num_prompt_tokens,
+                n.output_token_ids,
+                n.arrival_time,
+            ],
+        );
+        let read = fields.map_err(StateError::from).and_then(|f| {
+            let need =
+                |i: usize, name: &'static str| f[i].ok_or(StateError::MissingName(name, "request"));
+            let count = |i: usize, name: &'static str| -> Result<u64, StateError> {
+                Ok(u64::try_from(o.int(need(i, name)?)?).unwrap_or(0))
+            };
+            Ok(RequestState {
+                id: strings.get(o, need(0, n.request_id)?)?,
+                status: strings.enum_name(o, need(1, n.status)?)?,
+                num_preemptions: count(2, n.num_preemptions)?,
+                num_computed_tokens: count(3, n.num_computed_tokens)?,
+                num_prompt_tokens: count(4, n.num_prompt_tokens)?,
+                num_output_tokens: o.len(need(5, n.output_token_ids)?)?,
+                arrival_time: f[6].and_then(|v| o.float(v).ok()),
+            })
+        });
+        match read {
+            Ok(r) => out.requests.push(r),
+            // A renamed field is a version problem, not a torn read: report it.
+            Err(e @ StateError::MissingName(..)) => return Err(e),
+            Err(_) => out.unreadable += 1,
+        }
+    }
+    Ok(out)
+}
+
+/// An int attribute that older or newer vLLMs may lack (None then).
+fn optional_int(o: &Objects<'_>, obj: u64, name: &str) -> Result<Option<u64>, StateError> {
+    Ok(match o.attr(obj, name)? {
+        Some(v) => u64::try_from(o.int(v)?).ok(),
+        None => None,
+    })
+}
+
+/// Strs and enum member names of one process, by object address (request ids and status
+/// members live as long as their request; a str's hash is checked at each use so that a
+/// reused address is read again).
+#[derive(Default)]
+pub struct StrCache {
+    strs: std::collections::HashMap<u64, (u64, String)>,
+}
+
+/// Entries kept at most before the cache starts over.
+const MAX_CACHED_STRS: usize = 65_536;
+
+impl StrCache {
+    /// The str at `obj`.
+    pub fn get(&mut self, o: &Objects<'_>, obj: u64) -> Result<String, StateError> {
+        let hash = o.str_hash(obj)?;
+        if let Some((h, s)) = self.strs.get(&obj) {
+            if *h == hash {
+                return Ok(s.clone());
+            }
+        }
+        let s = o.str(obj)?;
+        if self.strs.len() >= MAX_CACHED_STRS {
+            self.strs.clear();
+        }
+        self.strs.insert(obj, (hash, s.clone()));
+        Ok(s)
+    }
+
+    /// The `_name_` of the enum member at `obj` (members are never freed; the name's str
+    /// address is the identity check).
+    pub fn enum_name(&mut self, o: &Objects<'_>, obj: u64) -> Result<String, StateError> {
+        if let Some((_, s)) = self.strs.get(&obj) {
+            return Ok(s.clone());
+        }
+        let s = o.enum_name(obj)?;
+        if self.strs.len() >= MAX_CACHED_STRS {
+            self.strs.clear();
+        }
+        self.strs.insert(obj, (0, s.clone()));
+        Ok(s)
     }
 }
 
 /// Reads to try before a snapshot whose fields keep changing is dropped as torn.
 const MAX_READ_ATTEMPTS: usize = 4;
 
-/// One pass over the scheduler's fields (pid and time left 0).
-fn read_once(o: &Objects<'_>, n: &StateNames, scheduler: u64) -> Result<StateSnapshot, StateError> {
-    let len_of = |name: &'static str| -> Result<Option<u64>, StateError> {
-        match o.attr(scheduler, name)? {
-            Some(v) => Ok(Some(o.len(v)?)),
-            None => Err(StateError::MissingName(name, "scheduler")),
-        }
-    };
+/// One pass over the scheduler's fields (pid, time and limits left empty).
+pub fn read_scheduler(
+    o: &Objects<'_>,
+    n: &StateNames,
+    scheduler: u64,
+) -> Result<StateSnapshot, StateError> {
     let get = |obj: u64, name: &'static str, what: &'static str| -> Result<u64, StateError> {
         o.attr(obj, name)?
             .ok_or(StateError::MissingName(name, what))
     };
-    let running = len_of(n.running)?;
-    let waiting = len_of(n.waiting)?;
-    let requests = len_of(n.requests)?;
-    let kvm = get(scheduler, n.kv_cache_manager, "scheduler")?;
+    let [running, waiting, requests, kvm, current_step] = o.attrs(
+        scheduler,
+        [
+            n.running,
+            n.waiting,
+            n.requests,
+            n.kv_cache_manager,
+            n.current_step,
+        ],
+    )?;
+    let len_of = |v: Option<u64>, name: &'static str| -> Result<Option<u64>, StateError> {
+        Ok(Some(o.len(
+            v.ok_or(StateError::MissingName(name, "scheduler"))?,
+        )?))
+    };
+    let running = len_of(running, n.running)?;
+    let waiting = len_of(waiting, n.waiting)?;
+    let requests = len_of(requests, n.requests)?;
+    let kvm = kvm.ok_or(StateError::MissingName(n.kv_cache_manager, "scheduler"))?;
+    let current_step = match current_step {
+        Some(v) => u64::try_from(o.int(v)?).ok(),
+        None => None,
+    };
     let pool = get(kvm, n.block_pool, "KV cache manager")?;
-    let total = o.int(get(pool, n.num_gpu_blocks, "block pool")?)?;
-    let queue = get(pool, n.free_block_queue, "block pool")?;
+    let [total, queue, prefix_map] = o.attrs(
+        pool,
+        [n.num_gpu_blocks, n.free_block_queue, n.prefix_cache_map],
+    )?;
+    let total = o.int(total.ok_or(StateError::MissingName(n.num_gpu_blocks, "block pool"))?)?;
+    let queue = queue.ok_or(StateError::MissingName(n.free_block_queue, "block pool"))?;
     let free = o.int(get(queue, n.num_free_blocks, "free block queue")?)?;
+    let cached_blocks = match prefix_map {
+        Some(m) => match o.attr(m, n.prefix_cache_dict)? {
+            Some(d) => Some(o.len(d)?),
+            None => None,
+        },
+        None => None,
+    };
     Ok(StateSnapshot {
         pid: 0,
         ts_ns: 0,
+        scheduler,
         running,
         waiting,
         requests,
         total_blocks: u64::try_from(total).ok(),
         free_blocks: u64::try_from(free).ok(),
+        current_step,
+        max_num_seqs: None,
+        max_num_scheduled_tokens: None,
+        prefix_cache_map: prefix_map,
+        cached_blocks,
     })
 }
 
@@ -257,11 +536,17 @@ mod tests {
         let s = StateSnapshot {
             pid: 1,
             ts_ns: 0,
+            scheduler: 0,
             running: None,
             waiting: None,
             requests: None,
             total_blocks: Some(101),
             free_blocks: Some(25),
+            current_step: None,
+            max_num_seqs: None,
+            max_num_scheduled_tokens: None,
+            prefix_cache_map: None,
+            cached_blocks: None,
         };
         assert!((s.kv_usage_pct().expect("usage") - 75.0).abs() < 1e-9);
         let empty = StateSnapshot {

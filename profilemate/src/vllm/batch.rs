@@ -1,0 +1,592 @@
+//! Per-step batches: the `SchedulerOutput` each step was launched with, and the CUDA graph
+//! descriptor each replay used, read from the target (read-only) at the moment the frame
+//! walker saw them.
+//!
+//! The walker keeps every frame's second argument (`localsplus[1]`); for
+//! `*.execute_model(self, scheduler_output)` that is the step's `SchedulerOutput`, for
+//! `*.run_fullgraph(self, desc)` the `BatchExecutionDescriptor` being replayed. The pointer
+//! is captured atomically with the stack at a CUDA call; the object is then read at once
+//! (it stays alive until the step's output is processed) and validated by type. Each
+//! step's output is read once: the `num_scheduled_tokens` dict's version tag (unique per
+//! dict modification in CPython 3.11-3.13) tells a new step's output from the same one seen
+//! again, even when a freed output's address is reused.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use super::state::{read_scheduler, StateError, StateNames, StateSnapshot, StrCache};
+use crate::{
+    correlate::{Correlated, PyStack},
+    probes::drain::StackReason,
+    python::{
+        objects::{object_layout, AttrCache, ObjectError, Objects, MAX_ITEMS},
+        remote::ProcessMemory,
+        Interpreter,
+    },
+};
+
+/// The names of the per-step objects, for one vLLM version range.
+#[derive(Debug)]
+pub struct BatchNames {
+    /// vLLM versions the table was read from.
+    pub versions: &'static str,
+    /// Methods whose second argument is the step's `SchedulerOutput` (qualname suffixes;
+    /// the innermost frame wins): the model runner's and worker's `execute_model`, the
+    /// executor's, and `Scheduler.update_from_output`.
+    pub output_frames: &'static [&'static str],
+    /// `type(scheduler_output).__name__`.
+    pub output_type: &'static str,
+    /// `SchedulerOutput` fields.
+    pub total_num_scheduled_tokens: &'static str,
+    /// See `total_num_scheduled_tokens`.
+    pub num_scheduled_tokens: &'static str,
+    /// See `total_num_scheduled_tokens`.
+    pub scheduled_new_reqs: &'static str,
+    /// See `total_num_scheduled_tokens`.
+    pub scheduled_cached_reqs: &'static str,
+    /// See `total_num_scheduled_tokens`.
+    pub scheduled_spec_decode_tokens: &'static str,
+    /// See `total_num_scheduled_tokens`.
+    pub scheduled_encoder_inputs: &'static str,
+    /// See `total_num_scheduled_tokens`.
+    pub preempted_req_ids: &'static str,
+    /// See `total_num_scheduled_tokens`.
+    pub finished_req_ids: &'static str,
+    /// `NewRequestData.req_id`.
+    pub new_req_id: &'static str,
+    /// `CachedRequestData.req_ids`, `.resumed_req_ids`, `.num_output_tokens`.
+    pub cached_req_ids: &'static str,
+    /// See `cached_req_ids`.
+    pub resumed_req_ids: &'static str,
+    /// See `cached_req_ids`.
+    pub num_output_tokens: &'static str,
+    /// Methods whose second argument is the CUDA graph descriptor being replayed.
+    pub descriptor_frames: &'static [&'static str],
+    /// `type(desc).__name__` accepted.
+    pub descriptor_types: &'static [&'static str],
+    /// Descriptor fields: mode, tokens, requests, uniform token count, active LoRAs.
+    pub desc_mode: &'static str,
+    /// See `desc_mode`.
+    pub desc_num_tokens: &'static str,
+    /// See `desc_mode`.
+    pub desc_num_reqs: &'static str,
+    /// See `desc_mode`.
+    pub desc_uniform: &'static str,
+    /// See `desc_mode`.
+    pub desc_loras: &'static str,
+}
+
+/// vLLM 0.33 (V1 engine, model runner V2 and V1).
+pub static BATCH_0_33: BatchNames = BatchNames {
+    versions: "0.33",
+    output_frames: &[".execute_model", "Scheduler.update_from_output"],
+    output_type: "SchedulerOutput",
+    total_num_scheduled_tokens: "total_num_scheduled_tokens",
+    num_scheduled_tokens: "num_scheduled_tokens",
+    scheduled_new_reqs: "scheduled_new_reqs",
+    scheduled_cached_reqs: "scheduled_cached_reqs",
+    scheduled_spec_decode_tokens: "scheduled_spec_decode_tokens",
+    scheduled_encoder_inputs: "scheduled_encoder_inputs",
+    preempted_req_ids: "preempted_req_ids",
+    finished_req_ids: "finished_req_ids",
+    new_req_id: "req_id",
+    cached_req_ids: "req_ids",
+    resumed_req_ids: "resumed_req_ids",
+    num_output_tokens: "num_output_tokens",
+    descriptor_frames: &[".run_fullgraph"],
+    descriptor_types: &["BatchExecutionDescriptor", "BatchDescriptor"],
+    desc_mode: "cg_mode",
+    desc_num_tokens: "num_tokens",
+    desc_num_reqs: "num_reqs",
+    desc_uniform: "uniform_token_count",
+    desc_loras: "num_active_loras",
+};
+
+/// What kind of work a step's batch is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Every scheduled request is computing prompt tokens.
+    Prefill,
+    /// Every scheduled request generates (one token, plus speculative ones).
+    Decode,
+    /// Both.
+    Mixed,
+    /// No tokens scheduled.
+    Empty,
+}
+
+impl Phase {
+    /// The CSV/JSON spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Prefill => "prefill",
+            Self::Decode => "decode",
+            Self::Mixed => "mixed",
+            Self::Empty => "empty",
+        }
+    }
+}
+
+/// One step's batch, as its `SchedulerOutput` said.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepBatch {
+    /// Process that read it (the model runner's).
+    pub pid: u32,
+    /// Thread whose stack carried it.
+    pub tid: u32,
+    /// The walked CUDA call that carried it.
+    pub ts_ns: u64,
+    /// Requests scheduled (`len(num_scheduled_tokens)`).
+    pub num_reqs: u64,
+    /// `total_num_scheduled_tokens`.
+    pub num_tokens: u64,
+    /// Requests scheduled for the first time.
+    pub new_reqs: u64,
+    /// Requests scheduled before (running, or resumed).
+    pub cached_reqs: u64,
+    /// Cached requests resumed after a preemption.
+    pub resumed_reqs: u64,
+    /// Requests computing prompt tokens (new, resumed, or continuing a chunked prefill).
+    pub prefill_reqs: u64,
+    /// Requests generating.
+    pub decode_reqs: u64,
+    /// Tokens of the prefill requests.
+    pub prefill_tokens: u64,
+    /// Tokens of the decode requests (speculative tokens included).
+    pub decode_tokens: u64,
+    /// Speculative draft tokens scheduled.
+    pub spec_tokens: u64,
+    /// Multimodal encoder inputs scheduled.
+    pub encoder_inputs: u64,
+    /// Ids of the new requests.
+    pub new_req_ids: Vec<String>,
+    /// Ids of the resumed requests.
+    pub resumed_req_ids: Vec<String>,
+    /// Requests preempted since the previous step (`preempted_req_ids`).
+    pub preempted_req_ids: Vec<String>,
+    /// Requests finished since the previous step (`finished_req_ids`).
+    pub finished_req_ids: Vec<String>,
+    /// Prefill, decode, mixed.
+    pub phase: Phase,
+    /// The scheduler's queues and KV cache read right after (same process only).
+    pub scheduler: Option<StateSnapshot>,
+}
+
+/// The CUDA graph descriptor a replay used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GraphDescriptor {
+    /// Process.
+    pub pid: u32,
+    /// Thread.
+    pub tid: u32,
+    /// The walked `cudaGraphLaunch` (equal to the replay's launch time).
+    pub ts_ns: u64,
+    /// `CUDAGraphMode` name (FULL, PIECEWISE, ...).
+    pub mode: String,
+    /// Padded tokens the graph was captured for.
+    pub num_tokens: u64,
+    /// Padded requests (None: any).
+    pub num_reqs: Option<u64>,
+    /// Uniform tokens per request (None: not uniform).
+    pub uniform: Option<u64>,
+    /// Active LoRA adapters.
+    pub num_active_loras: u64,
+}
+
+/// Counts of the per-step reads, for metadata.json.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Step outputs read.
+    pub batches: u64,
+    /// Stacks that carried an output already read.
+    pub repeated: u64,
+    /// Outputs dropped: they changed while read, or were freed (counted, never reported).
+    pub torn: u64,
+    /// Stacks with an `execute_model` frame whose argument was not a `SchedulerOutput`.
+    pub wrong_type: u64,
+    /// Graph descriptors read.
+    pub descriptors: u64,
+    /// Descriptors that could not be read.
+    pub descriptor_errors: u64,
+    /// The last read error, if any (what was not found, for another vLLM version).
+    pub last_error: Option<String>,
+}
+
+struct ProcBatch {
+    interp: Interpreter,
+    mem: ProcessMemory,
+    attrs: AttrCache,
+    strings: StrCache,
+    /// (output address, its `num_scheduled_tokens` dict, that dict's version tag).
+    last: Option<(u64, u64, u64)>,
+    scheduler: Option<u64>,
+}
+
+/// Reads step outputs and graph descriptors off walked stacks.
+pub struct BatchReader {
+    names: &'static BatchNames,
+    state: &'static StateNames,
+    procs: HashMap<u32, ProcBatch>,
+    /// Counters.
+    pub stats: BatchStats,
+}
+
+/// Why one read failed.
+#[derive(Debug, thiserror::Error)]
+enum ReadFailure {
+    #[error("`{0}` not found on the {1}")]
+    Missing(&'static str, &'static str),
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("the object changed while it was read")]
+    Changed,
+}
+
+impl BatchReader {
+    /// A reader using `names` for outputs and `state` for the scheduler side.
+    #[must_use]
+    pub fn new(names: &'static BatchNames, state: &'static StateNames) -> Self {
+        Self {
+            names,
+            state,
+            procs: HashMap::new(),
+            stats: BatchStats::default(),
+        }
+    }
+
+    /// Starts reading `interp`'s process (versions without an object layout are skipped).
+    pub fn add_interpreter(&mut self, interp: Interpreter) {
+        if object_layout(interp.layout.version).is_none() {
+            return;
+        }
+        self.procs.insert(
+            interp.pid,
+            ProcBatch {
+                mem: ProcessMemory::new(interp.pid),
+                interp,
+                attrs: AttrCache::default(),
+                strings: StrCache::default(),
+                last: None,
+                scheduler: None,
+            },
+        );
+    }
+
+    /// Forgets an exited process.
+    pub fn remove_process(&mut self, pid: u32) {
+        self.procs.remove(&pid);
+    }
+
+    /// The scheduler object of `pid`, found by its poller: per-step reads add its queues.
+    pub fn set_scheduler(&mut self, pid: u32, scheduler: u64) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.scheduler = Some(scheduler);
+        }
+    }
+
+    /// Looks at one symbolized stack walked at a CUDA call.
+    pub fn observe(&mut self, st: &PyStack, out: &mut impl FnMut(Correlated)) {
+        if !matches!(st.reason, StackReason::CudaCall(_)) {
+            return;
+        }
+        let Some(p) = self.procs.get_mut(&st.pid) else {
+            return;
+        };
+        let Some(ol) = object_layout(p.interp.layout.version) else {
+            return;
+        };
+        let names = self.names;
+        let ends = |q: &str, set: &[&str]| set.iter().any(|s| q.ends_with(s));
+        let mem = p.mem;
+        let o = Objects::new(&mem, &p.interp.layout, ol).with_cache(&p.attrs);
+        // The descriptor of a graph replay.
+        if let Some(f) = st
+            .frames
+            .iter()
+            .find(|f| f.arg1 != 0 && ends(&f.code.qualname, names.descriptor_frames))
+        {
+            match read_descriptor(&o, names, f.arg1, &mut p.strings) {
+                Ok(Some((mode, num_tokens, num_reqs, uniform, loras))) => {
+                    self.stats.descriptors += 1;
+                    out(Correlated::GraphDescriptor(GraphDescriptor {
+                        pid: st.pid,
+                        tid: st.tid,
+                        ts_ns: st.ts_ns,
+                        mode,
+                        num_tokens,
+                        num_reqs,
+                        uniform,
+                        num_active_loras: loras,
+                    }));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.stats.descriptor_errors += 1;
+                    self.stats.last_error = Some(format!("graph descriptor: {e}"));
+                }
+            }
+        }
+        // The step's scheduler output: the innermost frame that carries one.
+        let candidates = st
+            .frames
+            .iter()
+            .filter(|f| f.arg1 != 0 && ends(&f.code.qualname, names.output_frames));
+        for f in candidates {
+            let is_output = o.type_name(f.arg1).is_ok_and(|t| t == names.output_type);
+            if !is_output {
+                self.stats.wrong_type += 1;
+                continue;
+            }
+            let key = match output_key(&o, names, f.arg1) {
+                Ok(k) => k,
+                Err(e) => {
+                    self.stats.torn += 1;
+                    self.stats.last_error = Some(format!("scheduler output: {e}"));
+                    return;
+                }
+            };
+            if p.last == Some(key) {
+                self.stats.repeated += 1;
+                return;
+            }
+            let read = read_output(&o, names, f.arg1, &mut p.strings).and_then(|mut b| {
+                // Nothing of the output may have changed while it was read.
+                if output_key(&o, names, f.arg1)? != key {
+                    return Err(ReadFailure::Changed);
+                }
+                b.scheduler = match p.scheduler {
+                    Some(s) => read_scheduler(&o, self.state, s).ok(),
+                    None => None,
+                };
+                Ok(b)
+            });
+            match read {
+                Ok(b) => {
+                    p.last = Some(key);
+                    self.stats.batches += 1;
+                    out(Correlated::Batch(Box::new(StepBatch {
+                        pid: st.pid,
+                        tid: st.tid,
+                        ts_ns: st.ts_ns,
+                        ..b
+                    })));
+                }
+                Err(e) => {
+                    self.stats.torn += 1;
+                    self.stats.last_error = Some(format!("scheduler output: {e}"));
+                }
+            }
+            return;
+        }
+    }
+}
+
+/// (address, `num_scheduled_tokens` dict, its version tag): the identity of one step's
+/// output.
+fn output_key(o: &Objects<'_>, n: &BatchNames, so: u64) -> Result<(u64, u64, u64), ReadFailure> {
+    let dict = o
+        .attr(so, n.num_scheduled_tokens)?
+        .ok_or(ReadFailure::Missing(
+            n.num_scheduled_tokens,
+            "scheduler output",
+        ))?;
+    Ok((so, dict, o.dict_version(dict)?))
+}
+
+/// Ids of a set, list or tuple of strs (None: empty).
+fn id_list(
+    o: &Objects<'_>,
+    strings: &mut StrCache,
+    v: Option<u64>,
+) -> Result<Vec<String>, ReadFailure> {
+    let Some(v) = v else {
+        return Ok(Vec::new());
+    };
+    if o.is_none(v)? {
+        return Ok(Vec::new());
+    }
+    let items = match o.set_items(v, MAX_ITEMS) {
+        Ok(items) => items,
+        Err(ObjectError::WrongType { .. }) => o.list_items(v, MAX_ITEMS)?,
+        Err(e) => return Err(e.into()),
+    };
+    items
+        .into_iter()
+        .map(|s| strings.get(o, s).map_err(ReadFailure::from))
+        .collect()
+}
+
+/// Reads a `SchedulerOutput` (pid, tid and time left empty).
+fn read_output(
+    o: &Objects<'_>,
+    n: &BatchNames,
+    so: u64,
+    strings: &mut StrCache,
+) -> Result<StepBatch, ReadFailure> {
+    let [total, per_req, new, cached, spec, encoder, preempted, finished] = o.attrs(
+        so,
+        [
+            n.total_num_scheduled_tokens,
+            n.num_scheduled_tokens,
+            n.scheduled_new_reqs,
+            n.scheduled_cached_reqs,
+            n.scheduled_spec_decode_tokens,
+            n.scheduled_encoder_inputs,
+            n.preempted_req_ids,
+            n.finished_req_ids,
+        ],
+    )?;
+    let what = "scheduler output";
+    let need = |v: Option<u64>, name: &'static str| v.ok_or(ReadFailure::Missing(name, what));
+    let num_tokens = u64::try_from(o.int(need(total, n.total_num_scheduled_tokens)?)?).unwrap_or(0);
+    // Per-request tokens; small ints are shared objects, so each distinct value is read once.
+    let mut ints: HashMap<u64, u64> = HashMap::new();
+    let mut tokens: HashMap<String, u64> = HashMap::new();
+    for (k, v) in o.dict_items(need(per_req, n.num_scheduled_tokens)?, MAX_ITEMS)? {
+        let t = match ints.get(&v) {
+            Some(t) => *t,
+            None => {
+                let t = u64::try_from(o.int(v)?).unwrap_or(0);
+                ints.insert(v, t);
+                t
+            }
+        };
+        tokens.insert(strings.get(o, k)?, t);
+    }
+    let mut new_req_ids = Vec::new();
+    for r in o.list_items(need(new, n.scheduled_new_reqs)?, MAX_ITEMS)? {
+        let id = o
+            .attr(r, n.new_req_id)?
+            .ok_or(ReadFailure::Missing(n.new_req_id, "new request data"))?;
+        new_req_ids.push(strings.get(o, id)?);
+    }
+    let [cached_ids, resumed, out_tokens] = o.attrs(
+        need(cached, n.scheduled_cached_reqs)?,
+        [n.cached_req_ids, n.resumed_req_ids, n.num_output_tokens],
+    )?;
+    let cached_ids = id_list(o, strings, Some(need(cached_ids, n.cached_req_ids)?))?;
+    let resumed_req_ids = id_list(o, strings, resumed)?;
+    let out_tokens: Vec<u64> = match out_tokens {
+        Some(l) => o
+            .list_items(l, MAX_ITEMS)?
+            .into_iter()
+            .map(|v| o.int(v).map(|t| u64::try_from(t).unwrap_or(0)))
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+    // Draft tokens per request (speculative decoding).
+    let mut spec_of: HashMap<String, u64> = HashMap::new();
+    if let Some(d) = spec {
+        if !o.is_none(d)? {
+            for (k, v) in o.dict_items(d, MAX_ITEMS)? {
+                spec_of.insert(strings.get(o, k)?, o.len(v)?);
+            }
+        }
+    }
+    let mut encoder_inputs = 0;
+    if let Some(d) = encoder {
+        if !o.is_none(d)? {
+            for (_, v) in o.dict_items(d, MAX_ITEMS)? {
+                encoder_inputs += o.len(v)?;
+            }
+        }
+    }
+    let mut b = StepBatch {
+        pid: 0,
+        tid: 0,
+        ts_ns: 0,
+        num_reqs: tokens.len() as u64,
+        num_tokens,
+        new_reqs: new_req_ids.len() as u64,
+        cached_reqs: cached_ids.len() as u64,
+        resumed_reqs: resumed_req_ids.len() as u64,
+        prefill_reqs: 0,
+        decode_reqs: 0,
+        prefill_tokens: 0,
+        decode_tokens: 0,
+        spec_tokens: spec_of.values().sum(),
+        encoder_inputs,
+        new_req_ids,
+        resumed_req_ids,
+        preempted_req_ids: id_list(o, strings, preempted)?,
+        finished_req_ids: id_list(o, strings, finished)?,
+        phase: Phase::Empty,
+        scheduler: None,
+    };
+    // A request prefills when it is new, resumed (recomputes its tokens), has produced no
+    // output yet (chunked prefill), or computes more than one token plus its drafts.
+    let mut prefill: HashSet<&str> = b.new_req_ids.iter().map(String::as_str).collect();
+    prefill.extend(b.resumed_req_ids.iter().map(String::as_str));
+    for (i, id) in cached_ids.iter().enumerate() {
+        let t = tokens.get(id).copied().unwrap_or(0);
+        let drafts = spec_of.get(id).copied().unwrap_or(0);
+        if out_tokens.get(i) == Some(&0) || t > 1 + drafts {
+            prefill.insert(id);
+        }
+    }
+    for (id, t) in &tokens {
+        if prefill.contains(id.as_str()) {
+            b.prefill_reqs += 1;
+            b.prefill_tokens += t;
+        } else {
+            b.decode_reqs += 1;
+            b.decode_tokens += t;
+        }
+    }
+    b.phase = match (b.prefill_reqs, b.decode_reqs) {
+        (0, 0) => Phase::Empty,
+        (_, 0) => Phase::Prefill,
+        (0, _) => Phase::Decode,
+        _ => Phase::Mixed,
+    };
+    Ok(b)
+}
+
+/// (mode, tokens, requests, uniform count, LoRAs) of a graph descriptor; None when the
+/// argument is not one.
+#[allow(clippy::type_complexity)]
+fn read_descriptor(
+    o: &Objects<'_>,
+    n: &BatchNames,
+    desc: u64,
+    strings: &mut StrCache,
+) -> Result<Option<(String, u64, Option<u64>, Option<u64>, u64)>, ReadFailure> {
+    let ty = o.type_name(desc)?;
+    if !n.descriptor_types.contains(&ty.as_str()) {
+        return Ok(None);
+    }
+    let [mode, tokens, reqs, uniform, loras] = o.attrs(
+        desc,
+        [
+            n.desc_mode,
+            n.desc_num_tokens,
+            n.desc_num_reqs,
+            n.desc_uniform,
+            n.desc_loras,
+        ],
+    )?;
+    let opt_int = |v: Option<u64>| -> Result<Option<u64>, ReadFailure> {
+        match v {
+            Some(v) if !o.is_none(v)? => Ok(u64::try_from(o.int(v)?).ok()),
+            _ => Ok(None),
+        }
+    };
+    let mode = match mode {
+        Some(m) => strings.enum_name(o, m)?,
+        None => "unknown".to_owned(),
+    };
+    let tokens =
+        opt_int(tokens)?.ok_or(ReadFailure::Missing(n.desc_num_tokens, "graph descriptor"))?;
+    Ok(Some((
+        mode,
+        tokens,
+        opt_int(reqs)?,
+        opt_int(uniform)?,
+        opt_int(loras)?.unwrap_or(0),
+    )))
+}
