@@ -109,7 +109,15 @@ fn main() {
     let base =
         std::env::temp_dir().join(format!("profilemate-pipeline-bench-{}", std::process::id()));
     let dir = SessionDir::create(&base, "bench").expect("scratch session directory");
-    let mut sinks = profilers::default_set(&dir, TimeBase { t0_ns: 0 }, 0).expect("profilers");
+    let mut sinks = profilers::default_set(
+        &dir,
+        TimeBase {
+            t0_ns: 0,
+            unix_t0_sec: 0.0,
+        },
+        0,
+    )
+    .expect("profilers");
     let start = Instant::now();
     for r in &records {
         if let Ok(ev) = decode(r) {

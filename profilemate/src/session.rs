@@ -476,7 +476,14 @@ async fn run_session(
     start_wall: chrono::DateTime<chrono::Local>,
 ) -> Result<SessionOutcome> {
     let t0 = monotonic_ns();
-    let time = TimeBase { t0_ns: t0 };
+    // Taken right after t0: the two clocks are paired to well under a millisecond.
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let time = TimeBase {
+        t0_ns: t0,
+        unix_t0_sec: unix_now,
+    };
     let mut probes = Probes::load(cfg.ring_bytes, cfg.kernels, cfg.driver_twins)?;
     probes.set_cuda_stacks(cfg.cuda_stacks)?;
     let drain = Drain::new(probes.take_ring_buffer()?).context("cannot poll the ring buffer")?;

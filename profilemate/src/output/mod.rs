@@ -56,6 +56,8 @@ pub enum OutputError {
 pub struct TimeBase {
     /// CLOCK_MONOTONIC ns at session start.
     pub t0_ns: u64,
+    /// Unix time (seconds) at session start: converts the target's `time.time()` stamps.
+    pub unix_t0_sec: f64,
 }
 
 impl TimeBase {
@@ -64,6 +66,12 @@ impl TimeBase {
     pub fn sec(&self, ts_ns: u64) -> f64 {
         let d = ts_ns as i128 - self.t0_ns as i128;
         (d as f64 / 1e3).round() / 1e6
+    }
+
+    /// Session-relative seconds of a Unix timestamp (negative: before the session).
+    #[must_use]
+    pub fn unix_sec(&self, unix: f64) -> f64 {
+        ((unix - self.unix_t0_sec) * 1e6).round() / 1e6
     }
 }
 

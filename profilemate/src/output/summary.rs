@@ -72,6 +72,45 @@ impl Latency {
     }
 }
 
+/// A summary of counts (tokens, requests), unscaled.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CountSummary {
+    /// Samples.
+    pub count: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Minimum.
+    pub min: u64,
+    /// Median.
+    pub p50: u64,
+    /// 95th percentile.
+    pub p95: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Maximum.
+    pub max: u64,
+}
+
+impl Latency {
+    /// The recorded values as counts (not durations), or None without samples.
+    #[must_use]
+    pub fn summary_raw(&self) -> Option<CountSummary> {
+        let n = self.hist.len();
+        if n == 0 {
+            return None;
+        }
+        Some(CountSummary {
+            count: n,
+            mean: ((self.sum_ns * 100 / u128::from(n)) as f64).round() / 100.0,
+            min: self.hist.min(),
+            p50: self.hist.value_at_quantile(0.50),
+            p95: self.hist.value_at_quantile(0.95),
+            p99: self.hist.value_at_quantile(0.99),
+            max: self.hist.max(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,9 +13,30 @@ use crate::{
         CsvSink, OutputError, SessionDir, TimeBase,
     },
     probes::drain::StackReason,
+    vllm::batch::{GraphDescriptor, StepBatch},
 };
 
-/// The phase column; vLLM batch phase needs Python context, not read in this version.
+/// Keeps the newest `STACKS_PER_THREAD` items of a per-thread queue.
+fn keep<T>(map: &mut HashMap<(u32, u32), VecDeque<T>>, key: (u32, u32), item: T) {
+    let q = map.entry(key).or_default();
+    if q.len() >= STACKS_PER_THREAD {
+        q.pop_front();
+    }
+    q.push_back(item);
+}
+
+/// The first item of `key`'s queue stamped inside the step's launch window.
+fn in_window<'a, T>(
+    map: &'a HashMap<(u32, u32), VecDeque<T>>,
+    s: &Step,
+    ts: impl Fn(&T) -> u64,
+) -> Option<&'a T> {
+    map.get(&(s.pid, s.tid))?
+        .iter()
+        .find(|x| ts(x) >= s.start_ns && ts(x) <= s.launch_end_ns)
+}
+
+/// The phase of a step whose `SchedulerOutput` was not read (not vLLM, or not readable).
 const PHASE_UNKNOWN: &str = "unknown";
 
 const HEADER: &[&str] = &[
@@ -24,6 +45,8 @@ const HEADER: &[&str] = &[
     "pid",
     "tid",
     "phase",
+    "batch_size",
+    "num_tokens",
     "forward_time_ms",
     "cpu_launch_ms",
     "num_kernel_launches",
@@ -39,6 +62,14 @@ const HEADER: &[&str] = &[
     "sync_wait_ms",
     "launched_by",
     "launch_stack",
+    "prefill_reqs",
+    "decode_reqs",
+    "prefill_tokens",
+    "decode_tokens",
+    "new_reqs",
+    "cached_reqs",
+    "cg_mode",
+    "padded_tokens",
 ];
 
 /// CUDA-call stacks kept per thread until their step completes (async scheduling completes
@@ -54,6 +85,8 @@ struct Row<'a> {
     pid: u32,
     tid: u32,
     phase: &'a str,
+    batch_size: Option<u64>,
+    num_tokens: Option<u64>,
     forward_time_ms: f64,
     cpu_launch_ms: f64,
     num_kernel_launches: Option<u32>,
@@ -69,6 +102,14 @@ struct Row<'a> {
     sync_wait_ms: f64,
     launched_by: String,
     launch_stack: String,
+    prefill_reqs: Option<u64>,
+    decode_reqs: Option<u64>,
+    prefill_tokens: Option<u64>,
+    decode_tokens: Option<u64>,
+    new_reqs: Option<u64>,
+    cached_reqs: Option<u64>,
+    cg_mode: Option<String>,
+    padded_tokens: Option<u64>,
 }
 
 /// Running statistics of a set of steps.
@@ -124,6 +165,8 @@ struct Summary {
     all: PhaseSummary,
     by_phase: BTreeMap<&'static str, PhaseSummary>,
     by_pid: BTreeMap<u32, PhaseSummary>,
+    /// Steps whose vLLM batch (`SchedulerOutput`) was read: phase and batch columns filled.
+    steps_with_batch: u64,
     note: &'static str,
 }
 
@@ -137,6 +180,11 @@ pub struct ForwardPass {
     /// (pid, tid) -> recent CUDA-call stacks, oldest first (formatted only for the step
     /// rows that use them).
     stacks: HashMap<(u32, u32), VecDeque<PyStack>>,
+    /// (pid, tid) -> recent step batches and graph descriptors, oldest first.
+    batches: HashMap<(u32, u32), VecDeque<StepBatch>>,
+    descriptors: HashMap<(u32, u32), VecDeque<GraphDescriptor>>,
+    /// Steps whose batch was read.
+    with_batch: u64,
 }
 
 /// What a step row says about the Python code that launched it.
@@ -186,6 +234,9 @@ impl ForwardPass {
             by_phase: BTreeMap::new(),
             by_pid: BTreeMap::new(),
             stacks: HashMap::new(),
+            batches: HashMap::new(),
+            descriptors: HashMap::new(),
+            with_batch: 0,
         })
     }
 
@@ -209,11 +260,15 @@ impl Profiler for ForwardPass {
     fn consume(&mut self, record: &Correlated) {
         let s = match record {
             Correlated::PyStack(st) if matches!(st.reason, StackReason::CudaCall(_)) => {
-                let q = self.stacks.entry((st.pid, st.tid)).or_default();
-                if q.len() >= STACKS_PER_THREAD {
-                    q.pop_front();
-                }
-                q.push_back(PyStack::clone(st));
+                keep(&mut self.stacks, (st.pid, st.tid), PyStack::clone(st));
+                return;
+            }
+            Correlated::Batch(b) => {
+                keep(&mut self.batches, (b.pid, b.tid), StepBatch::clone(b));
+                return;
+            }
+            Correlated::GraphDescriptor(d) => {
+                keep(&mut self.descriptors, (d.pid, d.tid), d.clone());
                 return;
             }
             Correlated::Step(s) => s,
@@ -221,12 +276,18 @@ impl Profiler for ForwardPass {
         };
         let time = self.time;
         let launch = self.launch_context(s);
+        let batch = in_window(&self.batches, s, |b| b.ts_ns);
+        let desc = in_window(&self.descriptors, s, |d| d.ts_ns);
+        let phase = batch.map_or(PHASE_UNKNOWN, |b| b.phase.as_str());
+        self.with_batch += u64::from(batch.is_some());
         self.rows.row(&Row {
             step: s.index,
             timestamp_sec: time.sec(s.start_ns),
             pid: s.pid,
             tid: s.tid,
-            phase: PHASE_UNKNOWN,
+            phase,
+            batch_size: batch.map(|b| b.num_reqs),
+            num_tokens: batch.map(|b| b.num_tokens),
             forward_time_ms: ms(s.forward_ns()),
             cpu_launch_ms: ms(s.cpu_launch_ns()),
             num_kernel_launches: s.kernel_launches,
@@ -247,9 +308,19 @@ impl Profiler for ForwardPass {
             sync_wait_ms: ms(s.sync_wait_ns),
             launched_by: launch.launched_by,
             launch_stack: launch.launch_stack,
+            prefill_reqs: batch.map(|b| b.prefill_reqs),
+            decode_reqs: batch.map(|b| b.decode_reqs),
+            prefill_tokens: batch.map(|b| b.prefill_tokens),
+            decode_tokens: batch.map(|b| b.decode_tokens),
+            new_reqs: batch.map(|b| b.new_reqs),
+            cached_reqs: batch.map(|b| b.cached_reqs),
+            cg_mode: desc.map(|d| d.mode.clone()),
+            padded_tokens: desc
+                .zip(batch)
+                .map(|(d, b)| d.num_tokens.saturating_sub(b.num_tokens)),
         });
         self.all.add(s);
-        self.by_phase.entry(PHASE_UNKNOWN).or_default().add(s);
+        self.by_phase.entry(phase).or_default().add(s);
         self.by_pid.entry(s.pid).or_default().add(s);
     }
 
@@ -259,7 +330,8 @@ impl Profiler for ForwardPass {
             all: self.all.summary(),
             by_phase: self.by_phase.iter().map(|(k, v)| (*k, v.summary())).collect(),
             by_pid: self.by_pid.iter().map(|(k, v)| (*k, v.summary())).collect(),
-            note: "forward_time_ms = GPU completion (return of the wait that observed it) minus the later of the step's first launch-side call and the previous step's exact completion; upper_bound rows completed before their wait began",
+            steps_with_batch: self.with_batch,
+            note: "forward_time_ms = GPU completion (return of the wait that observed it) minus the later of the step's first launch-side call and the previous step's exact completion; upper_bound rows completed before their wait began. phase, batch_size and num_tokens come from the step's SchedulerOutput (prefill: every request computes prompt tokens; decode: every request generates; mixed: both; unknown: not read)",
         };
         dir.write_json("forward_pass_summary.json", &summary)?;
         Ok(vec![rows, "forward_pass_summary.json"])

@@ -1,5 +1,6 @@
-//! kv_cache_usage.csv and scheduler_state.csv (one row per poll of the scheduler, streamed)
-//! and kv_cache_summary.txt.
+//! kv_cache_usage.csv and scheduler_state.csv (one row per poll of the scheduler and per
+//! step read in the scheduler's process, streamed), kv_cache_evictions.csv and
+//! kv_cache_summary.txt.
 
 use std::collections::BTreeMap;
 
@@ -19,9 +20,26 @@ const KV_HEADER: &[&str] = &[
     "num_blocks",
     "total_blocks",
     "free_blocks",
+    "source",
 ];
 
-const QUEUE_HEADER: &[&str] = &["timestamp_sec", "pid", "running", "waiting", "requests"];
+const EVICTION_HEADER: &[&str] = &[
+    "timestamp_sec",
+    "pid",
+    "interval_sec",
+    "cached_blocks",
+    "evicted_blocks_min",
+    "prefix_cache_reset",
+];
+
+const QUEUE_HEADER: &[&str] = &[
+    "timestamp_sec",
+    "pid",
+    "running",
+    "waiting",
+    "requests",
+    "source",
+];
 
 #[derive(Serialize)]
 struct KvRow {
@@ -31,6 +49,17 @@ struct KvRow {
     num_blocks: u64,
     total_blocks: u64,
     free_blocks: u64,
+    source: &'static str,
+}
+
+#[derive(Serialize)]
+struct EvictionRow {
+    timestamp_sec: f64,
+    pid: u32,
+    interval_sec: f64,
+    cached_blocks: u64,
+    evicted_blocks_min: u64,
+    prefix_cache_reset: bool,
 }
 
 #[derive(Serialize)]
@@ -40,12 +69,18 @@ struct QueueRow {
     running: Option<u64>,
     waiting: Option<u64>,
     requests: Option<u64>,
+    source: &'static str,
 }
 
 #[derive(Default)]
 struct Usage {
     samples: Vec<f64>,
+    step_samples: u64,
     total_blocks: u64,
+    /// (time, cached blocks, prefix cache map) at the previous poll.
+    cached: Option<(u64, u64, Option<u64>)>,
+    evicted_min: u64,
+    resets: u64,
 }
 
 /// The KV cache and scheduler-queue profiler.
@@ -53,6 +88,7 @@ pub struct KvCache {
     time: TimeBase,
     kv: CsvSink,
     queues: CsvSink,
+    evictions: CsvSink,
     usage: BTreeMap<u32, Usage>,
 }
 
@@ -63,11 +99,14 @@ impl KvCache {
             time,
             kv: dir.csv_sink("kv_cache_usage.csv", KV_HEADER)?,
             queues: dir.csv_sink("scheduler_state.csv", QUEUE_HEADER)?,
+            evictions: dir.csv_sink("kv_cache_evictions.csv", EVICTION_HEADER)?,
             usage: BTreeMap::new(),
         })
     }
 
-    fn add(&mut self, s: &StateSnapshot) {
+    /// One read of the scheduler: `source` is `poll` (at --state-hz) or `step` (right after
+    /// a step's output was read).
+    fn add(&mut self, s: &StateSnapshot, source: &'static str) {
         let timestamp_sec = self.time.sec(s.ts_ns);
         self.queues.row(&QueueRow {
             timestamp_sec,
@@ -75,7 +114,11 @@ impl KvCache {
             running: s.running,
             waiting: s.waiting,
             requests: s.requests,
+            source,
         });
+        if source == "poll" {
+            self.eviction(s);
+        }
         let (Some(usage_pct), Some(total), Some(free)) =
             (s.kv_usage_pct(), s.total_blocks, s.free_blocks)
         else {
@@ -88,10 +131,44 @@ impl KvCache {
             num_blocks: (total - 1).saturating_sub(free),
             total_blocks: total,
             free_blocks: free,
+            source,
         });
         let u = self.usage.entry(s.pid).or_default();
         u.samples.push(usage_pct);
+        u.step_samples += u64::from(source == "step");
         u.total_blocks = total;
+    }
+
+    /// Cached blocks only leave the prefix cache by eviction (a block reused for new data)
+    /// or by a reset (a new map): a drop between two polls is a lower bound of the evictions
+    /// in between (blocks cached and evicted within one interval are not seen).
+    fn eviction(&mut self, s: &StateSnapshot) {
+        let Some(cached) = s.cached_blocks else {
+            return;
+        };
+        let u = self.usage.entry(s.pid).or_default();
+        let previous = u.cached.replace((s.ts_ns, cached, s.prefix_cache_map));
+        let Some((t, before, map)) = previous else {
+            return;
+        };
+        let reset = map != s.prefix_cache_map;
+        let evicted = if reset {
+            0
+        } else {
+            before.saturating_sub(cached)
+        };
+        u.evicted_min += evicted;
+        u.resets += u64::from(reset);
+        if evicted > 0 || reset {
+            self.evictions.row(&EvictionRow {
+                timestamp_sec: self.time.sec(s.ts_ns),
+                pid: s.pid,
+                interval_sec: s.ts_ns.saturating_sub(t) as f64 / 1e9,
+                cached_blocks: cached,
+                evicted_blocks_min: evicted,
+                prefix_cache_reset: reset,
+            });
+        }
     }
 }
 
@@ -105,14 +182,26 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 impl Profiler for KvCache {
     fn consume(&mut self, record: &Correlated) {
-        if let Correlated::VllmState(s) = record {
-            self.add(s);
+        match record {
+            Correlated::VllmState(s) => self.add(s, "poll"),
+            Correlated::Batch(b) => {
+                if let Some(s) = &b.scheduler {
+                    let s = StateSnapshot {
+                        pid: b.pid,
+                        ts_ns: b.ts_ns,
+                        ..*s
+                    };
+                    self.add(&s, "step");
+                }
+            }
+            _ => {}
         }
     }
 
     fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
         let kv = self.kv.finish()?;
         let queues = self.queues.finish()?;
+        let evictions = self.evictions.finish()?;
         let mut text = String::from("KV cache usage (vLLM's definition: 1 - free / (total - 1))\n");
         if self.usage.is_empty() {
             text.push_str("no scheduler state was read (see metadata.json python.vllm_state)\n");
@@ -123,16 +212,27 @@ impl Profiler for KvCache {
             let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
             let above = v.iter().filter(|x| **x >= 90.0).count();
             text.push_str(&format!(
-                "pid {pid}: {} polls, {} blocks; usage mean {mean:.1}%, P50 {:.1}%, P95 {:.1}%, max {:.1}%; at or above 90%: {:.1}% of polls\n",
+                "pid {pid}: {} reads ({} at step ends), {} blocks; usage mean {mean:.1}%, P50 {:.1}%, P95 {:.1}%, max {:.1}%; at or above 90%: {:.1}% of reads\n",
                 v.len(),
+                u.step_samples,
                 u.total_blocks,
                 percentile(&v, 0.5),
                 percentile(&v, 0.95),
                 v.last().copied().unwrap_or(0.0),
                 100.0 * above as f64 / v.len().max(1) as f64,
             ));
+            if u.cached.is_some() {
+                text.push_str(&format!(
+                    "pid {pid}: prefix cache evictions at least {} blocks (drops of the cached-block count between polls), {} prefix cache resets\n",
+                    u.evicted_min, u.resets
+                ));
+            }
         }
+        if self.usage.values().all(|u| u.cached.is_none()) {
+            text.push_str("evictions: the prefix cache map was not read (prefix caching off, or another vLLM version)\n");
+        }
+        text.push_str("evictions are a lower bound: a block cached and evicted between two polls is not seen; per-block lifetimes need vLLM's own KV cache metrics collector\n");
         dir.write_text("kv_cache_summary.txt", &text)?;
-        Ok(vec![kv, queues, "kv_cache_summary.txt"])
+        Ok(vec![kv, queues, evictions, "kv_cache_summary.txt"])
     }
 }

@@ -1,12 +1,14 @@
 //! One profiler per output family. Each consumes correlated records as they arrive, streams
 //! its row files, and writes its summaries at the end of the session.
 
+pub mod batch_utilization;
 pub mod cpu_attribution;
 pub mod cuda_api;
 pub mod cuda_graphs;
 pub mod forward_pass;
 pub mod gc_pauses;
 pub mod kv_cache;
+pub mod preemptions;
 
 use crate::{
     correlate::Correlated,
@@ -36,5 +38,7 @@ pub fn default_set(
         Box::new(cpu_attribution::CpuAttribution::new(dir, time, sample_hz)?),
         Box::new(gc_pauses::GcPauses::new(dir, time)?),
         Box::new(kv_cache::KvCache::new(dir, time)?),
+        Box::new(batch_utilization::BatchUtilization::new(dir, time)?),
+        Box::new(preemptions::Preemptions::new(dir, time)?),
     ])
 }

@@ -161,6 +161,8 @@ pub struct StepBatch {
     pub spec_tokens: u64,
     /// Multimodal encoder inputs scheduled.
     pub encoder_inputs: u64,
+    /// (request id, tokens scheduled) per request.
+    pub scheduled: Vec<(String, u64)>,
     /// Ids of the new requests.
     pub new_req_ids: Vec<String>,
     /// Ids of the resumed requests.
@@ -511,6 +513,7 @@ fn read_output(
         decode_tokens: 0,
         spec_tokens: spec_of.values().sum(),
         encoder_inputs,
+        scheduled: Vec::new(),
         new_req_ids,
         resumed_req_ids,
         preempted_req_ids: id_list(o, strings, preempted)?,
@@ -538,6 +541,7 @@ fn read_output(
             b.decode_tokens += t;
         }
     }
+    b.scheduled = tokens.into_iter().collect();
     b.phase = match (b.prefill_reqs, b.decode_reqs) {
         (0, 0) => Phase::Empty,
         (_, 0) => Phase::Prefill,

@@ -1,0 +1,394 @@
+//! preemption_events.csv, request_lifecycle.csv and preemption_summary.json.
+//!
+//! Two sources that check each other: every step's `SchedulerOutput` names the requests
+//! preempted since the previous step (exact, stamped at the step), and every poll reads each
+//! request's `num_preemptions` counter, which only grows. A counter that grew more than the
+//! step outputs showed (a step whose output was not read) adds the missing preemptions,
+//! stamped at the poll that saw them, so no preemption between two polls is lost.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use super::Profiler;
+use crate::{
+    correlate::Correlated,
+    output::{
+        summary::{Latency, LatencySummary},
+        OutputError, SessionDir, TimeBase,
+    },
+    vllm::{batch::StepBatch, state::RequestPoll},
+};
+
+const EVENT_HEADER: &[&str] = &[
+    "timestamp_sec",
+    "pid",
+    "request_id",
+    "reason",
+    "tokens_lost",
+    "running_sec",
+    "source",
+];
+
+const LIFECYCLE_HEADER: &[&str] = &[
+    "request_id",
+    "pid",
+    "arrival_sec",
+    "first_scheduled_sec",
+    "queue_ms",
+    "preemptions",
+    "preemptions_before_attach",
+    "resumes",
+    "finished_sec",
+    "final_status",
+    "prompt_tokens",
+    "output_tokens",
+    "e2e_sec",
+];
+
+/// Why a request was preempted.
+const KV_EXHAUSTED: &str = "kv_cache_exhausted";
+const CACHE_RESET: &str = "cache_reset";
+/// Found by its counter only: the step output that named it was not read.
+const UNKNOWN: &str = "unknown";
+
+#[derive(Serialize, Clone)]
+struct Event {
+    timestamp_sec: f64,
+    pid: u32,
+    request_id: String,
+    reason: &'static str,
+    tokens_lost: Option<u64>,
+    running_sec: Option<f64>,
+    source: &'static str,
+}
+
+#[derive(Default)]
+struct Life {
+    pid: u32,
+    arrival_unix: Option<f64>,
+    first_seen_ns: u64,
+    first_scheduled_ns: Option<u64>,
+    /// When the current run started (first schedule or resume).
+    run_start_ns: Option<u64>,
+    /// Tokens scheduled since the current run started (what a preemption discards).
+    run_tokens: u64,
+    preempted_at_ns: Option<u64>,
+    step_preemptions: u64,
+    /// (preemptions before the session, latest `num_preemptions` polled), and when the
+    /// counter grew. Before-session = the first value polled minus the preemptions the step
+    /// outputs had named by then.
+    counter: Option<(u64, u64)>,
+    counter_grew_ns: Vec<u64>,
+    resumes: u64,
+    finished_ns: Option<u64>,
+    status: String,
+    prompt_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+/// The preemption and request-lifecycle profiler.
+pub struct Preemptions {
+    time: TimeBase,
+    requests: HashMap<String, Life>,
+    events: Vec<Event>,
+    resume_delay: Latency,
+    /// Per process: the prefix cache map at the previous step (a new map = a reset).
+    prefix_map: HashMap<u32, u64>,
+    /// Per process: ids in the previous poll (a request gone from the dict has finished).
+    polled: HashMap<u32, Vec<String>>,
+}
+
+impl Preemptions {
+    /// A profiler writing into the session directory at the end.
+    pub fn new(_dir: &SessionDir, time: TimeBase) -> Result<Self, OutputError> {
+        Ok(Self {
+            time,
+            requests: HashMap::new(),
+            events: Vec::new(),
+            resume_delay: Latency::default(),
+            prefix_map: HashMap::new(),
+            polled: HashMap::new(),
+        })
+    }
+
+    fn life(&mut self, id: &str, pid: u32, ts: u64) -> &mut Life {
+        self.requests.entry(id.to_owned()).or_insert_with(|| Life {
+            pid,
+            first_seen_ns: ts,
+            ..Life::default()
+        })
+    }
+
+    fn batch(&mut self, b: &StepBatch) {
+        let reset = match b.scheduler.as_ref().and_then(|s| s.prefix_cache_map) {
+            Some(map) => self.prefix_map.insert(b.pid, map).is_some_and(|m| m != map),
+            None => false,
+        };
+        let ts = b.ts_ns;
+        for id in &b.preempted_req_ids {
+            let life = self.life(id, b.pid, ts);
+            life.step_preemptions += 1;
+            life.preempted_at_ns = Some(ts);
+            let running_sec = life.run_start_ns.map(|s| ts.saturating_sub(s) as f64 / 1e9);
+            let tokens_lost = life.run_start_ns.map(|_| life.run_tokens);
+            life.run_start_ns = None;
+            life.run_tokens = 0;
+            let event = Event {
+                timestamp_sec: self.time.sec(ts),
+                pid: b.pid,
+                request_id: id.clone(),
+                reason: if reset { CACHE_RESET } else { KV_EXHAUSTED },
+                tokens_lost,
+                running_sec,
+                source: "scheduler_output",
+            };
+            self.events.push(event);
+        }
+        for id in &b.new_req_ids {
+            let life = self.life(id, b.pid, ts);
+            life.first_scheduled_ns.get_or_insert(ts);
+            life.run_start_ns = Some(ts);
+        }
+        for id in &b.resumed_req_ids {
+            let life = self.life(id, b.pid, ts);
+            life.resumes += 1;
+            let delay = life.preempted_at_ns.take().map(|p| ts.saturating_sub(p));
+            life.first_scheduled_ns.get_or_insert(ts);
+            life.run_start_ns = Some(ts);
+            if let Some(d) = delay {
+                self.resume_delay.record(d);
+            }
+        }
+        for (id, tokens) in &b.scheduled {
+            let life = self.life(id, b.pid, ts);
+            life.first_scheduled_ns.get_or_insert(ts);
+            if life.run_start_ns.is_none() {
+                // Running since before attach (or its new-request step was not read).
+                life.run_start_ns = Some(ts);
+            }
+            life.run_tokens += tokens;
+        }
+        for id in &b.finished_req_ids {
+            let life = self.life(id, b.pid, ts);
+            life.finished_ns.get_or_insert(ts);
+        }
+    }
+
+    fn poll(&mut self, p: &RequestPoll) {
+        let ts = p.ts_ns;
+        let mut ids = Vec::with_capacity(p.requests.len());
+        for r in &p.requests {
+            ids.push(r.id.clone());
+            let life = self.life(&r.id, p.pid, ts);
+            if life.arrival_unix.is_none() {
+                life.arrival_unix = r.arrival_time;
+            }
+            life.status.clone_from(&r.status);
+            life.prompt_tokens = Some(r.num_prompt_tokens);
+            life.output_tokens = Some(r.num_output_tokens);
+            if r.status == "RUNNING" {
+                life.first_scheduled_ns.get_or_insert(ts);
+            }
+            if r.status.starts_with("FINISHED") {
+                life.finished_ns.get_or_insert(ts);
+            }
+            match &mut life.counter {
+                None => {
+                    let before = r.num_preemptions.saturating_sub(life.step_preemptions);
+                    life.counter = Some((before, r.num_preemptions));
+                }
+                Some((_, latest)) => {
+                    if r.num_preemptions > *latest {
+                        for _ in *latest..r.num_preemptions {
+                            life.counter_grew_ns.push(ts);
+                        }
+                        *latest = r.num_preemptions;
+                    }
+                }
+            }
+        }
+        // Requests gone from the scheduler since the previous poll have finished (vLLM
+        // drops a request from `requests` when it is freed).
+        if let Some(previous) = self.polled.insert(p.pid, ids) {
+            let now: std::collections::HashSet<&String> =
+                p.requests.iter().map(|r| &r.id).collect();
+            for id in previous.iter().filter(|id| !now.contains(id)) {
+                if let Some(life) = self.requests.get_mut(id) {
+                    life.finished_ns.get_or_insert(ts);
+                    if !life.status.starts_with("FINISHED") {
+                        life.status = "FINISHED".to_owned();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Preemptions a counter saw that no step output named, stamped at the polls that saw
+    /// the counter grow (the latest growths: the step outputs cover the earlier ones).
+    fn reconcile(&mut self) -> u64 {
+        let mut added = 0;
+        let time = self.time;
+        let mut extra = Vec::new();
+        for (id, life) in &self.requests {
+            let Some((before, latest)) = life.counter else {
+                continue;
+            };
+            let in_session = latest.saturating_sub(before);
+            let missing = in_session.saturating_sub(life.step_preemptions) as usize;
+            // Stamped at the latest growths seen (the step outputs cover the earlier ones);
+            // growth before the first poll is stamped at the first sighting.
+            let grew = &life.counter_grew_ns;
+            let mut stamps: Vec<u64> = grew[grew.len().saturating_sub(missing)..].to_vec();
+            while stamps.len() < missing {
+                stamps.insert(0, life.first_seen_ns);
+            }
+            for ts in stamps {
+                extra.push(Event {
+                    timestamp_sec: time.sec(ts),
+                    pid: life.pid,
+                    request_id: id.clone(),
+                    reason: UNKNOWN,
+                    tokens_lost: None,
+                    running_sec: None,
+                    source: "poll",
+                });
+                added += 1;
+            }
+        }
+        self.events.extend(extra);
+        self.events
+            .sort_by(|a, b| a.timestamp_sec.total_cmp(&b.timestamp_sec));
+        added
+    }
+}
+
+#[derive(Serialize)]
+struct LifecycleRow {
+    request_id: String,
+    pid: u32,
+    arrival_sec: Option<f64>,
+    first_scheduled_sec: Option<f64>,
+    queue_ms: Option<f64>,
+    preemptions: u64,
+    preemptions_before_attach: Option<u64>,
+    resumes: u64,
+    finished_sec: Option<f64>,
+    final_status: String,
+    prompt_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    e2e_sec: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    total_preemptions: u64,
+    total_requests: u64,
+    preempted_requests: u64,
+    preemption_rate_pct: Option<f64>,
+    reasons: BTreeMap<&'static str, u64>,
+    sources: BTreeMap<&'static str, u64>,
+    resume_delay_ms: Option<LatencySummary>,
+    running_before_preemption_ms: Option<LatencySummary>,
+    tokens_lost: u64,
+    finished_requests: u64,
+    preemptions_before_attach: u64,
+    note: &'static str,
+}
+
+impl Profiler for Preemptions {
+    fn consume(&mut self, record: &Correlated) {
+        match record {
+            Correlated::Batch(b) => self.batch(b),
+            Correlated::Requests(p) => self.poll(p),
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
+        self.reconcile();
+        let time = self.time;
+        dir.write_csv("preemption_events.csv", EVENT_HEADER, self.events.iter())?;
+        let mut ids: Vec<&String> = self.requests.keys().collect();
+        ids.sort_by_key(|id| {
+            let l = &self.requests[*id];
+            (l.first_seen_ns, (*id).clone())
+        });
+        let per_request: HashMap<&str, u64> =
+            self.events.iter().fold(HashMap::new(), |mut m, e| {
+                *m.entry(e.request_id.as_str()).or_default() += 1;
+                m
+            });
+        let rows = ids.iter().map(|id| {
+            let l = &self.requests[*id];
+            let arrival_sec = l.arrival_unix.map(|a| time.unix_sec(a));
+            let first = l.first_scheduled_ns.map(|t| time.sec(t));
+            let finished = l.finished_ns.map(|t| time.sec(t));
+            LifecycleRow {
+                request_id: (*id).clone(),
+                pid: l.pid,
+                arrival_sec,
+                first_scheduled_sec: first,
+                queue_ms: arrival_sec
+                    .zip(first)
+                    .map(|(a, f)| ((f - a) * 1e6).round() / 1e3)
+                    .filter(|q| *q >= 0.0),
+                preemptions: per_request.get(id.as_str()).copied().unwrap_or(0),
+                preemptions_before_attach: l.counter.map(|(first, _)| first),
+                resumes: l.resumes,
+                finished_sec: finished,
+                final_status: l.status.clone(),
+                prompt_tokens: l.prompt_tokens,
+                output_tokens: l.output_tokens,
+                e2e_sec: arrival_sec
+                    .zip(finished)
+                    .map(|(a, f)| ((f - a) * 1e6).round() / 1e6),
+            }
+        });
+        dir.write_csv("request_lifecycle.csv", LIFECYCLE_HEADER, rows)?;
+
+        let mut reasons = BTreeMap::new();
+        let mut sources = BTreeMap::new();
+        let mut running = Latency::default();
+        let mut tokens_lost = 0;
+        for e in &self.events {
+            *reasons.entry(e.reason).or_insert(0) += 1;
+            *sources.entry(e.source).or_insert(0) += 1;
+            if let Some(r) = e.running_sec {
+                running.record((r * 1e9) as u64);
+            }
+            tokens_lost += e.tokens_lost.unwrap_or(0);
+        }
+        let total_requests = self.requests.len() as u64;
+        let total = self.events.len() as u64;
+        let summary = Summary {
+            total_preemptions: total,
+            total_requests,
+            preempted_requests: per_request.len() as u64,
+            preemption_rate_pct: (total_requests > 0)
+                .then(|| (10_000.0 * total as f64 / total_requests as f64).round() / 100.0),
+            reasons,
+            sources,
+            resume_delay_ms: self.resume_delay.summary(),
+            running_before_preemption_ms: running.summary(),
+            tokens_lost,
+            finished_requests: self
+                .requests
+                .values()
+                .filter(|l| l.finished_ns.is_some())
+                .count() as u64,
+            preemptions_before_attach: self
+                .requests
+                .values()
+                .filter_map(|l| l.counter.map(|(first, _)| first))
+                .sum(),
+            note: "preemptions seen in the session: each step's SchedulerOutput.preempted_req_ids (source scheduler_output, stamped at the step), plus growth of a request's num_preemptions between polls that no step output named (source poll, stamped at the poll); reason cache_reset when the prefix cache was replaced since the previous step, else kv_cache_exhausted; tokens_lost = tokens scheduled for the request since it last started running; preemption_rate_pct = preemptions per 100 requests",
+        };
+        dir.write_json("preemption_summary.json", &summary)?;
+        Ok(vec![
+            "preemption_events.csv",
+            "request_lifecycle.csv",
+            "preemption_summary.json",
+        ])
+    }
+}
