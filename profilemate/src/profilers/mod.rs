@@ -5,9 +5,11 @@ pub mod batch_utilization;
 pub mod cpu_attribution;
 pub mod cuda_api;
 pub mod cuda_graphs;
+pub mod encoder_decoder;
 pub mod forward_pass;
 pub mod gc_pauses;
 pub mod kv_cache;
+pub mod moe;
 pub mod preemptions;
 
 use crate::{
@@ -40,5 +42,7 @@ pub fn default_set(
         Box::new(kv_cache::KvCache::new(dir, time)?),
         Box::new(batch_utilization::BatchUtilization::new(dir, time)?),
         Box::new(preemptions::Preemptions::new(dir, time)?),
+        Box::new(encoder_decoder::EncoderDecoder::new(dir, time)?),
+        Box::new(moe::Moe::default()),
     ])
 }

@@ -1,0 +1,208 @@
+//! encoder_decoder_timing.csv (one row per step that ran a multimodal / Whisper encoder,
+//! streamed) and encoder_decoder_summary.json.
+//!
+//! The encoder's kernels run on the same stream as the decoder's, in the same step, so the
+//! GPU time of one cannot be separated from the other without timing events inside the
+//! target. What is measured: per step, the CPU time the encoder and the decoder forward
+//! spent launching (first to last walked CUDA call under each), the encoder inputs the
+//! step's `SchedulerOutput` scheduled, and the step's GPU time; the summary compares the
+//! GPU time of steps with and without encoder work.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::Serialize;
+
+use super::Profiler;
+use crate::{
+    correlate::{Correlated, PyStack, Step},
+    output::{
+        ms,
+        summary::{Latency, LatencySummary},
+        CsvSink, OutputError, SessionDir, TimeBase,
+    },
+    probes::drain::StackReason,
+    vllm::{batch::StepBatch, ops::Operation},
+};
+
+const HEADER: &[&str] = &[
+    "step",
+    "timestamp_sec",
+    "pid",
+    "phase",
+    "encoder_inputs",
+    "encoder_launch_ms",
+    "decoder_launch_ms",
+    "encoder_share_pct",
+    "forward_time_ms",
+];
+
+/// CUDA-call stacks and batches kept per thread until their step completes.
+const KEPT: usize = 512;
+
+#[derive(Serialize)]
+struct Row {
+    step: u64,
+    timestamp_sec: f64,
+    pid: u32,
+    phase: &'static str,
+    encoder_inputs: Option<u64>,
+    encoder_launch_ms: f64,
+    decoder_launch_ms: f64,
+    encoder_share_pct: Option<f64>,
+    forward_time_ms: f64,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    steps: u64,
+    steps_with_encoder: u64,
+    encoder_inputs: u64,
+    encoder_launch_ms: f64,
+    decoder_launch_ms: f64,
+    encoder_launch_share_pct: Option<f64>,
+    forward_time_with_encoder_ms: Option<LatencySummary>,
+    forward_time_without_encoder_ms: Option<LatencySummary>,
+    note: &'static str,
+}
+
+/// The encoder/decoder profiler.
+pub struct EncoderDecoder {
+    time: TimeBase,
+    rows: CsvSink,
+    calls: HashMap<(u32, u32), VecDeque<(u64, Operation)>>,
+    batches: HashMap<(u32, u32), VecDeque<(u64, u64, &'static str)>>,
+    steps: u64,
+    with_encoder: u64,
+    inputs: u64,
+    encoder_ns: u64,
+    decoder_ns: u64,
+    gpu_with: Latency,
+    gpu_without: Latency,
+}
+
+impl EncoderDecoder {
+    /// Opens encoder_decoder_timing.csv in `dir`.
+    pub fn new(dir: &SessionDir, time: TimeBase) -> Result<Self, OutputError> {
+        Ok(Self {
+            time,
+            rows: dir.csv_sink("encoder_decoder_timing.csv", HEADER)?,
+            calls: HashMap::new(),
+            batches: HashMap::new(),
+            steps: 0,
+            with_encoder: 0,
+            inputs: 0,
+            encoder_ns: 0,
+            decoder_ns: 0,
+            gpu_with: Latency::default(),
+            gpu_without: Latency::default(),
+        })
+    }
+
+    fn stack(&mut self, st: &PyStack) {
+        if !matches!(st.reason, StackReason::CudaCall(_)) {
+            return;
+        }
+        let q = self.calls.entry((st.pid, st.tid)).or_default();
+        if q.len() >= KEPT {
+            q.pop_front();
+        }
+        q.push_back((st.ts_ns, st.op));
+    }
+
+    fn batch(&mut self, b: &StepBatch) {
+        let q = self.batches.entry((b.pid, b.tid)).or_default();
+        if q.len() >= KEPT {
+            q.pop_front();
+        }
+        q.push_back((b.ts_ns, b.encoder_inputs, b.phase.as_str()));
+    }
+
+    fn step(&mut self, s: &Step) {
+        let inside = |ts: u64| ts >= s.start_ns && ts <= s.launch_end_ns;
+        let bracket = |op: Operation, q: Option<&VecDeque<(u64, Operation)>>| {
+            let mut ts = q
+                .into_iter()
+                .flatten()
+                .filter(|(t, o)| *o == op && inside(*t))
+                .map(|(t, _)| *t);
+            let first = ts.next();
+            first.map(|f| ts.fold(f, u64::max) - f)
+        };
+        let calls = self.calls.get(&(s.pid, s.tid));
+        let encoder = bracket(Operation::Encoder, calls);
+        let decoder = bracket(Operation::ModelForward, calls).unwrap_or(0);
+        let batch = self
+            .batches
+            .get(&(s.pid, s.tid))
+            .and_then(|q| q.iter().find(|(t, _, _)| inside(*t)));
+        let inputs = batch.map(|b| b.1);
+        self.steps += 1;
+        let has_encoder = encoder.is_some() || inputs.unwrap_or(0) > 0;
+        if has_encoder {
+            self.gpu_with.record(s.forward_ns());
+        } else {
+            self.gpu_without.record(s.forward_ns());
+        }
+        // Trim what this and earlier steps used.
+        for q in self.calls.values_mut() {
+            while q.front().is_some_and(|(t, _)| *t < s.start_ns) {
+                q.pop_front();
+            }
+        }
+        if !has_encoder {
+            return;
+        }
+        let encoder = encoder.unwrap_or(0);
+        self.with_encoder += 1;
+        self.inputs += inputs.unwrap_or(0);
+        self.encoder_ns += encoder;
+        self.decoder_ns += decoder;
+        let both = encoder + decoder;
+        self.rows.row(&Row {
+            step: s.index,
+            timestamp_sec: self.time.sec(s.start_ns),
+            pid: s.pid,
+            phase: batch.map_or("unknown", |b| b.2),
+            encoder_inputs: inputs,
+            encoder_launch_ms: ms(encoder),
+            decoder_launch_ms: ms(decoder),
+            encoder_share_pct: (both > 0)
+                .then(|| (10_000.0 * encoder as f64 / both as f64).round() / 100.0),
+            forward_time_ms: ms(s.forward_ns()),
+        });
+    }
+}
+
+impl Profiler for EncoderDecoder {
+    fn consume(&mut self, record: &Correlated) {
+        match record {
+            Correlated::PyStack(st) => self.stack(st),
+            Correlated::Batch(b) => self.batch(b),
+            Correlated::Step(s) => self.step(s),
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
+        let rows = self.rows.finish()?;
+        let both = self.encoder_ns + self.decoder_ns;
+        let summary = Summary {
+            steps: self.steps,
+            steps_with_encoder: self.with_encoder,
+            encoder_inputs: self.inputs,
+            encoder_launch_ms: ms(self.encoder_ns),
+            decoder_launch_ms: ms(self.decoder_ns),
+            encoder_launch_share_pct: (both > 0)
+                .then(|| (10_000.0 * self.encoder_ns as f64 / both as f64).round() / 100.0),
+            forward_time_with_encoder_ms: self.gpu_with.summary(),
+            forward_time_without_encoder_ms: self.gpu_without.summary(),
+            note: if self.with_encoder == 0 {
+                "no encoder work was seen (a decoder-only model, or no multimodal / audio input in the session)"
+            } else {
+                "encoder and decoder kernels share the step's stream: their GPU times are not separable from outside; launch_ms = first to last walked CUDA call under EncoderRunner.execute_mm_encoder (encoder) or the model forward (decoder); compare forward_time_with/without_encoder for the GPU cost of encoder steps"
+            },
+        };
+        dir.write_json("encoder_decoder_summary.json", &summary)?;
+        Ok(vec![rows, "encoder_decoder_summary.json"])
+    }
+}

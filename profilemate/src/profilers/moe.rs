@@ -1,0 +1,58 @@
+//! moe_summary.json: what can and cannot be said about Mixture-of-Experts routing from
+//! outside the server.
+
+use serde::Serialize;
+
+use super::Profiler;
+use crate::{
+    correlate::Correlated,
+    output::{OutputError, SessionDir},
+};
+
+/// Path parts of vLLM's fused MoE layer (its Python runs on eager steps only).
+const MOE_FILES: &[&str] = &["layers/fused_moe/"];
+
+#[derive(Serialize)]
+struct Summary {
+    expert_routing_observable: bool,
+    reason: &'static str,
+    moe_layer_seen_in_stacks: bool,
+    stacks_in_moe_layer: u64,
+    stacks: u64,
+    how_to_get_routing: &'static str,
+}
+
+/// Counts stacks inside vLLM's MoE layer (a sign the model is MoE).
+#[derive(Default)]
+pub struct Moe {
+    stacks: u64,
+    in_moe: u64,
+}
+
+impl Profiler for Moe {
+    fn consume(&mut self, record: &Correlated) {
+        if let Correlated::PyStack(st) = record {
+            self.stacks += 1;
+            let moe = st
+                .frames
+                .iter()
+                .any(|f| MOE_FILES.iter().any(|m| f.code.filename.contains(m)));
+            self.in_moe += u64::from(moe);
+        }
+    }
+
+    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
+        dir.write_json(
+            "moe_summary.json",
+            &Summary {
+                expert_routing_observable: false,
+                reason: "the router's top-k expert ids are computed on the GPU, inside CUDA graphs on most steps (its Python runs only on eager steps), and never leave device memory; reading them would need code in the target (a hook or a copy to the host), which ProfileMate never adds",
+                moe_layer_seen_in_stacks: self.in_moe > 0,
+                stacks_in_moe_layer: self.in_moe,
+                stacks: self.stacks,
+                how_to_get_routing: "start the server with --enable-return-routed-experts (routed experts are returned with each request's output) or enable EPLB, whose load statistics the server logs",
+            },
+        )?;
+        Ok(vec!["moe_summary.json"])
+    }
+}
