@@ -91,6 +91,8 @@ struct Targets {
     py_tx: mpsc::Sender<PyUpdate>,
     usdt_notes: HashMap<(u64, u64), Result<Vec<UsdtProbe>, String>>,
     pollers: BTreeMap<u32, StatePoller>,
+    /// The latest scheduler poll (for the /metrics cross-check).
+    last_state: Option<StateSnapshot>,
 }
 
 impl Targets {
@@ -232,6 +234,7 @@ impl Targets {
             match poller.poll(ts, true) {
                 Ok((snap, requests)) => {
                     poller.last_error = None;
+                    self.last_state = Some(snap);
                     let _ = self.py_tx.send(PyUpdate::State(snap));
                     if let Some(r) = requests {
                         let _ = self.py_tx.send(PyUpdate::Requests(Box::new(r)));
@@ -497,11 +500,20 @@ async fn run_session(
         py_tx,
         usdt_notes: HashMap::new(),
         pollers: BTreeMap::new(),
+        last_state: None,
     };
     targets.rescan(&mut probes);
     if targets.procs.is_empty() {
         bail!(preflight::PreflightError::NoSuchProcess { pid: cfg.pid });
     }
+    let live_pids = |t: &Targets| -> Vec<u32> {
+        t.procs
+            .iter()
+            .filter(|(_, r)| r.exited_sec.is_none())
+            .map(|(pid, _)| *pid)
+            .collect()
+    };
+    let metrics_start = vllm::metrics::scrape(&live_pids(&targets));
     if !targets.any_library() {
         let what = if cfg.follow_children {
             "pid {} or its children"
@@ -610,6 +622,7 @@ async fn run_session(
             p.consume(&rec);
         }
     });
+    let metrics_end = vllm::metrics::scrape(&live_pids(&targets));
     let end_ns = monotonic_ns();
     let kernel = probes.counters().unwrap_or_else(|e| {
         eprintln!("warning: cannot read the drop counters: {e}");
@@ -621,6 +634,14 @@ async fn run_session(
         files.extend(p.finish(dir)?);
     }
     let steps = count_rows(dir, "forward_pass_timing.csv");
+    let metrics_check = (!metrics_start.is_empty() || !metrics_end.is_empty()).then(|| {
+        vllm::metrics::MetricsCheck::new(
+            metrics_start,
+            metrics_end,
+            count_rows(dir, "preemption_events.csv"),
+            targets.last_state.and_then(|s| s.kv_usage_pct()),
+        )
+    });
     let stats = correlator.stats.clone();
     let mut metadata = Metadata {
         tracer: "profilemate",
@@ -666,6 +687,7 @@ async fn run_session(
                 .collect(),
         },
         program_costs: probes.program_costs(),
+        vllm_metrics: metrics_check,
         losses: LossReport {
             kernel,
             records_read: drain.records,

@@ -130,6 +130,9 @@ pub struct Metadata {
     pub python: PythonReport,
     /// Kernel-measured cost per program (only with `kernel.bpf_stats_enabled=1`).
     pub program_costs: Vec<ProgramCost>,
+    /// The API server's /metrics compared with ProfileMate's numbers (absent: no vLLM
+    /// /metrics endpoint was reachable on localhost).
+    pub vllm_metrics: Option<crate::vllm::metrics::MetricsCheck>,
     /// Losses.
     pub losses: LossReport,
     /// Caveats of this session's outputs.

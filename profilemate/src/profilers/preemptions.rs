@@ -145,12 +145,19 @@ impl Preemptions {
             };
             self.events.push(event);
         }
+        // Model runner V2 lists resumed requests among the new ones: a "new" request that
+        // was preempted before is a resume.
+        let mut resumed: Vec<&String> = b.resumed_req_ids.iter().collect();
         for id in &b.new_req_ids {
             let life = self.life(id, b.pid, ts);
+            if life.preempted_at_ns.is_some() {
+                resumed.push(id);
+                continue;
+            }
             life.first_scheduled_ns.get_or_insert(ts);
             life.run_start_ns = Some(ts);
         }
-        for id in &b.resumed_req_ids {
+        for id in resumed {
             let life = self.life(id, b.pid, ts);
             life.resumes += 1;
             let delay = life.preempted_at_ns.take().map(|p| ts.saturating_sub(p));

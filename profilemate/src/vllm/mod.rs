@@ -5,5 +5,6 @@
 //! matches, and the session reports when no vLLM function was seen at all.
 
 pub mod batch;
+pub mod metrics;
 pub mod ops;
 pub mod state;
