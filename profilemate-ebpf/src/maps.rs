@@ -15,7 +15,7 @@ use profilemate_common::{
 /// `bpf_ringbuf_query` / `bpf_ringbuf_submit` flags (uapi/linux/bpf.h).
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
+pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);

@@ -21,7 +21,9 @@ use profilemate_common::{
 
 use aya_ebpf::{helpers::bpf_probe_read_user_buf, macros::map, maps::PerCpuArray};
 
-use crate::maps::{count, submit_flags, target_ids, EVENTS, PY_PROCS, PY_THREADS};
+use crate::maps::{
+    count, submit_flags, target_ids, BPF_RB_FORCE_WAKEUP, EVENTS, PY_PROCS, PY_THREADS,
+};
 
 /// Bytes of a frame copied per step: every header field the walker reads lies in the first
 /// 80, and `_PyInterpreterFrame` is at least that long in every supported version.
@@ -106,7 +108,14 @@ pub fn walk_stack(tgid: u32, tid: u32, reason: u16, api: u16, ts_ns: u64) {
         (*rec).cpu = bpf_get_smp_processor_id() as u16;
         (*rec)._pad = 0;
     }
-    entry.submit(submit_flags());
+    // A stack walked at a CUDA call may carry a step's SchedulerOutput, which userspace
+    // reads from the live target: wake the reader now (a few walks per step) rather than at
+    // its next timer tick, so the object is read while the step still holds it.
+    if reason == stack_reason::CUDA_CALL && depth > 0 {
+        entry.submit(BPF_RB_FORCE_WAKEUP);
+    } else {
+        entry.submit(submit_flags());
+    }
 }
 
 /// Follows the frame chain from `tstate`; returns (frames written, flags).
@@ -129,6 +138,7 @@ fn walk_frames(cfg: &PyProcConfig, tstate: u64, rec: *mut PyStackRecord) -> (u32
     let Some(copy) = FRAME_COPY.get_ptr_mut(0) else {
         return (0, stack_flags::READ_FAILED);
     };
+    let arg_mask = 0u64.wrapping_sub(u64::from(cfg.frame_arg1 != NO_OFFSET));
     for i in 0..MAX_PY_FRAMES {
         if frame == 0 {
             return (i as u32, 0);
@@ -136,11 +146,12 @@ fn walk_frames(cfg: &PyProcConfig, tstate: u64, rec: *mut PyStackRecord) -> (u32
         // One read per frame into the per-CPU copy, then fields by offset. The copy that
         // includes the first arguments can run past the end of a frame at the very end of
         // its stack chunk: then the header alone is copied and the argument left unread.
+        // (No range check on the offset here: it would let the compiler drop the index
+        // mask that the verifier needs; userspace sends NO_OFFSET for an argument past
+        // FRAME_BYTES_WITH_ARG, and that reads as 0.)
         let mut arg1 = 0;
         if read_frame(frame, copy, FRAME_BYTES_WITH_ARG) {
-            if (cfg.frame_arg1 as usize) < FRAME_BYTES_WITH_ARG {
-                arg1 = field(copy, cfg.frame_arg1) & cfg.code_pointer_mask;
-            }
+            arg1 = field(copy, cfg.frame_arg1) & cfg.code_pointer_mask & arg_mask;
         } else if !read_frame(frame, copy, FRAME_BYTES) {
             return (i as u32, stack_flags::READ_FAILED);
         }

@@ -66,6 +66,8 @@ struct PyTrack {
 
 /// How often the ring buffer is drained when the kernel does not wake us.
 pub const DRAIN_TICK: Duration = Duration::from_millis(10);
+/// How often the API server's /metrics is read (for the end-of-session cross-check).
+const METRICS_PERIOD: Duration = Duration::from_secs(1);
 /// Records handled before the pipeline task looks at its stop signal again.
 const DRAIN_BATCH: usize = 65_536;
 
@@ -514,6 +516,10 @@ async fn run_session(
             .collect()
     };
     let metrics_start = vllm::metrics::scrape(&live_pids(&targets));
+    // The latest reading while the targets run (a server that exits takes its endpoint
+    // with it): the end of the comparison window.
+    let mut metrics_last: Vec<vllm::metrics::Scrape> = Vec::new();
+    let mut metrics_first = metrics_start;
     if !targets.any_library() {
         let what = if cfg.follow_children {
             "pid {} or its children"
@@ -569,6 +575,8 @@ async fn run_session(
         .map_or(Duration::from_secs(3600), Duration::from_nanos);
     let mut state_tick = tokio::time::interval(state_period);
     state_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut metrics_tick = tokio::time::interval(METRICS_PERIOD);
+    metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     if !cfg.quiet {
         eprintln!(
             "profilemate: attached to {} process(es), {} probes; writing to {}; Ctrl-C to stop",
@@ -586,6 +594,15 @@ async fn run_session(
                 }
             }
             _ = state_tick.tick(), if cfg.state_hz > 0 => targets.poll_state(),
+            _ = metrics_tick.tick() => {
+                let now = vllm::metrics::scrape(&live_pids(&targets));
+                if !now.is_empty() {
+                    if metrics_first.is_empty() {
+                        metrics_first.clone_from(&now);
+                    }
+                    metrics_last = now;
+                }
+            }
             r = &mut pipeline_task => break Stop::PipelineEnded(Box::new(r)),
             _ = sigint.recv() => break Stop::Interrupt,
             _ = sigterm.recv() => break Stop::Terminate,
@@ -622,7 +639,8 @@ async fn run_session(
             p.consume(&rec);
         }
     });
-    let metrics_end = vllm::metrics::scrape(&live_pids(&targets));
+    let now = vllm::metrics::scrape(&live_pids(&targets));
+    let metrics_end = if now.is_empty() { metrics_last } else { now };
     let end_ns = monotonic_ns();
     let kernel = probes.counters().unwrap_or_else(|e| {
         eprintln!("warning: cannot read the drop counters: {e}");
@@ -634,9 +652,9 @@ async fn run_session(
         files.extend(p.finish(dir)?);
     }
     let steps = count_rows(dir, "forward_pass_timing.csv");
-    let metrics_check = (!metrics_start.is_empty() || !metrics_end.is_empty()).then(|| {
+    let metrics_check = (!metrics_first.is_empty() || !metrics_end.is_empty()).then(|| {
         vllm::metrics::MetricsCheck::new(
-            metrics_start,
+            metrics_first,
             metrics_end,
             count_rows(dir, "preemption_events.csv"),
             targets.last_state.and_then(|s| s.kv_usage_pct()),

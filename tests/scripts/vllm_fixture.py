@@ -27,6 +27,13 @@ the loop after the current step; times are CLOCK_MONOTONIC ns):
    after every change of the scheduler's queues or KV cache blocks
   {"kind":"step","step","start_ns","end_ns"}   one per step-function call; with async
    scheduling the last one (step = steps) only drains the previous step's output
+  {"kind":"batch","step","ts_ns","num_reqs","num_tokens","new_reqs","cached_reqs","resumed",
+   "prefill_reqs","decode_reqs","preempted","finished","encoder_inputs","running","waiting",
+   "free_blocks"}   one per schedule() call (the SchedulerOutput it returned)
+  {"kind":"forward","ts_ns","num_tokens","mode","desc_tokens"}   one per forward launched
+  {"kind":"preempt","req","ts_ns","reason","tokens_lost"}, {"kind":"finish","req","ts_ns"},
+  {"kind":"evict","ts_ns","blocks"}, {"kind":"reset","ts_ns"}, and at the end
+  {"kind":"request","req","prompt_tokens","output_tokens","preemptions","arrival","status"}
 An op's "step" is the engine step during which it ran (for process_outputs: the step that
 produced the output).
 
@@ -97,7 +104,8 @@ class FakeCudaGpu:
         _check("cudaMalloc", rt.cudaMalloc(ctypes.byref(self.device_input), self.input_bytes))
 
     def capture(self, num_kernels, kernel_us):
-        self._setup()
+        if not self.stream:
+            self._setup()
         rt = self.rt
         dim3 = rt.cudaLaunchKernel.argtypes[1]  # the dim3 structure the loader declared
         grid, block = dim3(kernel_us, 1, 1), dim3(128, 1, 1)
@@ -117,6 +125,12 @@ class FakeCudaGpu:
 
     def replay(self, graph):
         _check("cudaGraphLaunch", self.rt.cudaGraphLaunch(graph, self.stream))
+
+    def encode(self, kernel_us):
+        dim3 = self.rt.cudaLaunchKernel.argtypes[1]
+        _check("cudaLaunchKernel", self.rt.cudaLaunchKernel(
+            ctypes.c_void_p(0x2000), dim3(kernel_us, 1, 1), dim3(128, 1, 1), None, 0,
+            self.stream))
 
     def record(self, step):
         event = self.events[step % 2]
@@ -175,6 +189,9 @@ class TorchGpu:
     def replay(self, graph):
         graph.replay()
 
+    def encode(self, kernel_us):
+        self.enc = self.a @ self.b
+
     def record(self, step):
         event = self.events[step % 2]
         event.record()
@@ -204,6 +221,37 @@ def output_handler(processor, outputs, tids):
         processor.process_outputs(engine_core_outputs)
 
 
+def serve_metrics(port, scheduler):
+    """The API server's Prometheus endpoint, with the two series ProfileMate cross-checks."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path != "/metrics":
+                self.send_error(404)
+                return
+            pool = scheduler.kv_cache_manager.block_pool
+            body = (
+                "# TYPE vllm:num_preemptions_total counter\n"
+                f'vllm:num_preemptions_total{{engine="0",model_name="fixture"}} '
+                f"{float(scheduler.num_preemptions_total)}\n"
+                "# TYPE vllm:kv_cache_usage_perc gauge\n"
+                f'vllm:kv_cache_usage_perc{{engine="0",model_name="fixture"}} {pool.get_usage()}\n'
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, name="api-metrics", daemon=True).start()
+    return server.server_address[1]
+
+
 def write_truth(path, meta):
     ops = {}
 
@@ -229,6 +277,8 @@ def write_truth(path, meta):
                 _, phase, gen, collected, uncollectable, tid, ts = r
                 d = {"kind": "gc", "phase": phase, "generation": gen, "collected": collected,
                      "uncollectable": uncollectable, "tid": tid, "ts_ns": ts}
+            elif r[0] == "json":
+                d = r[1]
             else:
                 _, step, start, end = r
                 d = {"kind": "step", "step": step, "start_ns": start, "end_ns": end}
@@ -253,6 +303,12 @@ def main():
     p.add_argument("--output-us", type=int, default=800)
     p.add_argument("--idle-us", type=int, default=1000)
     p.add_argument("--gc-every", type=int, default=10)
+    p.add_argument("--encoder-us", type=int, default=600)
+    p.add_argument("--reset-at-step", type=int, help="reset the prefix cache (preempting "
+                   "every running request) before this step")
+    p.add_argument("--metrics-port", type=int, help="serve /metrics on 127.0.0.1 (0: any port)")
+    p.add_argument("--linger-ms", type=int, default=1500,
+                   help="with --metrics-port: keep serving this long after the last step")
     p.add_argument("--truth", required=True)
     a = p.parse_args()
 
@@ -276,6 +332,9 @@ def main():
         cuda = FakeCudaGpu(a.lib_dir)
     else:
         cuda = None
+    scheduler = Scheduler(a.schedule_us, a.update_us)
+    if a.metrics_port is not None:
+        say(f"metrics port={serve_metrics(a.metrics_port, scheduler)}")
     say(f"pid={pid} ready")
     # Like a server loading its model: time for a tracer to attach before the first step.
     deadline = time.monotonic() + a.wait_after_load_ms / 1000.0
@@ -283,7 +342,7 @@ def main():
         time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
     say(f"pid={pid} start")
 
-    runner = GPUModelRunner(a.prepare_us, a.forward_us, a.sample_us, cuda)
+    runner = GPUModelRunner(a.prepare_us, a.forward_us, a.sample_us, cuda, a.encoder_us)
     runner.capture_model(a.kernels_per_graph, a.kernel_us)
     outputs = queue.Queue()
     tids = {"engine": threading.get_native_id()}
@@ -293,9 +352,10 @@ def main():
     )
     handler.start()
     engine = EngineCoreProc(
-        Scheduler(a.schedule_us, a.update_us), runner, outputs,
+        scheduler, runner, outputs,
         batch_queue_size=a.async_depth, idle_us=a.idle_us,
         max_steps=None if a.forever else a.steps, gc_every=a.gc_every,
+        reset_at_step=a.reset_at_step,
     )
     engine.stopping = stop
     engine.run_busy_loop()
@@ -304,13 +364,21 @@ def main():
     runner.shutdown()
 
     budgets = {k: getattr(a, k + "_us") for k in
-               ("schedule", "prepare", "forward", "sample", "update", "output", "idle")}
+               ("schedule", "prepare", "forward", "sample", "update", "output", "idle",
+                "encoder")}
+    for r in scheduler.all_requests:
+        _fixture_cpu.TRUTH.append(("json", {
+            "kind": "request", "req": r.request_id, "prompt_tokens": r.num_prompt_tokens,
+            "output_tokens": len(r._output_token_ids), "preemptions": r.num_preemptions,
+            "arrival": r.arrival_time, "status": r.status.name}))
     write_truth(a.truth, {
         "kind": "meta", "pid": pid, "python": sys.version, "executable": sys.executable,
         "root": ROOT, "threads": tids, "budgets_us": budgets, "cuda": cuda is not None,
         "async_depth": a.async_depth, "steps": engine.scheduler.num_scheduled,
     })
     say(f"done steps={engine.scheduler.num_scheduled}")
+    if a.metrics_port is not None:
+        time.sleep(a.linger_ms / 1000.0)  # /metrics stays up for a last scrape
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ const HEADER: &[&str] = &[
     "pid",
     "phase",
     "encoder_inputs",
-    "encoder_launch_ms",
-    "decoder_launch_ms",
+    "encoder_cpu_ms",
+    "decoder_cpu_ms",
     "encoder_share_pct",
     "forward_time_ms",
 ];
@@ -46,8 +46,8 @@ struct Row {
     pid: u32,
     phase: &'static str,
     encoder_inputs: Option<u64>,
-    encoder_launch_ms: f64,
-    decoder_launch_ms: f64,
+    encoder_cpu_ms: f64,
+    decoder_cpu_ms: f64,
     encoder_share_pct: Option<f64>,
     forward_time_ms: f64,
 }
@@ -57,9 +57,9 @@ struct Summary {
     steps: u64,
     steps_with_encoder: u64,
     encoder_inputs: u64,
-    encoder_launch_ms: f64,
-    decoder_launch_ms: f64,
-    encoder_launch_share_pct: Option<f64>,
+    encoder_cpu_ms: f64,
+    decoder_cpu_ms: f64,
+    encoder_cpu_share_pct: Option<f64>,
     forward_time_with_encoder_ms: Option<LatencySummary>,
     forward_time_without_encoder_ms: Option<LatencySummary>,
     note: &'static str,
@@ -119,18 +119,31 @@ impl EncoderDecoder {
 
     fn step(&mut self, s: &Step) {
         let inside = |ts: u64| ts >= s.start_ns && ts <= s.launch_end_ns;
-        let bracket = |op: Operation, q: Option<&VecDeque<(u64, Operation)>>| {
-            let mut ts = q
-                .into_iter()
-                .flatten()
-                .filter(|(t, o)| *o == op && inside(*t))
-                .map(|(t, _)| *t);
-            let first = ts.next();
-            first.map(|f| ts.fold(f, u64::max) - f)
-        };
-        let calls = self.calls.get(&(s.pid, s.tid));
-        let encoder = bracket(Operation::Encoder, calls);
-        let decoder = bracket(Operation::ModelForward, calls).unwrap_or(0);
+        let calls: Vec<(u64, Operation)> = self
+            .calls
+            .get(&(s.pid, s.tid))
+            .into_iter()
+            .flatten()
+            .filter(|(t, _)| inside(*t))
+            .copied()
+            .collect();
+        // Walked calls are the step's boundaries: the encoder spans from its first call to
+        // the next call outside it, the decoder from its first call to the step's launch end.
+        let encoder = calls
+            .iter()
+            .position(|(_, o)| *o == Operation::Encoder)
+            .map(|i| {
+                let start = calls[i].0;
+                let end = calls[i..]
+                    .iter()
+                    .find(|(_, o)| *o != Operation::Encoder)
+                    .map_or(s.launch_end_ns, |(t, _)| *t);
+                end.saturating_sub(start)
+            });
+        let decoder = calls
+            .iter()
+            .find(|(_, o)| *o == Operation::ModelForward)
+            .map_or(0, |(t, _)| s.launch_end_ns.saturating_sub(*t));
         let batch = self
             .batches
             .get(&(s.pid, s.tid))
@@ -164,8 +177,8 @@ impl EncoderDecoder {
             pid: s.pid,
             phase: batch.map_or("unknown", |b| b.2),
             encoder_inputs: inputs,
-            encoder_launch_ms: ms(encoder),
-            decoder_launch_ms: ms(decoder),
+            encoder_cpu_ms: ms(encoder),
+            decoder_cpu_ms: ms(decoder),
             encoder_share_pct: (both > 0)
                 .then(|| (10_000.0 * encoder as f64 / both as f64).round() / 100.0),
             forward_time_ms: ms(s.forward_ns()),
@@ -190,16 +203,16 @@ impl Profiler for EncoderDecoder {
             steps: self.steps,
             steps_with_encoder: self.with_encoder,
             encoder_inputs: self.inputs,
-            encoder_launch_ms: ms(self.encoder_ns),
-            decoder_launch_ms: ms(self.decoder_ns),
-            encoder_launch_share_pct: (both > 0)
+            encoder_cpu_ms: ms(self.encoder_ns),
+            decoder_cpu_ms: ms(self.decoder_ns),
+            encoder_cpu_share_pct: (both > 0)
                 .then(|| (10_000.0 * self.encoder_ns as f64 / both as f64).round() / 100.0),
             forward_time_with_encoder_ms: self.gpu_with.summary(),
             forward_time_without_encoder_ms: self.gpu_without.summary(),
             note: if self.with_encoder == 0 {
                 "no encoder work was seen (a decoder-only model, or no multimodal / audio input in the session)"
             } else {
-                "encoder and decoder kernels share the step's stream: their GPU times are not separable from outside; launch_ms = first to last walked CUDA call under EncoderRunner.execute_mm_encoder (encoder) or the model forward (decoder); compare forward_time_with/without_encoder for the GPU cost of encoder steps"
+                "encoder and decoder kernels share the step's stream: their GPU times are not separable from outside; encoder_cpu_ms = from the encoder's first walked CUDA call (EncoderRunner.execute_mm_encoder) to the step's next walked call outside it; decoder_cpu_ms = from the model forward's first walked call to the step's launch end; compare forward_time_with/without_encoder for the GPU cost of encoder steps"
             },
         };
         dir.write_json("encoder_decoder_summary.json", &summary)?;

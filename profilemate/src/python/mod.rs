@@ -113,7 +113,10 @@ impl Interpreter {
             code_adaptive: o(l.code_adaptive),
             owner_skip_min: l.owner_skip_min.unwrap_or(0xff),
             _pad: 0,
-            frame_arg1: o(l.frame_localsplus + 8),
+            // The walker copies 96 bytes of a frame: an argument past them is not read.
+            frame_arg1: Some(l.frame_localsplus + 8)
+                .filter(|off| off + 8 <= 96)
+                .map_or(NO_OFFSET, o),
             _pad2: 0,
             code_pointer_mask: l.code_pointer_mask,
         }

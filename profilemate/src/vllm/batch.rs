@@ -26,6 +26,11 @@ use crate::{
     },
 };
 
+/// A stack older than this when it reaches the reader is not used: a step's output lives
+/// at least until the step completes (two steps with async scheduling), so a read within
+/// this delay reads the object the walk saw, not a later one at a reused address.
+pub const MAX_READ_DELAY_NS: u64 = 5_000_000;
+
 /// The names of the per-step objects, for one vLLM version range.
 #[derive(Debug)]
 pub struct BatchNames {
@@ -209,6 +214,9 @@ pub struct BatchStats {
     pub torn: u64,
     /// Stacks with an `execute_model` frame whose argument was not a `SchedulerOutput`.
     pub wrong_type: u64,
+    /// Outputs not read because their stack reached userspace too late (the output may
+    /// have been freed and its address reused): dropped, counted.
+    pub stale: u64,
     /// Graph descriptors read.
     pub descriptors: u64,
     /// Descriptors that could not be read.
@@ -299,6 +307,19 @@ impl BatchReader {
         let Some(p) = self.procs.get_mut(&st.pid) else {
             return;
         };
+        if crate::output::monotonic_ns().saturating_sub(st.ts_ns) > MAX_READ_DELAY_NS {
+            if st.frames.iter().any(|f| {
+                f.arg1 != 0
+                    && self
+                        .names
+                        .output_frames
+                        .iter()
+                        .any(|s| f.code.qualname.ends_with(s))
+            }) {
+                self.stats.stale += 1;
+            }
+            return;
+        }
         let Some(ol) = object_layout(p.interp.layout.version) else {
             return;
         };

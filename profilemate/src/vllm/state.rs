@@ -73,6 +73,8 @@ pub struct RequestNames {
     pub output_token_ids: &'static str,
     /// `arrival_time` (float, `time.time()` seconds).
     pub arrival_time: &'static str,
+    /// `RequestStatus` (an IntEnum) values and names.
+    pub statuses: &'static [(i64, &'static str)],
 }
 
 /// vLLM 0.33 (V1 engine core, V1/V2 scheduler).
@@ -107,6 +109,20 @@ pub static VLLM_0_33: StateNames = StateNames {
         num_prompt_tokens: "num_prompt_tokens",
         output_token_ids: "_output_token_ids",
         arrival_time: "arrival_time",
+        statuses: &[
+            (1, "WAITING"),
+            (2, "WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR"),
+            (3, "WAITING_FOR_REMOTE_KVS"),
+            (4, "WAITING_FOR_STREAMING_REQ"),
+            (5, "RUNNING"),
+            (6, "PREEMPTED"),
+            (7, "FINISHED_STOPPED"),
+            (8, "FINISHED_LENGTH_CAPPED"),
+            (9, "FINISHED_ABORTED"),
+            (10, "FINISHED_IGNORED"),
+            (11, "FINISHED_ERROR"),
+            (12, "FINISHED_REPETITION"),
+        ],
     },
 };
 
@@ -390,7 +406,7 @@ fn read_requests(
             };
             Ok(RequestState {
                 id: strings.get(o, need(0, n.request_id)?)?,
-                status: strings.enum_name(o, need(1, n.status)?)?,
+                status: status_name(n, o.int(need(1, n.status)?)?),
                 num_preemptions: count(2, n.num_preemptions)?,
                 num_computed_tokens: count(3, n.num_computed_tokens)?,
                 num_prompt_tokens: count(4, n.num_prompt_tokens)?,
@@ -406,6 +422,14 @@ fn read_requests(
         }
     }
     Ok(out)
+}
+
+/// The `RequestStatus` name of a value (`STATUS_<value>` for one the table lacks).
+fn status_name(n: &RequestNames, value: i64) -> String {
+    n.statuses
+        .iter()
+        .find(|(v, _)| *v == value)
+        .map_or_else(|| format!("STATUS_{value}"), |(_, name)| (*name).to_owned())
 }
 
 /// An int attribute that older or newer vLLMs may lack (None then).

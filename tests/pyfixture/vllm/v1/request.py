@@ -11,7 +11,7 @@ class RequestStatus(enum.IntEnum):
 
 
 class Request:
-    def __init__(self, request_id, num_prompt_tokens, max_tokens, arrival_time):
+    def __init__(self, request_id, num_prompt_tokens, max_tokens, arrival_time, num_mm=0):
         self.request_id = request_id
         self.arrival_time = arrival_time
         self.status = RequestStatus.WAITING
@@ -19,4 +19,10 @@ class Request:
         self.max_tokens = max_tokens
         self._output_token_ids = []
         self.num_computed_tokens = 0
+        self.num_output_placeholders = 0
         self.num_preemptions = 0
+        self.num_mm = num_mm
+
+    @property
+    def num_tokens(self):
+        return self.num_prompt_tokens + len(self._output_token_ids)

@@ -20,7 +20,12 @@ class KVCacheManager:
         return need
 
     def free(self, request):
-        self.block_pool.free_blocks(self.req_blocks.pop(request.request_id, 0))
+        n = self.req_blocks.pop(request.request_id, 0)
+        full = min(n, request.num_computed_tokens // BLOCK_SIZE)
+        self.block_pool.free_blocks(n, full)
+
+    def reset_prefix_cache(self):
+        return self.block_pool.reset_prefix_cache()
 
     @property
     def usage(self):

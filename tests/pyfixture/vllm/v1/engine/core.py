@@ -39,7 +39,7 @@ class EngineCore:
 
 class EngineCoreProc(EngineCore):
     def __init__(self, scheduler, model_runner, output_queue, batch_queue_size=2,
-                 idle_us=0, max_steps=None, gc_every=0, gc_cycles=20000):
+                 idle_us=0, max_steps=None, gc_every=0, gc_cycles=20000, reset_at_step=None):
         super().__init__(scheduler, model_runner, batch_queue_size)
         self.output_queue = output_queue
         self.idle_us = idle_us
@@ -49,6 +49,7 @@ class EngineCoreProc(EngineCore):
         self.gc_generation = 0
         self.step_index = 0
         self.stopping = False
+        self.reset_at_step = reset_at_step
 
     def run_busy_loop(self):
         """Waits for input and steps until max_steps (or a stop request), then drains the
@@ -56,6 +57,8 @@ class EngineCoreProc(EngineCore):
         while not self.stopping and (self.max_steps is None
                                      or self.scheduler.num_scheduled < self.max_steps):
             self._process_input_queue()
+            if self.scheduler.current_step == self.reset_at_step:
+                self.reset_prefix_cache(reset_running_requests=True)
             self._process_engine_step()
             if self.gc_every and self.scheduler.num_scheduled % self.gc_every == 0:
                 churn(self.gc_cycles, self.gc_generation)
@@ -63,6 +66,10 @@ class EngineCoreProc(EngineCore):
         self.draining = True
         while self.batch_queue:
             self._process_engine_step()
+
+    def reset_prefix_cache(self, reset_running_requests=False):
+        """A utility call from the API server (RLHF weight updates, benchmarks)."""
+        return self.scheduler.reset_prefix_cache(reset_running_requests)
 
     def _process_input_queue(self):
         """Idle wait for new requests: sleeps, no CPU."""

@@ -1,27 +1,32 @@
-"""vllm/v1/worker/gpu/model_runner.py: the GPU model runner (model runner v2). With a CUDA
-runtime it copies inputs H2D, replays one captured graph and records a copy event per
-step; without one it only spends the CPU budgets."""
+"""vllm/v1/worker/gpu/model_runner.py: the GPU model runner (model runner v2). Per step: the
+encoder for scheduled multimodal inputs, input preparation (H2D copy), then the forward: a
+FULL graph replay for uniform decode batches, else the piecewise graph; sampling records a
+copy event that the engine waits for later. Without a GPU only the CPU budgets are spent."""
 
-from vllm._fixture_cpu import burn
+import time
+
+from vllm._fixture_cpu import TRUTH, burn
 from vllm.v1.worker.gpu.async_utils import AsyncOutput
 from vllm.v1.worker.gpu.cudagraph_utils import CudaGraphManager
-
-FULL = "FULL"
+from vllm.v1.worker.gpu.mm.encoder_runner import EncoderRunner
 
 
 class GPUModelRunner:
-    def __init__(self, prepare_us, forward_us, sample_us, gpu=None):
+    def __init__(self, prepare_us, forward_us, sample_us, gpu=None, encoder_us=600):
         """`gpu`: the fixture's GPU backend (fake CUDA runtime or PyTorch), None for none."""
         self.prepare_us = prepare_us
         self.sample_us = sample_us
         self.gpu = gpu
         self.num_steps = 0
         self.cudagraph_manager = CudaGraphManager(forward_us, gpu)
+        self.encoder_runner = EncoderRunner(encoder_us, 100, gpu)
+        self.execute_model_state = None
 
     def capture_model(self, num_kernels=3, kernel_us=200):
-        """Captures the one full graph that every step replays."""
-        graph = self.gpu.capture(num_kernels, kernel_us) if self.gpu is not None else 0
-        self.cudagraph_manager.graphs[FULL] = graph
+        self.cudagraph_manager.capture(num_kernels, kernel_us)
+
+    def model(self, **inputs):
+        return inputs
 
     def prepare_inputs(self, scheduler_output):
         """Builds the input batch (CPU budget) and copies it to the GPU."""
@@ -31,20 +36,40 @@ class GPUModelRunner:
         return scheduler_output
 
     def execute_model(self, scheduler_output):
-        """Prepares inputs and replays the graph; sampling is a separate call (sample_tokens)."""
+        """Encoder, inputs, forward; sampling is a separate call (sample_tokens)."""
+        if scheduler_output.total_num_scheduled_tokens == 0:
+            self.execute_model_state = None
+            return None
         if self.gpu is not None:
-            self.gpu.mark(f"step {scheduler_output['step']}")
+            self.gpu.mark(f"step {self.num_steps}")
+        if scheduler_output.scheduled_encoder_inputs:
+            self.encoder_runner.execute_mm_encoder(scheduler_output.scheduled_encoder_inputs)
         input_batch = self.prepare_inputs(scheduler_output)
-        hidden_states = self.cudagraph_manager.run_fullgraph(FULL)
+        num_reqs = len(scheduler_output.num_scheduled_tokens)
+        uniform = all(n == 1 for n in scheduler_output.num_scheduled_tokens.values())
+        desc = self.cudagraph_manager.dispatch(num_reqs, uniform)
+        TRUTH.append(("json", {
+            "kind": "forward", "ts_ns": time.monotonic_ns(),
+            "num_tokens": scheduler_output.total_num_scheduled_tokens,
+            "mode": "FULL" if desc else "PIECEWISE",
+            "desc_tokens": desc.num_tokens if desc else None,
+        }))
+        if desc is not None:
+            hidden_states = self.cudagraph_manager.run_fullgraph(desc)
+        else:
+            hidden_states = self.cudagraph_manager.run_pw_graph(self.model, {"batch": num_reqs})
         self.execute_model_state = (input_batch, hidden_states)
+        return None
 
     def sample(self, hidden_states, input_batch):
         """Samples the next tokens (CPU budget)."""
         burn(self.sample_us)
-        return [input_batch["step"]]
+        return list(input_batch.num_scheduled_tokens)
 
     def sample_tokens(self, grammar_output=None):
         """Samples, then records this step's copy event; the engine waits for it later."""
+        if self.execute_model_state is None:
+            return AsyncOutput([], None, None)
         input_batch, hidden_states = self.execute_model_state
         sampled = self.sample(hidden_states, input_batch)
         event = self.gpu.record(self.num_steps) if self.gpu is not None else None
