@@ -33,6 +33,14 @@ const OPS: &[(&str, &str)] = &[
         "model_forward",
     ),
     (
+        "vllm/v1/worker/gpu/cudagraph_utils.py:CudaGraphManager.run_pw_graph",
+        "model_forward",
+    ),
+    (
+        "vllm/v1/worker/gpu/mm/encoder_runner.py:EncoderRunner.execute_mm_encoder",
+        "encoder",
+    ),
+    (
         "vllm/v1/worker/gpu/model_runner.py:GPUModelRunner.sample",
         "sampling",
     ),
@@ -49,6 +57,8 @@ const OPS: &[(&str, &str)] = &[
 struct Run {
     session: Session,
     truth: Vec<PyTruthLine>,
+    /// The scratch directory (the fixture's truth file is there).
+    dir: std::path::PathBuf,
 }
 
 /// Runs the fixture under `python` for `steps` steps with profilemate attached while it
@@ -71,6 +81,7 @@ fn run(test: &str, python: &Path, steps: u32, attach: &[&str], fixture: &[&str])
     Run {
         session,
         truth: py_truth(&dir),
+        dir,
     }
 }
 
@@ -120,10 +131,12 @@ fn check_shares(run: &Run, tolerance_pct: f64) {
             .as_f64()
             .unwrap_or(0.0)
     };
-    let sampled_total: f64 = OPS.iter().map(|(_, n)| samples(n)).sum();
+    let mut names: Vec<&str> = OPS.iter().map(|(_, n)| *n).collect();
+    names.dedup();
+    let sampled_total: f64 = names.iter().map(|n| samples(n)).sum();
     assert!(sampled_total >= 200.0, "too few samples: {sampled_total}");
     let mut report = Vec::new();
-    for (_, name) in OPS {
+    for name in &names {
         let truth_share = 100.0 * truth_ns[name] / truth_total;
         let ours = 100.0 * samples(name) / sampled_total;
         report.push(format!(
@@ -150,8 +163,10 @@ fn check_launch_stacks(run: &Run) {
     let steps = run.session.csv("forward_pass_timing.csv");
     assert!(!steps.is_empty());
     for s in &steps {
+        // The first CUDA call of a step: the input copy, or the encoder's upload.
         assert!(
-            s["launched_by"].starts_with("GPUModelRunner.prepare_inputs:"),
+            s["launched_by"].starts_with("GPUModelRunner.prepare_inputs:")
+                || s["launched_by"].starts_with("EncoderRunner.execute_mm_encoder:"),
             "step launched by {:?}",
             s["launched_by"]
         );
@@ -443,4 +458,260 @@ fn scheduler_queues_and_kv_cache_usage_match_ground_truth() {
     let summary = std::fs::read_to_string(run.session.dir.join("kv_cache_summary.txt"))
         .expect("kv_cache_summary.txt");
     assert!(summary.contains("64 blocks"), "{summary}");
+}
+
+/// The fixture's own ground truth lines of one kind, as JSON.
+fn truth_of(dir: &Path, kind: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("py_truth.jsonl")).expect("python truth file");
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == kind)
+        .collect()
+}
+
+#[test]
+fn vllm_batches_preemptions_requests_and_graphs_match_ground_truth() {
+    let _g = serial();
+    let test = "vllm_batches_preemptions_requests_and_graphs_match_ground_truth";
+    if !can_attach(test) {
+        return;
+    }
+    let Some((label, python)) = pythons().into_iter().next() else {
+        eprintln!("SKIP: no CPython 3.11-3.13 found");
+        return;
+    };
+    let fixture = [
+        "--reset-at-step",
+        "120",
+        "--metrics-port",
+        "0",
+        "--idle-us",
+        "200",
+    ];
+    let run = run("batches", &python, 300, &[], &fixture);
+    let dir = run.dir.clone();
+    let md = run.session.json("metadata.json");
+    let t0 = md["monotonic_start_ns"].as_u64().expect("t0");
+    let ns = |r: &HashMap<String, String>| t0 as f64 + col(r, "timestamp_sec") * 1e9;
+    let batches = truth_of(&dir, "batch");
+    assert_eq!(batches.len(), 300, "{label}: truth batches");
+    let u = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k}"));
+    let truth_phase = |b: &serde_json::Value| match (u(b, "prefill_reqs"), u(b, "decode_reqs")) {
+        (0, 0) => "empty",
+        (_, 0) => "prefill",
+        (0, _) => "decode",
+        _ => "mixed",
+    };
+    // A step's output is read at a CUDA call of its execute_model: after its schedule() and
+    // before the next one.
+    let truth_at = |ts: f64| {
+        let i = batches.partition_point(|b| u(b, "ts_ns") as f64 <= ts);
+        assert!(i > 0, "{label}: a batch read before any schedule");
+        &batches[i - 1]
+    };
+
+    // Every batch read equals its SchedulerOutput; the ones not read are counted.
+    let rows = run.session.csv("batch_utilization.csv");
+    let stats = &md["python"]["vllm_batches"];
+    let dropped = stats["stale"].as_u64().unwrap_or(0) + stats["torn"].as_u64().unwrap_or(0);
+    assert_eq!(
+        Some(rows.len() as u64),
+        stats["batches"].as_u64(),
+        "{label}: {stats}"
+    );
+    // A step not read had at least one of its stacks dropped (and counted).
+    assert!(
+        rows.len() as u64 + dropped >= 300,
+        "{label}: uncounted misses {stats}"
+    );
+    assert!(
+        rows.len() >= 297,
+        "{label}: only {} of 300 batches read",
+        rows.len()
+    );
+    for r in &rows {
+        let b = truth_at(ns(r));
+        let step = u(b, "step");
+        assert_eq!(
+            col(r, "num_seqs") as u64,
+            u(b, "num_reqs"),
+            "{label} step {step}: seqs"
+        );
+        assert_eq!(
+            col(r, "num_tokens") as u64,
+            u(b, "num_tokens"),
+            "{label} step {step}: tokens"
+        );
+        assert_eq!(
+            col(r, "new_reqs") as u64,
+            u(b, "new_reqs"),
+            "{label} step {step}: new"
+        );
+        assert_eq!(
+            col(r, "cached_reqs") as u64,
+            u(b, "cached_reqs"),
+            "{label} step {step}: cached"
+        );
+        assert_eq!(
+            col(r, "preempted_reqs") as usize,
+            b["preempted"].as_array().map_or(0, Vec::len),
+            "{label} step {step}: preempted"
+        );
+        assert_eq!(r["phase"], truth_phase(b), "{label} step {step}: phase");
+        // Limits come from the scheduler's poll (absent before the first one).
+        if !r["max_num_scheduled_tokens"].is_empty() {
+            assert_eq!(col(r, "max_num_scheduled_tokens"), 256.0);
+        }
+    }
+    let summary = run.session.json("batch_utilization_summary.json");
+    assert_eq!(summary["steps"].as_u64(), Some(rows.len() as u64));
+
+    // forward_pass rows carry the same batch.
+    let steps = run.session.csv("forward_pass_timing.csv");
+    assert_eq!(steps.len(), 300, "{label}: GPU steps");
+    let with_batch = steps.iter().filter(|s| s["phase"] != "unknown").count();
+    assert!(
+        with_batch >= 297,
+        "{label}: {with_batch} steps with a batch"
+    );
+    for s in steps.iter().filter(|s| s["phase"] != "unknown") {
+        let b = truth_at(ns(s));
+        assert_eq!(
+            col(s, "num_tokens") as u64,
+            u(b, "num_tokens"),
+            "{label}: step tokens"
+        );
+        assert_eq!(
+            col(s, "batch_size") as u64,
+            u(b, "num_reqs"),
+            "{label}: step batch size"
+        );
+        assert_eq!(s["phase"], truth_phase(b), "{label}: step phase");
+    }
+    let fp = run.session.json("forward_pass_summary.json");
+    assert!(
+        fp["by_phase"]["decode"]["count"].as_u64().unwrap_or(0) > 100,
+        "{fp}"
+    );
+
+    // Preemptions: exact count, requests, reasons and tokens lost.
+    let truth_pre = truth_of(&dir, "preempt");
+    assert!(truth_pre.len() >= 10, "{label}: the workload must preempt");
+    let events = run.session.csv("preemption_events.csv");
+    let key = |req: &str, reason: &str, lost: &str| format!("{req}/{reason}/{lost}");
+    let mut want: Vec<String> = truth_pre
+        .iter()
+        .map(|p| {
+            let req = p["req"].as_str().unwrap_or_default();
+            let reason = p["reason"].as_str().unwrap_or_default();
+            key(req, reason, &p["tokens_lost"].to_string())
+        })
+        .collect();
+    let mut got: Vec<String> = events
+        .iter()
+        .map(|e| key(&e["request_id"], &e["reason"], &e["tokens_lost"]))
+        .collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "{label}: preemption events");
+    let ps = run.session.json("preemption_summary.json");
+    assert_eq!(
+        ps["total_preemptions"].as_u64(),
+        Some(truth_pre.len() as u64)
+    );
+    assert!(
+        ps["reasons"]["cache_reset"].as_u64().unwrap_or(0) > 0,
+        "{ps}"
+    );
+
+    // Requests: every one seen, with its prompt and preemptions.
+    let truth_req = truth_of(&dir, "request");
+    assert_eq!(
+        ps["total_requests"].as_u64(),
+        Some(truth_req.len() as u64),
+        "{ps}"
+    );
+    let lifecycle = run.session.csv("request_lifecycle.csv");
+    let by_id: HashMap<&str, &HashMap<String, String>> = lifecycle
+        .iter()
+        .map(|r| (r["request_id"].as_str(), r))
+        .collect();
+    for t in &truth_req {
+        let id = t["req"].as_str().unwrap_or_default();
+        let r = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("{label}: {id} missing"));
+        assert_eq!(
+            col(r, "prompt_tokens") as u64,
+            u(t, "prompt_tokens"),
+            "{id}"
+        );
+        assert_eq!(col(r, "preemptions") as u64, u(t, "preemptions"), "{id}");
+        let finished = t["status"] == "FINISHED_STOPPED";
+        assert_eq!(
+            !r["finished_sec"].is_empty(),
+            finished,
+            "{label}: {id} finished"
+        );
+        assert!(
+            col(r, "output_tokens") as u64 <= u(t, "output_tokens"),
+            "{id}"
+        );
+    }
+
+    // Graph descriptors: each replayed graph carries the descriptor it was launched with.
+    let forwards = truth_of(&dir, "forward");
+    let usage = run.session.csv("cuda_graph_usage.csv");
+    let mut checked = 0;
+    for g in usage.iter().filter(|g| col(g, "replay_count") > 0.0) {
+        let replays = col(g, "replay_count") as usize;
+        let want = if g["runtime_mode"] == "FULL" {
+            let n = col(g, "num_tokens") as u64;
+            assert_eq!(col(g, "num_reqs") as u64, n);
+            forwards
+                .iter()
+                .filter(|f| f["mode"] == "FULL" && f["desc_tokens"].as_u64() == Some(n))
+                .count()
+        } else {
+            assert!(g["runtime_mode"].is_empty(), "{label}: piecewise {g:?}");
+            forwards.iter().filter(|f| f["mode"] == "PIECEWISE").count()
+        };
+        assert_eq!(replays, want, "{label}: replays of {g:?}");
+        checked += 1;
+    }
+    assert!(checked >= 2, "{label}: graphs with replays");
+
+    // Encoder steps, the prefix cache reset, and the server's /metrics.
+    let ed = run.session.json("encoder_decoder_summary.json");
+    let enc = batches
+        .iter()
+        .filter(|b| u(b, "encoder_inputs") > 0)
+        .count() as u64;
+    assert_eq!(ed["steps_with_encoder"].as_u64(), Some(enc), "{ed}");
+    let ev = run.session.csv("kv_cache_evictions.csv");
+    assert_eq!(
+        ev.iter()
+            .filter(|e| e["prefix_cache_reset"] == "true")
+            .count(),
+        1
+    );
+    let evicted: f64 = ev.iter().map(|e| col(e, "evicted_blocks_min")).sum();
+    let truth_evicted: u64 = truth_of(&dir, "evict").iter().map(|e| u(e, "blocks")).sum();
+    assert!(
+        evicted <= truth_evicted as f64,
+        "{evicted} > {truth_evicted}"
+    );
+    let m = &md["vllm_metrics"];
+    assert_eq!(
+        m["server_preemptions"].as_f64(),
+        Some(truth_pre.len() as f64),
+        "{m}"
+    );
+    assert_eq!(
+        m["profilemate_preemptions"].as_u64(),
+        Some(truth_pre.len() as u64),
+        "{m}"
+    );
+    let moe = run.session.json("moe_summary.json");
+    assert_eq!(moe["expert_routing_observable"], false);
 }

@@ -65,12 +65,16 @@ struct Summary {
     note: &'static str,
 }
 
+/// (time, encoder inputs, phase) of a step batch.
+type BatchMark = (u64, u64, &'static str);
+
 /// The encoder/decoder profiler.
 pub struct EncoderDecoder {
     time: TimeBase,
     rows: CsvSink,
     calls: HashMap<(u32, u32), VecDeque<(u64, Operation)>>,
-    batches: HashMap<(u32, u32), VecDeque<(u64, u64, &'static str)>>,
+    /// (pid, tid) -> (time, encoder inputs, phase) of recent batches.
+    batches: HashMap<(u32, u32), VecDeque<BatchMark>>,
     steps: u64,
     with_encoder: u64,
     inputs: u64,

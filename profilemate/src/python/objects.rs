@@ -129,7 +129,7 @@ pub enum ObjectError {
 pub struct AttrCache {
     /// keys object -> attribute name -> (address of the entry's key, the key str object,
     /// index in the values array).
-    slots: RefCell<HashMap<u64, HashMap<String, (u64, u64, u64)>>>,
+    slots: RefCell<HashMap<u64, HashMap<String, SplitPosition>>>,
 }
 
 impl AttrCache {
@@ -152,6 +152,9 @@ struct SplitValues {
     keys: u64,
     array: u64,
 }
+
+/// (address of the entry's key pointer, the key object, index in the values array).
+type SplitPosition = (u64, u64, u64);
 
 /// Keys objects remembered at most (classes with split dicts: a few dozen in vLLM).
 const MAX_CACHED_KEYS: usize = 4096;

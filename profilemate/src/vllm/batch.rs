@@ -214,8 +214,8 @@ pub struct BatchStats {
     pub torn: u64,
     /// Stacks with an `execute_model` frame whose argument was not a `SchedulerOutput`.
     pub wrong_type: u64,
-    /// Outputs not read because their stack reached userspace too late (the output may
-    /// have been freed and its address reused): dropped, counted.
+    /// Stacks carrying an output that reached userspace too late to read it (the output may
+    /// have been freed and its address reused): not used, counted.
     pub stale: u64,
     /// Graph descriptors read.
     pub descriptors: u64,
@@ -572,15 +572,16 @@ fn read_output(
     Ok(b)
 }
 
-/// (mode, tokens, requests, uniform count, LoRAs) of a graph descriptor; None when the
-/// argument is not one.
-#[allow(clippy::type_complexity)]
+/// (mode, tokens, requests, uniform count, LoRAs) of a graph descriptor.
+type DescriptorFields = (String, u64, Option<u64>, Option<u64>, u64);
+
+/// The fields of a graph descriptor; None when the argument is not one.
 fn read_descriptor(
     o: &Objects<'_>,
     n: &BatchNames,
     desc: u64,
     strings: &mut StrCache,
-) -> Result<Option<(String, u64, Option<u64>, Option<u64>, u64)>, ReadFailure> {
+) -> Result<Option<DescriptorFields>, ReadFailure> {
     let ty = o.type_name(desc)?;
     if !n.descriptor_types.contains(&ty.as_str()) {
         return Ok(None);
