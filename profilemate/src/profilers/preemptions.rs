@@ -216,7 +216,16 @@ impl Preemptions {
             }
         }
         // Requests gone from the scheduler since the previous poll have finished (vLLM
-        // drops a request from `requests` when it is freed).
+        // drops a request from `requests` when it is freed). Only a complete poll says so:
+        // a request skipped as unreadable is not gone.
+        if p.unreadable > 0 {
+            if let Some(previous) = self.polled.get_mut(&p.pid) {
+                previous.extend(ids);
+                previous.sort();
+                previous.dedup();
+            }
+            return;
+        }
         if let Some(previous) = self.polled.insert(p.pid, ids) {
             let now: std::collections::HashSet<&String> =
                 p.requests.iter().map(|r| &r.id).collect();
