@@ -385,7 +385,12 @@ fn read_requests(
         requests: Vec::new(),
         unreadable: 0,
     };
-    for (_, req) in o.dict_items(dict, MAX_REQUESTS)? {
+    let items = o.dict_items(dict, MAX_REQUESTS)?;
+    // A dict resized while it was read yields fewer entries than it holds: the poll is
+    // then incomplete (the missing ones count as unreadable, so none looks finished).
+    let held = o.len(dict)?.min(MAX_REQUESTS as u64);
+    out.unreadable += held.saturating_sub(items.len() as u64);
+    for (_, req) in items {
         let fields = o.attrs(
             req,
             [
