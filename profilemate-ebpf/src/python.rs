@@ -111,7 +111,8 @@ pub fn walk_stack(tgid: u32, tid: u32, reason: u16, api: u16, ts_ns: u64) {
     // A stack walked at a CUDA call may carry a step's SchedulerOutput, which userspace
     // reads from the live target: wake the reader now (a few walks per step) rather than at
     // its next timer tick, so the object is read while the step still holds it.
-    if reason == stack_reason::CUDA_CALL && depth > 0 {
+    let wake = cfg.is_some_and(|c| c.wake_on_cuda_stack != 0);
+    if wake && reason == stack_reason::CUDA_CALL && depth > 0 {
         entry.submit(BPF_RB_FORCE_WAKEUP);
     } else {
         entry.submit(submit_flags());

@@ -12,7 +12,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use profilemate_common::{python::usdt_probe, Library};
+use profilemate_common::{
+    python::{usdt_probe, PyProcConfig},
+    Library,
+};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
@@ -227,7 +230,7 @@ impl Targets {
     }
 
     /// Reads every live process's scheduler state once.
-    fn poll_state(&mut self) {
+    fn poll_state(&mut self, probes: &mut Probes) {
         let ts = monotonic_ns();
         for (pid, poller) in &mut self.pollers {
             if self.procs.get(pid).is_some_and(|t| t.exited_sec.is_some()) {
@@ -236,6 +239,21 @@ impl Targets {
             match poller.poll(ts, true) {
                 Ok((snap, requests)) => {
                     poller.last_error = None;
+                    // A vLLM engine: its step outputs are read from CUDA-call stacks, which
+                    // must reach the reader at once (see BatchReader).
+                    if !poller.wakes {
+                        if let Some(interp) = self.python.get(pid).and_then(|t| t.walking.as_ref())
+                        {
+                            let cfg = PyProcConfig {
+                                wake_on_cuda_stack: 1,
+                                ..interp.walker_config()
+                            };
+                            match probes.set_python(*pid, cfg) {
+                                Ok(()) => poller.wakes = true,
+                                Err(e) => log::warn!("pid {pid}: {e}"),
+                            }
+                        }
+                    }
                     self.last_state = Some(snap);
                     let _ = self.py_tx.send(PyUpdate::State(snap));
                     if let Some(r) = requests {
@@ -593,7 +611,7 @@ async fn run_session(
                     break Stop::TargetsExited;
                 }
             }
-            _ = state_tick.tick(), if cfg.state_hz > 0 => targets.poll_state(),
+            _ = state_tick.tick(), if cfg.state_hz > 0 => targets.poll_state(&mut probes),
             _ = metrics_tick.tick() => {
                 let now = vllm::metrics::scrape(&live_pids(&targets));
                 if !now.is_empty() {

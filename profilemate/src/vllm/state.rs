@@ -244,6 +244,8 @@ pub struct StatePoller {
     pub polls: u64,
     /// Polls dropped because the state kept changing while it was read.
     pub torn: u64,
+    /// Whether the walker already wakes the reader for this process's CUDA-call stacks.
+    pub wakes: bool,
 }
 
 impl StatePoller {
@@ -262,6 +264,7 @@ impl StatePoller {
             last_error: None,
             polls: 0,
             torn: 0,
+            wakes: false,
         }
     }
 
