@@ -533,11 +533,10 @@ async fn run_session(
             .map(|(pid, _)| *pid)
             .collect()
     };
-    let metrics_start = vllm::metrics::scrape(&live_pids(&targets));
+    let mut metrics_first = vllm::metrics::scrape(&live_pids(&targets));
     // The latest reading while the targets run (a server that exits takes its endpoint
     // with it): the end of the comparison window.
     let mut metrics_last: Vec<vllm::metrics::Scrape> = Vec::new();
-    let mut metrics_first = metrics_start;
     if !targets.any_library() {
         let what = if cfg.follow_children {
             "pid {} or its children"

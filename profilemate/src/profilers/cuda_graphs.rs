@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::Serialize;
 
-use super::Profiler;
+use super::{keep_recent, Profiler};
 use crate::{
     correlate::{Correlated, GraphCapture, GraphInstantiation},
     output::{ms, CsvSink, OutputError, SessionDir, TimeBase},
@@ -248,11 +248,8 @@ impl Profiler for CudaGraphs {
             | Correlated::Requests(_)
             | Correlated::Batch(_) => {}
             Correlated::GraphDescriptor(d) => {
-                let q = self.pending.entry((d.pid, d.tid)).or_default();
-                if q.len() >= PENDING_DESCRIPTORS {
-                    q.pop_front();
-                }
-                q.push_back(d.clone());
+                let key = (d.pid, d.tid);
+                keep_recent(&mut self.pending, key, d.clone(), PENDING_DESCRIPTORS);
             }
         }
     }

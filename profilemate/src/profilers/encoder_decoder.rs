@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 
-use super::Profiler;
+use super::{keep_recent, Profiler};
 use crate::{
     correlate::{Correlated, PyStack, Step},
     output::{
@@ -106,19 +106,12 @@ impl EncoderDecoder {
         if !matches!(st.reason, StackReason::CudaCall(_)) {
             return;
         }
-        let q = self.calls.entry((st.pid, st.tid)).or_default();
-        if q.len() >= KEPT {
-            q.pop_front();
-        }
-        q.push_back((st.ts_ns, st.op));
+        keep_recent(&mut self.calls, (st.pid, st.tid), (st.ts_ns, st.op), KEPT);
     }
 
     fn batch(&mut self, b: &StepBatch) {
-        let q = self.batches.entry((b.pid, b.tid)).or_default();
-        if q.len() >= KEPT {
-            q.pop_front();
-        }
-        q.push_back((b.ts_ns, b.encoder_inputs, b.phase.as_str()));
+        let mark = (b.ts_ns, b.encoder_inputs, b.phase.as_str());
+        keep_recent(&mut self.batches, (b.pid, b.tid), mark, KEPT);
     }
 
     fn step(&mut self, s: &Step) {

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::Serialize;
 
-use super::Profiler;
+use super::{keep_recent, Profiler};
 use crate::{
     correlate::{Completion, Correlated, PyStack, Step},
     output::{
@@ -15,15 +15,6 @@ use crate::{
     probes::drain::StackReason,
     vllm::batch::{GraphDescriptor, StepBatch},
 };
-
-/// Keeps the newest `STACKS_PER_THREAD` items of a per-thread queue.
-fn keep<T>(map: &mut HashMap<(u32, u32), VecDeque<T>>, key: (u32, u32), item: T) {
-    let q = map.entry(key).or_default();
-    if q.len() >= STACKS_PER_THREAD {
-        q.pop_front();
-    }
-    q.push_back(item);
-}
 
 /// The first item of `key`'s queue stamped inside the step's launch window.
 fn in_window<'a, T>(
@@ -260,15 +251,30 @@ impl Profiler for ForwardPass {
     fn consume(&mut self, record: &Correlated) {
         let s = match record {
             Correlated::PyStack(st) if matches!(st.reason, StackReason::CudaCall(_)) => {
-                keep(&mut self.stacks, (st.pid, st.tid), PyStack::clone(st));
+                keep_recent(
+                    &mut self.stacks,
+                    (st.pid, st.tid),
+                    PyStack::clone(st),
+                    STACKS_PER_THREAD,
+                );
                 return;
             }
             Correlated::Batch(b) => {
-                keep(&mut self.batches, (b.pid, b.tid), StepBatch::clone(b));
+                keep_recent(
+                    &mut self.batches,
+                    (b.pid, b.tid),
+                    StepBatch::clone(b),
+                    STACKS_PER_THREAD,
+                );
                 return;
             }
             Correlated::GraphDescriptor(d) => {
-                keep(&mut self.descriptors, (d.pid, d.tid), d.clone());
+                keep_recent(
+                    &mut self.descriptors,
+                    (d.pid, d.tid),
+                    d.clone(),
+                    STACKS_PER_THREAD,
+                );
                 return;
             }
             Correlated::Step(s) => s,

@@ -17,6 +17,21 @@ use crate::{
     output::{OutputError, SessionDir, TimeBase},
 };
 
+/// Pushes `item` onto `key`'s queue, keeping the newest `max` (records kept per thread
+/// until the step they belong to completes).
+pub(crate) fn keep_recent<K: std::hash::Hash + Eq, T>(
+    map: &mut std::collections::HashMap<K, std::collections::VecDeque<T>>,
+    key: K,
+    item: T,
+    max: usize,
+) {
+    let q = map.entry(key).or_default();
+    if q.len() >= max {
+        q.pop_front();
+    }
+    q.push_back(item);
+}
+
 /// The two-method shape every profiler has. Row files are streamed as records arrive (a
 /// profiler opens them when it is created); summaries are written by `finish`.
 pub trait Profiler: Send {

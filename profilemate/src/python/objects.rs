@@ -132,18 +132,12 @@ pub struct AttrCache {
     slots: RefCell<HashMap<u64, HashMap<String, SplitPosition>>>,
 }
 
-impl AttrCache {
-    /// Keys objects whose positions are remembered (bounded: see `MAX_CACHED_KEYS`).
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.slots.borrow().len()
-    }
-
-    /// True when nothing is remembered yet.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+/// Where a keys object's entries are and how they are laid out.
+struct KeyEntries {
+    base: u64,
+    size: u64,
+    /// Offset of the key pointer inside an entry.
+    key_at: u64,
 }
 
 /// An instance's split dict.
@@ -347,13 +341,9 @@ impl<'a> Objects<'a> {
         self.items(obj + ITEMS, n, max)
     }
 
-    /// (key, value) pairs of a dict's keys object and optional split values array.
-    fn keys_items(
-        &self,
-        keys: u64,
-        values: Option<u64>,
-        max: usize,
-    ) -> Result<Vec<(u64, u64)>, ObjectError> {
+    /// The entry table of a dict keys object (at most `max` entries), after sanity checks of
+    /// its header.
+    fn key_entries(&self, keys: u64, max: usize) -> Result<(KeyEntries, Vec<u8>), ObjectError> {
         let mut head = [0u8; 3];
         self.mem.read(keys + KEYS_LOG2_SIZE, &mut head)?;
         let (log2_size, log2_index_bytes, kind) = (head[0], head[1], head[2]);
@@ -361,12 +351,30 @@ impl<'a> Objects<'a> {
         if log2_size > 40 || log2_index_bytes > 43 || nentries > (1u64 << log2_size) {
             return Err(ObjectError::Implausible(keys));
         }
-        let entries = keys + KEYS_INDICES + (1u64 << log2_index_bytes);
-        let general = kind == 0;
-        let entry_size = if general { 24 } else { 16 };
+        // General entries are (hash, key, value); unicode-only ones (key, value).
+        let (size, key_at) = if kind == 0 { (24, 8) } else { (16, 0) };
+        let e = KeyEntries {
+            base: keys + KEYS_INDICES + (1u64 << log2_index_bytes),
+            size,
+            key_at,
+        };
         let n = (nentries as usize).min(max).min(MAX_ITEMS);
-        let mut buf = vec![0u8; n * entry_size];
-        self.mem.read(entries, &mut buf)?;
+        let mut buf = vec![0u8; n * size as usize];
+        self.mem.read(e.base, &mut buf)?;
+        Ok((e, buf))
+    }
+
+    /// (key, value) pairs of a dict's keys object and optional split values array.
+    fn keys_items(
+        &self,
+        keys: u64,
+        values: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<(u64, u64)>, ObjectError> {
+        let (e, buf) = self.key_entries(keys, max)?;
+        let entry_size = e.size as usize;
+        let n = buf.len() / entry_size;
+        let k = e.key_at as usize / 8;
         let word = |b: &[u8], i: usize| {
             u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))
         };
@@ -376,11 +384,7 @@ impl<'a> Objects<'a> {
         };
         let mut out = Vec::with_capacity(n);
         for (i, e) in buf.chunks_exact(entry_size).enumerate() {
-            let (key, value) = if general {
-                (word(e, 1), word(e, 2))
-            } else {
-                (word(e, 0), word(e, 1))
-            };
+            let (key, value) = (word(e, k), word(e, k + 1));
             let value = match &split_values {
                 Some(vals) => vals.get(i).copied().unwrap_or(0),
                 None => value,
@@ -670,23 +674,12 @@ impl<'a> Objects<'a> {
         keys: u64,
         name: &str,
     ) -> Result<Option<(u64, u64, u64)>, ObjectError> {
-        let mut head = [0u8; 3];
-        self.mem.read(keys + KEYS_LOG2_SIZE, &mut head)?;
-        let (log2_size, log2_index_bytes, kind) = (head[0], head[1], head[2]);
-        let nentries = self.u64(keys + KEYS_NENTRIES)?;
-        if log2_size > 40 || log2_index_bytes > 43 || nentries > (1u64 << log2_size) {
-            return Err(ObjectError::Implausible(keys));
-        }
-        let entries = keys + KEYS_INDICES + (1u64 << log2_index_bytes);
-        let (entry_size, key_at) = if kind == 0 { (24, 8) } else { (16, 0) };
-        let n = (nentries as usize).min(MAX_ITEMS);
-        let mut buf = vec![0u8; n * entry_size as usize];
-        self.mem.read(entries, &mut buf)?;
-        for (i, e) in buf.chunks_exact(entry_size as usize).enumerate() {
-            let at = key_at as usize;
-            let key = u64::from_le_bytes(e[at..at + 8].try_into().unwrap_or([0; 8]));
+        let (e, buf) = self.key_entries(keys, MAX_ITEMS)?;
+        for (i, entry) in buf.chunks_exact(e.size as usize).enumerate() {
+            let at = e.key_at as usize;
+            let key = u64::from_le_bytes(entry[at..at + 8].try_into().unwrap_or([0; 8]));
             if key != 0 && read_str(self.mem, self.layout, key).is_ok_and(|s| s == name) {
-                let entry = entries + i as u64 * entry_size + key_at;
+                let entry = e.base + i as u64 * e.size + e.key_at;
                 return Ok(Some((entry, key, i as u64)));
             }
         }

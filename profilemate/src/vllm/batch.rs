@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::state::{read_scheduler, StateError, StateNames, StateSnapshot, StrCache};
 use crate::{
-    correlate::{Correlated, PyStack},
+    correlate::{Correlated, PyFrameInfo, PyStack},
     probes::drain::StackReason,
     python::{
         objects::{object_layout, AttrCache, ObjectError, Objects, MAX_ITEMS},
@@ -307,15 +307,12 @@ impl BatchReader {
         let Some(p) = self.procs.get_mut(&st.pid) else {
             return;
         };
+        let names = self.names;
+        let ends = |q: &str, set: &[&str]| set.iter().any(|s| q.ends_with(s));
+        let carries_output =
+            |f: &&PyFrameInfo| f.arg1 != 0 && ends(&f.code.qualname, names.output_frames);
         if crate::output::monotonic_ns().saturating_sub(st.ts_ns) > MAX_READ_DELAY_NS {
-            if st.frames.iter().any(|f| {
-                f.arg1 != 0
-                    && self
-                        .names
-                        .output_frames
-                        .iter()
-                        .any(|s| f.code.qualname.ends_with(s))
-            }) {
+            if st.frames.iter().any(|f| carries_output(&f)) {
                 self.stats.stale += 1;
             }
             return;
@@ -323,8 +320,6 @@ impl BatchReader {
         let Some(ol) = object_layout(p.interp.layout.version) else {
             return;
         };
-        let names = self.names;
-        let ends = |q: &str, set: &[&str]| set.iter().any(|s| q.ends_with(s));
         let mem = p.mem;
         let o = Objects::new(&mem, &p.interp.layout, ol).with_cache(&p.attrs);
         // The descriptor of a graph replay.
@@ -355,10 +350,7 @@ impl BatchReader {
             }
         }
         // The step's scheduler output: the innermost frame that carries one.
-        let candidates = st
-            .frames
-            .iter()
-            .filter(|f| f.arg1 != 0 && ends(&f.code.qualname, names.output_frames));
+        let candidates = st.frames.iter().filter(carries_output);
         for f in candidates {
             let is_output = o.type_name(f.arg1).is_ok_and(|t| t == names.output_type);
             if !is_output {
