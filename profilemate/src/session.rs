@@ -65,10 +65,12 @@ struct PyTrack {
     record: Option<PythonRecord>,
     /// The interpreter being walked (its thread list is re-read at each rescan).
     walking: Option<Interpreter>,
+    /// Whether the walker wakes the reader at once for this process's CUDA-call stacks.
+    wakes: bool,
 }
 
 /// How often the ring buffer is drained when the kernel does not wake us.
-pub const DRAIN_TICK: Duration = Duration::from_millis(10);
+pub const DRAIN_TICK: Duration = Duration::from_millis(4);
 /// How often the API server's /metrics is read (for the end-of-session cross-check).
 const METRICS_PERIOD: Duration = Duration::from_secs(1);
 /// Records handled before the pipeline task looks at its stop signal again.
@@ -98,6 +100,24 @@ struct Targets {
     pollers: BTreeMap<u32, StatePoller>,
     /// The latest scheduler poll (for the /metrics cross-check).
     last_state: Option<StateSnapshot>,
+}
+
+impl PyTrack {
+    /// A vLLM engine: its step outputs are read from CUDA-call stacks, which must reach
+    /// the reader at once (see BatchReader), so the walker wakes it for each one.
+    fn wake_on_cuda_stacks(&mut self, pid: u32, probes: &mut Probes) {
+        let Some(interp) = self.walking.as_ref().filter(|_| !self.wakes) else {
+            return;
+        };
+        let cfg = PyProcConfig {
+            wake_on_cuda_stack: 1,
+            ..interp.walker_config()
+        };
+        match probes.set_python(pid, cfg) {
+            Ok(()) => self.wakes = true,
+            Err(e) => log::warn!("pid {pid}: {e}"),
+        }
+    }
 }
 
 impl Targets {
@@ -150,7 +170,10 @@ impl Targets {
             }
         };
         track.done = true;
+        // The pipeline learns the interpreter before the walker sends its first stack.
+        let _ = self.py_tx.send(PyUpdate::Add(Box::new(interp.clone())));
         if let Err(e) = probes.set_python(pid, interp.walker_config()) {
+            let _ = self.py_tx.send(PyUpdate::Remove(pid));
             track.record = Some(PythonRecord {
                 pid,
                 status: "unsupported",
@@ -226,33 +249,19 @@ impl Targets {
             pid,
             StatePoller::new(interp.clone(), &vllm::state::VLLM_0_33),
         );
-        let _ = self.py_tx.send(PyUpdate::Add(Box::new(interp)));
     }
 
     /// Reads every live process's scheduler state once.
     fn poll_state(&mut self, probes: &mut Probes) {
-        let ts = monotonic_ns();
         for (pid, poller) in &mut self.pollers {
             if self.procs.get(pid).is_some_and(|t| t.exited_sec.is_some()) {
                 continue;
             }
-            match poller.poll(ts, true) {
+            match poller.poll(true) {
                 Ok((snap, requests)) => {
                     poller.last_error = None;
-                    // A vLLM engine: its step outputs are read from CUDA-call stacks, which
-                    // must reach the reader at once (see BatchReader).
-                    if !poller.wakes {
-                        if let Some(interp) = self.python.get(pid).and_then(|t| t.walking.as_ref())
-                        {
-                            let cfg = PyProcConfig {
-                                wake_on_cuda_stack: 1,
-                                ..interp.walker_config()
-                            };
-                            match probes.set_python(*pid, cfg) {
-                                Ok(()) => poller.wakes = true,
-                                Err(e) => log::warn!("pid {pid}: {e}"),
-                            }
-                        }
+                    if let Some(track) = self.python.get_mut(pid) {
+                        track.wake_on_cuda_stacks(*pid, probes);
                     }
                     self.last_state = Some(snap);
                     let _ = self.py_tx.send(PyUpdate::State(snap));
@@ -397,44 +406,27 @@ impl Pipeline {
             py_rx,
             profilers,
         } = self;
-        while let Ok(update) = py_rx.try_recv() {
-            match update {
-                PyUpdate::Add(i) => {
-                    batches.add_interpreter(Interpreter::clone(&i));
-                    python.add_interpreter(*i);
-                }
-                PyUpdate::Remove(pid) => {
-                    batches.remove_process(pid);
-                    python.remove_process(pid);
-                }
-                PyUpdate::State(snap) => {
-                    batches.set_scheduler(snap.pid, snap.scheduler);
-                    let rec = crate::correlate::Correlated::VllmState(snap);
-                    for p in profilers.iter_mut() {
-                        p.consume(&rec);
-                    }
-                }
-                PyUpdate::Requests(poll) => {
-                    let rec = crate::correlate::Correlated::Requests(poll);
-                    for p in profilers.iter_mut() {
-                        p.consume(&rec);
-                    }
-                }
-            }
-        }
         let mut emit = |rec: crate::correlate::Correlated| {
             for p in profilers.iter_mut() {
                 p.consume(&rec);
             }
         };
+        apply_updates(py_rx, python, batches, &mut emit);
         let n = drain.drain(DRAIN_BATCH, |rec| match rec {
             Record::Call(ev) => correlator.handle(ev, &mut emit),
-            Record::Stack(ev) => python.stack(ev, &mut |rec| {
-                if let crate::correlate::Correlated::PyStack(st) = &rec {
-                    batches.observe(st, &mut emit);
+            Record::Stack(ev) => {
+                // The interpreter is sent before the walker is configured, so a stack of
+                // an unknown process means its update is waiting in the channel.
+                if !python.knows(ev.pid) {
+                    apply_updates(py_rx, python, batches, &mut emit);
                 }
-                emit(rec);
-            }),
+                python.stack(ev, &mut |rec| {
+                    if let crate::correlate::Correlated::PyStack(st) = &rec {
+                        batches.observe(st, &mut emit);
+                    }
+                    emit(rec);
+                });
+            }
             Record::Usdt(ev) => python.usdt(ev, &mut emit),
         });
         n >= DRAIN_BATCH
@@ -469,6 +461,32 @@ impl Pipeline {
         // Whatever is buffered at the stop, bounded by the buffer's size.
         while self.feed() {}
         (self, None)
+    }
+}
+
+/// Hands what the target side found (interpreters, exits, scheduler polls) to the pipeline.
+fn apply_updates(
+    py_rx: &mpsc::Receiver<PyUpdate>,
+    python: &mut PythonContext,
+    batches: &mut BatchReader,
+    emit: &mut impl FnMut(crate::correlate::Correlated),
+) {
+    while let Ok(update) = py_rx.try_recv() {
+        match update {
+            PyUpdate::Add(i) => {
+                batches.add_interpreter(Interpreter::clone(&i));
+                python.add_interpreter(*i);
+            }
+            PyUpdate::Remove(pid) => {
+                batches.remove_process(pid);
+                python.remove_process(pid);
+            }
+            PyUpdate::State(snap) => {
+                batches.set_scheduler(snap.pid, snap.scheduler);
+                emit(crate::correlate::Correlated::VllmState(snap));
+            }
+            PyUpdate::Requests(poll) => emit(crate::correlate::Correlated::Requests(poll)),
+        }
     }
 }
 
@@ -567,11 +585,13 @@ async fn run_session(
         (0, None)
     };
     let sample_hz = if sampled_cpus > 0 { cfg.sample_hz } else { 0 };
+    // The batch reader names each process it sees running vLLM steps, before any poll does.
+    let (engine_tx, mut engine_rx) = tokio::sync::mpsc::unbounded_channel();
     let pipeline = Pipeline {
         drain,
         correlator: Correlator::new(cfg.timing, cfg.kernels),
         python: PythonContext::new(vllm::ops::VLLM_0_33),
-        batches: BatchReader::new(&vllm::batch::BATCH_0_33, &vllm::state::VLLM_0_33),
+        batches: BatchReader::new(&vllm::batch::BATCH_0_33, &vllm::state::VLLM_0_33, engine_tx),
         py_rx,
         profilers: profilers::default_set(dir, time, sample_hz)?,
     };
@@ -596,8 +616,9 @@ async fn run_session(
     metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     if !cfg.quiet {
         eprintln!(
-            "profilemate: attached to {} process(es), {} probes; writing to {}; Ctrl-C to stop",
+            "profilemate: attached to {} process(es) ({} with Python stacks), {} probes; writing to {}; Ctrl-C to stop",
             targets.procs.len(),
+            targets.python.values().filter(|t| t.walking.is_some()).count(),
             probes.report.attached_count,
             dir.path().display()
         );
@@ -611,6 +632,11 @@ async fn run_session(
                 }
             }
             _ = state_tick.tick(), if cfg.state_hz > 0 => targets.poll_state(&mut probes),
+            Some(pid) = engine_rx.recv() => {
+                if let Some(track) = targets.python.get_mut(&pid) {
+                    track.wake_on_cuda_stacks(pid, &mut probes);
+                }
+            }
             _ = metrics_tick.tick() => {
                 let now = vllm::metrics::scrape(&live_pids(&targets));
                 if !now.is_empty() {
@@ -708,7 +734,7 @@ async fn run_session(
                 .collect(),
             usdt: std::mem::take(&mut probes.usdt_report),
             stats: python_ctx.final_stats(),
-            vllm_batches: batches.stats.clone(),
+            vllm_batches: batches.final_stats(),
             vllm_state: targets
                 .pollers
                 .iter()

@@ -23,13 +23,13 @@ trap 'echo "$OLD_STATS" > $STATS 2>/dev/null' EXIT
 } >"$OUT/env.txt" 2>&1
 
 # fixture RUN_NAME [profilemate args...]: one fixture run with profilemate attached while it
-# waits to start its loop.
+# waits to start its loop; FX_ARGS adds fixture arguments.
 fixture() {
     local name=$1; shift
     local d="$OUT/$name"; mkdir -p "$d"
     echo 1 > $STATS 2>/dev/null
     timeout 300 "$PY" "$ROOT/tests/scripts/vllm_fixture.py" --torch --steps "$STEPS" \
-        --wait-after-load-ms 5000 --truth "$d/truth.jsonl" >"$d/fixture.out" 2>&1 &
+        --wait-after-load-ms 5000 --truth "$d/truth.jsonl" ${FX_ARGS:-} >"$d/fixture.out" 2>&1 &
     local fx=$!
     for _ in $(seq 600); do grep -q ready "$d/fixture.out" 2>/dev/null && break; sleep 0.1; done
     local pid; pid=$(grep -o 'pid=[0-9]*' "$d/fixture.out" | head -1 | cut -d= -f2)
@@ -39,11 +39,14 @@ fixture() {
     if [[ -n "$s" ]]; then
         cp -r "$s" "$d/session"
         "$PY" "$HERE/compare_python.py" "$d/session" "$d/truth.jsonl" >"$OUT/compare_$name.json" 2>"$d/compare.err"
+        "$PY" "$HERE/compare_vllm.py" "$d/session" "$d/truth.jsonl" >"$OUT/vllm_$name.json" 2>"$d/compare_vllm.err"
     fi
 }
 
 fixture sampled997 --sample-hz 997
 fixture default
+# vLLM semantics: preemptions, a prefix-cache reset, /metrics, scheduler polls at 50 Hz.
+FX_ARGS="--reset-at-step 120 --metrics-port 0 --idle-us 200" fixture vllm --state-hz 50
 fixture nostacks --cuda-stacks none --sample-hz 0
 
 for hz in 199 997; do

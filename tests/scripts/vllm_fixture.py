@@ -309,11 +309,19 @@ def main():
     p.add_argument("--metrics-port", type=int, help="serve /metrics on 127.0.0.1 (0: any port)")
     p.add_argument("--linger-ms", type=int, default=1500,
                    help="with --metrics-port: keep serving this long after the last step")
+    p.add_argument("--start-on-sigusr1", action="store_true",
+                   help="start the loop at SIGUSR1 (sent once a tracer is attached); "
+                   "--wait-after-load-ms bounds the wait")
     p.add_argument("--truth", required=True)
     a = p.parse_args()
 
     engine = None
     stop = False
+    go = False
+
+    def on_go(_signum, _frame):
+        nonlocal go
+        go = True
 
     def on_signal(_signum, _frame):
         nonlocal stop
@@ -323,6 +331,8 @@ def main():
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if a.start_on_sigusr1:
+        signal.signal(signal.SIGUSR1, on_go)
     gc.callbacks.append(_fixture_cpu.on_gc)
 
     pid = os.getpid()
@@ -338,7 +348,7 @@ def main():
     say(f"pid={pid} ready")
     # Like a server loading its model: time for a tracer to attach before the first step.
     deadline = time.monotonic() + a.wait_after_load_ms / 1000.0
-    while not stop and time.monotonic() < deadline:
+    while not stop and not go and time.monotonic() < deadline:
         time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
     say(f"pid={pid} start")
 

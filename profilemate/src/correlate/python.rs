@@ -84,6 +84,12 @@ impl PythonContext {
     }
 
     /// Registers a process's interpreter (stacks of unknown processes stay unsymbolized).
+    /// Whether `pid`'s interpreter is known (its stacks can be symbolized).
+    #[must_use]
+    pub fn knows(&self, pid: u32) -> bool {
+        self.procs.contains_key(&pid)
+    }
+
     pub fn add_interpreter(&mut self, interp: Interpreter) {
         let pid = interp.pid;
         self.procs.insert(

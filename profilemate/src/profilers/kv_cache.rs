@@ -186,12 +186,7 @@ impl Profiler for KvCache {
             Correlated::VllmState(s) => self.add(s, "poll"),
             Correlated::Batch(b) => {
                 if let Some(s) = &b.scheduler {
-                    let s = StateSnapshot {
-                        pid: b.pid,
-                        ts_ns: b.ts_ns,
-                        ..*s
-                    };
-                    self.add(&s, "step");
+                    self.add(s, "step");
                 }
             }
             _ => {}

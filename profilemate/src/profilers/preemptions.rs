@@ -148,8 +148,13 @@ impl Preemptions {
         // Model runner V2 lists resumed requests among the new ones: a "new" request that
         // was preempted before is a resume.
         let mut resumed: Vec<&String> = b.resumed_req_ids.iter().collect();
-        for id in &b.new_req_ids {
+        for new in &b.new_requests {
+            let id = &new.id;
             let life = self.life(id, b.pid, ts);
+            // Polls give the prompt too; a request shorter than the poll period has only this.
+            if life.prompt_tokens.is_none() {
+                life.prompt_tokens = new.prompt_tokens;
+            }
             if life.preempted_at_ns.is_some() {
                 resumed.push(id);
                 continue;

@@ -58,8 +58,10 @@ pub struct BatchNames {
     pub preempted_req_ids: &'static str,
     /// See `total_num_scheduled_tokens`.
     pub finished_req_ids: &'static str,
-    /// `NewRequestData.req_id`.
+    /// `NewRequestData.req_id`, `.prompt_token_ids`.
     pub new_req_id: &'static str,
+    /// See `new_req_id`.
+    pub new_req_prompt: &'static str,
     /// `CachedRequestData.req_ids`, `.resumed_req_ids`, `.num_output_tokens`.
     pub cached_req_ids: &'static str,
     /// See `cached_req_ids`.
@@ -96,6 +98,7 @@ pub static BATCH_0_33: BatchNames = BatchNames {
     preempted_req_ids: "preempted_req_ids",
     finished_req_ids: "finished_req_ids",
     new_req_id: "req_id",
+    new_req_prompt: "prompt_token_ids",
     cached_req_ids: "req_ids",
     resumed_req_ids: "resumed_req_ids",
     num_output_tokens: "num_output_tokens",
@@ -168,8 +171,8 @@ pub struct StepBatch {
     pub encoder_inputs: u64,
     /// (request id, tokens scheduled) per request.
     pub scheduled: Vec<(String, u64)>,
-    /// Ids of the new requests.
-    pub new_req_ids: Vec<String>,
+    /// The new requests.
+    pub new_requests: Vec<NewRequest>,
     /// Ids of the resumed requests.
     pub resumed_req_ids: Vec<String>,
     /// Requests preempted since the previous step (`preempted_req_ids`).
@@ -203,6 +206,15 @@ pub struct GraphDescriptor {
     pub num_active_loras: u64,
 }
 
+/// One request scheduled for the first time (or, with model runner V2, resumed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRequest {
+    /// `req_id`.
+    pub id: String,
+    /// `len(prompt_token_ids)`; None when the prompt came as embeddings.
+    pub prompt_tokens: Option<u64>,
+}
+
 /// Counts of the per-step reads, for metadata.json.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 pub struct BatchStats {
@@ -223,6 +235,17 @@ pub struct BatchStats {
     pub descriptor_errors: u64,
     /// The last read error, if any (what was not found, for another vLLM version).
     pub last_error: Option<String>,
+    /// Delay from the walk to the reader for stacks carrying an output (µs): how far the
+    /// tracer ran behind the target.
+    pub read_delay_us: DelayPercentiles,
+}
+
+/// P50/P99/max of a delay, in µs.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct DelayPercentiles {
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
 }
 
 struct ProcBatch {
@@ -233,6 +256,8 @@ struct ProcBatch {
     /// (output address, its `num_scheduled_tokens` dict, that dict's version tag).
     last: Option<(u64, u64, u64)>,
     scheduler: Option<u64>,
+    /// Whether a stack of this process carried a step output yet.
+    engine_seen: bool,
 }
 
 /// Reads step outputs and graph descriptors off walked stacks.
@@ -240,6 +265,10 @@ pub struct BatchReader {
     names: &'static BatchNames,
     state: &'static StateNames,
     procs: HashMap<u32, ProcBatch>,
+    delays: hdrhistogram::Histogram<u64>,
+    /// Told once per process whose stacks show vLLM steps (the session then has the walker
+    /// wake the reader for each CUDA-call stack).
+    engines: tokio::sync::mpsc::UnboundedSender<u32>,
     /// Counters.
     pub stats: BatchStats,
 }
@@ -260,11 +289,18 @@ enum ReadFailure {
 impl BatchReader {
     /// A reader using `names` for outputs and `state` for the scheduler side.
     #[must_use]
-    pub fn new(names: &'static BatchNames, state: &'static StateNames) -> Self {
+    pub fn new(
+        names: &'static BatchNames,
+        state: &'static StateNames,
+        engines: tokio::sync::mpsc::UnboundedSender<u32>,
+    ) -> Self {
         Self {
             names,
             state,
+            engines,
             procs: HashMap::new(),
+            // 3 significant digits; auto-resizing, so any delay fits.
+            delays: hdrhistogram::Histogram::new(3).expect("3 significant digits are valid"),
             stats: BatchStats::default(),
         }
     }
@@ -283,8 +319,23 @@ impl BatchReader {
                 strings: StrCache::default(),
                 last: None,
                 scheduler: None,
+                engine_seen: false,
             },
         );
+    }
+
+    /// The counters with the delay percentiles filled in.
+    #[must_use]
+    pub fn final_stats(&self) -> BatchStats {
+        let d = &self.delays;
+        BatchStats {
+            read_delay_us: DelayPercentiles {
+                p50: d.value_at_quantile(0.5),
+                p99: d.value_at_quantile(0.99),
+                max: d.max(),
+            },
+            ..self.stats.clone()
+        }
     }
 
     /// Forgets an exited process.
@@ -311,10 +362,20 @@ impl BatchReader {
         let ends = |q: &str, set: &[&str]| set.iter().any(|s| q.ends_with(s));
         let carries_output =
             |f: &&PyFrameInfo| f.arg1 != 0 && ends(&f.code.qualname, names.output_frames);
-        if crate::output::monotonic_ns().saturating_sub(st.ts_ns) > MAX_READ_DELAY_NS {
-            if st.frames.iter().any(|f| carries_output(&f)) {
+        let delay = crate::output::monotonic_ns().saturating_sub(st.ts_ns);
+        if st.frames.iter().any(|f| carries_output(&f)) {
+            if !p.engine_seen {
+                p.engine_seen = true;
+                // The session may already be gone at the very end: nothing to wake then.
+                let _ = self.engines.send(st.pid);
+            }
+            // An auto-resizing histogram: recording cannot fail short of memory.
+            let _ = self.delays.record(delay / 1000);
+            if delay > MAX_READ_DELAY_NS {
                 self.stats.stale += 1;
             }
+        }
+        if delay > MAX_READ_DELAY_NS {
             return;
         }
         let Some(ol) = object_layout(p.interp.layout.version) else {
@@ -374,8 +435,15 @@ impl BatchReader {
                 if output_key(&o, names, f.arg1)? != key {
                     return Err(ReadFailure::Changed);
                 }
+                // Stamped when read: the queues may have moved since the stack was taken.
                 b.scheduler = match p.scheduler {
-                    Some(s) => read_scheduler(&o, self.state, s).ok(),
+                    Some(s) => read_scheduler(&o, self.state, s)
+                        .ok()
+                        .map(|snap| StateSnapshot {
+                            pid: st.pid,
+                            ts_ns: crate::output::monotonic_ns(),
+                            ..snap
+                        }),
                     None => None,
                 };
                 Ok(b)
@@ -473,12 +541,18 @@ fn read_output(
         };
         tokens.insert(strings.get(o, k)?, t);
     }
-    let mut new_req_ids = Vec::new();
+    let mut new_requests = Vec::new();
     for r in o.list_items(need(new, n.scheduled_new_reqs)?, MAX_ITEMS)? {
-        let id = o
-            .attr(r, n.new_req_id)?
-            .ok_or(ReadFailure::Missing(n.new_req_id, "new request data"))?;
-        new_req_ids.push(strings.get(o, id)?);
+        let [id, prompt] = o.attrs(r, [n.new_req_id, n.new_req_prompt])?;
+        let id = id.ok_or(ReadFailure::Missing(n.new_req_id, "new request data"))?;
+        let prompt_tokens = match prompt {
+            Some(p) if !o.is_none(p)? => Some(o.len(p)?),
+            _ => None,
+        };
+        new_requests.push(NewRequest {
+            id: strings.get(o, id)?,
+            prompt_tokens,
+        });
     }
     let [cached_ids, resumed, out_tokens] = o.attrs(
         need(cached, n.scheduled_cached_reqs)?,
@@ -517,7 +591,7 @@ fn read_output(
         ts_ns: 0,
         num_reqs: tokens.len() as u64,
         num_tokens,
-        new_reqs: new_req_ids.len() as u64,
+        new_reqs: new_requests.len() as u64,
         cached_reqs: cached_ids.len() as u64,
         resumed_reqs: resumed_req_ids.len() as u64,
         prefill_reqs: 0,
@@ -527,7 +601,7 @@ fn read_output(
         spec_tokens: spec_of.values().sum(),
         encoder_inputs,
         scheduled: Vec::new(),
-        new_req_ids,
+        new_requests,
         resumed_req_ids,
         preempted_req_ids: id_list(o, strings, preempted)?,
         finished_req_ids: id_list(o, strings, finished)?,
@@ -536,7 +610,7 @@ fn read_output(
     };
     // A request prefills when it is new, resumed (recomputes its tokens), has produced no
     // output yet (chunked prefill), or computes more than one token plus its drafts.
-    let mut prefill: HashSet<&str> = b.new_req_ids.iter().map(String::as_str).collect();
+    let mut prefill: HashSet<&str> = b.new_requests.iter().map(|r| r.id.as_str()).collect();
     prefill.extend(b.resumed_req_ids.iter().map(String::as_str));
     for (i, id) in cached_ids.iter().enumerate() {
         let t = tokens.get(id).copied().unwrap_or(0);

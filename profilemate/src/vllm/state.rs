@@ -244,8 +244,6 @@ pub struct StatePoller {
     pub polls: u64,
     /// Polls dropped because the state kept changing while it was read.
     pub torn: u64,
-    /// Whether the walker already wakes the reader for this process's CUDA-call stacks.
-    pub wakes: bool,
 }
 
 impl StatePoller {
@@ -264,7 +262,6 @@ impl StatePoller {
             last_error: None,
             polls: 0,
             torn: 0,
-            wakes: false,
         }
     }
 
@@ -300,9 +297,10 @@ impl StatePoller {
     }
 
     /// Reads the scheduler's queues and KV cache now, and with `requests` every request.
+    /// Each part is stamped with the time of its own read (the tracer may be descheduled
+    /// in between on a busy machine).
     pub fn poll(
         &mut self,
-        ts_ns: u64,
         requests: bool,
     ) -> Result<(StateSnapshot, Option<RequestPoll>), StateError> {
         let (maj, min) = self.interp.layout.version;
@@ -341,6 +339,8 @@ impl StatePoller {
         // both); otherwise it is retried, and after that dropped and counted as torn.
         let mut previous = read_scheduler(&o, names, scheduler)?;
         for _ in 0..MAX_READ_ATTEMPTS {
+            // Between the two reads: the state they agree on held at this time.
+            let ts_ns = crate::output::monotonic_ns();
             let again = read_scheduler(&o, names, scheduler)?;
             if again == previous {
                 *polls += 1;
@@ -352,6 +352,7 @@ impl StatePoller {
                     ..again
                 };
                 let reqs = if requests {
+                    let ts_ns = crate::output::monotonic_ns();
                     let r = read_requests(&o, names, strings, scheduler)?;
                     Some(RequestPoll {
                         pid: interp.pid,

@@ -43,6 +43,8 @@ class Scheduler:
         self.all_requests = []
 
     def _record(self):
+        """Truth after every single change of the queues or the pool, so that a read between
+        two changes of one operation still matches a recorded state."""
         pool = self.kv_cache_manager.block_pool
         TRUTH.append(("state", time.monotonic_ns(), len(self.running), len(self.waiting),
                       len(self.requests), pool.free_block_queue.num_free_blocks,
@@ -53,19 +55,23 @@ class Scheduler:
                                "ts_ns": time.monotonic_ns(), "reason": reason,
                                "tokens_lost": request.num_computed_tokens}))
         self.kv_cache_manager.free(request)
+        self._record()
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.num_output_placeholders = 0
         request.num_preemptions += 1
         self.num_preemptions_total += 1
         self.waiting.appendleft(request)
+        self._record()
         self.reset_preempted_req_ids.add(request.request_id)
 
     def reset_prefix_cache(self, reset_running_requests=False):
         """Preempts every running request, then drops the prefix cache (a utility call)."""
         if reset_running_requests:
             while self.running:
-                self._preempt_request(self.running.pop(), "cache_reset")
+                victim = self.running.pop()
+                self._record()
+                self._preempt_request(victim, "cache_reset")
         ok = self.kv_cache_manager.reset_prefix_cache()
         self._record()
         return ok
@@ -76,8 +82,10 @@ class Scheduler:
         mm = 1 if self.mm_every and n % self.mm_every == 4 else 0
         req = Request(f"req-{n}", 40 + (n * 37) % 161, 8 + (n * 13) % 53, time.time(), mm)
         self.requests[req.request_id] = req
+        self._record()
         self.all_requests.append(req)
         self.waiting.append(req)
+        self._record()
 
     def schedule(self):
         """Schedules running requests, then waiting ones (CPU budget spent first)."""
@@ -96,10 +104,12 @@ class Scheduler:
                 continue
             while self.kv_cache_manager.allocate_slots(r, n) is None:
                 victim = self.running.pop()
+                self._record()
                 self._preempt_request(victim, "kv_cache_exhausted")
                 preempted_now = True
                 if victim is r:
                     break
+            self._record()
             if r.status != RequestStatus.RUNNING:
                 break
             tokens[r.request_id] = n
@@ -112,7 +122,9 @@ class Scheduler:
             n = min(r.num_tokens - r.num_computed_tokens, budget)
             if self.kv_cache_manager.allocate_slots(r, n) is None:
                 break
+            self._record()
             self.waiting.popleft()
+            self._record()
             if r.status == RequestStatus.PREEMPTED:
                 resumed.add(r.request_id)
                 cached_ids.append(r.request_id)
@@ -122,6 +134,7 @@ class Scheduler:
                     encoder[r.request_id] = list(range(r.num_mm))
             r.status = RequestStatus.RUNNING
             self.running.append(r)
+            self._record()
             tokens[r.request_id] = n
             budget -= n
         reqs = [self.requests[i] for i in cached_ids]
@@ -182,8 +195,11 @@ class Scheduler:
             if len(r._output_token_ids) >= r.max_tokens:
                 r.status = RequestStatus.FINISHED_STOPPED
                 self.running.remove(r)
+                self._record()
                 self.kv_cache_manager.free(r)
+                self._record()
                 del self.requests[req_id]
+                self._record()
                 self.finished_req_ids.add(req_id)
                 TRUTH.append(("json", {"kind": "finish", "req": req_id,
                                        "ts_ns": time.monotonic_ns()}))
