@@ -43,10 +43,34 @@ fixture() {
     fi
 }
 
+# alone RUN_NAME: the same fixture with no tracer (the baseline for the step-time cost).
+alone() {
+    local d="$OUT/$1"; mkdir -p "$d"
+    timeout 300 "$PY" "$ROOT/tests/scripts/vllm_fixture.py" --torch --steps "$STEPS" \
+        --wait-after-load-ms 5000 --truth "$d/truth.jsonl" ${FX_ARGS:-} >"$d/fixture.out" 2>&1
+}
+
 fixture sampled997 --sample-hz 997
 fixture default
 # vLLM semantics: preemptions, a prefix-cache reset, /metrics, scheduler polls at 50 Hz.
 FX_ARGS="--reset-at-step 120 --metrics-port 0 --idle-us 200" fixture vllm --state-hz 50
+FX_ARGS="--reset-at-step 120 --metrics-port 0 --idle-us 200" alone vllm_alone
+FX_ARGS="--reset-at-step 120 --metrics-port 0 --idle-us 200" fixture vllm_nostate --state-hz 0
+# Engine step wall time per run, from the fixture's own truth (the tracer's cost to the target).
+"$PY" - "$OUT" >"$OUT/step_times.json" <<'PYEOF'
+import json, os, statistics, sys
+out = {}
+for name in sorted(os.listdir(sys.argv[1])):
+    p = os.path.join(sys.argv[1], name, "truth.jsonl")
+    if not os.path.exists(p):
+        continue
+    d = sorted((t["end_ns"] - t["start_ns"]) / 1e6 for t in map(json.loads, open(p))
+               if t.get("kind") == "step")
+    if d:
+        out[name] = {"steps": len(d), "mean_ms": round(statistics.mean(d), 4),
+                     "p50_ms": round(d[len(d) // 2], 4), "p95_ms": round(d[len(d) * 95 // 100], 4)}
+print(json.dumps(out, indent=1))
+PYEOF
 fixture nostacks --cuda-stacks none --sample-hz 0
 
 for hz in 199 997; do
