@@ -149,13 +149,23 @@ pub struct PyStackRecord {
     pub api: u16,
     /// CPU the walk ran on.
     pub cpu: u16,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// ns from `ts_ns` to the end of the walk (saturated): for a `CUDA_CALL` walk, time the
+    /// tracer spent inside the call, which userspace takes off the call's duration.
+    pub walk_ns: u32,
     /// Innermost first.
     pub frames: [PyFrame; MAX_PY_FRAMES],
+    /// The walker's copy of the frame being read (not for userspace). It lives in the
+    /// reserved record because a walk can be interrupted by another on the same CPU (a
+    /// sampling tick inside a uprobe program), so no per-CPU buffer is private to one walk.
+    pub scratch: [u64; FRAME_SCRATCH_WORDS],
 }
 
-const _: () = assert!(core::mem::size_of::<PyStackRecord>() == 32 + 24 * MAX_PY_FRAMES);
+/// Words of `PyStackRecord::scratch`: a power of two, so a masked index stays inside it.
+pub const FRAME_SCRATCH_WORDS: usize = 16;
+
+const _: () = assert!(
+    core::mem::size_of::<PyStackRecord>() == 32 + 24 * MAX_PY_FRAMES + 8 * FRAME_SCRATCH_WORDS
+);
 
 impl Default for PyStackRecord {
     fn default() -> Self {
@@ -169,8 +179,9 @@ impl Default for PyStackRecord {
             ts_ns: 0,
             api: 0,
             cpu: 0,
-            _pad: 0,
+            walk_ns: 0,
             frames: [PyFrame::default(); MAX_PY_FRAMES],
+            scratch: [0; FRAME_SCRATCH_WORDS],
         }
     }
 }

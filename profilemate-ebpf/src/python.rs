@@ -14,12 +14,13 @@ use aya_ebpf::{
 };
 use profilemate_common::{
     python::{
-        stack_flags, stack_reason, PyFrame, PyProcConfig, PyStackRecord, MAX_PY_FRAMES, NO_OFFSET,
+        stack_flags, stack_reason, PyFrame, PyProcConfig, PyStackRecord, FRAME_SCRATCH_WORDS,
+        MAX_PY_FRAMES, NO_OFFSET,
     },
     record_kind, COUNTER_STACK_RING_FULL,
 };
 
-use aya_ebpf::{helpers::bpf_probe_read_user_buf, macros::map, maps::PerCpuArray};
+use aya_ebpf::helpers::bpf_probe_read_user_buf;
 
 use crate::maps::{
     count, submit_flags, target_ids, BPF_RB_FORCE_WAKEUP, EVENTS, PY_PROCS, PY_THREADS,
@@ -31,14 +32,10 @@ const FRAME_BYTES: usize = 80;
 /// Bytes copied when the frame's `localsplus[1]` is wanted too (it ends by byte 96 in every
 /// supported version; userspace sends `NO_OFFSET` otherwise).
 const FRAME_BYTES_WITH_ARG: usize = 96;
-/// Words of the copy buffer: a power of two, so a masked index always stays inside it (the
-/// verifier accepts variable offsets into a map value only when it can bound them).
-const FRAME_COPY_WORDS: usize = 16;
-
-/// Per-CPU copy of the frame being walked. Tracing programs do not nest on a CPU (the
-/// kernel skips a program that would run inside another), so one buffer per CPU suffices.
-#[map]
-static FRAME_COPY: PerCpuArray<[u64; FRAME_COPY_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+/// The frame copy lives in the record being written (`PyStackRecord::scratch`): uprobe
+/// programs run preemptible and a sampling tick can run its walk inside one, so a per-CPU
+/// buffer would be overwritten mid-walk.
+const FRAME_COPY_WORDS: usize = FRAME_SCRATCH_WORDS;
 
 /// The 8-byte field at byte offset `off` of the copied frame.
 #[inline(always)]
@@ -106,7 +103,7 @@ pub fn walk_stack(tgid: u32, tid: u32, reason: u16, api: u16, ts_ns: u64) {
         (*rec).ts_ns = ts_ns;
         (*rec).api = api;
         (*rec).cpu = bpf_get_smp_processor_id() as u16;
-        (*rec)._pad = 0;
+        (*rec).walk_ns = bpf_ktime_get_ns().saturating_sub(ts_ns).min(u64::from(u32::MAX)) as u32;
     }
     // A stack walked at a CUDA call may carry a step's SchedulerOutput, which userspace
     // reads from the live target: wake the reader now (a few walks per step) rather than at
@@ -136,15 +133,14 @@ fn walk_frames(cfg: &PyProcConfig, tstate: u64, rec: *mut PyStackRecord) -> (u32
             None => return (0, stack_flags::READ_FAILED),
         }
     }
-    let Some(copy) = FRAME_COPY.get_ptr_mut(0) else {
-        return (0, stack_flags::READ_FAILED);
-    };
+    // SAFETY: `rec` is the reserved record; the scratch words are this walk's alone.
+    let copy = unsafe { core::ptr::addr_of_mut!((*rec).scratch) };
     let arg_mask = 0u64.wrapping_sub(u64::from(cfg.frame_arg1 != NO_OFFSET));
     for i in 0..MAX_PY_FRAMES {
         if frame == 0 {
             return (i as u32, 0);
         }
-        // One read per frame into the per-CPU copy, then fields by offset. The copy that
+        // One read per frame into the scratch copy, then fields by offset. The copy that
         // includes the first arguments can run past the end of a frame at the very end of
         // its stack chunk: then the header alone is copied and the argument left unread.
         // (No range check on the offset here: it would let the compiler drop the index

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     helpers::generated::bpf_get_attach_cookie,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel_buf, bpf_probe_read_user},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user},
     macros::uprobe,
     programs::ProbeContext,
     EbpfContext,
@@ -14,18 +14,10 @@ use profilemate_common::{
     record_kind, COUNTER_USDT_NO_SPEC, COUNTER_USDT_RING_FULL,
 };
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-
 use crate::maps::{count, submit_flags, target_ids_counted, EVENTS, USDT_SPECS};
 
-/// `struct pt_regs` on x86-64 is 21 words; the copy is 32 so that any index masked with 31
-/// stays inside it (the verifier rejects variable-offset reads it cannot bound).
-const REGS_WORDS: usize = 32;
+/// `struct pt_regs` on x86-64: 21 words.
 const PT_REGS_BYTES: u32 = 21 * 8;
-
-/// Per-CPU copy of the probed thread's registers.
-#[map]
-static REGS_COPY: PerCpuArray<[u64; REGS_WORDS]> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn extend(raw: u64, size: u8, signed: bool) -> u64 {
@@ -41,11 +33,20 @@ fn extend(raw: u64, size: u8, signed: bool) -> u64 {
     }
 }
 
-/// The value of one argument, or None when it could not be read.
+/// The value of one argument, or None when it could not be read. Registers are read one at
+/// a time from the saved `pt_regs` (no shared buffer: uprobe programs are preemptible, so a
+/// per-CPU copy could be overwritten by another hit on the same CPU).
 #[inline(always)]
-fn arg_value(spec: &UsdtArgSpec, regs: *const [u64; REGS_WORDS]) -> Option<u64> {
-    // SAFETY: `regs` points at the per-CPU map value; the index is masked into it.
-    let reg = || Some(unsafe { (*regs)[((spec.reg_offset >> 3) as usize) & (REGS_WORDS - 1)] });
+fn arg_value(spec: &UsdtArgSpec, regs: *const u8) -> Option<u64> {
+    let reg = || {
+        let off = u32::from(spec.reg_offset) & !7;
+        if off >= PT_REGS_BYTES {
+            return None;
+        }
+        // SAFETY: a bounded offset into the probed thread's saved registers, read through
+        // the fault-tolerant helper.
+        unsafe { bpf_probe_read_kernel(regs.wrapping_add(off as usize) as *const u64) }.ok()
+    };
     let raw = match spec.location {
         usdt_location::REGISTER => reg()?,
         usdt_location::MEMORY => {
@@ -76,22 +77,7 @@ pub fn usdt_hit(ctx: ProbeContext) -> u32 {
         count(COUNTER_USDT_NO_SPEC);
         return 0;
     }
-    let Some(regs) = REGS_COPY.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: copies the probed thread's saved user registers (the program's context) into
-    // the per-CPU buffer, which nothing else uses while this program runs on this CPU.
-    if unsafe {
-        bpf_probe_read_kernel_buf(
-            ctx.regs as *const u8,
-            core::slice::from_raw_parts_mut(regs.cast::<u8>(), PT_REGS_BYTES as usize),
-        )
-    }
-    .is_err()
-    {
-        count(COUNTER_USDT_NO_SPEC);
-        return 0;
-    }
+    let regs = ctx.regs as *const u8;
     let mut args = [0u64; USDT_MAX_ARGS];
     let mut failed = 0u32;
     for (i, a) in spec.args.iter().enumerate() {

@@ -415,6 +415,9 @@ impl Pipeline {
         let n = drain.drain(DRAIN_BATCH, |rec| match rec {
             Record::Call(ev) => correlator.handle(ev, &mut emit),
             Record::Stack(ev) => {
+                if let crate::probes::drain::StackReason::CudaCall(_) = ev.reason {
+                    correlator.walked(ev.pid, ev.tid, ev.ts_ns, u64::from(ev.walk_ns));
+                }
                 // The interpreter is sent before the walker is configured, so a stack of
                 // an unknown process means its update is waiting in the channel.
                 if !python.knows(ev.pid) {

@@ -65,7 +65,7 @@ def main():
     want = sorted(key(p, False) for p in pre)
     got = sorted(key(e, True) for e in ev)
     lost_ok = sum(1 for e in ev for p in pre
-                  if p["req"] == e["request_id"] and int(e["tokens_lost"]) == p["tokens_lost"]
+                  if p["req"] == e["request_id"] and e["tokens_lost"] == str(p["tokens_lost"])
                   and abs(ns(e) - p["ts_ns"]) < 50e6)
     out["preemptions"] = {"truth": len(pre), "events": len(ev), "same_requests_and_reasons": want == got,
                           "tokens_lost_exact": lost_ok}

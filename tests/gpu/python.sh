@@ -77,4 +77,5 @@ for hz in 199 997; do
     timeout 120 "$PY" "$ROOT/tests/scripts/py_overhead.py" "$PM" --python "$PY" --hz $hz \
         >"$OUT/overhead_$hz.json" 2>"$OUT/overhead_$hz.err"
 done
+"$PY" "$HERE/summarize_python.py" "$OUT" >"$OUT/summary.json" 2>"$OUT/summary.err"
 echo done >"$OUT/finished"

@@ -31,7 +31,7 @@ use crate::{
     config::TimingMode,
     probes::drain::{CallEvent, CallPhase},
 };
-use steps::{EventMark, StepMachine, Work};
+use steps::{EventMark, StepMachine, WaitCall, Work};
 
 /// A driver call this soon after an entry-only runtime call of the same operation on the
 /// same thread is that runtime call's own driver twin.
@@ -85,6 +85,8 @@ struct OpenCall {
     /// For event waits: which step the event marked when the wait began (a concurrent
     /// re-record of the same event must not redirect the wait).
     mark: Option<EventMark>,
+    /// Time the tracer spent inside the call (the Python stack walk at its entry).
+    own_ns: u64,
 }
 
 /// Probed calls with a return probe a thread may have open at once; deeper means returns
@@ -154,6 +156,7 @@ struct Op {
     ret: u64,
     out: Option<u64>,
     mark: Option<EventMark>,
+    own_ns: u64,
 }
 
 /// The correlator. Feed `handle` in ring-buffer order; call `finish` at the end.
@@ -179,6 +182,20 @@ impl Correlator {
             kernels,
             procs: HashMap::new(),
             stats: CorrelatorStats::default(),
+        }
+    }
+
+    /// A Python stack was walked at the entry of `tid`'s call entered at `entry_ns`: the
+    /// walk's time is the tracer's, not the call's.
+    pub fn walked(&mut self, pid: u32, tid: u32, entry_ns: u64, walk_ns: u64) {
+        let open = self
+            .procs
+            .get_mut(&pid)
+            .and_then(|p| p.threads.get_mut(&tid))
+            .and_then(|t| t.stack.last_mut())
+            .filter(|c| c.entry_ns == entry_ns);
+        if let Some(call) = open {
+            call.own_ns += walk_ns;
         }
     }
 
@@ -234,6 +251,7 @@ impl Correlator {
                         args,
                         nested,
                         mark,
+                        own_ns: 0,
                     });
                     return;
                 }
@@ -254,6 +272,7 @@ impl Correlator {
                         ret: 0,
                         out: None,
                         mark: None,
+                        own_ns: 0,
                     };
                     self.operation(ev.pid, ev.tid, op, out);
                 }
@@ -278,7 +297,11 @@ impl Correlator {
                     pid: ev.pid,
                     api: ev.api,
                     entry_ns: call.entry_ns,
-                    duration_ns: Some(ev.ts_ns.saturating_sub(call.entry_ns)),
+                    duration_ns: Some(
+                        ev.ts_ns
+                            .saturating_sub(call.entry_ns)
+                            .saturating_sub(call.own_ns),
+                    ),
                     nested: call.nested,
                     bytes: call_bytes(ev.api, &call.args),
                 }));
@@ -291,6 +314,7 @@ impl Correlator {
                         ret,
                         out: out_value,
                         mark: call.mark,
+                        own_ns: call.own_ns,
                     };
                     self.operation(ev.pid, ev.tid, op, out);
                 }
@@ -307,6 +331,13 @@ impl Correlator {
         };
         let capturing = proc.threads.get(&tid).is_some_and(|t| t.capture.is_some());
         let ret_ns = op.ret_ns.unwrap_or(op.entry_ns);
+        let wait = WaitCall {
+            tid,
+            api: op.api,
+            entry_ns: op.entry_ns,
+            ret_ns,
+            own_ns: op.own_ns,
+        };
         match op.api.spec().class {
             OpClass::CaptureBegin => {
                 if let Some(t) = proc.threads.get_mut(&tid) {
@@ -426,8 +457,7 @@ impl Correlator {
                 proc.steps.work(tid, op.entry_ns, work);
                 // A synchronous copy is a blocking wait too.
                 if op.ret_ns.is_some() && timing == TimingMode::Sync {
-                    proc.steps
-                        .complete_all(tid, op.api, op.entry_ns, ret_ns, out);
+                    proc.steps.complete_all(wait, out);
                 }
             }
             OpClass::EventRecord => {
@@ -443,29 +473,16 @@ impl Correlator {
                 }
                 match timing {
                     TimingMode::Events => {
-                        proc.steps.complete_event(
-                            op.args[0],
-                            op.mark,
-                            tid,
-                            op.api,
-                            op.entry_ns,
-                            ret_ns,
-                            query,
-                            stats,
-                            out,
-                        );
-                    }
-                    TimingMode::Sync if !query => {
                         proc.steps
-                            .complete_all(tid, op.api, op.entry_ns, ret_ns, out)
+                            .complete_event(op.args[0], op.mark, wait, query, stats, out);
                     }
+                    TimingMode::Sync if !query => proc.steps.complete_all(wait, out),
                     TimingMode::Sync => {}
                 }
             }
             OpClass::StreamSync | OpClass::DeviceSync => {
                 if timing == TimingMode::Sync {
-                    proc.steps
-                        .complete_all(tid, op.api, op.entry_ns, ret_ns, out);
+                    proc.steps.complete_all(wait, out);
                 }
             }
             OpClass::Malloc | OpClass::Free => {}

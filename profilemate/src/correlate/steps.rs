@@ -90,31 +90,50 @@ pub struct StepMachine {
     last_exact_completion_ns: u64,
 }
 
+/// One wait call as the correlator saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct WaitCall {
+    /// Thread that waited.
+    pub tid: u32,
+    /// The wait API.
+    pub api: ApiId,
+    /// Entry and return, CLOCK_MONOTONIC ns.
+    pub entry_ns: u64,
+    /// See `entry_ns`.
+    pub ret_ns: u64,
+    /// Time the tracer itself spent inside the call (a Python stack walk at its entry).
+    pub own_ns: u64,
+}
+
+impl WaitCall {
+    /// How long the target waited: the call's duration less the tracer's own time in it.
+    fn waited_ns(&self) -> u64 {
+        self.ret_ns
+            .saturating_sub(self.entry_ns)
+            .saturating_sub(self.own_ns)
+    }
+}
+
 /// How a completing wait ended.
 struct Wait {
-    sync_tid: u32,
-    api: ApiId,
-    entry_ns: u64,
-    ret_ns: u64,
+    call: WaitCall,
     completion_ns: u64,
     completion: Completion,
 }
 
 impl Wait {
     /// A wait that blocked gives an exact completion (its return); one that returned at once
-    /// only bounds it (its entry); a successful poll bounds it by its return.
-    fn new(sync_tid: u32, api: ApiId, entry_ns: u64, ret_ns: u64, poll: bool) -> Self {
-        let blocked = !poll && ret_ns.saturating_sub(entry_ns) >= BLOCKED_THRESHOLD_NS;
+    /// only bounds it (its entry); a successful poll bounds it by its return. The tracer's
+    /// own time inside the call does not count as blocking.
+    fn new(call: WaitCall, poll: bool) -> Self {
+        let blocked = !poll && call.waited_ns() >= BLOCKED_THRESHOLD_NS;
         let (completion_ns, completion) = match (blocked, poll) {
-            (true, _) => (ret_ns, Completion::Exact),
-            (false, true) => (ret_ns, Completion::UpperBound),
-            (false, false) => (entry_ns, Completion::UpperBound),
+            (true, _) => (call.ret_ns, Completion::Exact),
+            (false, true) => (call.ret_ns, Completion::UpperBound),
+            (false, false) => (call.entry_ns, Completion::UpperBound),
         };
         Self {
-            sync_tid,
-            api,
-            entry_ns,
-            ret_ns,
+            call,
             completion_ns,
             completion,
         }
@@ -208,18 +227,11 @@ impl StepMachine {
 
     /// A wait on (or successful query of) `event` returned; `mark` is where the event stood
     /// when the wait began.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one call site; the wait's facts travel together"
-    )]
     pub fn complete_event(
         &mut self,
         event: u64,
         mark: Option<EventMark>,
-        sync_tid: u32,
-        api: ApiId,
-        entry_ns: u64,
-        ret_ns: u64,
+        call: WaitCall,
         query: bool,
         stats: &mut CorrelatorStats,
         out: &mut impl FnMut(Correlated),
@@ -263,20 +275,14 @@ impl StepMachine {
             queue.push_front(merged);
             return;
         }
-        let wait = Wait::new(sync_tid, api, entry_ns, ret_ns, query);
+        let wait = Wait::new(call, query);
         self.emit(tid, merged.builder, merged.record_ns, &wait, out);
     }
 
     /// A blocking wait returned (`sync` timing): completes every thread's open activity that
     /// started before the wait was entered.
-    pub fn complete_all(
-        &mut self,
-        sync_tid: u32,
-        api: ApiId,
-        entry_ns: u64,
-        ret_ns: u64,
-        out: &mut impl FnMut(Correlated),
-    ) {
+    pub fn complete_all(&mut self, call: WaitCall, out: &mut impl FnMut(Correlated)) {
+        let entry_ns = call.entry_ns;
         let mut tids: Vec<u32> = self
             .open
             .iter()
@@ -284,7 +290,7 @@ impl StepMachine {
             .map(|(t, _)| *t)
             .collect();
         tids.sort_unstable();
-        let wait = Wait::new(sync_tid, api, entry_ns, ret_ns, false);
+        let wait = Wait::new(call, false);
         for tid in tids {
             if let Some(b) = self.open.remove(&tid) {
                 let launch_end = b.last_ns;
@@ -334,9 +340,9 @@ impl StepMachine {
             graph_ids,
             h2d_bytes: b.h2d,
             d2h_bytes: b.d2h,
-            sync_tid: wait.sync_tid,
-            sync_api: wait.api,
-            sync_wait_ns: wait.ret_ns.saturating_sub(wait.entry_ns),
+            sync_tid: wait.call.tid,
+            sync_api: wait.call.api,
+            sync_wait_ns: wait.call.waited_ns(),
         }));
     }
 

@@ -6,9 +6,19 @@ const PID: u32 = 100;
 const MAIN: u32 = 100;
 const STREAM: u64 = 0x5000;
 
+/// One item of a probe stream: a call record, or a stack walked at a call's entry.
+enum Item {
+    Call(CallEvent),
+    Walk {
+        tid: u32,
+        entry_ns: u64,
+        walk_ns: u64,
+    },
+}
+
 /// Builds a probe stream the way the kernel side reports it.
 struct Script {
-    evs: Vec<CallEvent>,
+    evs: Vec<Item>,
 }
 
 impl Script {
@@ -18,22 +28,31 @@ impl Script {
     fn entry(&mut self, ts_us: u64, tid: u32, api: ApiId, args: &[u64]) -> &mut Self {
         let mut a = [0u64; 6];
         a[..args.len()].copy_from_slice(args);
-        self.evs.push(CallEvent {
+        self.evs.push(Item::Call(CallEvent {
             ts_ns: ts_us * 1000,
             pid: PID,
             tid,
             api,
             phase: CallPhase::Entry { args: a },
-        });
+        }));
         self
     }
     fn ret(&mut self, ts_us: u64, tid: u32, api: ApiId, ret: u64, out: Option<u64>) -> &mut Self {
-        self.evs.push(CallEvent {
+        self.evs.push(Item::Call(CallEvent {
             ts_ns: ts_us * 1000,
             pid: PID,
             tid,
             api,
             phase: CallPhase::Return { ret, out },
+        }));
+        self
+    }
+    /// A stack walk of `walk_us` at the entry made at `entry_us`.
+    fn walk(&mut self, entry_us: u64, tid: u32, walk_us: u64) -> &mut Self {
+        self.evs.push(Item::Walk {
+            tid,
+            entry_ns: entry_us * 1000,
+            walk_ns: walk_us * 1000,
         });
         self
     }
@@ -45,8 +64,15 @@ impl Script {
     fn run(&self, timing: TimingMode, kernels: bool) -> (Vec<Correlated>, CorrelatorStats) {
         let mut c = Correlator::new(timing, kernels);
         let mut out = Vec::new();
-        for ev in &self.evs {
-            c.handle(*ev, &mut |r| out.push(r));
+        for item in &self.evs {
+            match item {
+                Item::Call(ev) => c.handle(*ev, &mut |r| out.push(r)),
+                Item::Walk {
+                    tid,
+                    entry_ns,
+                    walk_ns,
+                } => c.walked(PID, *tid, *entry_ns, *walk_ns),
+            }
         }
         c.finish(&mut |r| out.push(r));
         (out, c.stats)
@@ -187,6 +213,34 @@ fn immediate_wait_is_an_upper_bound_at_wait_entry() {
     assert_eq!(st.len(), 1);
     assert_eq!(st[0].completion, Completion::UpperBound);
     assert_eq!(st[0].completion_ns, 5_000_000);
+}
+
+#[test]
+fn the_tracers_own_stack_walk_inside_a_wait_is_not_blocking() {
+    // Both waits last 30 µs; in the second, 25 µs of it were the walk at its entry.
+    for (walk_us, completion, wait_ns) in [
+        (0, Completion::Exact, 30_000),
+        (25, Completion::UpperBound, 5_000),
+    ] {
+        let mut s = Script::new();
+        capture(&mut s, 0, 0xa0, 0xe0);
+        launch_step(&mut s, 1000, 0xe0, 0xee0);
+        s.entry(5000, MAIN, ApiId::cudaEventSynchronize, &[0xee0]);
+        if walk_us > 0 {
+            s.walk(5000, MAIN, walk_us);
+        }
+        s.ret(5030, MAIN, ApiId::cudaEventSynchronize, 0, None);
+        let (out, _) = s.run(TimingMode::Events, false);
+        let st = steps(&out);
+        assert_eq!(st.len(), 1);
+        assert_eq!(st[0].completion, completion, "walk {walk_us} µs");
+        assert_eq!(st[0].sync_wait_ns, wait_ns);
+        let call = out.iter().find_map(|r| match r {
+            Correlated::Call(c) if c.api == ApiId::cudaEventSynchronize => Some(c.duration_ns),
+            _ => None,
+        });
+        assert_eq!(call, Some(Some(wait_ns)));
+    }
 }
 
 #[test]

@@ -63,6 +63,8 @@ pub struct StackEvent {
     pub reason: StackReason,
     /// `stack_flags::*`.
     pub flags: u16,
+    /// Time the walk took from `ts_ns` (inside the CUDA call for `CudaCall`).
+    pub walk_ns: u32,
     /// Frames, innermost first.
     pub frames: Vec<PyFrame>,
 }
@@ -160,6 +162,7 @@ pub fn decode_stack(bytes: &[u8]) -> Result<StackEvent, DecodeError> {
         tid: r.tid,
         reason,
         flags: r.flags,
+        walk_ns: r.walk_ns,
         frames: r.frames[..depth].to_vec(),
     })
 }
