@@ -181,9 +181,11 @@ fn check_counts_and_times(session: &Session, truth: &Truth, pid: u32, kernels: b
             errors.push(e);
         }
     }
+    // Most waits block for the previous step's GPU work; the few that block for less than
+    // BLOCKED_THRESHOLD_NS (0.1 ms) are reported as upper bounds.
     assert!(
-        errors.len() as u64 >= STEPS * 9 / 10,
-        "almost every wait blocks: {} exact",
+        errors.len() as u64 >= STEPS * 8 / 10,
+        "most waits block: {} exact",
         errors.len()
     );
     errors.sort_by(f64::total_cmp);

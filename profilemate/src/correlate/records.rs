@@ -7,8 +7,8 @@ use profilemate_common::ApiId;
 pub enum Completion {
     /// A blocking wait returned when the GPU finished: completion = return time.
     Exact,
-    /// The wait returned at once (GPU already done) or a poll succeeded: the completion is at
-    /// or before the recorded time.
+    /// The wait was short (under `BLOCKED_THRESHOLD_NS`: the GPU was done, or nearly) or a
+    /// poll succeeded: the completion is at or before the recorded time.
     UpperBound,
 }
 

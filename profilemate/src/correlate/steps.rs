@@ -14,10 +14,13 @@ use profilemate_common::ApiId;
 
 use super::{Completion, Correlated, CorrelatorStats, GraphReplay, Step};
 
-/// A wait shorter than this returned without blocking: the GPU was already done, so its
-/// return only bounds the completion from above. Twice the uprobe+uretprobe cost measured on
-/// the slowest machine here (DESIGN §4), well under any real step.
-pub const BLOCKED_THRESHOLD_NS: u64 = 20_000;
+/// A wait shorter than this may not have blocked at all, so its return only bounds the
+/// completion from above. On the H100 machine (CUDA 13) a `cudaEventSynchronize` on an event
+/// that had long completed took 6-43 µs, the slow ones right after a long CPU gap (cold
+/// caches): at 20 µs such waits passed for exact and gave a step the whole gap as GPU time.
+/// Real steps' waits that do block are far longer, and a blocking wait shorter than this
+/// errs by less than this as an upper bound.
+pub const BLOCKED_THRESHOLD_NS: u64 = 100_000;
 
 /// Launch-side activity that belongs to a step.
 pub enum Work {
@@ -122,15 +125,16 @@ struct Wait {
 }
 
 impl Wait {
-    /// A wait that blocked gives an exact completion (its return); one that returned at once
-    /// only bounds it (its entry); a successful poll bounds it by its return. The tracer's
-    /// own time inside the call does not count as blocking.
+    /// A wait that blocked gives an exact completion (its return); a short one or a
+    /// successful poll only bounds it (its return: the GPU may have finished during a short
+    /// wait, so its entry would not be a bound). The tracer's own time inside the call does
+    /// not count as blocking.
     fn new(call: WaitCall, poll: bool) -> Self {
         let blocked = !poll && call.waited_ns() >= BLOCKED_THRESHOLD_NS;
-        let (completion_ns, completion) = match (blocked, poll) {
-            (true, _) => (call.ret_ns, Completion::Exact),
-            (false, true) => (call.ret_ns, Completion::UpperBound),
-            (false, false) => (call.entry_ns, Completion::UpperBound),
+        let (completion_ns, completion) = if blocked {
+            (call.ret_ns, Completion::Exact)
+        } else {
+            (call.ret_ns, Completion::UpperBound)
         };
         Self {
             call,

@@ -213,8 +213,8 @@ pub struct Probes {
     usdt_links: Vec<usdt::UsdtLink>,
     /// (file id, probe name) -> spec slot.
     usdt_slots: HashMap<((u64, u64), String), u32>,
-    /// pid -> its entries in `PY_THREADS`.
-    py_threads: HashMap<u32, Vec<(u32, PyThreadRef)>>,
+    /// pid -> its entries in `PY_THREADS` (tid -> thread state), as written.
+    py_threads: HashMap<u32, HashMap<u32, PyThreadRef>>,
     /// What was attached and what failed.
     pub report: ProbeReport,
     /// USDT probes per process.
@@ -295,7 +295,7 @@ impl Probes {
         let _ = self.set_python_threads(pid, &[]);
     }
 
-    /// Replaces `pid`'s entries in `PY_THREADS` with `threads`.
+    /// Replaces `pid`'s entries in `PY_THREADS` with `threads` (see `thread_table`).
     pub fn set_python_threads(
         &mut self,
         pid: u32,
@@ -304,18 +304,16 @@ impl Probes {
         let mut table: BpfHashMap<&mut MapData, u32, PyThreadRef> =
             typed_map(&mut self.ebpf, PY_THREADS_MAP)?;
         let old = self.py_threads.remove(&pid).unwrap_or_default();
-        for (tid, _) in &old {
-            if !threads.iter().any(|(t, _)| t == tid) {
-                let _ = table.remove(tid);
-            }
+        let now = thread_table(&old, threads);
+        for tid in old.keys().filter(|t| !now.contains_key(t)) {
+            let _ = table.remove(tid);
         }
         // Rescans repeat the same list: write only new or changed entries.
-        for entry in threads.iter().filter(|e| !old.contains(e)) {
+        for (tid, r) in now.iter().filter(|(t, r)| old.get(t) != Some(r)) {
             table
-                .insert(entry.0, entry.1, 0)
+                .insert(*tid, *r, 0)
                 .map_err(map_error(PY_THREADS_MAP))?;
         }
-        let now = threads.to_vec();
         self.py_threads.insert(pid, now);
         Ok(())
     }
@@ -691,4 +689,53 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = src.source();
     }
     s
+}
+
+/// The walker's thread table from a fresh thread list. A tid claimed by two thread states
+/// keeps its previous entry (or none): CPython creates a new thread's state in the creating
+/// thread, carrying the creator's id until the new thread starts, so a list read in between
+/// names the creator twice.
+fn thread_table(
+    old: &HashMap<u32, PyThreadRef>,
+    threads: &[(u32, PyThreadRef)],
+) -> HashMap<u32, PyThreadRef> {
+    let mut claims: HashMap<u32, u32> = HashMap::new();
+    for (tid, _) in threads {
+        *claims.entry(*tid).or_default() += 1;
+    }
+    threads
+        .iter()
+        .filter_map(|(tid, r)| {
+            let entry = if claims.get(tid) == Some(&1) {
+                Some(*r)
+            } else {
+                old.get(tid).copied()
+            };
+            entry.map(|e| (*tid, e))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod thread_table_tests {
+    use super::*;
+
+    fn r(tstate: u64, native_tid: u64) -> PyThreadRef {
+        PyThreadRef { tstate, native_tid }
+    }
+
+    #[test]
+    fn a_new_threads_state_naming_its_creator_does_not_replace_the_creators() {
+        let old = thread_table(&HashMap::new(), &[(10, r(0x100, 10))]);
+        // The new state (0x200) still carries the creator's id 10.
+        let mid = thread_table(&old, &[(10, r(0x200, 10)), (10, r(0x100, 10))]);
+        assert_eq!(mid.get(&10), Some(&r(0x100, 10)));
+        // Started: it has its own id.
+        let after = thread_table(&mid, &[(11, r(0x200, 11)), (10, r(0x100, 10))]);
+        assert_eq!(after.len(), 2);
+        assert_eq!(after.get(&10), Some(&r(0x100, 10)));
+        assert_eq!(after.get(&11), Some(&r(0x200, 11)));
+        // Gone threads leave the table.
+        assert_eq!(thread_table(&after, &[(10, r(0x100, 10))]).len(), 1);
+    }
 }
