@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""The real vLLM v1 `Scheduler` in an engine-core-shaped loop, over the fake CUDA runtime:
+the opt-in check that ProfileMate reads real vLLM objects, not only the test fixture's.
+
+    engine.py --lib-dir DIR --truth FILE [--steps N] [--start-on-sigusr1]
+
+Needs a Python with vLLM installed (the scheduler only: no model, no GPU; a local model
+config directory is written next to the truth file). Each step: `Scheduler.schedule()`,
+then `GPUModelRunner.execute_model(scheduler_output)` makes the CUDA calls of a step (an
+input copy, a kernel, an output copy, an event record, a wait on the previous step's
+event) on the fake runtime, then
+`Scheduler.update_from_output()` with one sampled token per request that finished its
+prefill. The engine class lives under a `real_vllm/` path, as vLLM's own do under `vllm/`.
+
+Stdout: "pid=<pid> ready", then "pid=<pid> start", "done steps=<n>".
+Truth (JSON lines): {"kind":"batch","step","ts_ns","num_reqs","num_tokens","new_reqs",
+"cached_reqs","preempted"} per step and {"kind":"request","req","prompt_tokens",
+"preemptions","status"} per request at the end.
+"""
+
+import argparse
+import ctypes
+import json
+import os
+import random
+import signal
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+CUDA_MEMCPY_H2D = 1
+CUDA_MEMCPY_D2H = 2
+TRUTH = []
+
+
+class Dim3(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_uint32), ("y", ctypes.c_uint32), ("z", ctypes.c_uint32)]
+
+# A small OPT-shaped model config: ModelConfig needs one, nothing is loaded.
+OPT_CONFIG = {
+    "architectures": ["OPTForCausalLM"], "model_type": "opt",
+    "activation_function": "relu", "bos_token_id": 2, "eos_token_id": 2,
+    "pad_token_id": 1, "do_layer_norm_before": True, "ffn_dim": 3072,
+    "hidden_size": 768, "max_position_embeddings": 2048,
+    "num_attention_heads": 12, "num_hidden_layers": 12,
+    "torch_dtype": "float16", "vocab_size": 50272, "word_embed_proj_dim": 768,
+}
+
+
+def say(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def create_scheduler(model_dir, block_size=16, num_blocks=64, max_num_seqs=16,
+                     max_num_batched_tokens=256, max_model_len=2048):
+    """Like vLLM's tests/v1/core/utils.py create_scheduler, with a local config."""
+    import torch
+    from vllm.config import (CacheConfig, DeviceConfig, ModelConfig, ParallelConfig,
+                             SchedulerConfig, VllmConfig)
+    from vllm.v1.core.sched.scheduler import Scheduler
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
+    from vllm.v1.structured_output import StructuredOutputManager
+
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+        json.dump(OPT_CONFIG, f)
+    model_config = ModelConfig(model=model_dir, trust_remote_code=False, dtype="float16",
+                               seed=42, skip_tokenizer_init=True, max_model_len=max_model_len)
+    scheduler_config = SchedulerConfig(
+        max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+        max_model_len=max_model_len, long_prefill_token_threshold=0,
+        disable_chunked_mm_input=False, enable_chunked_prefill=True, async_scheduling=False,
+        is_encoder_decoder=model_config.is_encoder_decoder)
+    cache_config = CacheConfig(block_size=block_size, gpu_memory_utilization=0.9,
+                               cache_dtype="auto", enable_prefix_caching=False)
+    vllm_config = VllmConfig(scheduler_config=scheduler_config, model_config=model_config,
+                             cache_config=cache_config, parallel_config=ParallelConfig(),
+                             device_config=DeviceConfig(device="cpu"))
+    kv_cache_config = KVCacheConfig(
+        num_blocks=num_blocks, kv_cache_tensors=[],
+        kv_cache_groups=[KVCacheGroupSpec(["layer"], FullAttentionSpec(
+            block_size=block_size, num_kv_heads=1, head_size=1, dtype=torch.float32))])
+    cache_config.num_gpu_blocks = num_blocks
+    return Scheduler(vllm_config=vllm_config, kv_cache_config=kv_cache_config,
+                     block_size=block_size, log_stats=True,
+                     structured_output_manager=StructuredOutputManager(vllm_config))
+
+
+class Requests:
+    """Requests with random prompts, hashed per block like the engine does."""
+
+    def __init__(self, block_size, rng):
+        from vllm.utils.hashing import sha256
+        from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+        init_none_hash(sha256)
+        self.hasher = get_request_block_hasher(block_size, sha256)
+        self.rng = rng
+
+    def make(self, req_id):
+        from vllm.sampling_params import SamplingParams
+        from vllm.v1.request import Request
+        prompt = [self.rng.randrange(3, 50000) for _ in range(self.rng.randint(40, 200))]
+        sp = SamplingParams(ignore_eos=True, max_tokens=self.rng.randint(8, 60))
+        return Request(request_id=req_id, prompt_token_ids=prompt, sampling_params=sp,
+                       pooling_params=None, block_hasher=self.hasher)
+
+
+class FakeGpu:
+    """The CUDA calls of one step on the fake runtime (its own soname, libcudart.so.12, so it
+    does not collide with the CUDA 13 runtime a PyTorch wheel maps)."""
+
+    def __init__(self, lib_dir):
+        rt = ctypes.CDLL(os.path.join(lib_dir, "libcudart.so.12"), mode=os.RTLD_NOW)
+        u64, pu64, vp = ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint64), ctypes.c_void_p
+        for name, argtypes in {
+            "cudaStreamCreateWithFlags": [pu64, ctypes.c_uint32],
+            "cudaEventCreateWithFlags": [pu64, ctypes.c_uint32],
+            "cudaMemcpyAsync": [vp, vp, ctypes.c_size_t, ctypes.c_int, u64],
+            "cudaEventRecordWithFlags": [u64, u64, ctypes.c_uint32],
+            "cudaEventSynchronize": [u64],
+            "cudaMalloc": [ctypes.POINTER(vp), ctypes.c_size_t],
+            "cudaLaunchKernel": [vp, Dim3, Dim3, ctypes.POINTER(vp), ctypes.c_size_t, u64],
+        }.items():
+            getattr(rt, name).argtypes = argtypes
+            getattr(rt, name).restype = ctypes.c_int
+        self.rt = rt
+        stream = ctypes.c_uint64(0)
+        rt.cudaStreamCreateWithFlags(ctypes.byref(stream), 1)
+        self.stream = stream.value
+        self.events = []
+        for _ in range(2):
+            e = ctypes.c_uint64(0)
+            rt.cudaEventCreateWithFlags(ctypes.byref(e), 0)
+            self.events.append(e.value)
+        self.host = ctypes.create_string_buffer(4096)
+        self.out = ctypes.create_string_buffer(64)
+        self.dev = ctypes.c_void_p(0)
+        rt.cudaMalloc(ctypes.byref(self.dev), 4096)
+
+    def step(self, i):
+        self.rt.cudaMemcpyAsync(self.dev, self.host, 4096, CUDA_MEMCPY_H2D, self.stream)
+        # The forward pass: a 500 µs kernel on the simulated GPU (grid.x is its duration).
+        self.rt.cudaLaunchKernel(ctypes.c_void_p(0x1000), Dim3(500, 1, 1), Dim3(128, 1, 1),
+                                 None, 0, self.stream)
+        # The sampled tokens back to the host.
+        self.rt.cudaMemcpyAsync(self.out, self.dev, 64, CUDA_MEMCPY_D2H, self.stream)
+        self.rt.cudaEventRecordWithFlags(self.events[i % 2], self.stream, 0)
+        if i > 0:
+            self.rt.cudaEventSynchronize(self.events[(i - 1) % 2])
+
+
+class GPUModelRunner:
+    def __init__(self, gpu):
+        self.gpu = gpu
+        self.steps = 0
+
+    def execute_model(self, scheduler_output):
+        """The step's CUDA calls, made with the step's SchedulerOutput as the argument."""
+        self.gpu.step(self.steps)
+        self.steps += 1
+
+
+class EngineCoreProc:
+    def __init__(self, scheduler, model_runner, requests, steps, rng):
+        self.scheduler = scheduler
+        self.model_runner = model_runner
+        self.requests = requests
+        self.steps = steps
+        self.rng = rng
+        self.all_requests = {}
+
+    def run_busy_loop(self):
+        for step in range(self.steps):
+            req = self.requests.make(f"r{step}")
+            self.all_requests[req.request_id] = req
+            self.scheduler.add_request(req)
+            self.step(step)
+
+    def step(self, step):
+        from vllm.v1.outputs import ModelRunnerOutput
+        so = self.scheduler.schedule()
+        TRUTH.append({
+            "kind": "batch", "step": step, "ts_ns": time.monotonic_ns(),
+            "num_reqs": len(so.num_scheduled_tokens),
+            "num_tokens": so.total_num_scheduled_tokens,
+            "new_reqs": len(so.scheduled_new_reqs),
+            "cached_reqs": len(so.scheduled_cached_reqs.req_ids),
+            "preempted": sorted(so.preempted_req_ids or []),
+        })
+        self.model_runner.execute_model(so)
+        ids = list(so.num_scheduled_tokens)
+        sampled = []
+        for rid in ids:
+            r = self.scheduler.requests.get(rid)
+            # One token per request that finished its (re)prefill; none for a prefill chunk.
+            sampled.append([] if r is None or r.is_prefill_chunk
+                           else [self.rng.randrange(3, 50000)])
+        out = ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)},
+                                sampled_token_ids=sampled)
+        self.scheduler.update_from_output(so, out)
+        time.sleep(0.002)  # the engine's idle wait for input
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--lib-dir", required=True)
+    p.add_argument("--truth", required=True)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start-on-sigusr1", action="store_true")
+    a = p.parse_args()
+    go = False
+
+    def on_go(_signum, _frame):
+        nonlocal go
+        go = True
+
+    signal.signal(signal.SIGUSR1, on_go)
+    rng = random.Random(a.seed)
+    scheduler = create_scheduler(os.path.join(os.path.dirname(a.truth), "model"))
+    engine = EngineCoreProc(scheduler, GPUModelRunner(FakeGpu(a.lib_dir)),
+                            Requests(16, rng), a.steps, rng)
+    say(f"pid={os.getpid()} ready")
+    deadline = time.monotonic() + 60
+    while a.start_on_sigusr1 and not go and time.monotonic() < deadline:
+        time.sleep(0.01)
+    say(f"pid={os.getpid()} start")
+    engine.run_busy_loop()
+    time.sleep(0.3)  # a last poll sees the final state
+    with open(a.truth, "w") as f:
+        for t in TRUTH:
+            f.write(json.dumps(t) + "\n")
+        for rid, r in engine.all_requests.items():
+            f.write(json.dumps({"kind": "request", "req": rid,
+                                "prompt_tokens": r.num_prompt_tokens,
+                                "preemptions": r.num_preemptions,
+                                "status": r.status.name}) + "\n")
+    say(f"done steps={a.steps}")
+
+
+if __name__ == "__main__":
+    main()
