@@ -312,6 +312,9 @@ def main():
     p.add_argument("--start-on-sigusr1", action="store_true",
                    help="start the loop at SIGUSR1 (sent once a tracer is attached); "
                    "--wait-after-load-ms bounds the wait")
+    p.add_argument("--other-vllm-version", action="store_true",
+                   help="SchedulerOutput with a field under another name (as another vLLM "
+                   "version might have it)")
     p.add_argument("--truth", required=True)
     a = p.parse_args()
 
@@ -329,6 +332,8 @@ def main():
         if engine is not None:
             engine.stopping = True
 
+    if a.other_vllm_version:
+        os.environ["VLLM_FIXTURE_OTHER_VERSION"] = "1"
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if a.start_on_sigusr1:

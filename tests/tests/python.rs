@@ -337,6 +337,35 @@ fn pyenv_pythons_walk_through_their_own_layouts() {
 }
 
 #[test]
+fn another_vllm_layout_fails_soft_and_names_what_is_missing() {
+    let _g = serial();
+    if !can_attach("another_vllm_layout_fails_soft_and_names_what_is_missing") {
+        return;
+    }
+    let Some((label, python)) = pythons().into_iter().next() else {
+        eprintln!("SKIP: no CPython 3.11-3.13 found");
+        return;
+    };
+    let run = run("othervllm", &python, 60, &[], &["--other-vllm-version"]);
+    let md = run.session.json("metadata.json");
+    let b = &md["python"]["vllm_batches"];
+    assert_eq!(b["batches"].as_u64(), Some(0), "{label}: {b}");
+    assert!(
+        b["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("`scheduled_cached_reqs` not found")),
+        "{label}: {b}"
+    );
+    // The rest of the session is unaffected: steps (without a batch), polls, requests.
+    let steps = run.session.csv("forward_pass_timing.csv");
+    assert_eq!(steps.len(), 60, "{label}");
+    assert!(steps.iter().all(|s| s["phase"] == "unknown"));
+    let polls = md["python"]["vllm_state"][0]["polls"].as_u64().unwrap_or(0);
+    assert!(polls > 0, "{label}: {}", md["python"]["vllm_state"]);
+    assert!(!run.session.csv("request_lifecycle.csv").is_empty());
+}
+
+#[test]
 fn a_process_without_python_is_reported_and_still_profiled() {
     let _g = serial();
     if !can_attach("a_process_without_python_is_reported_and_still_profiled") {

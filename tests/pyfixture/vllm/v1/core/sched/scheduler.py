@@ -12,6 +12,7 @@ AsyncScheduler does (an output placeholder per in-flight step). Every decision i
 as ground truth.
 """
 
+import os
 import time
 
 from vllm._fixture_cpu import TRUTH, burn
@@ -159,6 +160,9 @@ class Scheduler:
             finished_req_ids=self.finished_req_ids,
             preempted_req_ids=self.reset_preempted_req_ids,
         )
+        if os.environ.get("VLLM_FIXTURE_OTHER_VERSION") == "1":
+            # Another vLLM version's layout: a field under a different name.
+            out.cached_requests = vars(out).pop("scheduled_cached_reqs")
         pool = self.kv_cache_manager.block_pool
         TRUTH.append(("json", {
             "kind": "batch", "step": self.current_step, "ts_ns": time.monotonic_ns(),
