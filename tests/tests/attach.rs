@@ -216,7 +216,14 @@ fn ground_truth_case(test: &str, python: bool, attach: &[&str]) {
         return;
     }
     let _g = serial();
-    let (s, truth, pid) = profile(test, python, &["--steps", "40"], attach);
+    // The Python fixture launches more slowly than the Rust one: 400 µs kernels keep its
+    // GPU busier than its CPU, so the waits block (what the exact rows are checked on).
+    let fixture: &[&str] = if python {
+        &["--steps", "40", "--kernel-us", "400"]
+    } else {
+        &["--steps", "40"]
+    };
+    let (s, truth, pid) = profile(test, python, fixture, attach);
     let kernels = attach.contains(&"--kernels");
     let twins = attach.contains(&"--driver-twins");
     check_counts_and_times(&s, &truth, pid, kernels, twins);
