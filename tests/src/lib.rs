@@ -461,6 +461,49 @@ impl Session {
     }
 }
 
+/// The JSON lines of one `kind` in a target's own ground-truth file.
+#[must_use]
+pub fn truth_lines(path: &Path, kind: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == kind)
+        .collect()
+}
+
+/// Checks request_lifecycle.csv against the target's `request` truth lines: every request
+/// seen, its preemptions exact, its prompt exact or empty (a request shorter than a poll
+/// period whose only step was not read). `more` checks a (truth, row) pair further.
+/// Returns how many prompts were empty.
+pub fn check_request_lifecycles(
+    session: &Session,
+    requests: &[serde_json::Value],
+    mut more: impl FnMut(&serde_json::Value, &HashMap<String, String>),
+) -> usize {
+    let rows = session.csv("request_lifecycle.csv");
+    let by_id: HashMap<&str, &HashMap<String, String>> =
+        rows.iter().map(|r| (r["request_id"].as_str(), r)).collect();
+    let num = |t: &serde_json::Value, k: &str| t[k].as_u64().unwrap_or_else(|| panic!("{k}"));
+    let mut unknown_prompts = 0;
+    for t in requests {
+        let id = t["req"].as_str().unwrap_or_default();
+        let r = by_id.get(id).unwrap_or_else(|| panic!("{id} missing"));
+        if r["prompt_tokens"].is_empty() {
+            unknown_prompts += 1;
+        } else {
+            assert_eq!(
+                col(r, "prompt_tokens") as u64,
+                num(t, "prompt_tokens"),
+                "{id}"
+            );
+        }
+        assert_eq!(col(r, "preemptions") as u64, num(t, "preemptions"), "{id}");
+        more(t, r);
+    }
+    unknown_prompts
+}
+
 /// Column `k` of a row parsed as a number (0 when empty).
 #[must_use]
 pub fn col(row: &HashMap<String, String>, k: &str) -> f64 {

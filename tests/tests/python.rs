@@ -15,7 +15,8 @@
 use std::{collections::HashMap, path::Path, time::Duration};
 
 use profilemate_tests::{
-    can_attach, col, py_truth, pythons, scratch, serial, PyTruthLine, Session, Target, Tracer,
+    can_attach, check_request_lifecycles, col, py_truth, pythons, scratch, serial, truth_lines,
+    PyTruthLine, Session, Target, Tracer,
 };
 
 /// The budgeted operations: fixture function -> the operation ProfileMate must report.
@@ -514,11 +515,7 @@ fn scheduler_queues_and_kv_cache_usage_match_ground_truth() {
 
 /// The fixture's own ground truth lines of one kind, as JSON.
 fn truth_of(dir: &Path, kind: &str) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(dir.join("py_truth.jsonl")).expect("python truth file");
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == kind)
-        .collect()
+    truth_lines(&dir.join("py_truth.jsonl"), kind)
 }
 
 #[test]
@@ -686,29 +683,10 @@ fn vllm_batches_preemptions_requests_and_graphs_match_ground_truth() {
         Some(truth_req.len() as u64),
         "{ps}"
     );
-    let lifecycle = run.session.csv("request_lifecycle.csv");
-    let by_id: HashMap<&str, &HashMap<String, String>> = lifecycle
-        .iter()
-        .map(|r| (r["request_id"].as_str(), r))
-        .collect();
     // A request shorter than a poll period is known only from its first step's output:
     // when that step was not read its prompt is unknown (empty), never wrong.
-    let mut unknown_prompts = 0;
-    for t in &truth_req {
+    let unknown_prompts = check_request_lifecycles(&run.session, &truth_req, |t, r| {
         let id = t["req"].as_str().unwrap_or_default();
-        let r = by_id
-            .get(id)
-            .unwrap_or_else(|| panic!("{label}: {id} missing"));
-        if r["prompt_tokens"].is_empty() {
-            unknown_prompts += 1;
-        } else {
-            assert_eq!(
-                col(r, "prompt_tokens") as u64,
-                u(t, "prompt_tokens"),
-                "{id}"
-            );
-        }
-        assert_eq!(col(r, "preemptions") as u64, u(t, "preemptions"), "{id}");
         let finished = t["status"] == "FINISHED_STOPPED";
         assert_eq!(
             !r["finished_sec"].is_empty(),
@@ -719,7 +697,7 @@ fn vllm_batches_preemptions_requests_and_graphs_match_ground_truth() {
             col(r, "output_tokens") as u64 <= u(t, "output_tokens"),
             "{id}"
         );
-    }
+    });
 
     assert!(
         unknown_prompts <= 300 - rows.len(),

@@ -5,17 +5,15 @@
 //! runs on CPU: no model, no GPU; the fake CUDA runtime stands in for the device). Needs
 //! root. Skips with a message otherwise; CI does not carry a vLLM installation.
 
-use std::{collections::HashMap, path::PathBuf, process::Command, time::Duration};
+use std::{path::PathBuf, process::Command, time::Duration};
 
-use profilemate_tests::{can_attach, col, fake_cuda_dir, root, scratch, serial, Proc, Tracer};
+use profilemate_tests::{
+    can_attach, check_request_lifecycles, col, fake_cuda_dir, root, scratch, serial, truth_lines,
+    Proc, Tracer,
+};
 
 fn truth(dir: &std::path::Path, kind: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("truth.jsonl"))
-        .expect("engine truth")
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == kind)
-        .collect()
+    truth_lines(&dir.join("truth.jsonl"), kind)
 }
 
 #[test]
@@ -99,27 +97,8 @@ fn real_vllm_scheduler_outputs_preemptions_and_requests_match_the_engine() {
 
     // Requests: all seen; prompts exact (or unknown for a request whose only step was not
     // read), preemptions exact.
-    let life: HashMap<String, HashMap<String, String>> = session
-        .csv("request_lifecycle.csv")
-        .into_iter()
-        .map(|r| (r["request_id"].clone(), r))
-        .collect();
     let requests = truth(&dir, "request");
-    let mut unknown = 0;
-    for t in &requests {
-        let id = t["req"].as_str().unwrap_or_default();
-        let r = life.get(id).unwrap_or_else(|| panic!("{id} missing"));
-        if r["prompt_tokens"].is_empty() {
-            unknown += 1;
-        } else {
-            assert_eq!(
-                col(r, "prompt_tokens") as u64,
-                u(t, "prompt_tokens"),
-                "{id}"
-            );
-        }
-        assert_eq!(col(r, "preemptions") as u64, u(t, "preemptions"), "{id}");
-    }
+    let unknown = check_request_lifecycles(&session, &requests, |_, _| {});
     assert!(unknown as u64 <= missed, "{unknown} prompts unknown");
 
     // The scheduler was polled (the engine found from its busy loop's frame).
