@@ -231,26 +231,13 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
         for name in [ENTRY_PROGRAM, RETURN_PROGRAM, USDT_PROGRAM] {
-            let prog: &mut UProbe = ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::Missing(name))?
-                .try_into()
-                .map_err(|source| ProbeError::Program { name, source })?;
-            prog.load()
-                .map_err(|source| ProbeError::Program { name, source })?;
+            typed_program::<UProbe>(&mut ebpf, name)?
+                .load()
+                .map_err(program_error(name))?;
         }
-        let sample: &mut PerfEvent = ebpf
-            .program_mut(SAMPLE_PROGRAM)
-            .ok_or(ProbeError::Missing(SAMPLE_PROGRAM))?
-            .try_into()
-            .map_err(|source| ProbeError::Program {
-                name: SAMPLE_PROGRAM,
-                source,
-            })?;
-        sample.load().map_err(|source| ProbeError::Program {
-            name: SAMPLE_PROGRAM,
-            source,
-        })?;
+        typed_program::<PerfEvent>(&mut ebpf, SAMPLE_PROGRAM)?
+            .load()
+            .map_err(program_error(SAMPLE_PROGRAM))?;
         Ok(Self {
             ebpf,
             kernels,
@@ -323,15 +310,7 @@ impl Probes {
     pub fn start_sampling(&mut self, hz: u64) -> Result<usize, ProbeError> {
         let cpus = aya::util::online_cpus().map_err(|(_, e)| ProbeError::Cpus(e))?;
         let period_ns = 1_000_000_000 / hz.max(1);
-        let prog: &mut PerfEvent = self
-            .ebpf
-            .program_mut(SAMPLE_PROGRAM)
-            .ok_or(ProbeError::Missing(SAMPLE_PROGRAM))?
-            .try_into()
-            .map_err(|source| ProbeError::Program {
-                name: SAMPLE_PROGRAM,
-                source,
-            })?;
+        let prog = typed_program::<PerfEvent>(&mut self.ebpf, SAMPLE_PROGRAM)?;
         for cpu in cpus {
             let id = prog
                 .attach(
@@ -340,10 +319,7 @@ impl Probes {
                     SamplePolicy::Period(period_ns),
                     false,
                 )
-                .map_err(|source| ProbeError::Program {
-                    name: SAMPLE_PROGRAM,
-                    source,
-                })?;
+                .map_err(program_error(SAMPLE_PROGRAM))?;
             self.sampling.push(id);
         }
         Ok(self.sampling.len())
@@ -619,18 +595,13 @@ impl Probes {
         } else {
             ENTRY_PROGRAM
         };
-        let prog: &mut UProbe = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(ProbeError::Missing(name))?
-            .try_into()
-            .map_err(|source| ProbeError::Program { name, source })?;
+        let prog = typed_program::<UProbe>(&mut self.ebpf, name)?;
         let point = UProbeAttachPoint {
             location: UProbeAttachLocation::AbsoluteOffset(offset),
             cookie: Some(c),
         };
         prog.attach(point, &lib.host_path, UProbeScope::OneProcess(pid))
-            .map_err(|source| ProbeError::Program { name, source })
+            .map_err(program_error(name))
     }
 
     /// Detaches every probe; records already in the ring buffer stay readable.
@@ -672,6 +643,20 @@ where
 {
     let map = ebpf.map_mut(name).ok_or(ProbeError::Missing(name))?;
     M::try_from(map).map_err(map_error(name))
+}
+
+/// Program `name` of the loaded object, as the program type `P`.
+fn typed_program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, ProbeError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or(ProbeError::Missing(name))?;
+    prog.try_into().map_err(program_error(name))
+}
+
+/// Wraps a program operation's failure with the program's name.
+fn program_error(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> ProbeError {
+    move |source| ProbeError::Program { name, source }
 }
 
 /// Wraps a map operation's failure with the map's name.

@@ -363,6 +363,7 @@ impl BatchReader {
         let carries_output =
             |f: &&PyFrameInfo| f.arg1 != 0 && ends(&f.code.qualname, names.output_frames);
         let delay = crate::output::monotonic_ns().saturating_sub(st.ts_ns);
+        let late = delay > MAX_READ_DELAY_NS;
         if st.frames.iter().any(|f| carries_output(&f)) {
             if !p.engine_seen {
                 p.engine_seen = true;
@@ -371,11 +372,9 @@ impl BatchReader {
             }
             // An auto-resizing histogram: recording cannot fail short of memory.
             let _ = self.delays.record(delay / 1000);
-            if delay > MAX_READ_DELAY_NS {
-                self.stats.stale += 1;
-            }
+            self.stats.stale += u64::from(late);
         }
-        if delay > MAX_READ_DELAY_NS {
+        if late {
             return;
         }
         let Some(ol) = object_layout(p.interp.layout.version) else {
