@@ -36,6 +36,8 @@ pub struct AttachConfig {
     pub rescan_interval: Duration,
     /// Ring buffer size in bytes.
     pub ring_bytes: u32,
+    /// Bound of the queue between the ring-buffer reader and the pipeline, in bytes.
+    pub queue_bytes: usize,
     /// Suppress the end-of-session summary on stdout.
     pub quiet: bool,
     /// Python stack sampling rate per CPU in Hz (0: off).

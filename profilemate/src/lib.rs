@@ -12,6 +12,7 @@ pub mod config;
 pub mod correlate;
 pub mod discovery;
 pub mod output;
+pub mod pipeline;
 pub mod preflight;
 pub mod probes;
 pub mod profilers;

@@ -54,8 +54,12 @@ struct AttachArgs {
     #[arg(long)]
     wait: bool,
     /// Ring buffer size in MiB (power of two).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     ring_mb: u32,
+    /// Most memory (MiB) the records read from the ring but not yet processed may take; past
+    /// half of it sampled stacks are shed, at it records are dropped (both counted).
+    #[arg(long, default_value_t = 1024)]
+    queue_mb: usize,
     /// Rescan interval for new processes and libraries (ms).
     #[arg(long, default_value_t = 500)]
     rescan_ms: u64,
@@ -101,6 +105,7 @@ fn attach(args: AttachArgs) -> Result<()> {
         wait: args.wait,
         rescan_interval: Duration::from_millis(args.rescan_ms.max(10)),
         ring_bytes: args.ring_mb << 20,
+        queue_bytes: args.queue_mb.max(1) << 20,
         quiet: args.quiet,
         sample_hz: args.sample_hz,
         cuda_stacks: args.cuda_stacks,

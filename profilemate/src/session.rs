@@ -1,8 +1,9 @@
 //! One `profilemate attach` session: preflight, discovery, attach, drain, correlate, write.
 //!
-//! Runs on a single-threaded tokio runtime: one task selects over ring-buffer readiness, a
-//! drain tick, a rescan tick (new processes and late-loaded libraries), signals and the
-//! deadline. Keeping it on one thread keeps the tracer to (at most) one core.
+//! Three threads: the ring-buffer reader (`probes::reader`), the processing pipeline
+//! (`pipeline`), and this main loop, a tokio task that selects over a rescan tick (new
+//! processes and late-loaded libraries), scheduler polls, /metrics scrapes, signals and the
+//! deadline.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -26,18 +27,19 @@ use crate::{
         metadata::{LossReport, Metadata, PythonRecord, PythonReport, TargetRecord},
         monotonic_ns, SessionDir, TimeBase,
     },
+    pipeline::{Pipeline, PyUpdate, StopBudget},
     preflight,
     probes::{
-        drain::{Drain, Record},
+        reader::{QueueGauge, RingReader},
         usdt::{self, UsdtProbe},
         Probes,
     },
-    profilers::{self, Profiler},
+    profilers,
     python::{self, Interpreter, PythonError},
     vllm::{
         self,
         batch::BatchReader,
-        state::{RequestPoll, StatePoller, StateSnapshot},
+        state::{StatePoller, StateSnapshot},
     },
 };
 
@@ -50,14 +52,6 @@ const PYTHON_USDT: &[(&str, u16)] = &[
     ("gc__done", usdt_probe::GC_DONE),
 ];
 
-/// Interpreter changes and scheduler polls sent from the main loop to the pipeline task.
-enum PyUpdate {
-    Add(Box<Interpreter>),
-    Remove(u32),
-    State(StateSnapshot),
-    Requests(Box<RequestPoll>),
-}
-
 #[derive(Default)]
 struct PyTrack {
     attempts: u32,
@@ -69,12 +63,16 @@ struct PyTrack {
     wakes: bool,
 }
 
-/// How often the ring buffer is drained when the kernel does not wake us.
-pub const DRAIN_TICK: Duration = Duration::from_millis(4);
 /// How often the API server's /metrics is read (for the end-of-session cross-check).
 const METRICS_PERIOD: Duration = Duration::from_secs(1);
-/// Records handled before the pipeline task looks at its stop signal again.
-const DRAIN_BATCH: usize = 65_536;
+/// How long the pipeline may go on processing what is queued once `--duration` ends (the
+/// files must be written within 1 s of it); what it has not reached by then is counted
+/// (metadata `losses.pipeline.unprocessed_at_stop`), not processed.
+const DURATION_GRACE: Duration = Duration::from_millis(600);
+/// The same after SIGINT/SIGTERM: prompt, but a little more patient.
+const SIGNAL_GRACE: Duration = Duration::from_secs(2);
+/// After the targets exited nobody waits on the clock: everything read is processed.
+const EXIT_GRACE: Duration = Duration::from_secs(60);
 
 /// What a finished session produced.
 #[derive(Debug)]
@@ -384,132 +382,32 @@ pub fn run(cfg: &AttachConfig) -> Result<SessionOutcome> {
     result
 }
 
-/// Ring buffer -> correlator (CUDA calls) and Python context (stacks, USDT) -> profilers,
-/// owned by one task.
-struct Pipeline {
-    drain: Drain,
-    correlator: Correlator,
-    python: PythonContext,
-    batches: BatchReader,
-    py_rx: mpsc::Receiver<PyUpdate>,
-    profilers: Vec<Box<dyn Profiler>>,
-}
-
-impl Pipeline {
-    /// Processes at most `DRAIN_BATCH` records; true when more may be waiting.
-    fn feed(&mut self) -> bool {
-        let Self {
-            drain,
-            correlator,
-            python,
-            batches,
-            py_rx,
-            profilers,
-        } = self;
-        let mut emit = |rec: crate::correlate::Correlated| {
-            for p in profilers.iter_mut() {
-                p.consume(&rec);
-            }
-        };
-        apply_updates(py_rx, python, batches, &mut emit);
-        let n = drain.drain(DRAIN_BATCH, |rec| match rec {
-            Record::Call(ev) => correlator.handle(ev, &mut emit),
-            Record::Stack(ev) => {
-                if let crate::probes::drain::StackReason::CudaCall(_) = ev.reason {
-                    correlator.walked(ev.pid, ev.tid, ev.ts_ns, u64::from(ev.walk_ns));
-                }
-                // The interpreter is sent before the walker is configured, so a stack of
-                // an unknown process means its update is waiting in the channel.
-                if !python.knows(ev.pid) {
-                    apply_updates(py_rx, python, batches, &mut emit);
-                }
-                python.stack(ev, &mut |rec| {
-                    if let crate::correlate::Correlated::PyStack(st) = &rec {
-                        batches.observe(st, &mut emit);
-                    }
-                    emit(rec);
-                });
-            }
-            Record::Usdt(ev) => python.usdt(ev, &mut emit),
-        });
-        n >= DRAIN_BATCH
-    }
-
-    /// Drains on readiness and on a timer tick until `stop` turns true, then empties the
-    /// buffer. Batches are bounded so a producer faster than the pipeline cannot keep the
-    /// stop request from being seen.
-    async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) -> (Self, Option<String>) {
-        let mut tick = tokio::time::interval(DRAIN_TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut more = false;
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.changed() => break,
-                () = std::future::ready(()), if more => more = self.feed(),
-                r = self.drain.readable() => {
-                    if let Err(e) = r {
-                        // Keep what was correlated so far: the session writes it.
-                        while self.feed() {}
-                        return (self, Some(format!("ring buffer poll failed: {e}")));
-                    }
-                    more = self.feed();
-                }
-                _ = tick.tick() => more = self.feed(),
-            }
-            if more {
-                tokio::task::yield_now().await;
-            }
-        }
-        // Whatever is buffered at the stop, bounded by the buffer's size.
-        while self.feed() {}
-        (self, None)
-    }
-}
-
-/// Hands what the target side found (interpreters, exits, scheduler polls) to the pipeline.
-fn apply_updates(
-    py_rx: &mpsc::Receiver<PyUpdate>,
-    python: &mut PythonContext,
-    batches: &mut BatchReader,
-    emit: &mut impl FnMut(crate::correlate::Correlated),
-) {
-    while let Ok(update) = py_rx.try_recv() {
-        match update {
-            PyUpdate::Add(i) => {
-                batches.add_interpreter(Interpreter::clone(&i));
-                python.add_interpreter(*i);
-            }
-            PyUpdate::Remove(pid) => {
-                batches.remove_process(pid);
-                python.remove_process(pid);
-            }
-            PyUpdate::State(snap) => {
-                batches.set_scheduler(snap.pid, snap.scheduler);
-                emit(crate::correlate::Correlated::VllmState(snap));
-            }
-            PyUpdate::Requests(poll) => emit(crate::correlate::Correlated::Requests(poll)),
-        }
-    }
-}
-
 enum Stop {
     Duration,
     Interrupt,
     Terminate,
     TargetsExited,
-    /// The pipeline task ended on its own (an error reading the ring buffer, or a panic).
-    PipelineEnded(Box<Result<(Pipeline, Option<String>), tokio::task::JoinError>>),
+    /// The reader or pipeline thread ended on its own (a panic).
+    PipelineEnded,
 }
 
 impl Stop {
+    /// How long the pipeline may catch up after this stop.
+    fn grace(&self) -> Duration {
+        match self {
+            Self::Duration => DURATION_GRACE,
+            Self::Interrupt | Self::Terminate => SIGNAL_GRACE,
+            Self::TargetsExited | Self::PipelineEnded => EXIT_GRACE,
+        }
+    }
+
     fn describe(&self) -> &'static str {
         match self {
             Self::Duration => "duration elapsed",
             Self::Interrupt => "interrupted (SIGINT)",
             Self::Terminate => "terminated (SIGTERM)",
             Self::TargetsExited => "all target processes exited",
-            Self::PipelineEnded(_) => "the pipeline ended",
+            Self::PipelineEnded => "the pipeline thread ended early",
         }
     }
 }
@@ -530,7 +428,7 @@ async fn run_session(
     };
     let mut probes = Probes::load(cfg.ring_bytes, cfg.kernels, cfg.driver_twins)?;
     probes.set_cuda_stacks(cfg.cuda_stacks)?;
-    let drain = Drain::new(probes.take_ring_buffer()?).context("cannot poll the ring buffer")?;
+    let ring = probes.take_ring_buffer()?;
     let (py_tx, py_rx) = mpsc::channel();
     let mut targets = Targets {
         root: cfg.pid,
@@ -590,18 +488,24 @@ async fn run_session(
     let sample_hz = if sampled_cpus > 0 { cfg.sample_hz } else { 0 };
     // The batch reader names each process it sees running vLLM steps, before any poll does.
     let (engine_tx, mut engine_rx) = tokio::sync::mpsc::unbounded_channel();
-    let pipeline = Pipeline {
-        drain,
-        correlator: Correlator::new(cfg.timing, cfg.kernels),
-        python: PythonContext::new(vllm::ops::VLLM_0_33),
-        batches: BatchReader::new(&vllm::batch::BATCH_0_33, &vllm::state::VLLM_0_33, engine_tx),
+    let pipeline = Pipeline::new(
+        Correlator::new(cfg.timing, cfg.kernels),
+        PythonContext::new(vllm::ops::VLLM_0_33),
+        BatchReader::new(&vllm::batch::BATCH_0_33, &vllm::state::VLLM_0_33, engine_tx),
         py_rx,
-        profilers: profilers::default_set(dir, time, sample_hz)?,
-    };
-    // The pipeline runs on its own task (and worker thread): attaching to a new process
-    // (symbol parsing, dozens of perf_event_open calls) must not stall the ring buffer.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut pipeline_task = tokio::spawn(pipeline.run(stop_rx));
+        profilers::default_set(dir, time, sample_hz)?,
+    );
+    // Two threads: the reader only moves records from the ring into a bounded queue, so no
+    // work downstream (target reads, symbolization, file writes) can make the kernel drop;
+    // the pipeline processes the queue at its own pace.
+    let (batch_tx, batch_rx) = mpsc::channel();
+    let gauge = QueueGauge::default();
+    let budget = StopBudget::default();
+    let pipeline_thread = pipeline
+        .spawn(batch_rx, gauge.clone(), budget.clone())
+        .context("cannot start the pipeline thread")?;
+    let reader = RingReader::spawn(ring, batch_tx, gauge, cfg.queue_bytes)
+        .context("cannot start the ring-buffer reader thread")?;
 
     let mut sigint =
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
@@ -633,6 +537,9 @@ async fn run_session(
                 if targets.all_exited() {
                     break Stop::TargetsExited;
                 }
+                if reader.is_finished() || pipeline_thread.is_finished() {
+                    break Stop::PipelineEnded;
+                }
             }
             _ = state_tick.tick(), if cfg.state_hz > 0 => targets.poll_state(&mut probes),
             Some(pid) = engine_rx.recv() => {
@@ -649,42 +556,31 @@ async fn run_session(
                     metrics_last = now;
                 }
             }
-            r = &mut pipeline_task => break Stop::PipelineEnded(Box::new(r)),
             _ = sigint.recv() => break Stop::Interrupt,
             _ = sigterm.recv() => break Stop::Terminate,
             () = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break Stop::Duration,
         }
     };
 
-    // The pipeline takes everything buffered up to the stop, then the results are written.
-    // Detaching comes last: the kernel removes uprobes one grace period at a time (~0.1 s
-    // each), and the results should not wait for that. Records arriving in between belong
-    // to no session time and are not read.
-    let _ = stop_tx.send(true);
-    let mut stop_reason = stop.describe().to_owned();
-    let joined = match stop {
-        Stop::PipelineEnded(r) => *r,
-        _ => pipeline_task.await,
-    };
-    let (pipeline, pipeline_error) =
-        joined.context("the pipeline task failed; nothing could be written")?;
-    if let Some(e) = pipeline_error {
-        eprintln!("error: {e}; writing what was recorded until then");
-        stop_reason = format!("error: {e}");
-    }
+    // The reader empties the ring once more and hangs up; the pipeline gets its grace (by stop reason) to
+    // process what is queued, the rest is counted. Detaching comes last: the kernel removes
+    // uprobes one grace period at a time, and the results should not wait for that. Records
+    // arriving in between belong to no session time and are not read.
+    let stop_reason = stop.describe().to_owned();
+    budget.start(stop.grace());
+    let reader_stats = reader.stop();
+    let mut pipeline = pipeline_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the pipeline thread panicked; nothing could be written"))?;
+    pipeline.finish();
     let Pipeline {
-        drain,
-        mut correlator,
         python: python_ctx,
         batches,
-        py_rx: _,
         mut profilers,
+        correlator,
+        stats: pipeline_stats,
+        ..
     } = pipeline;
-    correlator.finish(&mut |rec| {
-        for p in profilers.iter_mut() {
-            p.consume(&rec);
-        }
-    });
     let now = vllm::metrics::scrape(&live_pids(&targets));
     let metrics_end = if now.is_empty() { metrics_last } else { now };
     let end_ns = monotonic_ns();
@@ -754,8 +650,10 @@ async fn run_session(
         vllm_metrics: metrics_check,
         losses: LossReport {
             kernel,
-            records_read: drain.records,
-            decode_errors: drain.decode_errors,
+            records_read: reader_stats.records_read,
+            decode_errors: reader_stats.decode_errors,
+            reader: reader_stats.clone(),
+            pipeline: pipeline_stats.clone(),
             correlator: stats.clone(),
         },
         notes: Vec::new(),
@@ -771,14 +669,19 @@ async fn run_session(
 
     let mut summary = vec![
         format!("stopped: {stop_reason}"),
-        format!("steps: {steps}; graphs: {}; probe records: {}", count_rows(dir, "cuda_graph_captures.csv"), drain.records),
+        format!("steps: {steps}; graphs: {}; probe records: {}", count_rows(dir, "cuda_graph_captures.csv"), reader_stats.records_read),
         forward_summary_line(dir),
         cpu_summary_line(dir),
         format!(
             "lost: {} ring-buffer drops, {} undecodable; unattributed: {} incomplete steps, {} unmatched returns, {} waits on unknown events",
-            kernel.ring_full_drops, drain.decode_errors, stats.incomplete_steps, stats.unmatched_returns, stats.syncs_unknown_event
+            kernel_drops(&kernel), reader_stats.decode_errors, stats.incomplete_steps, stats.unmatched_returns, stats.syncs_unknown_event
+        ),
+        format!(
+            "tracer lag behind the target: P50 {} ms, P99 {} ms, max {} ms",
+            pipeline_stats.lag_ms.p50, pipeline_stats.lag_ms.p99, pipeline_stats.lag_ms.max
         ),
     ];
+    summary.extend(loss_warnings(cfg, &kernel, &reader_stats, &pipeline_stats));
     if !metadata.probes.failed.is_empty() {
         summary.push(format!(
             "{} probes could not be attached (see metadata.json)",
@@ -789,7 +692,7 @@ async fn run_session(
     let outcome = SessionOutcome {
         dir: dir.path().to_owned(),
         steps,
-        drops: kernel.ring_full_drops,
+        drops: kernel_drops(&kernel),
         summary,
     };
     if !cfg.quiet {
@@ -806,6 +709,58 @@ async fn run_session(
     probes.detach_all();
     log::info!("detached {n} probes in {:?}", t.elapsed());
     Ok(outcome)
+}
+
+/// Records of every kind the kernel could not hand over (ring buffer full).
+fn kernel_drops(k: &crate::probes::KernelCounters) -> u64 {
+    k.ring_full_drops + k.stack_ring_full_drops + k.usdt_ring_full_drops
+}
+
+/// One warning per kind of loss, each with what to do about it.
+fn loss_warnings(
+    cfg: &AttachConfig,
+    kernel: &crate::probes::KernelCounters,
+    reader: &crate::probes::reader::ReaderStats,
+    pipeline: &crate::pipeline::PipelineStats,
+) -> Vec<String> {
+    let mut w = Vec::new();
+    let dropped = kernel_drops(kernel);
+    if dropped > 0 {
+        w.push(format!(
+            "WARNING: the kernel dropped {dropped} records (ring buffer full: {} calls, {} stacks, {} USDT); \
+             pass --ring-mb {} or lower --sample-hz / use --cuda-stacks none",
+            kernel.ring_full_drops,
+            kernel.stack_ring_full_drops,
+            kernel.usdt_ring_full_drops,
+            (cfg.ring_bytes >> 19).min(1024)
+        ));
+    }
+    if reader.samples_shed > 0 {
+        w.push(format!(
+            "WARNING: {} sampled stacks were shed: the pipeline ran behind (lag P99 {} ms) and the \
+             queue passed half of --queue-mb; CPU shares rest on fewer samples. Lower --sample-hz",
+            reader.samples_shed, pipeline.lag_ms.p99
+        ));
+    }
+    let full = reader.queue_full_drops.total();
+    if full > 0 {
+        w.push(format!(
+            "WARNING: {full} records were dropped at the full userspace queue ({} calls, {} call stacks); \
+             pass a larger --queue-mb or lower --sample-hz / --state-hz",
+            reader.queue_full_drops.calls, reader.queue_full_drops.call_stacks
+        ));
+    }
+    let left = pipeline.unprocessed_at_stop.total();
+    if left > 0 {
+        w.push(format!(
+            "WARNING: {left} records read before the stop were not processed in time ({} calls, {} stacks): \
+             the pipeline was {} ms behind at the end; steps near the end are missing",
+            pipeline.unprocessed_at_stop.calls,
+            pipeline.unprocessed_at_stop.call_stacks + pipeline.unprocessed_at_stop.sample_stacks,
+            pipeline.lag_ms.max
+        ));
+    }
+    w
 }
 
 /// "forward_time_ms P50/P95/P99 ..." from the summary just written.

@@ -259,7 +259,10 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup(),
         Cmd::BuildEbpf => build_ebpf(),
-        Cmd::Build => build(),
+        Cmd::Build => {
+            setup()?;
+            build()
+        }
         Cmd::Test { args } => test(&args),
         Cmd::Demo { seconds } => {
             setup()?;

@@ -86,6 +86,11 @@ pub struct LossReport {
     pub records_read: u64,
     /// Records that could not be decoded.
     pub decode_errors: u64,
+    /// The reader thread: records shed or dropped at the userspace queue, by kind.
+    pub reader: crate::probes::reader::ReaderStats,
+    /// The processing thread: lag behind the target, time per stage, records left
+    /// unprocessed at the stop.
+    pub pipeline: crate::pipeline::PipelineStats,
     /// Correlator attribution counters.
     pub correlator: CorrelatorStats,
 }

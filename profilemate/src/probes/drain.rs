@@ -1,13 +1,10 @@
-//! Ring buffer -> decoded call events. The BPF side submits without waking us up except
-//! when the buffer fills past a watermark, so the session drains on a short timer tick and on
-//! readiness; each drain empties the buffer in one pass.
+//! Ring-buffer records -> typed events: the decoders of every record kind (the reader thread
+//! in `reader` calls them), and the encoder tests and benchmarks use to feed the pipeline.
 
-use aya::maps::{MapData, RingBuf};
 use profilemate_common::{
     python::{stack_reason, PyFrame, PyStackRecord, UsdtRecord},
     record_kind, ApiId, CudaCallRecord, FLAG_OUT_VALID,
 };
-use tokio::io::unix::AsyncFd;
 
 /// What happened at a probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,54 +204,6 @@ pub fn encode(ev: &CallEvent) -> CudaCallRecord {
         flags,
         ts_ns: ev.ts_ns,
         args,
-    }
-}
-
-/// The ring buffer registered with the tokio reactor.
-pub struct Drain {
-    ring: AsyncFd<RingBuf<MapData>>,
-    /// Records that failed to decode.
-    pub decode_errors: u64,
-    /// Records read.
-    pub records: u64,
-}
-
-impl Drain {
-    /// Wraps the ring buffer; must run inside a tokio runtime.
-    pub fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
-        // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until it is dropped,
-        // so the registered fd is never closed or reused while registered.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
-        Ok(Self {
-            ring,
-            decode_errors: 0,
-            records: 0,
-        })
-    }
-
-    /// Waits until the kernel signals data (the BPF side only signals past its watermark).
-    pub async fn readable(&self) -> std::io::Result<()> {
-        let mut guard = self.ring.readable().await?;
-        guard.clear_ready();
-        Ok(())
-    }
-
-    /// Reads up to `max` records from the ring buffer, handing each to `sink`; returns how
-    /// many were read.
-    pub fn drain(&mut self, max: usize, mut sink: impl FnMut(Record)) -> usize {
-        let ring = self.ring.get_mut();
-        let mut n = 0;
-        while n < max {
-            let Some(item) = ring.next() else { break };
-            n += 1;
-            match decode_record(&item) {
-                Ok(rec) => sink(rec),
-                Err(_) => self.decode_errors += 1,
-            }
-        }
-        self.records += n as u64;
-        n
     }
 }
 

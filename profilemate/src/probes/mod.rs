@@ -1,11 +1,13 @@
 //! Kernel side management: loads the embedded eBPF object, keeps the target tgid filter,
 //! attaches the CUDA API probes per (process, library file), reads the drop counters, and
-//! detaches. `drain` turns the ring buffer into decoded records.
+//! detaches. `drain` decodes ring-buffer records; `reader` is the thread that moves them out of
+//! the ring.
 //!
 //! Owns: every aya object. Does not own: deciding which processes are targets (`discovery`,
 //! `session`) or what the records mean (`correlate`).
 
 pub mod drain;
+pub mod reader;
 pub mod symbols;
 pub mod usdt;
 
