@@ -9,8 +9,9 @@
 //!    thread, within `NEST_WINDOW_NS` (it follows within microseconds, but a descheduled
 //!    thread or a first-hit uprobe set-up can delay it by milliseconds).
 //! 2. **Entry/return pairing** per thread (a call stack of probed calls with return probes).
-//! 3. **Operations**: graph capture/instantiate/replay, copies, launches, event records and
-//!    waits, fed to the step machine in `steps`.
+//! 3. **Operations**: graph capture/instantiate/replay, copies, launches, event records,
+//!    waits and polls (with their answers), fed to the step machine in `steps`; the Python
+//!    stack walked at an event record tells the step machine which vLLM function recorded it.
 
 pub mod python;
 mod records;
@@ -25,13 +26,14 @@ pub use records::{
     ApiCall, Completion, Correlated, GcPause, GraphCapture, GraphInstantiation, GraphReplay,
     PyFrameInfo, PyStack, Step,
 };
-pub use steps::BLOCKED_THRESHOLD_NS;
+pub use steps::{BLOCKED_THRESHOLD_NS, BRACKET_NS};
 
 use crate::{
     config::TimingMode,
-    probes::drain::{CallEvent, CallPhase},
+    probes::drain::{CallEvent, CallPhase, StackReason},
+    vllm::events::{classify_record, EventRole, EventRule, EVENT_ROLES_0_26_TO_0_33},
 };
-use steps::{EventMark, StepMachine, WaitCall, Work};
+use steps::{EventMark, StepMachine, WaitCall, Work, NOT_READY};
 
 /// A driver call this soon after an entry-only runtime call of the same operation on the
 /// same thread is that runtime call's own driver twin.
@@ -58,7 +60,9 @@ pub struct CorrelatorStats {
     pub syncs_unknown_event: u64,
     /// Event waits whose step had already completed (repeat waits).
     pub repeat_syncs: u64,
-    /// Waits whose recorded work was only host-to-device input copies; merged into the next step.
+    /// Waits on helper events (recorded in the middle of a step, such as vLLM V1's
+    /// `prepare_inputs_event` after the input copies, or without any call of their own):
+    /// merged into the next step.
     pub input_only_syncs: u64,
     /// Launch/copy activity that never saw a completing wait before the session ended.
     pub incomplete_steps: u64,
@@ -73,8 +77,12 @@ pub struct CorrelatorStats {
     /// Stream captures that failed (non-zero status): no graph recorded.
     pub failed_captures: u64,
     /// Successful event polls on events never waited on (e.g. allocator bookkeeping): not
-    /// taken as step completions.
+    /// taken as step completions (they bound earlier steps' completions on their stream).
     pub ignored_event_polls: u64,
+    /// Event polls that answered "not ready" (each bounds its step's completion from below).
+    pub not_ready_polls: u64,
+    /// Event records whose recording vLLM function marked them a step end or a helper.
+    pub records_with_role: u64,
 }
 
 struct OpenCall {
@@ -163,6 +171,7 @@ struct Op {
 pub struct Correlator {
     timing: TimingMode,
     kernels: bool,
+    event_roles: &'static [EventRule],
     procs: HashMap<u32, ProcState>,
     /// Attribution counters.
     pub stats: CorrelatorStats,
@@ -180,9 +189,40 @@ impl Correlator {
         Self {
             timing,
             kernels,
+            event_roles: EVENT_ROLES_0_26_TO_0_33,
             procs: HashMap::new(),
             stats: CorrelatorStats::default(),
         }
+    }
+
+    /// Uses `table` to tell which vLLM functions record step-end and helper events.
+    #[must_use]
+    pub fn with_event_roles(mut self, table: &'static [EventRule]) -> Self {
+        self.event_roles = table;
+        self
+    }
+
+    /// A Python stack was symbolized. One walked at an event record names the function that
+    /// recorded the event, which tells a step's end from a helper event (`vllm::events`).
+    /// Feed every stack walked at a CUDA call here, in ring-buffer order, before its
+    /// process's later calls when possible (the call record precedes its stack).
+    pub fn python_stack(&mut self, st: &PyStack, out: &mut impl FnMut(Correlated)) {
+        let StackReason::CudaCall(api) = st.reason else {
+            return;
+        };
+        if api.spec().class != OpClass::EventRecord || api.spec().library != Library::Runtime {
+            return;
+        }
+        let role = classify_record(self.event_roles, &st.frames);
+        if role == EventRole::Unknown {
+            return;
+        }
+        let Some(proc) = self.procs.get_mut(&st.pid) else {
+            return;
+        };
+        self.stats.records_with_role += 1;
+        proc.steps
+            .set_role(st.tid, st.ts_ns, role, &mut self.stats, out);
     }
 
     /// A Python stack was walked at the entry of `tid`'s call entered at `entry_ns`: the
@@ -233,7 +273,17 @@ impl Correlator {
                 if spec.needs_return {
                     let mark = match spec.class {
                         OpClass::EventSync | OpClass::EventQuery if !nested => {
-                            proc.steps.mark(args[0])
+                            let mark = proc.steps.mark(args[0]);
+                            let poll = spec.class == OpClass::EventQuery;
+                            proc.steps.wait_begins(
+                                ev.tid,
+                                mark,
+                                ev.ts_ns,
+                                poll,
+                                &mut self.stats,
+                                out,
+                            );
+                            mark
                         }
                         _ => None,
                     };
@@ -432,12 +482,13 @@ impl Correlator {
                     stream: op.args[1],
                     step: None,
                 };
-                proc.steps.work(tid, op.entry_ns, Work::Graph(replay));
+                proc.steps
+                    .work(tid, op.entry_ns, Work::Graph(replay), stats, out);
             }
             OpClass::KernelLaunch => {
                 match proc.threads.get_mut(&tid).and_then(|t| t.capture.as_mut()) {
                     Some(cap) => cap.launches += 1,
-                    None => proc.steps.work(tid, op.entry_ns, Work::Kernel),
+                    None => proc.steps.work(tid, op.entry_ns, Work::Kernel, stats, out),
                 }
             }
             OpClass::Memcpy | OpClass::CopyH2D | OpClass::CopyD2H => {
@@ -454,22 +505,32 @@ impl Correlator {
                     MEMCPY_D2H => Work::D2H(bytes),
                     _ => Work::Copy,
                 };
-                proc.steps.work(tid, op.entry_ns, work);
+                proc.steps.work(tid, op.entry_ns, work, stats, out);
                 // A synchronous copy is a blocking wait too.
                 if op.ret_ns.is_some() && timing == TimingMode::Sync {
                     proc.steps.complete_all(wait, out);
                 }
             }
             OpClass::EventRecord => {
-                if !capturing {
-                    proc.steps
-                        .record_event(tid, op.args[0], op.args[1], op.entry_ns, timing);
+                let event_stream = (op.args[0], op.args[1]);
+                match timing {
+                    _ if capturing => {}
+                    TimingMode::Sync => proc.steps.extend_launch(tid, op.entry_ns),
+                    TimingMode::Events => {
+                        proc.steps
+                            .record_event(tid, event_stream, op.entry_ns, stats, out);
+                    }
                 }
             }
             OpClass::EventSync | OpClass::EventQuery => {
                 let query = op.api.spec().class == OpClass::EventQuery;
-                if query && op.ret != 0 {
-                    return; // not ready yet: no information
+                if query && op.ret == NOT_READY {
+                    stats.not_ready_polls += 1;
+                    proc.steps.not_ready(op.mark, op.entry_ns);
+                    return;
+                }
+                if op.ret != 0 {
+                    return; // an error (invalid handle, ...): no information
                 }
                 match timing {
                     TimingMode::Events => {
@@ -480,13 +541,23 @@ impl Correlator {
                     TimingMode::Sync => {}
                 }
             }
-            OpClass::StreamSync | OpClass::DeviceSync => {
-                if timing == TimingMode::Sync {
-                    proc.steps.complete_all(wait, out);
+            OpClass::StreamSync | OpClass::DeviceSync => match timing {
+                TimingMode::Sync => proc.steps.complete_all(wait, out),
+                // Not a step boundary, but the GPU was past everything recorded before it.
+                TimingMode::Events if op.ret == 0 => {
+                    let stream = (op.api.spec().class == OpClass::StreamSync).then_some(op.args[0]);
+                    proc.steps.synced(stream, op.entry_ns, ret_ns);
                 }
-            }
+                TimingMode::Events => {}
+            },
             OpClass::Malloc | OpClass::Free => {}
         }
+    }
+
+    /// Event handles the step machines remember (bounded).
+    #[cfg(test)]
+    fn tracked_events(&self) -> usize {
+        self.procs.values().map(|p| p.steps.tracked_events()).sum()
     }
 
     /// Ends the session: counts what never completed and emits replays of incomplete steps.

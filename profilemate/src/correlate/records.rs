@@ -7,8 +7,12 @@ use profilemate_common::ApiId;
 pub enum Completion {
     /// A blocking wait returned when the GPU finished: completion = return time.
     Exact,
+    /// The GPU was seen unfinished and then finished within `BRACKET_NS`: the completion lies
+    /// between `completion_lower_ns` and `completion_ns`, at most 0.1 ms apart.
+    Bracketed,
     /// The wait was short (under `BLOCKED_THRESHOLD_NS`: the GPU was done, or nearly) or a
-    /// poll succeeded: the completion is at or before the recorded time.
+    /// poll succeeded, and nothing brackets it closer: the completion is at or before
+    /// `completion_ns` and after `completion_lower_ns`.
     UpperBound,
 }
 
@@ -18,6 +22,7 @@ impl Completion {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Exact => "exact",
+            Self::Bracketed => "bracketed",
             Self::UpperBound => "upper_bound",
         }
     }
@@ -54,12 +59,24 @@ pub struct Step {
     pub start_ns: u64,
     /// Last launch-side call of the step (the event record that marks its end, if any).
     pub launch_end_ns: u64,
-    /// Estimated GPU start: the later of the step start and the previous step's exact completion.
+    /// Earliest possible GPU start: the later of the step start and the previous step's
+    /// earliest completion (one device queue: the step cannot start before that finished).
     pub gpu_start_ns: u64,
-    /// GPU completion (see `completion`).
+    /// Latest possible GPU start: the later of the step start and the previous step's latest
+    /// completion.
+    pub gpu_start_upper_ns: u64,
+    /// GPU completion: the wait's return for exact rows, else the earliest time the GPU was
+    /// seen past the step (an upper bound).
     pub completion_ns: u64,
-    /// Exact or upper bound.
+    /// The latest time the GPU was known not to have finished the step (its last launch, a
+    /// poll answering "not ready"); equals `completion_ns` for exact rows.
+    pub completion_lower_ns: u64,
+    /// Exact, bracketed or upper bound.
     pub completion: Completion,
+    /// The GPU had finished (or finished within 0.1 ms) when the CPU began waiting for it:
+    /// the completing wait did not block and no poll saw the step unfinished after the wait
+    /// began (a CPU-bound step).
+    pub gpu_done_before_wait: bool,
     /// Kernel launches (only with per-kernel probes).
     pub kernel_launches: Option<u32>,
     /// Graph replays.
@@ -79,10 +96,18 @@ pub struct Step {
 }
 
 impl Step {
-    /// GPU time of the step in ns.
+    /// GPU time of the step in ns (exact rows), or an upper bound of it.
     #[must_use]
     pub fn forward_ns(&self) -> u64 {
         self.completion_ns.saturating_sub(self.gpu_start_ns)
+    }
+
+    /// A lower bound of the step's GPU time in ns: the earliest possible completion minus the
+    /// latest possible start (0 when the bounds overlap).
+    #[must_use]
+    pub fn gpu_time_lower_ns(&self) -> u64 {
+        self.completion_lower_ns
+            .saturating_sub(self.gpu_start_upper_ns)
     }
 
     /// CPU time spent launching it in ns.

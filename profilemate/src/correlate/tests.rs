@@ -2,6 +2,8 @@
 
 use super::*;
 
+mod matrix;
+
 const PID: u32 = 100;
 const MAIN: u32 = 100;
 const STREAM: u64 = 0x5000;
@@ -14,6 +16,8 @@ enum Item {
         entry_ns: u64,
         walk_ns: u64,
     },
+    /// A symbolized stack walked at a call's entry.
+    Stack(Box<PyStack>),
 }
 
 /// Builds a probe stream the way the kernel side reports it.
@@ -56,6 +60,14 @@ impl Script {
         });
         self
     }
+    /// The stack walked at `tid`'s call of `api` entered at `entry_us`, frames (file,
+    /// qualname) innermost first.
+    fn stack(&mut self, entry_us: u64, tid: u32, api: ApiId, frames: &[(&str, &str)]) -> &mut Self {
+        self.evs.push(Item::Stack(Box::new(matrix::stack(
+            entry_us, tid, api, frames,
+        ))));
+        self
+    }
     /// A runtime call and its nested driver twin, entry only.
     fn rt_drv(&mut self, ts_us: u64, rt: ApiId, drv: ApiId, args: &[u64]) -> &mut Self {
         self.entry(ts_us, MAIN, rt, args)
@@ -72,6 +84,7 @@ impl Script {
                     entry_ns,
                     walk_ns,
                 } => c.walked(PID, *tid, *entry_ns, *walk_ns),
+                Item::Stack(st) => c.python_stack(st, &mut |r| out.push(r)),
             }
         }
         c.finish(&mut |r| out.push(r));
@@ -281,30 +294,36 @@ fn capture_instantiate_replay_chain_assigns_graph_ids() {
     assert_eq!(stats.unknown_graph_execs, 1);
 }
 
+/// vLLM V1 with async scheduling: the inputs are copied and `prepare_inputs_event` recorded,
+/// then the forward and the output copy are launched and the step's event recorded; the next
+/// `execute_model` first synchronizes `prepare_inputs_event`, and the engine waits for the
+/// step after that. The input event's wait is not a step of its own.
 #[test]
-fn input_only_wait_merges_into_the_next_step() {
+fn input_event_waited_at_the_next_step_start_merges_into_its_step() {
     let mut s = Script::new();
-    // V1-style: inputs copied, event recorded and waited at the next step's start.
-    s.rt_drv(
-        1000,
-        ApiId::cudaMemcpyAsync,
-        ApiId::cuMemcpyHtoDAsync_v2,
-        &[1, 2, 100, 1, STREAM],
-    )
-    .rt_drv(
-        1010,
-        ApiId::cudaEventRecord,
-        ApiId::cuEventRecord,
-        &[0x111, STREAM],
-    );
-    sync_event(&mut s, MAIN, 1020, 1021, 0x111);
-    launch_step(&mut s, 1100, 0xe0, 0xee0);
+    for (i, t) in [1000u64, 1100].into_iter().enumerate() {
+        if i > 0 {
+            sync_event(&mut s, MAIN, t - 10, t - 9, 0x111);
+        }
+        s.entry(t, MAIN, ApiId::cudaMemcpyAsync, &[1, 2, 100, 1, STREAM])
+            .entry(t + 10, MAIN, ApiId::cudaEventRecord, &[0x111, STREAM])
+            .entry(t + 20, MAIN, ApiId::cudaGraphLaunch, &[0xe0, STREAM])
+            .entry(t + 30, MAIN, ApiId::cudaMemcpyAsync, &[3, 4, 8, 2, STREAM])
+            .entry(
+                t + 40,
+                MAIN,
+                ApiId::cudaEventRecord,
+                &[0xee0 + i as u64, STREAM],
+            );
+    }
     sync_event(&mut s, MAIN, 1200, 3000, 0xee0);
+    sync_event(&mut s, MAIN, 3100, 5000, 0xee1);
     let (out, stats) = s.run(TimingMode::Events, false);
     let st = steps(&out);
-    assert_eq!(st.len(), 1);
-    assert_eq!(st[0].start_ns, 1_000_000);
-    assert_eq!(st[0].h2d_bytes, 4196);
+    assert_eq!(st.len(), 2, "{st:#?}");
+    assert_eq!((st[0].start_ns, st[0].h2d_bytes), (1_000_000, 100));
+    assert_eq!((st[1].start_ns, st[1].h2d_bytes), (1_100_000, 100));
+    assert_eq!(st[0].completion_ns, 3_000_000);
     assert_eq!(stats.input_only_syncs, 1);
 }
 
@@ -363,9 +382,14 @@ fn sync_mode_completes_at_any_blocking_wait() {
         (st[0].completion, st[0].completion_ns),
         (Completion::Exact, 2_000_000)
     );
+    // A 5 µs device sync 70 µs after the step's last launch: the GPU finished in between.
     assert_eq!(
-        (st[1].completion, st[1].completion_ns),
-        (Completion::UpperBound, 3_105_000)
+        (
+            st[1].completion,
+            st[1].completion_ns,
+            st[1].completion_lower_ns
+        ),
+        (Completion::Bracketed, 3_105_000, 3_030_000)
     );
     // events mode ignores stream/device waits: nothing completes
     let (out, stats) = s.run(TimingMode::Events, false);

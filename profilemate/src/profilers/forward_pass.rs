@@ -39,6 +39,7 @@ const HEADER: &[&str] = &[
     "batch_size",
     "num_tokens",
     "forward_time_ms",
+    "gpu_time_lower_ms",
     "cpu_launch_ms",
     "num_kernel_launches",
     "num_graph_launches",
@@ -46,8 +47,10 @@ const HEADER: &[&str] = &[
     "h2d_bytes",
     "d2h_bytes",
     "completion",
+    "gpu_done_before_wait",
     "gpu_start_sec",
     "completion_sec",
+    "completion_lower_sec",
     "sync_tid",
     "sync_api",
     "sync_wait_ms",
@@ -79,6 +82,7 @@ struct Row<'a> {
     batch_size: Option<u64>,
     num_tokens: Option<u64>,
     forward_time_ms: f64,
+    gpu_time_lower_ms: f64,
     cpu_launch_ms: f64,
     num_kernel_launches: Option<u32>,
     num_graph_launches: u32,
@@ -86,8 +90,10 @@ struct Row<'a> {
     h2d_bytes: u64,
     d2h_bytes: u64,
     completion: &'a str,
+    gpu_done_before_wait: bool,
     gpu_start_sec: f64,
     completion_sec: f64,
+    completion_lower_sec: f64,
     sync_tid: u32,
     sync_api: &'a str,
     sync_wait_ms: f64,
@@ -108,9 +114,12 @@ struct Row<'a> {
 struct Stats {
     count: u64,
     exact: u64,
+    bracketed: u64,
     upper_bound: u64,
+    done_before_wait: u64,
     forward: Latency,
     forward_exact: Latency,
+    gpu_time_lower: Latency,
     cpu_launch: Latency,
 }
 
@@ -118,23 +127,33 @@ impl Stats {
     fn add(&mut self, s: &Step) {
         self.count += 1;
         self.forward.record(s.forward_ns());
+        self.gpu_time_lower.record(s.gpu_time_lower_ns());
         self.cpu_launch.record(s.cpu_launch_ns());
+        self.done_before_wait += u64::from(s.gpu_done_before_wait);
         match s.completion {
             Completion::Exact => {
                 self.exact += 1;
                 self.forward_exact.record(s.forward_ns());
             }
+            Completion::Bracketed => self.bracketed += 1,
             Completion::UpperBound => self.upper_bound += 1,
         }
     }
 
     fn summary(&self) -> PhaseSummary {
+        // One decimal: "in 99.5 % of steps".
+        let pct = (self.count > 0)
+            .then(|| (1000.0 * self.done_before_wait as f64 / self.count as f64).round() / 10.0);
         PhaseSummary {
             count: self.count,
             exact_count: self.exact,
+            bracketed_count: self.bracketed,
             upper_bound_count: self.upper_bound,
+            gpu_finished_before_wait_steps: self.done_before_wait,
+            gpu_finished_before_wait_pct: pct,
             forward_time_ms: self.forward.summary(),
             forward_time_exact_ms: self.forward_exact.summary(),
+            gpu_time_lower_ms: self.gpu_time_lower.summary(),
             cpu_launch_ms: self.cpu_launch.summary(),
         }
     }
@@ -144,9 +163,16 @@ impl Stats {
 struct PhaseSummary {
     count: u64,
     exact_count: u64,
+    bracketed_count: u64,
     upper_bound_count: u64,
+    /// Steps whose GPU work was done when the CPU began waiting (CPU-bound steps): their
+    /// forward_time_ms is an upper bound, set by the CPU's pace.
+    gpu_finished_before_wait_steps: u64,
+    /// The same as a percentage of `count` (one decimal); absent without steps.
+    gpu_finished_before_wait_pct: Option<f64>,
     forward_time_ms: Option<LatencySummary>,
     forward_time_exact_ms: Option<LatencySummary>,
+    gpu_time_lower_ms: Option<LatencySummary>,
     cpu_launch_ms: Option<LatencySummary>,
 }
 
@@ -295,6 +321,7 @@ impl Profiler for ForwardPass {
             batch_size: batch.map(|b| b.num_reqs),
             num_tokens: batch.map(|b| b.num_tokens),
             forward_time_ms: ms(s.forward_ns()),
+            gpu_time_lower_ms: ms(s.gpu_time_lower_ns()),
             cpu_launch_ms: ms(s.cpu_launch_ns()),
             num_kernel_launches: s.kernel_launches,
             num_graph_launches: s.graph_launches,
@@ -307,8 +334,10 @@ impl Profiler for ForwardPass {
             h2d_bytes: s.h2d_bytes,
             d2h_bytes: s.d2h_bytes,
             completion: s.completion.as_str(),
+            gpu_done_before_wait: s.gpu_done_before_wait,
             gpu_start_sec: time.sec(s.gpu_start_ns),
             completion_sec: time.sec(s.completion_ns),
+            completion_lower_sec: time.sec(s.completion_lower_ns),
             sync_tid: s.sync_tid,
             sync_api: s.sync_api.symbol(),
             sync_wait_ms: ms(s.sync_wait_ns),
@@ -337,7 +366,7 @@ impl Profiler for ForwardPass {
             by_phase: self.by_phase.iter().map(|(k, v)| (*k, v.summary())).collect(),
             by_pid: self.by_pid.iter().map(|(k, v)| (*k, v.summary())).collect(),
             steps_with_batch: self.with_batch,
-            note: "forward_time_ms = GPU completion (return of the wait that observed it) minus the later of the step's first launch-side call and the previous step's exact completion; upper_bound rows completed before their wait began. phase, batch_size and num_tokens come from the step's SchedulerOutput (prefill: every request computes prompt tokens; decode: every request generates; mixed: both; unknown: not read)",
+            note: "forward_time_ms = GPU completion minus GPU start (the later of the step's first launch-side call and the previous step's earliest completion). exact: a wait blocked until the GPU finished; bracketed: the GPU was seen unfinished and finished within 0.1 ms; upper_bound: it finished before the CPU looked, forward_time_ms is an upper bound and gpu_time_lower_ms a lower bound (from the step's last launch and polls). gpu_finished_before_wait_pct: share of steps the GPU had finished when the CPU began waiting (CPU-bound steps). phase, batch_size and num_tokens come from the step's SchedulerOutput (prefill: every request computes prompt tokens; decode: every request generates; mixed: both; unknown: not read)",
         };
         dir.write_json("forward_pass_summary.json", &summary)?;
         Ok(vec![rows, "forward_pass_summary.json"])

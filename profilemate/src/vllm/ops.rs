@@ -445,7 +445,8 @@ pub static VLLM_0_33: &[OpRule] = &[
     ),
 ];
 
-fn file_matches(filename: &str, pattern: &str) -> bool {
+/// Whether `filename` ends with the `/`-separated `pattern` (`*` matches one segment).
+pub(super) fn file_matches(filename: &str, pattern: &str) -> bool {
     let segs: Vec<&str> = filename.rsplit('/').collect();
     let pats: Vec<&str> = pattern.rsplit('/').collect();
     if segs.len() < pats.len() {
@@ -454,7 +455,8 @@ fn file_matches(filename: &str, pattern: &str) -> bool {
     pats.iter().zip(&segs).all(|(p, s)| *p == "*" || p == s)
 }
 
-fn name_matches(qualname: &str, pattern: &str) -> bool {
+/// Whether `qualname` is `pattern` (`*.x` matches any `Class.x`).
+pub(super) fn name_matches(qualname: &str, pattern: &str) -> bool {
     match pattern.strip_prefix("*.") {
         Some(tail) => qualname
             .rsplit_once('.')
