@@ -4,6 +4,12 @@
 //! `DIR/libcuda.so.1` for the direct, Triton-like `cuLaunchKernelEx`), so a profiler can attach
 //! before the library is loaded. See `usage()` for the options.
 //!
+//! Each step: (with `--prep-event`, V1's `prepare_inputs_event`: a wait for the previous
+//! step's input event), a mark `step N` for the fake GPU's log, the input copy, (the input
+//! event's record), the forward by `--shape`, the output copy, the step's event record, and
+//! the wait for the event `--async-depth` steps old (polled first with `--poll-us`). A 0 byte
+//! count leaves that copy out.
+//!
 //! Stdout protocol: `pid=<pid> waiting` (only with --wait-before-load-ms > 0, before the sleep),
 //! `pid=<pid> ready` (library loaded, no CUDA call made yet), `pid=<pid> start` (after --wait-after-load-ms, the loop begins), `done steps=<n>` at the end (also
 //! on --exit-after-steps), `calls_per_sec=<f64>` for --hot-loop.
@@ -43,12 +49,27 @@ struct CUlaunchConfig {
 const USAGE: &str = "usage: pm-fixture --lib-dir DIR [--wait-before-load-ms N] [--wait-after-load-ms N] [--graphs G] \
 [--kernels-per-graph K] [--kernel-us US] [--steps N] [--eager-kernels E] [--h2d-bytes B] \
 [--d2h-bytes B] [--async-depth 1|2] [--sync-mode events|stream] [--step-gap-us US] [--forever] \
-[--spawn-child-after-ms N] [--exit-after-steps N] [--hot-loop N]";
+[--spawn-child-after-ms N] [--exit-after-steps N] [--hot-loop N] \
+[--shape alternate|eager|graph|piecewise] [--events reused|fresh] [--prep-event] [--poll-us US]";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum SyncMode {
     Events,
     Stream,
+}
+
+/// What a step's forward launches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Graph replays on odd steps, eager kernels on even ones (eager only without graphs).
+    Alternate,
+    /// `--eager-kernels` runtime launches and one direct `cuLaunchKernelEx`.
+    Eager,
+    /// One graph replay.
+    Graph,
+    /// Every captured graph replayed, an eager kernel after each (attention between
+    /// torch.compile's pieces).
+    Piecewise,
 }
 
 struct Opts {
@@ -69,6 +90,11 @@ struct Opts {
     spawn_child_after_ms: Option<u64>,
     exit_after_steps: Option<u64>,
     hot_loop: Option<u64>,
+    shape: Shape,
+    /// A new event per step, destroyed once waited for (vLLM V2's per-step `copy_event`).
+    fresh_events: bool,
+    prep_event: bool,
+    poll_us: u64,
 }
 
 fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
@@ -95,11 +121,19 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         spawn_child_after_ms: None,
         exit_after_steps: None,
         hot_loop: None,
+        shape: Shape::Alternate,
+        fresh_events: false,
+        prep_event: false,
+        poll_us: 0,
     };
     let mut it = args.iter();
     while let Some(k) = it.next() {
         if k == "--forever" {
             o.forever = true;
+            continue;
+        }
+        if k == "--prep-event" {
+            o.prep_event = true;
             continue;
         }
         if k == "--help" || k == "-h" {
@@ -134,6 +168,23 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--spawn-child-after-ms" => o.spawn_child_after_ms = Some(num(k, v)?),
             "--exit-after-steps" => o.exit_after_steps = Some(num(k, v)?),
             "--hot-loop" => o.hot_loop = Some(num(k, v)?),
+            "--shape" => {
+                o.shape = match v.as_str() {
+                    "alternate" => Shape::Alternate,
+                    "eager" => Shape::Eager,
+                    "graph" => Shape::Graph,
+                    "piecewise" => Shape::Piecewise,
+                    _ => return Err(format!("invalid --shape {v:?}")),
+                }
+            }
+            "--events" => {
+                o.fresh_events = match v.as_str() {
+                    "reused" => false,
+                    "fresh" => true,
+                    _ => return Err(format!("invalid --events {v:?}")),
+                }
+            }
+            "--poll-us" => o.poll_us = num(k, v)?,
             _ => return Err(format!("unknown option {k}")),
         }
     }
@@ -147,6 +198,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
 struct Cuda {
     stream_create_with_flags: unsafe extern "C" fn(*mut u64, u32) -> i32,
     event_create_with_flags: unsafe extern "C" fn(*mut u64, u32) -> i32,
+    event_destroy: unsafe extern "C" fn(u64) -> i32,
     malloc: unsafe extern "C" fn(*mut *mut c_void, usize) -> i32,
     free: unsafe extern "C" fn(*mut c_void) -> i32,
     begin_capture: unsafe extern "C" fn(u64, i32) -> i32,
@@ -210,6 +262,7 @@ fn load(dir: &str) -> Result<Cuda, String> {
         Ok(Cuda {
             stream_create_with_flags: sym(rt, "cudaStreamCreateWithFlags")?,
             event_create_with_flags: sym(rt, "cudaEventCreateWithFlags")?,
+            event_destroy: sym(rt, "cudaEventDestroy")?,
             malloc: sym(rt, "cudaMalloc")?,
             free: sym(rt, "cudaFree")?,
             begin_capture: sym(rt, "cudaStreamBeginCapture")?,
@@ -279,6 +332,10 @@ struct Fixture {
     o: Opts,
     stream: u64,
     ev: [u64; 2],
+    /// V1's `prepare_inputs_event` (`--prep-event`).
+    prep: u64,
+    /// Step events recorded and not yet waited for, oldest first.
+    in_flight: std::collections::VecDeque<u64>,
     execs: Vec<u64>,
     dev_in: *mut c_void,
     dev_out: *mut c_void,
@@ -396,7 +453,7 @@ impl Fixture {
                 "cudaStreamCreateWithFlags",
                 (self.c.stream_create_with_flags)(&mut self.stream, 1),
             );
-            for e in self.ev.iter_mut() {
+            for e in self.ev.iter_mut().chain(std::iter::once(&mut self.prep)) {
                 check(
                     "cudaEventCreateWithFlags",
                     (self.c.event_create_with_flags)(e, 0),
@@ -437,32 +494,109 @@ impl Fixture {
         }
     }
 
-    fn step(&mut self, i: u64) {
-        self.mark(&format!("step {i}"));
-        self.h2d(self.o.h2d_bytes);
-        let g = self.execs.len() as u64;
-        if g > 0 && i % 2 == 1 {
-            let exec = self.execs[((i / 2) % g) as usize];
-            // SAFETY: plain handles.
-            check("cudaGraphLaunch", unsafe {
-                (self.c.graph_launch)(exec, self.stream)
-            });
-        } else {
-            for _ in 0..self.o.eager_kernels {
-                self.launch();
-            }
-            self.launch_ex();
+    fn graph_launch(&self, exec: u64) {
+        // SAFETY: plain handles.
+        check("cudaGraphLaunch", unsafe {
+            (self.c.graph_launch)(exec, self.stream)
+        });
+    }
+
+    fn eager(&self) {
+        for _ in 0..self.o.eager_kernels {
+            self.launch();
         }
-        self.d2h(self.o.d2h_bytes);
-        let ev = self.ev[(i % 2) as usize];
-        self.record(ev);
-        match self.o.sync_mode {
-            SyncMode::Stream => self.stream_sync(),
-            SyncMode::Events if self.o.async_depth == 1 => self.event_sync(ev),
-            SyncMode::Events => {
-                if i > 0 {
-                    self.event_sync(self.ev[((i - 1) % 2) as usize]);
+        self.launch_ex();
+    }
+
+    /// The forward of step `i`, by `--shape`.
+    fn forward(&self, i: u64) {
+        let g = self.execs.len() as u64;
+        match self.o.shape {
+            Shape::Piecewise => {
+                for &exec in &self.execs {
+                    self.graph_launch(exec);
+                    self.launch();
                 }
+            }
+            Shape::Graph if g > 0 => self.graph_launch(self.execs[(i % g) as usize]),
+            Shape::Alternate if g > 0 && i % 2 == 1 => {
+                self.graph_launch(self.execs[((i / 2) % g) as usize]);
+            }
+            _ => self.eager(),
+        }
+    }
+
+    /// The event that ends step `i`: one of two reused ones, or a fresh one.
+    fn step_event(&self, i: u64) -> u64 {
+        if !self.o.fresh_events {
+            return self.ev[(i % 2) as usize];
+        }
+        let mut ev = 0u64;
+        // SAFETY: the output pointer is a valid local.
+        check("cudaEventCreateWithFlags", unsafe {
+            (self.c.event_create_with_flags)(&mut ev, 0)
+        });
+        ev
+    }
+
+    /// Waits for `ev` (polled first with `--poll-us`); a fresh event is destroyed after.
+    fn wait(&self, ev: u64) {
+        if self.o.poll_us > 0 {
+            // SAFETY: plain handle.
+            while unsafe { (self.c.event_query)(ev) } == 600 {
+                std::thread::sleep(Duration::from_micros(self.o.poll_us));
+            }
+        }
+        self.event_sync(ev);
+        if self.o.fresh_events {
+            // SAFETY: plain handle, not used again.
+            check("cudaEventDestroy", unsafe { (self.c.event_destroy)(ev) });
+        }
+    }
+
+    fn step(&mut self, i: u64) {
+        // V1's execute_model: the previous step's inputs must be on the GPU before reuse.
+        if self.o.prep_event && i > 0 {
+            self.event_sync(self.prep);
+        }
+        self.mark(&format!("step {i}"));
+        if self.o.h2d_bytes > 0 {
+            self.h2d(self.o.h2d_bytes);
+        }
+        if self.o.prep_event {
+            self.record(self.prep);
+        }
+        self.forward(i);
+        if self.o.d2h_bytes > 0 {
+            self.d2h(self.o.d2h_bytes);
+        }
+        let ev = self.step_event(i);
+        self.record(ev);
+        self.in_flight.push_back(ev);
+        match self.o.sync_mode {
+            SyncMode::Stream => {
+                self.stream_sync();
+                self.drain_in_flight(false);
+            }
+            SyncMode::Events => {
+                while self.in_flight.len() >= self.o.async_depth as usize {
+                    let Some(old) = self.in_flight.pop_front() else {
+                        break;
+                    };
+                    self.wait(old);
+                }
+            }
+        }
+    }
+
+    /// Waits for (`wait`) or just forgets the step events still in flight.
+    fn drain_in_flight(&mut self, wait: bool) {
+        while let Some(ev) = self.in_flight.pop_front() {
+            if wait {
+                self.wait(ev);
+            } else if self.o.fresh_events {
+                // SAFETY: plain handle, not used again.
+                check("cudaEventDestroy", unsafe { (self.c.event_destroy)(ev) });
             }
         }
     }
@@ -483,9 +617,7 @@ impl Fixture {
             }
         }
         // Async depth 2 leaves the last step's event unsynchronized.
-        if i > 0 && self.o.sync_mode == SyncMode::Events && self.o.async_depth == 2 {
-            self.event_sync(self.ev[((i - 1) % 2) as usize]);
-        }
+        self.drain_in_flight(true);
         i
     }
 
@@ -583,6 +715,8 @@ fn main() {
         o,
         stream: 0,
         ev: [0; 2],
+        prep: 0,
+        in_flight: std::collections::VecDeque::new(),
         execs: Vec::new(),
         dev_in: std::ptr::null_mut(),
         dev_out: std::ptr::null_mut(),
