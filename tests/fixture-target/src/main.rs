@@ -542,6 +542,9 @@ impl Fixture {
     /// Waits for `ev` (polled first with `--poll-us`); a fresh event is destroyed after.
     fn wait(&self, ev: u64) {
         if self.o.poll_us > 0 {
+            // SAFETY: PR_SET_TIMERSLACK only affects this thread: 1 ns instead of the default
+            // 50 µs, so the pause between polls is about what was asked.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
             // SAFETY: plain handle.
             while unsafe { (self.c.event_query)(ev) } == 600 {
                 std::thread::sleep(Duration::from_micros(self.o.poll_us));
