@@ -84,9 +84,8 @@ pub struct PyProcConfig {
     /// Frames whose `owner` is at least this are not Python frames (C-stack shims and
     /// interpreter-owned entry frames, 3.12+) and are skipped; 0xff when none exist.
     pub owner_skip_min: u8,
-    /// 1: wake the reader at once for stacks walked at CUDA calls (a vLLM process whose
-    /// step outputs are read from the live target); 0: normal batching.
-    pub wake_on_cuda_stack: u8,
+    /// Explicit padding.
+    pub _pad1: u8,
     /// `_PyInterpreterFrame.localsplus[1]`: a method's first argument after `self`, kept
     /// per frame so that userspace can read the object a vLLM method was called with
     /// (the `SchedulerOutput` of `execute_model`, the descriptor of `run_fullgraph`).

@@ -23,7 +23,7 @@ use profilemate_common::{
 use aya_ebpf::helpers::bpf_probe_read_user_buf;
 
 use crate::maps::{
-    count, submit_flags, target_ids, BPF_RB_FORCE_WAKEUP, EVENTS, PY_PROCS, PY_THREADS,
+    count, submit_flags, target_ids, EVENTS, PY_PROCS, PY_THREADS,
 };
 
 /// Bytes of a frame copied per step: every header field the walker reads lies in the first
@@ -105,15 +105,9 @@ pub fn walk_stack(tgid: u32, tid: u32, reason: u16, api: u16, ts_ns: u64) {
         (*rec).cpu = bpf_get_smp_processor_id() as u16;
         (*rec).walk_ns = bpf_ktime_get_ns().saturating_sub(ts_ns).min(u64::from(u32::MAX)) as u32;
     }
-    // A stack walked at a CUDA call may carry a step's SchedulerOutput, which userspace
-    // reads from the live target: wake the reader now (a few walks per step) rather than at
-    // its next timer tick, so the object is read while the step still holds it.
-    let wake = cfg.is_some_and(|c| c.wake_on_cuda_stack != 0);
-    if wake && reason == stack_reason::CUDA_CALL && depth > 0 {
-        entry.submit(BPF_RB_FORCE_WAKEUP);
-    } else {
-        entry.submit(submit_flags());
-    }
+    // No forced wake-up: the reader thread drains every 2 ms, soon enough to read a step's
+    // SchedulerOutput while the step holds it.
+    entry.submit(submit_flags());
 }
 
 /// Follows the frame chain from `tstate`; returns (frames written, flags).

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use profilemate_common::{
-    python::{usdt_probe, PyProcConfig},
+    python::usdt_probe,
     Library,
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -24,7 +24,7 @@ use crate::{
     correlate::{python::PythonContext, Correlator},
     discovery::{self, MappedLibrary},
     output::{
-        metadata::{LossReport, Metadata, PythonRecord, PythonReport, TargetRecord},
+        metadata::{LossReport, MainLoopStats, Metadata, PythonRecord, PythonReport, TargetRecord},
         monotonic_ns, SessionDir, TimeBase,
     },
     pipeline::{Pipeline, PyUpdate, StopBudget},
@@ -39,7 +39,7 @@ use crate::{
     vllm::{
         self,
         batch::BatchReader,
-        state::{StatePoller, StateSnapshot},
+        watcher::{WatchCommand, Watcher},
     },
 };
 
@@ -59,12 +59,8 @@ struct PyTrack {
     record: Option<PythonRecord>,
     /// The interpreter being walked (its thread list is re-read at each rescan).
     walking: Option<Interpreter>,
-    /// Whether the walker wakes the reader at once for this process's CUDA-call stacks.
-    wakes: bool,
 }
 
-/// How often the API server's /metrics is read (for the end-of-session cross-check).
-const METRICS_PERIOD: Duration = Duration::from_secs(1);
 /// How long the pipeline may go on processing what is queued once `--duration` ends (the
 /// files must be written within 1 s of it); what it has not reached by then is counted
 /// (metadata `losses.pipeline.unprocessed_at_stop`), not processed.
@@ -95,27 +91,8 @@ struct Targets {
     python: BTreeMap<u32, PyTrack>,
     py_tx: mpsc::Sender<PyUpdate>,
     usdt_notes: HashMap<(u64, u64), Result<Vec<UsdtProbe>, String>>,
-    pollers: BTreeMap<u32, StatePoller>,
-    /// The latest scheduler poll (for the /metrics cross-check).
-    last_state: Option<StateSnapshot>,
-}
-
-impl PyTrack {
-    /// A vLLM engine: its step outputs are read from CUDA-call stacks, which must reach
-    /// the reader at once (see BatchReader), so the walker wakes it for each one.
-    fn wake_on_cuda_stacks(&mut self, pid: u32, probes: &mut Probes) {
-        let Some(interp) = self.walking.as_ref().filter(|_| !self.wakes) else {
-            return;
-        };
-        let cfg = PyProcConfig {
-            wake_on_cuda_stack: 1,
-            ..interp.walker_config()
-        };
-        match probes.set_python(pid, cfg) {
-            Ok(()) => self.wakes = true,
-            Err(e) => log::warn!("pid {pid}: {e}"),
-        }
-    }
+    /// Commands for the vLLM watcher thread (queued until it starts).
+    watch: mpsc::Sender<WatchCommand>,
 }
 
 impl Targets {
@@ -243,39 +220,7 @@ impl Targets {
             tested: Some(tested),
             reason: None,
         });
-        self.pollers.insert(
-            pid,
-            StatePoller::new(interp.clone(), &vllm::state::VLLM_0_33),
-        );
-    }
-
-    /// Reads every live process's scheduler state once.
-    fn poll_state(&mut self, probes: &mut Probes) {
-        for (pid, poller) in &mut self.pollers {
-            if self.procs.get(pid).is_some_and(|t| t.exited_sec.is_some()) {
-                continue;
-            }
-            match poller.poll(true) {
-                Ok((snap, requests)) => {
-                    poller.last_error = None;
-                    if let Some(track) = self.python.get_mut(pid) {
-                        track.wake_on_cuda_stacks(*pid, probes);
-                    }
-                    self.last_state = Some(snap);
-                    let _ = self.py_tx.send(PyUpdate::State(snap));
-                    if let Some(r) = requests {
-                        let _ = self.py_tx.send(PyUpdate::Requests(Box::new(r)));
-                    }
-                }
-                Err(e) => {
-                    let why = crate::probes::error_chain(&e);
-                    if poller.last_error.as_deref() != Some(why.as_str()) {
-                        log::debug!("pid {pid}: scheduler state: {why}");
-                    }
-                    poller.last_error = Some(why);
-                }
-            }
-        }
+        let _ = self.watch.send(WatchCommand::Python(Box::new(interp.clone())));
     }
 
     /// Finds new processes and libraries and attaches to them. Returns how many probes were
@@ -290,6 +235,7 @@ impl Targets {
                 probes.remove_target(*pid);
                 probes.remove_python(*pid);
                 let _ = self.py_tx.send(PyUpdate::Remove(*pid));
+                let _ = self.watch.send(WatchCommand::Exited(*pid));
             }
         }
         let mut attached = 0;
@@ -305,6 +251,7 @@ impl Targets {
                         continue;
                     }
                     log::info!("target pid {pid} ({}): {}", info.comm, info.cmdline);
+                    let _ = self.watch.send(WatchCommand::Process(pid));
                     e.insert(TargetRecord {
                         info,
                         first_seen_sec: now,
@@ -430,32 +377,33 @@ async fn run_session(
     probes.set_cuda_stacks(cfg.cuda_stacks)?;
     let ring = probes.take_ring_buffer()?;
     let (py_tx, py_rx) = mpsc::channel();
+    let (watch, watch_rx) = mpsc::channel();
     let mut targets = Targets {
         root: cfg.pid,
         children: cfg.follow_children,
         time,
         procs: BTreeMap::new(),
         python: BTreeMap::new(),
-        py_tx,
+        py_tx: py_tx.clone(),
         usdt_notes: HashMap::new(),
-        pollers: BTreeMap::new(),
-        last_state: None,
+        watch,
     };
     targets.rescan(&mut probes);
     if targets.procs.is_empty() {
         bail!(preflight::PreflightError::NoSuchProcess { pid: cfg.pid });
     }
-    let live_pids = |t: &Targets| -> Vec<u32> {
-        t.procs
-            .iter()
-            .filter(|(_, r)| r.exited_sec.is_none())
-            .map(|(pid, _)| *pid)
-            .collect()
-    };
-    let mut metrics_first = vllm::metrics::scrape(&live_pids(&targets));
-    // The latest reading while the targets run (a server that exits takes its endpoint
-    // with it): the end of the comparison window.
-    let mut metrics_last: Vec<vllm::metrics::Scrape> = Vec::new();
+    // The cross-check window opens now, before the session's outputs can begin.
+    let pids: Vec<u32> = targets.procs.keys().copied().collect();
+    let mut port_failures = HashMap::new();
+    let first = vllm::metrics::scrape(&pids, &mut port_failures);
+    let watcher = Watcher::spawn(
+        watch_rx,
+        cfg.state_hz,
+        &vllm::state::VLLM_0_33,
+        py_tx,
+        (first, port_failures),
+    )
+    .context("cannot start the vLLM watcher thread")?;
     if !targets.any_library() {
         let what = if cfg.follow_children {
             "pid {} or its children"
@@ -486,12 +434,10 @@ async fn run_session(
         (0, None)
     };
     let sample_hz = if sampled_cpus > 0 { cfg.sample_hz } else { 0 };
-    // The batch reader names each process it sees running vLLM steps, before any poll does.
-    let (engine_tx, mut engine_rx) = tokio::sync::mpsc::unbounded_channel();
     let pipeline = Pipeline::new(
         Correlator::new(cfg.timing, cfg.kernels),
         PythonContext::new(vllm::ops::VLLM_0_33),
-        BatchReader::new(&vllm::batch::BATCH_0_33, &vllm::state::VLLM_0_33, engine_tx),
+        BatchReader::new(&vllm::batch::BATCH_0_33, &vllm::state::VLLM_0_33),
         py_rx,
         profilers::default_set(dir, time, sample_hz)?,
     );
@@ -514,13 +460,7 @@ async fn run_session(
     let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
     let mut rescan_tick = tokio::time::interval(cfg.rescan_interval);
     rescan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let state_period = 1_000_000_000u64
-        .checked_div(cfg.state_hz)
-        .map_or(Duration::from_secs(3600), Duration::from_nanos);
-    let mut state_tick = tokio::time::interval(state_period);
-    state_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut metrics_tick = tokio::time::interval(METRICS_PERIOD);
-    metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut main_loop = MainLoopStats::default();
     if !cfg.quiet {
         eprintln!(
             "profilemate: attached to {} process(es) ({} with Python stacks), {} probes; writing to {}; Ctrl-C to stop",
@@ -533,27 +473,15 @@ async fn run_session(
     let stop = loop {
         tokio::select! {
             _ = rescan_tick.tick() => {
+                let t = std::time::Instant::now();
                 targets.rescan(&mut probes);
+                main_loop.rescans += 1;
+                main_loop.rescan_ms_max = main_loop.rescan_ms_max.max(t.elapsed().as_secs_f64() * 1e3);
                 if targets.all_exited() {
                     break Stop::TargetsExited;
                 }
                 if reader.is_finished() || pipeline_thread.is_finished() {
                     break Stop::PipelineEnded;
-                }
-            }
-            _ = state_tick.tick(), if cfg.state_hz > 0 => targets.poll_state(&mut probes),
-            Some(pid) = engine_rx.recv() => {
-                if let Some(track) = targets.python.get_mut(&pid) {
-                    track.wake_on_cuda_stacks(pid, &mut probes);
-                }
-            }
-            _ = metrics_tick.tick() => {
-                let now = vllm::metrics::scrape(&live_pids(&targets));
-                if !now.is_empty() {
-                    if metrics_first.is_empty() {
-                        metrics_first.clone_from(&now);
-                    }
-                    metrics_last = now;
                 }
             }
             _ = sigint.recv() => break Stop::Interrupt,
@@ -567,7 +495,11 @@ async fn run_session(
     // uprobes one grace period at a time, and the results should not wait for that. Records
     // arriving in between belong to no session time and are not read.
     let stop_reason = stop.describe().to_owned();
+    if let (Stop::Duration, Some(d)) = (&stop, deadline) {
+        main_loop.deadline_late_ms = d.elapsed().as_secs_f64() * 1e3;
+    }
     budget.start(stop.grace());
+    let watch = watcher.stop();
     let reader_stats = reader.stop();
     let mut pipeline = pipeline_thread
         .join()
@@ -581,8 +513,6 @@ async fn run_session(
         stats: pipeline_stats,
         ..
     } = pipeline;
-    let now = vllm::metrics::scrape(&live_pids(&targets));
-    let metrics_end = if now.is_empty() { metrics_last } else { now };
     let end_ns = monotonic_ns();
     let kernel = probes.counters().unwrap_or_else(|e| {
         eprintln!("warning: cannot read the drop counters: {e}");
@@ -594,14 +524,15 @@ async fn run_session(
         files.extend(p.finish(dir)?);
     }
     let steps = count_rows(dir, "forward_pass_timing.csv");
-    let metrics_check = (!metrics_first.is_empty() || !metrics_end.is_empty()).then(|| {
-        vllm::metrics::MetricsCheck::new(
-            metrics_first,
-            metrics_end,
-            count_rows(dir, "preemption_events.csv"),
-            targets.last_state.and_then(|s| s.kv_usage_pct()),
-        )
-    });
+    let metrics_check =
+        (!watch.metrics_first.is_empty() || !watch.metrics_last.is_empty()).then(|| {
+            vllm::metrics::MetricsCheck::new(
+                watch.metrics_first.clone(),
+                watch.metrics_last.clone(),
+                count_rows(dir, "preemption_events.csv"),
+                watch.last_state.and_then(|s| s.kv_usage_pct()),
+            )
+        });
     let stats = correlator.stats.clone();
     let mut metadata = Metadata {
         tracer: "profilemate",
@@ -634,17 +565,7 @@ async fn run_session(
             usdt: std::mem::take(&mut probes.usdt_report),
             stats: python_ctx.final_stats(),
             vllm_batches: batches.final_stats(),
-            vllm_state: targets
-                .pollers
-                .iter()
-                .map(|(pid, p)| crate::output::metadata::StateReport {
-                    pid: *pid,
-                    names: vllm::state::VLLM_0_33.versions,
-                    polls: p.polls,
-                    torn_polls: p.torn,
-                    last_error: p.last_error.clone(),
-                })
-                .collect(),
+            vllm_state: watch.state.clone(),
         },
         program_costs: probes.program_costs(),
         vllm_metrics: metrics_check,
@@ -654,6 +575,8 @@ async fn run_session(
             decode_errors: reader_stats.decode_errors,
             reader: reader_stats.clone(),
             pipeline: pipeline_stats.clone(),
+            main_loop,
+            metrics_scrape_ms_max: watch.scrape_ms_max,
             correlator: stats.clone(),
         },
         notes: Vec::new(),

@@ -45,22 +45,18 @@ pub struct PythonReport {
     /// Per-step `SchedulerOutput` and graph descriptor reads.
     pub vllm_batches: crate::vllm::batch::BatchStats,
     /// Scheduler-state polls per process.
-    pub vllm_state: Vec<StateReport>,
+    pub vllm_state: Vec<crate::vllm::watcher::StateReport>,
 }
 
-/// Reads of one process's vLLM scheduler state.
-#[derive(Debug, Serialize)]
-pub struct StateReport {
-    /// Process.
-    pub pid: u32,
-    /// The vLLM name table used.
-    pub names: &'static str,
-    /// Successful polls.
-    pub polls: u64,
-    /// Polls dropped because the state changed while being read.
-    pub torn_polls: u64,
-    /// Why the last poll found nothing (None: it succeeded).
-    pub last_error: Option<String>,
+/// How the session's main loop kept its clock: rescans and the stop.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct MainLoopStats {
+    /// Rescans of the process tree and mappings.
+    pub rescans: u64,
+    /// The longest rescan (ms): attaching to a new library happens in one.
+    pub rescan_ms_max: f64,
+    /// How late the `--duration` stop was taken (ms).
+    pub deadline_late_ms: f64,
 }
 
 /// A target process as seen during the session.
@@ -91,6 +87,10 @@ pub struct LossReport {
     /// The processing thread: lag behind the target, time per stage, records left
     /// unprocessed at the stop.
     pub pipeline: crate::pipeline::PipelineStats,
+    /// The main loop's own timing.
+    pub main_loop: MainLoopStats,
+    /// The longest /metrics scrape (ms), on the watcher thread.
+    pub metrics_scrape_ms_max: f64,
     /// Correlator attribution counters.
     pub correlator: CorrelatorStats,
 }

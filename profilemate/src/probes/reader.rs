@@ -80,6 +80,10 @@ pub struct ReaderStats {
     pub samples_shed: u64,
     /// Records not queued because the queue was at its bound, by kind.
     pub queue_full_drops: KindCounts,
+    /// Passes over the ring.
+    pub passes: u64,
+    /// The longest time between two passes (ms): how long the ring went unread at worst.
+    pub pass_gap_ms_max: f64,
     /// The queue's bound and its peak (bytes).
     pub queue_limit_bytes: usize,
     /// See `queue_limit_bytes`.
@@ -172,13 +176,18 @@ struct Admission {
 
 impl Admission {
     fn run(&mut self, mut ring: RingBuf<MapData>, stop: &AtomicBool) {
+        let mut last = std::time::Instant::now();
         loop {
             // Read the flag before the pass: the last pass starts after the stop was asked.
             let stopping = stop.load(Ordering::Acquire);
+            let gap = last.elapsed().as_secs_f64() * 1e3;
+            self.stats.pass_gap_ms_max = self.stats.pass_gap_ms_max.max(gap);
+            self.stats.passes += 1;
             let moved = match self.pass(&mut ring) {
                 Ok(n) => n,
                 Err(()) => return,
             };
+            last = std::time::Instant::now();
             if stopping {
                 return;
             }

@@ -112,7 +112,7 @@ impl Interpreter {
             code_first_line: o(l.code_first_line),
             code_adaptive: o(l.code_adaptive),
             owner_skip_min: l.owner_skip_min.unwrap_or(0xff),
-            wake_on_cuda_stack: 0,
+            _pad1: 0,
             // The walker copies 96 bytes of a frame: an argument past them is not read.
             frame_arg1: Some(l.frame_localsplus + 8)
                 .filter(|off| off + 8 <= 96)

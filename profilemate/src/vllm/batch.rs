@@ -256,8 +256,6 @@ struct ProcBatch {
     /// (output address, its `num_scheduled_tokens` dict, that dict's version tag).
     last: Option<(u64, u64, u64)>,
     scheduler: Option<u64>,
-    /// Whether a stack of this process carried a step output yet.
-    engine_seen: bool,
 }
 
 /// Reads step outputs and graph descriptors off walked stacks.
@@ -266,9 +264,6 @@ pub struct BatchReader {
     state: &'static StateNames,
     procs: HashMap<u32, ProcBatch>,
     delays: hdrhistogram::Histogram<u64>,
-    /// Told once per process whose stacks show vLLM steps (the session then has the walker
-    /// wake the reader for each CUDA-call stack).
-    engines: tokio::sync::mpsc::UnboundedSender<u32>,
     /// Counters.
     pub stats: BatchStats,
 }
@@ -292,12 +287,10 @@ impl BatchReader {
     pub fn new(
         names: &'static BatchNames,
         state: &'static StateNames,
-        engines: tokio::sync::mpsc::UnboundedSender<u32>,
     ) -> Self {
         Self {
             names,
             state,
-            engines,
             procs: HashMap::new(),
             // 3 significant digits; auto-resizing, so any delay fits.
             delays: hdrhistogram::Histogram::new(3).expect("3 significant digits are valid"),
@@ -319,7 +312,6 @@ impl BatchReader {
                 strings: StrCache::default(),
                 last: None,
                 scheduler: None,
-                engine_seen: false,
             },
         );
     }
@@ -365,11 +357,6 @@ impl BatchReader {
         let delay = crate::output::monotonic_ns().saturating_sub(st.ts_ns);
         let late = delay > MAX_READ_DELAY_NS;
         if st.frames.iter().any(|f| carries_output(&f)) {
-            if !p.engine_seen {
-                p.engine_seen = true;
-                // The session may already be gone at the very end: nothing to wake then.
-                let _ = self.engines.send(st.pid);
-            }
             // An auto-resizing histogram: recording cannot fail short of memory.
             let _ = self.delays.record(delay / 1000);
             self.stats.stale += u64::from(late);

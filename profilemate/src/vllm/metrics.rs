@@ -3,7 +3,7 @@
 //! at the session's start and end (read-only: the same request any monitoring system makes).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     time::Duration,
@@ -108,13 +108,25 @@ pub fn parse(body: &str) -> Option<BTreeMap<String, f64>> {
     (!values.is_empty()).then_some(values)
 }
 
-/// Reads every vLLM /metrics endpoint the processes listen on.
+/// Failed reads after which a port is not asked again.
+const MAX_PORT_FAILURES: u32 = 2;
+
+/// Reads every vLLM /metrics endpoint the processes listen on. `failures` counts, per (pid,
+/// port), reads that got no vLLM metrics; a port at `MAX_PORT_FAILURES` is skipped: vLLM's
+/// engine processes listen on sockets that speak other protocols (ZMQ), and each would cost
+/// a timeout at every scrape.
 #[must_use]
-pub fn scrape(pids: &[u32]) -> Vec<Scrape> {
+pub fn scrape(pids: &[u32], failures: &mut HashMap<(u32, u16), u32>) -> Vec<Scrape> {
     let mut out = Vec::new();
     for &pid in pids {
         for port in listening_ports(pid) {
-            if let Some(values) = get_metrics(port).as_deref().and_then(parse) {
+            let failed = failures.entry((pid, port)).or_default();
+            if *failed >= MAX_PORT_FAILURES {
+                continue;
+            }
+            let values = get_metrics(port).as_deref().and_then(parse);
+            *failed = if values.is_some() { 0 } else { *failed + 1 };
+            if let Some(values) = values {
                 out.push(Scrape {
                     url: format!("http://127.0.0.1:{port}/metrics"),
                     pid,

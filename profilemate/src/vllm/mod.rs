@@ -9,3 +9,4 @@ pub mod events;
 pub mod metrics;
 pub mod ops;
 pub mod state;
+pub mod watcher;

@@ -1,0 +1,279 @@
+//! The watcher thread: vLLM scheduler polls and /metrics scrapes, on their own clock.
+//!
+//! Owns the per-process `StatePoller`s and the /metrics readings. It does not touch the
+//! probes or the ring buffer: a read of a busy target (thousands of `process_vm_readv` calls)
+//! or an HTTP endpoint that answers slowly must never delay the session's deadline, a
+//! rescan, or the ring's drain. What it finds goes to the pipeline (`PyUpdate`).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex, PoisonError,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use super::{
+    metrics::{self, Scrape},
+    state::{StateNames, StatePoller, StateSnapshot},
+};
+use crate::{pipeline::PyUpdate, python::Interpreter};
+
+/// How often /metrics is read (for the end-of-session cross-check).
+const METRICS_PERIOD: Duration = Duration::from_secs(1);
+/// The longest the thread sleeps before it looks at its commands and stop flag.
+const SLICE: Duration = Duration::from_millis(20);
+/// How long `stop` waits for a read in progress before it reports without it.
+const STOP_WAIT: Duration = Duration::from_millis(300);
+
+/// What the main loop tells the watcher.
+pub enum WatchCommand {
+    /// A process of the target tree (its /metrics endpoints are read).
+    Process(u32),
+    /// A Python process: poll its vLLM scheduler.
+    Python(Box<Interpreter>),
+    /// A process exited.
+    Exited(u32),
+}
+
+/// Reads of one process's vLLM scheduler state.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateReport {
+    /// Process.
+    pub pid: u32,
+    /// The vLLM name table used.
+    pub names: &'static str,
+    /// Successful polls.
+    pub polls: u64,
+    /// Polls dropped because the state changed while being read.
+    pub torn_polls: u64,
+    /// Why the last poll found nothing (None: it succeeded).
+    pub last_error: Option<String>,
+    /// Time per poll attempt (ms): median and longest.
+    pub poll_ms_p50: f64,
+    /// See `poll_ms_p50`.
+    pub poll_ms_max: f64,
+}
+
+/// Everything the watcher found, for metadata.json and the /metrics cross-check.
+#[derive(Debug, Clone, Default)]
+pub struct WatchReport {
+    /// Per Python process.
+    pub state: Vec<StateReport>,
+    /// The latest scheduler poll.
+    pub last_state: Option<StateSnapshot>,
+    /// The first and the latest /metrics readings.
+    pub metrics_first: Vec<Scrape>,
+    /// See `metrics_first`.
+    pub metrics_last: Vec<Scrape>,
+    /// Longest /metrics scrape (ms).
+    pub scrape_ms_max: f64,
+}
+
+/// The running watcher.
+pub struct Watcher {
+    stop: Arc<AtomicBool>,
+    report: Arc<Mutex<WatchReport>>,
+    handle: JoinHandle<()>,
+}
+
+impl Watcher {
+    /// Starts the thread on `commands` (queued since the attach began). `state_hz` 0: no
+    /// polls. `first`: the /metrics reading taken at attach, before the session's clock
+    /// started (the start of the cross-check window), with its per-port failures.
+    pub fn spawn(
+        commands: mpsc::Receiver<WatchCommand>,
+        state_hz: u64,
+        names: &'static StateNames,
+        updates: mpsc::Sender<PyUpdate>,
+        first: (Vec<Scrape>, HashMap<(u32, u16), u32>),
+    ) -> std::io::Result<Self> {
+        let (first, port_failures) = first;
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = Arc::new(Mutex::new(WatchReport {
+            metrics_first: first,
+            ..WatchReport::default()
+        }));
+        let mut w = Work {
+            rx: commands,
+            names,
+            updates,
+            state_period: 1_000_000_000u64
+                .checked_div(state_hz)
+                .map(Duration::from_nanos),
+            pids: BTreeSet::new(),
+            pollers: BTreeMap::new(),
+            port_failures,
+            report: Arc::clone(&report),
+        };
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("pm-vllm-watch".to_owned())
+            .spawn(move || w.run(&flag))?;
+        Ok(Self {
+            stop,
+            report,
+            handle,
+        })
+    }
+
+    /// Stops the thread (after one last /metrics reading, if it comes in time) and returns
+    /// what it found.
+    #[must_use]
+    pub fn stop(self) -> WatchReport {
+        self.stop.store(true, Ordering::Release);
+        let until = Instant::now() + STOP_WAIT;
+        while !self.handle.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A read still in progress finishes on its own; its thread is not waited for.
+        let r = self.report.lock().unwrap_or_else(PoisonError::into_inner);
+        r.clone()
+    }
+}
+
+struct Poller {
+    poller: StatePoller,
+    times_ms: Vec<f64>,
+    exited: bool,
+}
+
+struct Work {
+    rx: mpsc::Receiver<WatchCommand>,
+    names: &'static StateNames,
+    updates: mpsc::Sender<PyUpdate>,
+    state_period: Option<Duration>,
+    pids: BTreeSet<u32>,
+    pollers: BTreeMap<u32, Poller>,
+    port_failures: HashMap<(u32, u16), u32>,
+    report: Arc<Mutex<WatchReport>>,
+}
+
+impl Work {
+    fn run(&mut self, stop: &AtomicBool) {
+        let mut next_poll = Instant::now();
+        let mut next_scrape = Instant::now();
+        while !stop.load(Ordering::Acquire) {
+            self.commands();
+            let now = Instant::now();
+            if now >= next_scrape {
+                self.scrape();
+                next_scrape = now + METRICS_PERIOD;
+            }
+            if let Some(period) = self.state_period.filter(|_| now >= next_poll) {
+                self.poll_all();
+                // Skip the ticks a slow poll overran rather than bunching them up.
+                next_poll = (next_poll + period).max(Instant::now());
+            }
+            let due = self.state_period.map_or(next_scrape, |_| next_poll.min(next_scrape));
+            std::thread::sleep(due.saturating_duration_since(Instant::now()).min(SLICE));
+        }
+        self.scrape();
+    }
+
+    fn commands(&mut self) {
+        while let Ok(c) = self.rx.try_recv() {
+            match c {
+                WatchCommand::Process(pid) => {
+                    self.pids.insert(pid);
+                }
+                WatchCommand::Python(interp) => {
+                    let pid = interp.pid;
+                    let poller = StatePoller::new(*interp, self.names);
+                    self.pollers.insert(
+                        pid,
+                        Poller {
+                            poller,
+                            times_ms: Vec::new(),
+                            exited: false,
+                        },
+                    );
+                }
+                WatchCommand::Exited(pid) => {
+                    self.pids.remove(&pid);
+                    if let Some(p) = self.pollers.get_mut(&pid) {
+                        p.exited = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn scrape(&mut self) {
+        let t = Instant::now();
+        let pids: Vec<u32> = self.pids.iter().copied().collect();
+        let now = metrics::scrape(&pids, &mut self.port_failures);
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let mut r = self.report.lock().unwrap_or_else(PoisonError::into_inner);
+        r.scrape_ms_max = r.scrape_ms_max.max(ms);
+        if !now.is_empty() {
+            if r.metrics_first.is_empty() {
+                r.metrics_first.clone_from(&now);
+            }
+            r.metrics_last = now;
+        }
+    }
+
+    fn poll_all(&mut self) {
+        let mut last = None;
+        for (pid, p) in self.pollers.iter_mut().filter(|(_, p)| !p.exited) {
+            let t = Instant::now();
+            let result = p.poller.poll(true);
+            p.times_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            match result {
+                Ok((snap, requests)) => {
+                    p.poller.last_error = None;
+                    last = Some(snap);
+                    let _ = self.updates.send(PyUpdate::State(snap));
+                    if let Some(r) = requests {
+                        let _ = self.updates.send(PyUpdate::Requests(Box::new(r)));
+                    }
+                }
+                Err(e) => {
+                    let why = crate::probes::error_chain(&e);
+                    if p.poller.last_error.as_deref() != Some(why.as_str()) {
+                        log::debug!("pid {pid}: scheduler state: {why}");
+                    }
+                    p.poller.last_error = Some(why);
+                }
+            }
+        }
+        self.publish(last);
+    }
+
+    /// Updates the shared report after a round of polls.
+    fn publish(&mut self, last: Option<StateSnapshot>) {
+        let state = self
+            .pollers
+            .iter_mut()
+            .map(|(pid, p)| {
+                let (p50, max) = median_max(&mut p.times_ms);
+                StateReport {
+                    pid: *pid,
+                    names: self.names.versions,
+                    polls: p.poller.polls,
+                    torn_polls: p.poller.torn,
+                    last_error: p.poller.last_error.clone(),
+                    poll_ms_p50: p50,
+                    poll_ms_max: max,
+                }
+            })
+            .collect();
+        let mut r = self.report.lock().unwrap_or_else(PoisonError::into_inner);
+        r.state = state;
+        if last.is_some() {
+            r.last_state = last;
+        }
+    }
+}
+
+/// Median and maximum of `v` (0 when empty); sorts `v`.
+fn median_max(v: &mut [f64]) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let max = v.last().copied().unwrap_or(0.0);
+    (v.get(v.len() / 2).copied().unwrap_or(0.0), max)
+}
