@@ -23,8 +23,10 @@ the loop after the current step; times are CLOCK_MONOTONIC ns):
   {"kind":"op","op":"vllm/v1/core/sched/scheduler.py:Scheduler.schedule","tid","step",
    "start_ns","end_ns","cpu_ns","line"}   one per burn; line = the burn() call's line
   {"kind":"gc","phase":"start"|"stop","generation","collected","uncollectable","tid","ts_ns"}
-  {"kind":"state","ts_ns","running","waiting","requests","free_blocks","total_blocks"}
-   after every change of the scheduler's queues or KV cache blocks
+  {"kind":"state","ts_ns","since_ns","running","waiting","requests","free_blocks",
+   "total_blocks"}   after every change of the scheduler's queues or KV cache blocks; the
+   change happened between since_ns (taken right before it) and ts_ns (the record: the engine
+   thread may be descheduled in between)
   {"kind":"step","step","start_ns","end_ns"}   one per step-function call; with async
    scheduling the last one (step = steps) only drains the previous step's output
   {"kind":"batch","step","ts_ns","num_reqs","num_tokens","new_reqs","cached_reqs","resumed",
@@ -270,9 +272,10 @@ def write_truth(path, meta):
                 d = {"kind": "op", "op": op(code), "tid": tid, "step": step,
                      "start_ns": start, "end_ns": end, "cpu_ns": cpu, "line": line}
             elif r[0] == "state":
-                _, ts, running, waiting, requests, free, total = r
-                d = {"kind": "state", "ts_ns": ts, "running": running, "waiting": waiting,
-                     "requests": requests, "free_blocks": free, "total_blocks": total}
+                _, ts, since, running, waiting, requests, free, total = r
+                d = {"kind": "state", "ts_ns": ts, "since_ns": since, "running": running,
+                     "waiting": waiting, "requests": requests, "free_blocks": free,
+                     "total_blocks": total}
             elif r[0] == "gc":
                 _, phase, gen, collected, uncollectable, tid, ts = r
                 d = {"kind": "gc", "phase": phase, "generation": gen, "collected": collected,

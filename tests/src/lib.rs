@@ -577,6 +577,10 @@ pub struct PyTruthLine {
     /// Timestamp (gc, state).
     #[serde(default)]
     pub ts_ns: u64,
+    /// Right before the change a state line records (the change happened between this and
+    /// `ts_ns`).
+    #[serde(default)]
+    pub since_ns: u64,
     /// Scheduler queues (state).
     #[serde(default)]
     pub running: u64,

@@ -443,12 +443,17 @@ fn scheduler_queues_and_kv_cache_usage_match_ground_truth() {
     let t0 = md["monotonic_start_ns"]
         .as_u64()
         .expect("monotonic_start_ns");
-    // (ts, running, waiting, requests, usage %) after every change, in time order.
-    let states: Vec<(u64, f64, f64, f64, f64)> = run
+    // (ts, running, waiting, requests, usage %, since) after every change, in time order: the
+    // change happened between since and ts (the fixture may be descheduled in between).
+    let states: Vec<(u64, f64, f64, f64, f64, u64)> = run
         .truth
         .iter()
         .filter(|t| t.kind == "state")
         .map(|t| {
+            assert!(
+                t.since_ns > 0 && t.since_ns <= t.ts_ns,
+                "{label}: state line without its change time"
+            );
             let usage = 100.0 * (1.0 - t.free_blocks as f64 / (t.total_blocks as f64 - 1.0));
             (
                 t.ts_ns,
@@ -456,18 +461,20 @@ fn scheduler_queues_and_kv_cache_usage_match_ground_truth() {
                 t.waiting as f64,
                 t.requests as f64,
                 usage,
+                t.since_ns,
             )
         })
         .collect();
     assert!(states.len() > 100, "{label}: truth states");
     let (lo, hi) = (states[0].0, states[states.len() - 1].0);
     // A read takes some µs and its row is stamped at one end of it: it must equal a state
-    // the scheduler held within 1 ms of its time (the fixture records every single change).
+    // the scheduler held within 1 ms of its time (the fixture records every single change,
+    // which happened at or after its since and was over by the next line's ts).
     let around = |ts: u64| {
         let first = states
             .partition_point(|s| s.0 <= ts.saturating_sub(1_000_000))
             .saturating_sub(1);
-        let last = states.partition_point(|s| s.0 <= ts + 1_000_000);
+        let last = states.partition_point(|s| s.5 <= ts + 1_000_000);
         states[first..last.max(first + 1).min(states.len())]
             .iter()
             .copied()

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use super::state::{read_scheduler, StateError, StateNames, StateSnapshot, StrCache};
+use super::state::{read_snapshot, StateError, StateNames, StateSnapshot, StrCache};
 use crate::{
     correlate::{Correlated, PyFrameInfo, PyStack},
     probes::drain::StackReason,
@@ -421,13 +421,13 @@ impl BatchReader {
                 if output_key(&o, names, f.arg1)? != key {
                     return Err(ReadFailure::Changed);
                 }
-                // Stamped when read: the queues may have moved since the stack was taken.
+                // Stamped when read (the queues may have moved since the stack was taken), as
+                // polls are: two agreeing reads taken close together (none when torn).
                 b.scheduler = match p.scheduler {
-                    Some(s) => read_scheduler(&o, self.state, s)
+                    Some(s) => read_snapshot(&o, self.state, s)
                         .ok()
                         .map(|snap| StateSnapshot {
                             pid: st.pid,
-                            ts_ns: crate::output::monotonic_ns(),
                             ..snap
                         }),
                     None => None,

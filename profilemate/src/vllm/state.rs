@@ -222,8 +222,11 @@ pub enum StateError {
     /// A read failed.
     #[error(transparent)]
     Object(#[from] ObjectError),
-    /// The state changed during every read attempt (dropped, counted).
-    #[error("the scheduler state changed while it was read; poll dropped")]
+    /// The state changed, or the reads were held up, during every read attempt (dropped,
+    /// counted).
+    #[error(
+        "the scheduler state changed (or its reads were held up) while it was read; poll dropped"
+    )]
     Torn,
 }
 
@@ -242,7 +245,8 @@ pub struct StatePoller {
     pub last_error: Option<String>,
     /// Polls that returned a snapshot.
     pub polls: u64,
-    /// Polls dropped because the state kept changing while it was read.
+    /// Polls dropped because the state kept changing (or its reads were held up) while it
+    /// was read.
     pub torn: u64,
 }
 
@@ -334,41 +338,61 @@ impl StatePoller {
                 s
             }
         };
-        // The fields are read one after another while the target keeps changing them: a
-        // snapshot counts only when two consecutive reads agree (nothing changed across
-        // both); otherwise it is retried, and after that dropped and counted as torn.
-        let mut previous = read_scheduler(&o, names, scheduler)?;
-        for _ in 0..MAX_READ_ATTEMPTS {
-            // Between the two reads: the state they agree on held at this time.
-            let ts_ns = crate::output::monotonic_ns();
-            let again = read_scheduler(&o, names, scheduler)?;
-            if again == previous {
-                *polls += 1;
-                let snap = StateSnapshot {
-                    pid: interp.pid,
-                    ts_ns,
-                    max_num_seqs: limits.0,
-                    max_num_scheduled_tokens: limits.1,
-                    ..again
-                };
-                let reqs = if requests {
-                    let ts_ns = crate::output::monotonic_ns();
-                    let r = read_requests(&o, names, strings, scheduler)?;
-                    Some(RequestPoll {
-                        pid: interp.pid,
-                        ts_ns,
-                        ..r
-                    })
-                } else {
-                    None
-                };
-                return Ok((snap, reqs));
+        let snap = match read_snapshot(&o, names, scheduler) {
+            Ok(s) => s,
+            Err(StateError::Torn) => {
+                *torn += 1;
+                return Err(StateError::Torn);
             }
-            previous = again;
-        }
-        *torn += 1;
-        Err(StateError::Torn)
+            Err(e) => return Err(e),
+        };
+        *polls += 1;
+        let snap = StateSnapshot {
+            pid: interp.pid,
+            max_num_seqs: limits.0,
+            max_num_scheduled_tokens: limits.1,
+            ..snap
+        };
+        let reqs = if requests {
+            let ts_ns = crate::output::monotonic_ns();
+            let r = read_requests(&o, names, strings, scheduler)?;
+            Some(RequestPoll {
+                pid: interp.pid,
+                ts_ns,
+                ..r
+            })
+        } else {
+            None
+        };
+        Ok((snap, reqs))
     }
+}
+
+/// The scheduler's fields as they were at one moment (pid and limits left empty), stamped
+/// with that moment. The fields are read one after another while the target keeps changing
+/// them: a snapshot counts only when two consecutive reads agree (nothing changed across
+/// both), stamped between them, and only when both took at most `MAX_READ_SPAN_NS`, so
+/// that every value was read within that of the stamp (a reader descheduled mid-read on a
+/// busy machine would otherwise stamp values read long before). Otherwise it is retried,
+/// and after that dropped as torn.
+pub fn read_snapshot(
+    o: &Objects<'_>,
+    n: &StateNames,
+    scheduler: u64,
+) -> Result<StateSnapshot, StateError> {
+    let mut start = crate::output::monotonic_ns();
+    let mut previous = read_scheduler(o, n, scheduler)?;
+    for _ in 0..MAX_READ_ATTEMPTS {
+        let ts_ns = crate::output::monotonic_ns();
+        let again = read_scheduler(o, n, scheduler)?;
+        let end = crate::output::monotonic_ns();
+        if again == previous && end.saturating_sub(start) <= MAX_READ_SPAN_NS {
+            return Ok(StateSnapshot { ts_ns, ..again });
+        }
+        previous = again;
+        start = ts_ns;
+    }
+    Err(StateError::Torn)
 }
 
 /// Every request of the scheduler's `requests` dict (pid and time left 0). A request whose
@@ -494,6 +518,9 @@ impl StrCache {
 
 /// Reads to try before a snapshot whose fields keep changing is dropped as torn.
 const MAX_READ_ATTEMPTS: usize = 4;
+
+/// Longest two agreeing reads of a snapshot may take (a plain pair takes about 0.1 ms).
+const MAX_READ_SPAN_NS: u64 = 500_000;
 
 /// One pass over the scheduler's fields (pid, time and limits left empty).
 pub fn read_scheduler(

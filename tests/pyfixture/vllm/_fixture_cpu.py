@@ -10,10 +10,32 @@ import threading
 import time
 
 # ("op", code, line, tid, step, start_ns, end_ns, cpu_ns) | ("gc", phase, generation,
-# collected, uncollectable, tid, ts_ns) | ("step", step, start_ns, end_ns)
+# collected, uncollectable, tid, ts_ns) | ("step", step, start_ns, end_ns) | ("state", ts_ns,
+# since_ns, running, waiting, requests, free_blocks, total_blocks) | ("json", dict)
 TRUTH = []
 
 _local = threading.local()
+
+
+# Time just before the first state change since the last truth state record (None: none).
+_change_since = None
+
+
+def changing():
+    """Called right before a change of the scheduler's queues or KV cache blocks: the truth
+    record that follows it gets this time as the change's earliest moment (the thread may be
+    descheduled between a change and its record, so the record's own time is only the
+    latest)."""
+    global _change_since
+    if _change_since is None:
+        _change_since = time.monotonic_ns()
+
+
+def change_since(ts):
+    """The earliest moment of the changes recorded at `ts` (`ts` when nothing changed)."""
+    global _change_since
+    since, _change_since = _change_since, None
+    return ts if since is None else since
 
 
 def set_step(step):

@@ -5,7 +5,7 @@ uncached free ones first, else by evicting the oldest cached block."""
 
 import time
 
-from vllm._fixture_cpu import TRUTH
+from vllm._fixture_cpu import TRUTH, changing
 
 
 class FreeKVCacheBlockQueue:
@@ -33,10 +33,12 @@ class BlockPool:
             for key in list(cache)[:evict]:
                 del cache[key]
             TRUTH.append(("json", {"kind": "evict", "ts_ns": time.monotonic_ns(), "blocks": evict}))
+        changing()
         self.free_block_queue.num_free_blocks -= n
         return n
 
     def free_blocks(self, n, full):
+        changing()
         self.free_block_queue.num_free_blocks += n
         for _ in range(full):
             self.cached_block_hash_to_block._cache[self._next_hash] = self._next_hash

@@ -15,7 +15,7 @@ as ground truth.
 import os
 import time
 
-from vllm._fixture_cpu import TRUTH, burn
+from vllm._fixture_cpu import TRUTH, burn, change_since, changing
 from vllm.v1.core.block_pool import BlockPool
 from vllm.v1.core.kv_cache_manager import KVCacheManager
 from vllm.v1.core.sched.output import CachedRequestData, NewRequestData, SchedulerOutput
@@ -45,9 +45,11 @@ class Scheduler:
 
     def _record(self):
         """Truth after every single change of the queues or the pool, so that a read between
-        two changes of one operation still matches a recorded state."""
+        two changes of one operation still matches a recorded state. Each change calls
+        changing() right before it: the change happened between that time and this one."""
         pool = self.kv_cache_manager.block_pool
-        TRUTH.append(("state", time.monotonic_ns(), len(self.running), len(self.waiting),
+        ts = time.monotonic_ns()
+        TRUTH.append(("state", ts, change_since(ts), len(self.running), len(self.waiting),
                       len(self.requests), pool.free_block_queue.num_free_blocks,
                       pool.num_gpu_blocks))
 
@@ -62,6 +64,7 @@ class Scheduler:
         request.num_output_placeholders = 0
         request.num_preemptions += 1
         self.num_preemptions_total += 1
+        changing()
         self.waiting.appendleft(request)
         self._record()
         self.reset_preempted_req_ids.add(request.request_id)
@@ -70,6 +73,7 @@ class Scheduler:
         """Preempts every running request, then drops the prefix cache (a utility call)."""
         if reset_running_requests:
             while self.running:
+                changing()
                 victim = self.running.pop()
                 self._record()
                 self._preempt_request(victim, "cache_reset")
@@ -82,9 +86,11 @@ class Scheduler:
         self.num_arrived += 1
         mm = 1 if self.mm_every and n % self.mm_every == 4 else 0
         req = Request(f"req-{n}", 40 + (n * 37) % 161, 8 + (n * 13) % 53, time.time(), mm)
+        changing()
         self.requests[req.request_id] = req
         self._record()
         self.all_requests.append(req)
+        changing()
         self.waiting.append(req)
         self._record()
 
@@ -104,6 +110,7 @@ class Scheduler:
                 i += 1
                 continue
             while self.kv_cache_manager.allocate_slots(r, n) is None:
+                changing()
                 victim = self.running.pop()
                 self._record()
                 self._preempt_request(victim, "kv_cache_exhausted")
@@ -124,6 +131,7 @@ class Scheduler:
             if self.kv_cache_manager.allocate_slots(r, n) is None:
                 break
             self._record()
+            changing()
             self.waiting.popleft()
             self._record()
             if r.status == RequestStatus.PREEMPTED:
@@ -134,6 +142,7 @@ class Scheduler:
                 if r.num_mm:
                     encoder[r.request_id] = list(range(r.num_mm))
             r.status = RequestStatus.RUNNING
+            changing()
             self.running.append(r)
             self._record()
             tokens[r.request_id] = n
@@ -198,10 +207,12 @@ class Scheduler:
             r._output_token_ids.append(0)
             if len(r._output_token_ids) >= r.max_tokens:
                 r.status = RequestStatus.FINISHED_STOPPED
+                changing()
                 self.running.remove(r)
                 self._record()
                 self.kv_cache_manager.free(r)
                 self._record()
+                changing()
                 del self.requests[req_id]
                 self._record()
                 self.finished_req_ids.add(req_id)
