@@ -328,8 +328,27 @@ pub struct StepMachine {
     waited: HashSet<u64>,
     next_candidate: u64,
     next_index: u64,
-    /// The last emitted step's completion bounds (earliest, latest).
-    prev: Option<(u64, u64)>,
+    prev: Prev,
+}
+
+/// What the steps emitted so far say about the next one's GPU start.
+#[derive(Clone, Copy, Debug, Default)]
+struct Prev {
+    /// The latest exact completion (a blocked wait's return): the estimate exact rows use.
+    exact_ns: u64,
+    /// The latest hard lower bound of a completion (never a wait's return).
+    earliest_ns: u64,
+    /// The last step's latest completion.
+    latest_ns: u64,
+}
+
+/// A step's completion and GPU start.
+struct Timing {
+    gpu_start_ns: u64,
+    gpu_start_upper_ns: u64,
+    completion_ns: u64,
+    completion_lower_ns: u64,
+    completion: Completion,
 }
 
 impl StepMachine {
@@ -643,22 +662,47 @@ impl StepMachine {
         }
     }
 
-    /// Completion bounds of a completed candidate: (earliest, latest, how known).
-    fn completion_bounds(&self, c: &Candidate, wait: &Wait) -> (u64, u64, Completion) {
+    /// The completion and GPU start of a completed candidate, from its evidence and the
+    /// previous step's; remembers this step's for the next.
+    fn timing(&mut self, c: &Candidate, wait: &Wait, start_ns: u64) -> Timing {
+        let p = self.prev;
         let ret_ns = wait.call.ret_ns;
-        if wait.blocked() {
-            return (ret_ns, ret_ns, Completion::Exact);
-        }
+        // Hard bounds. A blocked wait's return is the measurement of an exact row, but not a
+        // hard bound for the next step: a descheduled waiter wakes late.
         let latest = ret_ns.min(c.seen.finished_by_ns);
         // One device queue: not before the previous step's earliest completion either.
-        let prev_earliest = self.prev.map_or(0, |p| p.0);
-        let earliest = c.seen.unfinished_at_ns.max(prev_earliest).min(latest);
-        let how = if latest - earliest <= BRACKET_NS {
-            Completion::Bracketed
+        let earliest = c.seen.unfinished_at_ns.max(p.earliest_ns).min(latest);
+        let exact = wait.blocked();
+        let (completion_ns, completion_lower_ns, completion, start_floor) = if exact {
+            let floor = p.exact_ns.max(p.earliest_ns);
+            (ret_ns, ret_ns, Completion::Exact, floor)
+        } else if latest - earliest <= BRACKET_NS {
+            (latest, earliest, Completion::Bracketed, p.earliest_ns)
         } else {
-            Completion::UpperBound
+            (latest, earliest, Completion::UpperBound, p.earliest_ns)
         };
-        (earliest, latest, how)
+        // The GPU cannot start this step before the previous one finished (one device queue).
+        let gpu_start_ns = if start_floor > start_ns && start_floor <= completion_ns {
+            start_floor
+        } else {
+            start_ns
+        };
+        self.prev = Prev {
+            exact_ns: if exact {
+                p.exact_ns.max(ret_ns)
+            } else {
+                p.exact_ns
+            },
+            earliest_ns: p.earliest_ns.max(earliest),
+            latest_ns: latest,
+        };
+        Timing {
+            gpu_start_ns,
+            gpu_start_upper_ns: gpu_start_ns.max(p.latest_ns),
+            completion_ns,
+            completion_lower_ns,
+            completion,
+        }
     }
 
     fn emit(&mut self, tid: u32, c: Candidate, out: &mut impl FnMut(Correlated)) {
@@ -667,17 +711,8 @@ impl StepMachine {
         };
         let index = self.next_index;
         self.next_index += 1;
-        let (earliest, latest, completion) = self.completion_bounds(&c, &wait);
         let start_ns = c.work.start_ns.unwrap_or(c.record_ns);
-        // The GPU cannot start this step before the previous one finished (one device queue).
-        let (prev_earliest, prev_latest) = self.prev.unwrap_or((0, 0));
-        let gpu_start_ns = if prev_earliest > start_ns && prev_earliest <= latest {
-            prev_earliest
-        } else {
-            start_ns
-        };
-        let gpu_start_upper_ns = gpu_start_ns.max(prev_latest);
-        self.prev = Some((prev_earliest.max(earliest), latest));
+        let t = self.timing(&c, &wait, start_ns);
         let first_wait_ns = c.seen.first_wait_ns.unwrap_or(wait.call.entry_ns);
         let b = c.work;
         let pid = self.pid;
@@ -693,12 +728,12 @@ impl StepMachine {
             tid,
             start_ns,
             launch_end_ns: c.record_ns.max(start_ns),
-            gpu_start_ns,
-            gpu_start_upper_ns,
-            completion_ns: latest,
-            completion_lower_ns: earliest,
-            completion,
-            gpu_done_before_wait: completion != Completion::Exact
+            gpu_start_ns: t.gpu_start_ns,
+            gpu_start_upper_ns: t.gpu_start_upper_ns,
+            completion_ns: t.completion_ns,
+            completion_lower_ns: t.completion_lower_ns,
+            completion: t.completion,
+            gpu_done_before_wait: t.completion != Completion::Exact
                 && c.seen.unfinished_at_ns < first_wait_ns,
             kernel_launches: self.kernels.then_some(b.kernels),
             graph_launches,

@@ -591,3 +591,22 @@ fn allocator_events_between_copies_do_not_split_or_complete_steps() {
     assert_eq!(stats.ignored_event_polls, 9);
     assert_eq!(stats.incomplete_steps, 0);
 }
+
+/// A waiter descheduled in its wait returns late: its exact row is long by that much, but the
+/// next step's bounds must not take that return as a floor for its GPU start (the GPU ran the
+/// next step meanwhile).
+#[test]
+fn a_late_waker_does_not_break_the_next_steps_bounds() {
+    let mut s = Script::new();
+    launch_step(&mut s, 1000, 0xe0, 0xee0);
+    launch_step(&mut s, 1100, 0xe0, 0xee1);
+    // Step 0 finished at 2000 and step 1 at 2600 on the GPU; the waiter woke at 2700.
+    sync_event(&mut s, MAIN, 1140, 2700, 0xee0);
+    sync_event(&mut s, MAIN, 2710, 2712, 0xee1);
+    let (out, _) = s.run(TimingMode::Events, false);
+    let st = steps(&out);
+    assert_eq!(st[0].completion, Completion::Exact);
+    assert_eq!(st[1].completion, Completion::UpperBound);
+    assert!(st[1].forward_ns() >= 600_000, "{:?}", st[1]);
+    assert!(st[1].gpu_time_lower_ns() <= 600_000, "{:?}", st[1]);
+}
