@@ -163,50 +163,253 @@ fn check_counts_and_times(session: &Session, truth: &Truth, pid: u32, kernels: b
         );
     }
 
-    // GPU times against the simulated GPU's execution log.
-    let truth_gpu = truth.step_gpu_ns(pid);
-    assert_eq!(truth_gpu.len() as u64, STEPS);
-    let mut errors: Vec<f64> = Vec::new();
-    let mut worst = String::new();
-    for (row, (start, end)) in steps.iter().zip(&truth_gpu) {
-        if row["completion"] == "exact" {
-            let truth_ms = (end - start) as f64 / 1e6;
-            let e = (col(row, "forward_time_ms") - truth_ms).abs();
-            if errors.iter().all(|x| *x < e) {
-                worst = format!(
-                    "step {}: ours {} ms, truth {truth_ms} ms; row {row:?}",
-                    row["step"], row["forward_time_ms"]
-                );
-            }
-            errors.push(e);
-        }
-    }
-    // Most waits block for the previous step's GPU work; the few that block for less than
-    // BLOCKED_THRESHOLD_NS (0.1 ms) are reported as upper bounds.
+    // GPU times against the simulated GPU's execution log. Most waits block for the previous
+    // step's GPU work; the few that block for less than BLOCKED_THRESHOLD_NS (0.1 ms) are
+    // reported as upper bounds.
+    let exact = check_times(&steps, truth, pid);
     assert!(
-        errors.len() as u64 >= STEPS * 8 / 10,
-        "most waits block: {} exact",
-        errors.len()
+        exact as u64 >= STEPS * 8 / 10,
+        "most waits block: {exact} exact"
     );
-    errors.sort_by(f64::total_cmp);
-    let median = errors[errors.len() / 2];
-    let p95 = errors[errors.len() * 95 / 100];
-    let max = errors[errors.len() - 1];
-    eprintln!(
-        "forward_time_ms |error| vs ground truth: median {median:.4} ms, p95 {p95:.4} ms, max {max:.4} ms over {} steps",
-        errors.len()
-    );
-    assert!(median <= 0.1, "median error {median} ms");
-    // A waiting thread descheduled on a loaded 2-core machine observes completion late: a
-    // few steps per run show 1-2 ms there (none above 0.2 ms on the 16-core GPU machine).
-    assert!(p95 <= 2.0, "p95 error {p95} ms");
-    assert!(max <= 5.0, "max error {max} ms at {worst}");
 
     let meta = session.json("metadata.json");
     assert_eq!(meta["losses"]["kernel"]["ring_full_drops"], 0);
     assert_eq!(meta["losses"]["decode_errors"], 0);
     assert_eq!(meta["losses"]["correlator"]["incomplete_steps"], 0);
     assert_eq!(meta["stop_reason"], "all target processes exited");
+}
+
+/// Checks every row's GPU time against the fake GPU's log: exact rows within the wake-up
+/// latency of the truth (median within 50 µs or 2 %), every other row's bounds around it.
+/// Returns how many rows were exact.
+fn check_times(steps: &[HashMap<String, String>], truth: &Truth, pid: u32) -> usize {
+    let truth_gpu = truth.step_gpu_ns(pid);
+    assert_eq!(truth_gpu.len(), steps.len(), "one truth span per row");
+    let mut errors: Vec<f64> = Vec::new();
+    let mut worst = String::new();
+    for (row, (start, end)) in steps.iter().zip(&truth_gpu) {
+        let truth_ms = (end - start) as f64 / 1e6;
+        let ours = col(row, "forward_time_ms");
+        if row["completion"] != "exact" {
+            // The lower bound's GPU start is the first call's entry; the fake GPU starts at
+            // its submission inside the call, microseconds later (more on a loaded machine).
+            let lower = col(row, "gpu_time_lower_ms");
+            assert!(
+                lower <= truth_ms + 0.1 && truth_ms <= ours,
+                "bounds {lower}..{ours} ms around truth {truth_ms} ms: {row:?}"
+            );
+            continue;
+        }
+        let e = (ours - truth_ms).abs();
+        if errors.iter().all(|x| *x < e) {
+            worst = format!(
+                "step {}: ours {ours} ms, truth {truth_ms} ms; row {row:?}",
+                row["step"]
+            );
+        }
+        errors.push(e);
+    }
+    if errors.is_empty() {
+        return 0;
+    }
+    errors.sort_by(f64::total_cmp);
+    let median = errors[errors.len() / 2];
+    let p95 = errors[errors.len() * 95 / 100];
+    let max = errors[errors.len() - 1];
+    eprintln!(
+        "forward_time_ms |error| vs ground truth: median {median:.4} ms, p95 {p95:.4} ms, max {max:.4} ms over {} exact rows",
+        errors.len()
+    );
+    let typical = truth_gpu
+        .iter()
+        .map(|(s, e)| (e - s) as f64 / 1e6)
+        .sum::<f64>()
+        / truth_gpu.len() as f64;
+    assert!(
+        median <= 0.05_f64.max(typical * 0.02),
+        "median error {median} ms"
+    );
+    // A waiting thread descheduled on a loaded 2-core machine observes completion late: a
+    // few steps per run show 1-2 ms there (none above 0.2 ms on the 16-core GPU machine).
+    assert!(p95 <= 2.0, "p95 error {p95} ms");
+    assert!(max <= 5.0, "max error {max} ms at {worst}");
+    errors.len()
+}
+
+/// Graph replays the fake GPU executed per step, in step order.
+fn truth_graphs_per_step(truth: &Truth, pid: u32) -> Vec<usize> {
+    let mut per_step: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
+    for e in truth.execs.iter().filter(|e| e.pid == pid) {
+        let Some(i) = e.tag.strip_prefix("step_").and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        *per_step.entry(i).or_default() += usize::from(e.kind == "graph");
+    }
+    per_step.into_values().collect()
+}
+
+/// Profiles a 40-step run of `fixture`: exactly one row per fixture step, each with the
+/// step's graph replays and bytes, GPU times checked by `check_times`. Returns the session.
+fn steps_match_fixture(test: &str, fixture: &[&str], h2d: f64, d2h: f64) -> Session {
+    let mut args = vec!["--steps", "40"];
+    args.extend_from_slice(fixture);
+    let (s, truth, pid) = profile(test, false, &args, &[]);
+    let rows = s.csv("forward_pass_timing.csv");
+    let graphs = truth_graphs_per_step(&truth, pid);
+    assert_eq!(rows.len(), 40, "one row per fixture step");
+    assert_eq!(graphs.len(), 40, "40 steps in the fake GPU's log");
+    for (i, (row, g)) in rows.iter().zip(&graphs).enumerate() {
+        assert_eq!(col(row, "step") as usize, i);
+        assert_eq!(
+            col(row, "num_graph_launches") as usize,
+            *g,
+            "step {i}: {row:?}"
+        );
+        assert_eq!(
+            (col(row, "h2d_bytes"), col(row, "d2h_bytes")),
+            (h2d, d2h),
+            "{row:?}"
+        );
+    }
+    check_times(&rows, &truth, pid);
+    let meta = s.json("metadata.json");
+    assert_eq!(meta["losses"]["correlator"]["incomplete_steps"], 0);
+    s
+}
+
+/// Issue: eager steps whose only visible call is the input copy (no output copy; the
+/// default probes do not see kernel launches) gave 0 of 400 steps.
+#[test]
+fn eager_steps_without_an_output_copy_are_each_a_step() {
+    let test = "eager_steps_without_an_output_copy_are_each_a_step";
+    if !can_attach(test) {
+        return;
+    }
+    let _g = serial();
+    let s = steps_match_fixture(test, &["--shape", "eager", "--d2h-bytes", "0"], 4096.0, 0.0);
+    let exact = s
+        .csv("forward_pass_timing.csv")
+        .iter()
+        .filter(|r| r["completion"] == "exact")
+        .count();
+    assert!(exact >= 32, "the fixture's waits block: {exact} exact");
+}
+
+/// Issue: alternating graph and eager steps without an output copy gave half the steps,
+/// each eager one merged into the next graph step (twice its time).
+#[test]
+fn alternating_steps_without_an_output_copy_are_each_a_step() {
+    let test = "alternating_steps_without_an_output_copy_are_each_a_step";
+    if !can_attach(test) {
+        return;
+    }
+    let _g = serial();
+    steps_match_fixture(
+        test,
+        &[
+            "--shape",
+            "alternate",
+            "--d2h-bytes",
+            "0",
+            "--events",
+            "fresh",
+        ],
+        4096.0,
+        0.0,
+    );
+}
+
+/// vLLM V1's `prepare_inputs_event` (recorded after the input copies, waited on at the
+/// start of the next step) is not a step of its own, even when the rest of the step shows
+/// nothing but its event.
+#[test]
+fn an_input_event_waited_on_at_the_next_step_does_not_split_steps() {
+    let test = "an_input_event_waited_on_at_the_next_step_does_not_split_steps";
+    if !can_attach(test) {
+        return;
+    }
+    let _g = serial();
+    let s = steps_match_fixture(
+        test,
+        &[
+            "--prep-event",
+            "--shape",
+            "eager",
+            "--d2h-bytes",
+            "0",
+            "--events",
+            "fresh",
+        ],
+        4096.0,
+        0.0,
+    );
+    let meta = s.json("metadata.json");
+    assert_eq!(
+        meta["losses"]["correlator"]["input_only_syncs"], 39,
+        "one per later step"
+    );
+}
+
+/// A CPU-bound loop (the GPU finishes each step long before the CPU waits): no row claims
+/// an exact time, each brackets the truth, and the summary says the GPU was done first.
+#[test]
+fn cpu_bound_steps_are_bounded_and_said_to_be() {
+    let test = "cpu_bound_steps_are_bounded_and_said_to_be";
+    if !can_attach(test) {
+        return;
+    }
+    let _g = serial();
+    let s = steps_match_fixture(
+        test,
+        &[
+            "--shape",
+            "piecewise",
+            "--kernel-us",
+            "5",
+            "--step-gap-us",
+            "3000",
+        ],
+        4096.0,
+        1024.0,
+    );
+    let rows = s.csv("forward_pass_timing.csv");
+    assert!(rows.iter().all(|r| r["completion"] != "exact"), "{rows:?}");
+    assert!(rows.iter().all(|r| r["gpu_done_before_wait"] == "true"));
+    let summary = s.json("forward_pass_summary.json");
+    assert_eq!(
+        summary["gpu_finished_before_wait_pct"].as_f64(),
+        Some(100.0)
+    );
+}
+
+/// Polls of the step's event before its wait bracket the completion: the CPU waited while
+/// the GPU ran, and the completion is known within the polling interval.
+#[test]
+fn polls_bracket_the_completion() {
+    let test = "polls_bracket_the_completion";
+    if !can_attach(test) {
+        return;
+    }
+    let _g = serial();
+    let s = steps_match_fixture(
+        test,
+        &["--async-depth", "1", "--poll-us", "20", "--shape", "graph"],
+        4096.0,
+        1024.0,
+    );
+    let rows = s.csv("forward_pass_timing.csv");
+    let bracketed = rows
+        .iter()
+        .filter(|r| r["completion"] == "bracketed")
+        .count();
+    // A 20 µs sleep between polls can take longer on a loaded machine: most, not all.
+    assert!(bracketed >= 20, "{bracketed} of 40 bracketed");
+    assert!(
+        rows.iter().all(|r| r["gpu_done_before_wait"] == "false"),
+        "{rows:?}"
+    );
+    let summary = s.json("forward_pass_summary.json");
+    assert_eq!(summary["gpu_finished_before_wait_pct"].as_f64(), Some(0.0));
 }
 
 /// One ground-truth comparison: profile a 40-step fixture run with `attach` flags, then
