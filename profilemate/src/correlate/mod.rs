@@ -271,19 +271,12 @@ impl Correlator {
                     self.stats.nested_calls += 1;
                 }
                 if spec.needs_return {
+                    let poll = spec.class == OpClass::EventQuery;
                     let mark = match spec.class {
                         OpClass::EventSync | OpClass::EventQuery if !nested => {
-                            let mark = proc.steps.mark(args[0]);
-                            let poll = spec.class == OpClass::EventQuery;
-                            proc.steps.wait_begins(
-                                ev.tid,
-                                mark,
-                                ev.ts_ns,
-                                poll,
-                                &mut self.stats,
-                                out,
-                            );
-                            mark
+                            let (tid, ts) = (ev.tid, ev.ts_ns);
+                            proc.steps
+                                .wait_begins(tid, args[0], ts, poll, &mut self.stats, out)
                         }
                         _ => None,
                     };
@@ -511,45 +504,13 @@ impl Correlator {
                     proc.steps.complete_all(wait, out);
                 }
             }
-            OpClass::EventRecord => {
-                let event_stream = (op.args[0], op.args[1]);
-                match timing {
-                    _ if capturing => {}
-                    TimingMode::Sync => proc.steps.extend_launch(tid, op.entry_ns),
-                    TimingMode::Events => {
-                        proc.steps
-                            .record_event(tid, event_stream, op.entry_ns, stats, out);
-                    }
-                }
+            OpClass::EventRecord
+            | OpClass::EventSync
+            | OpClass::EventQuery
+            | OpClass::StreamSync
+            | OpClass::DeviceSync => {
+                event_op(&mut proc.steps, capturing, &op, wait, timing, stats, out);
             }
-            OpClass::EventSync | OpClass::EventQuery => {
-                let query = op.api.spec().class == OpClass::EventQuery;
-                if query && op.ret == NOT_READY {
-                    stats.not_ready_polls += 1;
-                    proc.steps.not_ready(op.mark, op.entry_ns);
-                    return;
-                }
-                if op.ret != 0 {
-                    return; // an error (invalid handle, ...): no information
-                }
-                match timing {
-                    TimingMode::Events => {
-                        proc.steps
-                            .complete_event(op.args[0], op.mark, wait, query, stats, out);
-                    }
-                    TimingMode::Sync if !query => proc.steps.complete_all(wait, out),
-                    TimingMode::Sync => {}
-                }
-            }
-            OpClass::StreamSync | OpClass::DeviceSync => match timing {
-                TimingMode::Sync => proc.steps.complete_all(wait, out),
-                // Not a step boundary, but the GPU was past everything recorded before it.
-                TimingMode::Events if op.ret == 0 => {
-                    let stream = (op.api.spec().class == OpClass::StreamSync).then_some(op.args[0]);
-                    proc.steps.synced(stream, op.entry_ns, ret_ns);
-                }
-                TimingMode::Events => {}
-            },
             OpClass::Malloc | OpClass::Free => {}
         }
     }
@@ -567,6 +528,45 @@ impl Correlator {
                 self.stats.calls_open_at_end += t.stack.len() as u64;
             }
             proc.steps.finish(&mut self.stats, out);
+        }
+    }
+}
+
+/// Event records, waits, polls and stream/device syncs: the step machine's boundaries and
+/// its evidence of the GPU's progress.
+fn event_op(
+    steps: &mut StepMachine,
+    capturing: bool,
+    op: &Op,
+    wait: WaitCall,
+    timing: TimingMode,
+    stats: &mut CorrelatorStats,
+    out: &mut impl FnMut(Correlated),
+) {
+    let class = op.api.spec().class;
+    let query = class == OpClass::EventQuery;
+    match (class, timing) {
+        (OpClass::EventRecord, _) if capturing => {}
+        (OpClass::EventRecord, TimingMode::Sync) => steps.extend_launch(wait.tid, op.entry_ns),
+        (OpClass::EventRecord, TimingMode::Events) => {
+            let event_stream = (op.args[0], op.args[1]);
+            steps.record_event(wait.tid, event_stream, op.entry_ns, stats, out);
+        }
+        (OpClass::EventQuery, _) if op.ret == NOT_READY => {
+            stats.not_ready_polls += 1;
+            steps.not_ready(op.mark, op.entry_ns);
+        }
+        // An error (invalid handle, ...): no information.
+        _ if op.ret != 0 => {}
+        (OpClass::EventSync | OpClass::EventQuery, TimingMode::Events) => {
+            steps.complete_event(op.args[0], op.mark, wait, query, stats, out);
+        }
+        (OpClass::EventQuery, TimingMode::Sync) => {}
+        (_, TimingMode::Sync) => steps.complete_all(wait, out),
+        // Not a step boundary, but the GPU was past everything recorded before it.
+        (_, TimingMode::Events) => {
+            let stream = (class == OpClass::StreamSync).then_some(op.args[0]);
+            steps.synced(stream, op.entry_ns, wait.ret_ns);
         }
     }
 }

@@ -488,16 +488,18 @@ impl StepMachine {
         self.resolve(tid, false, stats, out);
     }
 
-    /// A wait (or poll, `poll`) on the event `mark` points to was entered by `tid`.
+    /// A wait (or poll, `poll`) on `event` was entered by `tid`; returns where the event
+    /// stands now (the wait completes that step, even if the event is recorded again).
     pub fn wait_begins(
         &mut self,
         tid: u32,
-        mark: Option<EventMark>,
+        event: u64,
         entry_ns: u64,
         poll: bool,
         stats: &mut CorrelatorStats,
         out: &mut impl FnMut(Correlated),
-    ) {
+    ) -> Option<EventMark> {
+        let mark = self.mark(event);
         if let Some(m) = mark {
             if let Some(l) = self.launchers.get_mut(&m.tid) {
                 if let Some(c) = l.position(m.candidate).and_then(|p| l.queue.get_mut(p)) {
@@ -508,6 +510,7 @@ impl StepMachine {
         if !poll {
             self.thread_did(tid, Next::Wait, stats, out);
         }
+        mark
     }
 
     /// A poll entered at `entry_ns` answered "not ready": the GPU had not reached the
