@@ -13,10 +13,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use profilemate_common::{
-    python::usdt_probe,
-    Library,
-};
+use profilemate_common::{python::usdt_probe, Library};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
@@ -65,6 +62,9 @@ struct PyTrack {
 /// files must be written within 1 s of it); what it has not reached by then is counted
 /// (metadata `losses.pipeline.unprocessed_at_stop`), not processed.
 const DURATION_GRACE: Duration = Duration::from_millis(600);
+/// How long the attach waits for the first /metrics reading (the start of the cross-check
+/// window) before it says it is attached.
+const FIRST_SCRAPE_WAIT: Duration = Duration::from_millis(1500);
 /// The same after SIGINT/SIGTERM: prompt, but a little more patient.
 const SIGNAL_GRACE: Duration = Duration::from_secs(2);
 /// After the targets exited nobody waits on the clock: everything read is processed.
@@ -220,7 +220,9 @@ impl Targets {
             tested: Some(tested),
             reason: None,
         });
-        let _ = self.watch.send(WatchCommand::Python(Box::new(interp.clone())));
+        let _ = self
+            .watch
+            .send(WatchCommand::Python(Box::new(interp.clone())));
     }
 
     /// Finds new processes and libraries and attaches to them. Returns how many probes were
@@ -376,6 +378,12 @@ async fn run_session(
     let mut probes = Probes::load(cfg.ring_bytes, cfg.kernels, cfg.driver_twins)?;
     probes.set_cuda_stacks(cfg.cuda_stacks)?;
     let ring = probes.take_ring_buffer()?;
+    // The reader starts before the first probe is attached: records queue in userspace
+    // while the rest of the session is set up (attaching to a busy server takes seconds).
+    let (batch_tx, batch_rx) = mpsc::channel();
+    let gauge = QueueGauge::default();
+    let reader = RingReader::spawn(ring, batch_tx, gauge.clone(), cfg.queue_bytes)
+        .context("cannot start the ring-buffer reader thread")?;
     let (py_tx, py_rx) = mpsc::channel();
     let (watch, watch_rx) = mpsc::channel();
     let mut targets = Targets {
@@ -392,18 +400,8 @@ async fn run_session(
     if targets.procs.is_empty() {
         bail!(preflight::PreflightError::NoSuchProcess { pid: cfg.pid });
     }
-    // The cross-check window opens now, before the session's outputs can begin.
-    let pids: Vec<u32> = targets.procs.keys().copied().collect();
-    let mut port_failures = HashMap::new();
-    let first = vllm::metrics::scrape(&pids, &mut port_failures);
-    let watcher = Watcher::spawn(
-        watch_rx,
-        cfg.state_hz,
-        &vllm::state::VLLM_0_33,
-        py_tx,
-        (first, port_failures),
-    )
-    .context("cannot start the vLLM watcher thread")?;
+    let watcher = Watcher::spawn(watch_rx, cfg.state_hz, &vllm::state::VLLM_0_33, py_tx)
+        .context("cannot start the vLLM watcher thread")?;
     if !targets.any_library() {
         let what = if cfg.follow_children {
             "pid {} or its children"
@@ -441,26 +439,27 @@ async fn run_session(
         py_rx,
         profilers::default_set(dir, time, sample_hz)?,
     );
-    // Two threads: the reader only moves records from the ring into a bounded queue, so no
-    // work downstream (target reads, symbolization, file writes) can make the kernel drop;
-    // the pipeline processes the queue at its own pace.
-    let (batch_tx, batch_rx) = mpsc::channel();
-    let gauge = QueueGauge::default();
+    // The reader only moves records from the ring into a bounded queue, so no work
+    // downstream (target reads, symbolization, file writes) can make the kernel drop; the
+    // pipeline processes the queue at its own pace.
     let budget = StopBudget::default();
     let pipeline_thread = pipeline
-        .spawn(batch_rx, gauge.clone(), budget.clone())
+        .spawn(batch_rx, gauge, budget.clone())
         .context("cannot start the pipeline thread")?;
-    let reader = RingReader::spawn(ring, batch_tx, gauge, cfg.queue_bytes)
-        .context("cannot start the ring-buffer reader thread")?;
 
     let mut sigint =
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut sigterm =
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
+    // The session's length is counted from its start, attaching included.
+    let deadline = cfg.duration.map(|d| {
+        let spent = Duration::from_nanos(monotonic_ns().saturating_sub(t0));
+        tokio::time::Instant::now() + d.saturating_sub(spent)
+    });
     let mut rescan_tick = tokio::time::interval(cfg.rescan_interval);
     rescan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut main_loop = MainLoopStats::default();
+    watcher.wait_first_scrape(FIRST_SCRAPE_WAIT);
     if !cfg.quiet {
         eprintln!(
             "profilemate: attached to {} process(es) ({} with Python stacks), {} probes; writing to {}; Ctrl-C to stop",
@@ -476,7 +475,11 @@ async fn run_session(
                 let t = std::time::Instant::now();
                 targets.rescan(&mut probes);
                 main_loop.rescans += 1;
-                main_loop.rescan_ms_max = main_loop.rescan_ms_max.max(t.elapsed().as_secs_f64() * 1e3);
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                main_loop.rescan_ms_max = main_loop.rescan_ms_max.max(ms);
+                if ms > 100.0 && main_loop.slow_rescans.len() < 32 {
+                    main_loop.slow_rescans.push((time.sec(monotonic_ns()), ms));
+                }
                 if targets.all_exited() {
                     break Stop::TargetsExited;
                 }

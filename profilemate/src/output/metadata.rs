@@ -49,7 +49,7 @@ pub struct PythonReport {
 }
 
 /// How the session's main loop kept its clock: rescans and the stop.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct MainLoopStats {
     /// Rescans of the process tree and mappings.
     pub rescans: u64,
@@ -57,6 +57,8 @@ pub struct MainLoopStats {
     pub rescan_ms_max: f64,
     /// How late the `--duration` stop was taken (ms).
     pub deadline_late_ms: f64,
+    /// Rescans that took longer than 100 ms: (seconds since start, ms), the first 32.
+    pub slow_rescans: Vec<(f64, f64)>,
 }
 
 /// A target process as seen during the session.

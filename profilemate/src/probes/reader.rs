@@ -84,6 +84,10 @@ pub struct ReaderStats {
     pub passes: u64,
     /// The longest time between two passes (ms): how long the ring went unread at worst.
     pub pass_gap_ms_max: f64,
+    /// Spans over 100 ms in which passes found the ring empty: (CLOCK_MONOTONIC ns at the
+    /// span's start, ms), the first 32. A busy target with an empty ring means a record
+    /// the kernel reserved was not committed, and everything behind it waited.
+    pub empty_spans: Vec<(u64, f64)>,
     /// The queue's bound and its peak (bytes).
     pub queue_limit_bytes: usize,
     /// See `queue_limit_bytes`.
@@ -177,6 +181,7 @@ struct Admission {
 impl Admission {
     fn run(&mut self, mut ring: RingBuf<MapData>, stop: &AtomicBool) {
         let mut last = std::time::Instant::now();
+        let mut empty_since: Option<(u64, std::time::Instant)> = None;
         loop {
             // Read the flag before the pass: the last pass starts after the stop was asked.
             let stopping = stop.load(Ordering::Acquire);
@@ -188,6 +193,16 @@ impl Admission {
                 Err(()) => return,
             };
             last = std::time::Instant::now();
+            if moved > 0 {
+                if let Some((at, t)) = empty_since.take() {
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    if ms > 100.0 && self.stats.empty_spans.len() < 32 {
+                        self.stats.empty_spans.push((at, ms));
+                    }
+                }
+            } else if empty_since.is_none() {
+                empty_since = Some((crate::output::monotonic_ns(), last));
+            }
             if stopping {
                 return;
             }

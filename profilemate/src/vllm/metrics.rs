@@ -108,31 +108,57 @@ pub fn parse(body: &str) -> Option<BTreeMap<String, f64>> {
     (!values.is_empty()).then_some(values)
 }
 
+/// One endpoint's metric values.
+type Values = BTreeMap<String, f64>;
+
 /// Failed reads after which a port is not asked again.
 const MAX_PORT_FAILURES: u32 = 2;
+/// Process titles of vLLM's engine and worker processes (`VLLM::EngineCore`,
+/// `VLLM::Worker_TP0`): they serve no /metrics, and their ZMQ sockets would only cost
+/// timeouts (a busy EngineCore listens on several).
+const ENGINE_TITLE_PREFIX: &str = "VLLM::";
 
-/// Reads every vLLM /metrics endpoint the processes listen on. `failures` counts, per (pid,
-/// port), reads that got no vLLM metrics; a port at `MAX_PORT_FAILURES` is skipped: vLLM's
-/// engine processes listen on sockets that speak other protocols (ZMQ), and each would cost
-/// a timeout at every scrape.
+fn is_engine_process(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| c.starts_with(ENGINE_TITLE_PREFIX))
+}
+
+/// Reads every vLLM /metrics endpoint the processes listen on, all ports at once (a slow
+/// endpoint costs its own time only). `failures` counts, per (pid, port), reads that got no
+/// vLLM metrics; a port at `MAX_PORT_FAILURES` is skipped.
 #[must_use]
 pub fn scrape(pids: &[u32], failures: &mut HashMap<(u32, u16), u32>) -> Vec<Scrape> {
+    let ports: Vec<(u32, u16)> = pids
+        .iter()
+        .filter(|pid| !is_engine_process(**pid))
+        .flat_map(|&pid| listening_ports(pid).into_iter().map(move |p| (pid, p)))
+        .filter(|key| failures.get(key).copied().unwrap_or(0) < MAX_PORT_FAILURES)
+        .collect();
+    let read: Vec<((u32, u16), Option<Values>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = ports
+            .iter()
+            .map(|&key| {
+                (
+                    key,
+                    s.spawn(move || get_metrics(key.1).as_deref().and_then(parse)),
+                )
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(key, h)| (key, h.join().ok().flatten()))
+            .collect()
+    });
     let mut out = Vec::new();
-    for &pid in pids {
-        for port in listening_ports(pid) {
-            let failed = failures.entry((pid, port)).or_default();
-            if *failed >= MAX_PORT_FAILURES {
-                continue;
-            }
-            let values = get_metrics(port).as_deref().and_then(parse);
-            *failed = if values.is_some() { 0 } else { *failed + 1 };
-            if let Some(values) = values {
-                out.push(Scrape {
-                    url: format!("http://127.0.0.1:{port}/metrics"),
-                    pid,
-                    values,
-                });
-            }
+    for ((pid, port), values) in read {
+        let failed = failures.entry((pid, port)).or_default();
+        *failed = if values.is_some() { 0 } else { *failed + 1 };
+        if let Some(values) = values {
+            out.push(Scrape {
+                url: format!("http://127.0.0.1:{port}/metrics"),
+                pid,
+                values,
+            });
         }
     }
     out

@@ -72,6 +72,8 @@ pub struct WatchReport {
     pub metrics_last: Vec<Scrape>,
     /// Longest /metrics scrape (ms).
     pub scrape_ms_max: f64,
+    /// Scrapes done (with or without an endpoint).
+    pub scrapes: u64,
 }
 
 /// The running watcher.
@@ -82,22 +84,16 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Starts the thread on `commands` (queued since the attach began). `state_hz` 0: no
-    /// polls. `first`: the /metrics reading taken at attach, before the session's clock
-    /// started (the start of the cross-check window), with its per-port failures.
+    /// Starts the thread on `commands` (queued since the attach began); its first /metrics
+    /// reading opens the cross-check window. `state_hz` 0: no polls.
     pub fn spawn(
         commands: mpsc::Receiver<WatchCommand>,
         state_hz: u64,
         names: &'static StateNames,
         updates: mpsc::Sender<PyUpdate>,
-        first: (Vec<Scrape>, HashMap<(u32, u16), u32>),
     ) -> std::io::Result<Self> {
-        let (first, port_failures) = first;
         let stop = Arc::new(AtomicBool::new(false));
-        let report = Arc::new(Mutex::new(WatchReport {
-            metrics_first: first,
-            ..WatchReport::default()
-        }));
+        let report = Arc::new(Mutex::new(WatchReport::default()));
         let mut w = Work {
             rx: commands,
             names,
@@ -107,7 +103,7 @@ impl Watcher {
                 .map(Duration::from_nanos),
             pids: BTreeSet::new(),
             pollers: BTreeMap::new(),
-            port_failures,
+            port_failures: HashMap::new(),
             report: Arc::clone(&report),
         };
         let flag = Arc::clone(&stop);
@@ -119,6 +115,19 @@ impl Watcher {
             report,
             handle,
         })
+    }
+
+    /// Waits until the first /metrics reading is taken, at most `timeout` (the session
+    /// says it is attached only then, so that the cross-check window starts with it).
+    pub fn wait_first_scrape(&self, timeout: Duration) {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            let done = self.report.lock().map_or(true, |r| r.scrapes > 0);
+            if done || self.handle.is_finished() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Stops the thread (after one last /metrics reading, if it comes in time) and returns
@@ -169,7 +178,9 @@ impl Work {
                 // Skip the ticks a slow poll overran rather than bunching them up.
                 next_poll = (next_poll + period).max(Instant::now());
             }
-            let due = self.state_period.map_or(next_scrape, |_| next_poll.min(next_scrape));
+            let due = self
+                .state_period
+                .map_or(next_scrape, |_| next_poll.min(next_scrape));
             std::thread::sleep(due.saturating_duration_since(Instant::now()).min(SLICE));
         }
         self.scrape();
@@ -210,6 +221,7 @@ impl Work {
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let mut r = self.report.lock().unwrap_or_else(PoisonError::into_inner);
         r.scrape_ms_max = r.scrape_ms_max.max(ms);
+        r.scrapes += 1;
         if !now.is_empty() {
             if r.metrics_first.is_empty() {
                 r.metrics_first.clone_from(&now);
