@@ -178,6 +178,8 @@ struct Candidate {
     seen: Seen,
     /// The wait that completed it, while it is not yet decided.
     done: Option<Wait>,
+    /// A later wait completed a candidate past the open one after it: that one ended nothing.
+    successor_skipped: bool,
 }
 
 impl Candidate {
@@ -262,6 +264,14 @@ impl Launcher {
             .iter()
             .position(|c| c.done.is_none())
             .unwrap_or(pos);
+        if first_open < pos {
+            if let Some(last_done) = first_open
+                .checked_sub(1)
+                .and_then(|i| self.queue.get_mut(i))
+            {
+                last_done.successor_skipped = true;
+            }
+        }
         for _ in first_open..pos {
             if let Some(earlier) = self.queue.remove(first_open) {
                 if let Some(c) = self.queue.get_mut(first_open) {
@@ -299,19 +309,53 @@ enum Decision {
     Undecided,
 }
 
-fn decide(c: &Candidate, at_end: bool) -> Decision {
+/// The decision for the front of `queue` (completed).
+fn decide(queue: &VecDeque<Candidate>, at_end: bool) -> Decision {
+    let Some(c) = queue.front() else {
+        return Decision::Undecided;
+    };
     match c.role {
         EventRole::StepEnd => Decision::Step,
         EventRole::Helper => Decision::Helper,
         EventRole::Unknown if c.work.has_work => Decision::Step,
         EventRole::Unknown if c.work.start_ns.is_none() => Decision::Helper,
-        EventRole::Unknown => match c.next {
-            Some(Next::Record) => Decision::Helper,
-            Some(Next::InputCopy | Next::Wait) => Decision::Step,
+        EventRole::Unknown => match decide_by_next(queue) {
             None if at_end => Decision::Step,
             None => Decision::Undecided,
+            Some(d) => d,
         },
     }
+}
+
+/// An input-copy-only candidate: what its thread did next decides (`None`: not yet known).
+/// Records that sealed nothing (right after another record) are looked past. A bare record
+/// then a wait is the one ambiguous case: the step ended at the bare record when that
+/// record's event is waited on (V1's step event after its `prepare_inputs_event`, in an
+/// eager step without an output copy), at the candidate when a later wait passes over the
+/// bare record (an event nobody waits on, recorded after the step's own).
+fn decide_by_next(queue: &VecDeque<Candidate>) -> Option<Decision> {
+    let front = queue.front()?;
+    if front.successor_skipped {
+        // Only a bare successor leaves a candidate undecided long enough to be passed over.
+        return Some(Decision::Step);
+    }
+    let mut next = front.next;
+    let mut bare = 0;
+    for later in queue.iter().skip(1) {
+        if next != Some(Next::Record) || later.work.start_ns.is_some() {
+            break;
+        }
+        bare += 1;
+        next = later.next;
+    }
+    let bare_waited = || queue.iter().skip(1).take(bare).any(|c| c.done.is_some());
+    Some(match next? {
+        Next::Record => Decision::Helper,
+        Next::InputCopy => Decision::Step,
+        Next::Wait if bare == 0 => Decision::Step,
+        Next::Wait if bare_waited() => Decision::Helper,
+        Next::Wait => return None,
+    })
 }
 
 /// Steps of one process.
@@ -429,6 +473,7 @@ impl StepMachine {
             next: None,
             role: EventRole::Unknown,
             done: None,
+            successor_skipped: false,
         });
         launcher.bound();
         self.events.insert(
@@ -607,7 +652,7 @@ impl StepMachine {
             if front.done.is_none() {
                 return;
             }
-            let decision = decide(front, at_end);
+            let decision = decide(&launcher.queue, at_end);
             match decision {
                 Decision::Undecided => return,
                 Decision::Helper => {
@@ -659,6 +704,7 @@ impl StepMachine {
                     next: None,
                     role: EventRole::Unknown,
                     done: Some(Wait { call, poll: false }),
+                    successor_skipped: false,
                 };
                 self.emit(tid, c, out);
             }

@@ -22,6 +22,8 @@ const WAKE_US: u64 = 10;
 const POLL_GAP_US: u64 = 20;
 const EXEC: u64 = 0xe0;
 const PREP_EVENT: u64 = 0xd00;
+const ALLOC_EVENT: u64 = 0xa00;
+const TIMING_EVENT: u64 = 0x10_0000;
 const STEP_EVENT: u64 = 0xe00;
 const H2D: u64 = 1;
 const D2H: u64 = 2;
@@ -51,6 +53,11 @@ struct Cell {
     polls: bool,
     /// V1's structured-output bitmask: an input copy after `prepare_inputs_event`.
     bitmask: bool,
+    /// A timing event recorded at each step's start (fresh, never waited on).
+    start_event: bool,
+    /// A pinned-allocator event (from a pool of 4, never waited on) recorded after the
+    /// step's event, before the wait.
+    trailing_alloc_event: bool,
 }
 
 impl Cell {
@@ -66,6 +73,8 @@ impl Cell {
             roles: false,
             polls: false,
             bitmask: false,
+            start_event: false,
+            trailing_alloc_event: false,
         }
     }
 }
@@ -245,6 +254,7 @@ const STEP_END: (&str, &str) = (
     "/x/site-packages/vllm/v1/worker/gpu/async_utils.py",
     "AsyncOutput.__init__",
 );
+const TIMER: (&str, &str) = ("/x/loop.py", "main");
 const INPUT_PREP: (&str, &str) = (
     "/x/site-packages/vllm/v1/worker/gpu_model_runner.py",
     "GPUModelRunner.synchronize_input_prep",
@@ -268,6 +278,9 @@ fn simulate(cell: Cell) -> (Script, Vec<TruthStep>) {
             sim.wait(PREP_EVENT);
         }
         sim.truth.push(TruthStep::new());
+        if cell.start_event {
+            sim.record(TIMING_EVENT + i as u64, TIMER);
+        }
         sim.copy(4096, H2D);
         if cell.prep_event {
             sim.record(PREP_EVENT, INPUT_PREP);
@@ -280,6 +293,9 @@ fn simulate(cell: Cell) -> (Script, Vec<TruthStep>) {
             sim.copy(1024, D2H);
         }
         sim.record(event(i), STEP_END);
+        if cell.trailing_alloc_event {
+            sim.record(ALLOC_EVENT + i as u64 % 4, TIMER);
+        }
         match (cell.async2, i) {
             (true, 0) => {}
             (true, _) => sim.wait(event(i - 1)),
@@ -445,6 +461,31 @@ fn an_input_copy_after_the_input_event_needs_the_recording_function() {
     let (out, _) = script.run(TimingMode::Events, false);
     // Without stacks: two per cycle (but the last, whose input event is never waited on).
     assert_eq!(steps(&out).len(), 2 * STEPS - 1);
+}
+
+/// Events nobody waits on around a step's event: a timing event recorded at each step's
+/// start (the record right after a step's end opens the next one), and an allocator event
+/// recorded after the step's event (known unwaited from its handle's history).
+#[test]
+fn unwaited_events_around_a_step_do_not_move_its_end() {
+    for bits in 0..16u32 {
+        let cell = Cell {
+            async2: bits & 1 != 0,
+            fresh_events: bits & 2 != 0,
+            prep_event: bits & 4 != 0,
+            gpu_bound: bits & 8 != 0,
+            d2h: false,
+            ..Cell::new(Shape::Eager)
+        };
+        check(Cell {
+            start_event: true,
+            ..cell
+        });
+        check(Cell {
+            trailing_alloc_event: true,
+            ..cell
+        });
+    }
 }
 
 /// A launcher that never waits (the waits are on another thread, as with vLLM's
