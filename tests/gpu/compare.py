@@ -185,9 +185,11 @@ def compare(session_dir, truth, max_k=20):
         res["error_eager"] = error_stats(*by_kind["eager"])
         res["error_graph"] = error_stats(*by_kind["graph"])
         res["exact_rows_with_kind_mismatch"] = mismatched_kind_exact
+        res["bounds"] = bounds_stats(rows, t_ms, k)
     else:
         res["error_all"] = res["error_eager"] = res["error_graph"] = {"n": 0}
         res["problems"].append("truth has no gpu_ms (--no-truth-events): no timing comparison")
+    res["gpu_done_before_wait_rows"] = sum(1 for r in rows if r.get("gpu_done_before_wait") == "true")
 
     # Profiler-side distribution of forward_time_ms, useful even without truth.
     fts = [num(r.get("forward_time_ms")) for r in rows if (r.get("completion") or "") == "exact"]
@@ -259,6 +261,29 @@ def compare(session_dir, truth, max_k=20):
     return res
 
 
+def bounds_stats(rows, t_ms, k):
+    """Rows that are not exact: is the truth inside [gpu_time_lower_ms, forward_time_ms]? The
+    truth covers only the forward, not the input copy, argmax and output copy, so the upper
+    bound holds a fortiori and the lower one gets 0.05 ms for those copies."""
+    n = upper_ok = lower_ok = 0
+    over, under = [], []
+    for j in range(max(0, -k), min(len(rows), len(t_ms) - k)):
+        r = rows[j]
+        if (r.get("completion") or "").strip() == "exact":
+            continue
+        f, lo, t = num(r.get("forward_time_ms")), num(r.get("gpu_time_lower_ms")), t_ms[j + k]
+        if f is None or lo is None or t is None:
+            continue
+        n += 1
+        upper_ok += f >= t
+        lower_ok += lo <= t + 0.05
+        over.append(f - t)
+        under.append(t - lo)
+    med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
+    return {"rows": n, "upper_holds": upper_ok, "lower_holds": lower_ok,
+            "median_upper_minus_truth_ms": med(over), "median_truth_minus_lower_ms": med(under)}
+
+
 def fmt(v, nd=3):
     if v is None:
         return "-"
@@ -287,6 +312,10 @@ def render(res):
         w(f"  {name:<6} {e['n']:>5} {fmt(e.get('median_ms')):>9} {fmt(e.get('mean_ms')):>9} {fmt(e.get('median_abs_ms')):>9} "
           f"{fmt(e.get('p95_abs_ms')):>9} {fmt(e.get('max_abs_ms')):>9} {fmt(e.get('median_rel_pct'), 1):>9} "
           f"{fmt(e.get('truth_median_ms')):>9}")
+    b = res.get("bounds") or {}
+    w(f"bounds    other rows={b.get('rows')}  upper holds={b.get('upper_holds')}  lower holds={b.get('lower_holds')}  "
+      f"med(upper-truth)={fmt(b.get('median_upper_minus_truth_ms'))}  med(truth-lower)={fmt(b.get('median_truth_minus_lower_ms'))}  "
+      f"gpu_done_before_wait={res.get('gpu_done_before_wait_rows')}")
     w(f"losses    ring_full_drops={res.get('ring_full_drops')}  decode_errors={res.get('decode_errors')}  "
       f"records_read={res.get('records_read')}")
     w(f"          correlator={json.dumps(res.get('correlator'), sort_keys=True)}")

@@ -12,6 +12,10 @@ Each step (like vLLM's model runner with async scheduling):
   (g) async depth 2: done_ev[i-1].synchronize() (step i-1 completes while step i is queued);
       async depth 1: done_ev[i].synchronize() at once.
 
+--no-d2h leaves out (e) (an eager step then shows the default probes nothing but its input
+copy and events); --prep-event adds vLLM V1's prepare_inputs_event: synchronized at the start
+of each step (for the previous step's inputs), recorded right after the input copy.
+
 Ground truth per step: start_ev[i].elapsed_time(end_ev[i]) (ms), read after the loop. It
 covers only the forward (c), not the H2D copy (a) nor the argmax + D2H (e).
 
@@ -63,6 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--no-truth-events", action="store_true",
                    help="skip the start/end timing events (overhead benchmarks)")
     p.add_argument("--warmup", type=int, default=3, help="eager warmup passes")
+    p.add_argument("--no-d2h", action="store_true", help="no argmax + device-to-host copy")
+    p.add_argument("--prep-event", action="store_true",
+                   help="vLLM V1's prepare_inputs_event around the input copy")
     a = p.parse_args(argv)
     if a.steps < 1 and a.seconds is None:
         p.error("--steps must be >= 1")
@@ -143,6 +150,7 @@ def main(argv=None):
     graph_replays = 0
     event_syncs = 0
     stream = torch.cuda.current_stream()
+    prep = torch.cuda.Event(blocking=True)
 
     deadline = None
     t0 = time.perf_counter()
@@ -166,6 +174,9 @@ def main(argv=None):
             if now - win_t0 >= WINDOW_S:
                 windows.append([win_t0, now, i - win_i0])
                 win_t0, win_i0 = now, i
+            # V1's synchronize_input_prep: the previous step's inputs are on the GPU.
+            if args.prep_event and i > 0:
+                prep.synchronize()
             # (a) truth start: the step's GPU work is everything from the input copy on.
             if truth_events:
                 sev = torch.cuda.Event(enable_timing=True)
@@ -175,6 +186,8 @@ def main(argv=None):
                 sev.record(stream)
             # (b) H2D of fresh inputs.
             static_in.copy_(pinned_in[i % NUM_PINNED_BUFFERS], non_blocking=True)
+            if args.prep_event:
+                prep.record(stream)
             # (c) forward.
             if kind == "graph":
                 g.replay()
@@ -183,8 +196,9 @@ def main(argv=None):
             else:
                 out = model(static_in)
             # (d) D2H of the sampled ids.
-            tok = out.argmax(dim=-1)
-            pinned_out[i % NUM_PINNED_BUFFERS].copy_(tok, non_blocking=True)
+            if not args.no_d2h:
+                tok = out.argmax(dim=-1)
+                pinned_out[i % NUM_PINNED_BUFFERS].copy_(tok, non_blocking=True)
             # (e) truth end.
             if truth_events:
                 eev.record(stream)
@@ -228,6 +242,8 @@ def main(argv=None):
             "hidden": H,
             "batch": B,
             "dtype": args.dtype,
+            "no_d2h": args.no_d2h,
+            "prep_event": args.prep_event,
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
             "device": torch.cuda.get_device_name(dev),
