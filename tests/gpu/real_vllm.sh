@@ -218,7 +218,7 @@ else
     fi
     if [[ "$EAGER" != 1 ]] && grep -q ModuleNotFoundError "$WORK/server_graphs.log"; then
         log "a module is missing: eager would fail the same way"
-    elif [[ $(left) -lt 300 ]]; then
+    elif [[ "$EAGER" != 1 && $(left) -lt 300 ]]; then
         log "only $(left)s left: no eager retry"
     elif start_server eager --enforce-eager; then
         MODE=eager; [[ "$EAGER" != 1 ]] && MODE=eager-fallback
