@@ -18,7 +18,8 @@
 //! in between means the step went on (the candidate is a helper and merges into the next);
 //! an input copy (the next step's inputs) or an event wait (the end of a loop iteration)
 //! means the step ended at that record. Until the thread does one of these the candidate
-//! waits, undecided. A candidate without any launch-side call is never a step of its own.
+//! waits, undecided. Records that seal nothing are looked past (`decide_by_next`). A
+//! candidate without any launch-side call is never a step of its own.
 //! Where Python stacks are walked, the vLLM function that recorded the event decides first
 //! (`vllm::events`).
 //!
