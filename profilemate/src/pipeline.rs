@@ -234,6 +234,9 @@ impl Pipeline {
                 let mut read_ms = 0.0;
                 python.stack(ev, &mut |rec| {
                     if let Correlated::PyStack(st) = &rec {
+                        // The vLLM function that recorded an event tells a step's event from
+                        // helpers (vllm::events).
+                        correlator.python_stack(st, &mut emit);
                         let r = Instant::now();
                         batches.observe(st, &mut emit);
                         read_ms += ms_since(r);

@@ -595,8 +595,14 @@ async fn run_session(
 
     let mut summary = vec![
         format!("stopped: {stop_reason}"),
-        format!("steps: {steps}; graphs: {}; probe records: {}", count_rows(dir, "cuda_graph_captures.csv"), reader_stats.records_read),
-        forward_summary_line(dir),
+        format!(
+            "steps: {steps}; graphs: {}; probe records: {}",
+            count_rows(dir, "cuda_graph_captures.csv"),
+            reader_stats.records_read
+        ),
+    ];
+    summary.extend(forward_summary_lines(dir));
+    summary.extend([
         cpu_summary_line(dir),
         format!(
             "lost: {} ring-buffer drops, {} undecodable; unattributed: {} incomplete steps, {} unmatched returns, {} waits on unknown events",
@@ -606,7 +612,7 @@ async fn run_session(
             "tracer lag behind the target: P50 {} ms, P99 {} ms, max {} ms",
             pipeline_stats.lag_ms.p50, pipeline_stats.lag_ms.p99, pipeline_stats.lag_ms.max
         ),
-    ];
+    ]);
     summary.extend(loss_warnings(cfg, &kernel, &reader_stats, &pipeline_stats));
     if !metadata.probes.failed.is_empty() {
         summary.push(format!(
@@ -689,8 +695,9 @@ fn loss_warnings(
     w
 }
 
-/// "forward_time_ms P50/P95/P99 ..." from the summary just written.
-fn forward_summary_line(dir: &SessionDir) -> String {
+/// "forward_time_ms P50/P95/P99 ..." from the summary just written, and whether the GPU
+/// waited for the CPU.
+fn forward_summary_lines(dir: &SessionDir) -> Vec<String> {
     let text =
         std::fs::read_to_string(dir.path().join("forward_pass_summary.json")).unwrap_or_default();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
@@ -700,11 +707,24 @@ fn forward_summary_line(dir: &SessionDir) -> String {
         f["p95_ms"].as_f64(),
         f["p99_ms"].as_f64(),
     ) {
-        (Some(p50), Some(p95), Some(p99)) => format!(
-            "forward_time_ms P50 {p50:.3}, P95 {p95:.3}, P99 {p99:.3} ({} of {} completions exact)",
-            v["exact_count"], v["count"]
-        ),
-        _ => "forward_time_ms: no completed steps".to_owned(),
+        (Some(p50), Some(p95), Some(p99)) => {
+            let mut lines = vec![format!(
+                "forward_time_ms P50 {p50:.3}, P95 {p95:.3}, P99 {p99:.3} ({} of {} completions exact)",
+                v["exact_count"], v["count"]
+            )];
+            if let Some(pct) = v["gpu_finished_before_wait_pct"]
+                .as_f64()
+                .filter(|p| *p > 0.0)
+            {
+                lines.push(format!(
+                    "GPU finished before the CPU waited in {pct:.1} % of steps: the engine is \
+                     CPU-bound there, and those steps' forward_time_ms is an upper bound, not GPU \
+                     time (gpu_time_lower_ms is the lower bound)"
+                ));
+            }
+            lines
+        }
+        _ => vec!["forward_time_ms: no completed steps".to_owned()],
     }
 }
 
