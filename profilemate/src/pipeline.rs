@@ -318,3 +318,79 @@ fn apply_updates(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probes::drain::{CallEvent, CallPhase};
+    use profilemate_common::ApiId;
+
+    fn pipeline() -> Pipeline {
+        let (_tx, rx) = mpsc::channel();
+        Pipeline::new(
+            Correlator::new(crate::config::TimingMode::Events, false),
+            PythonContext::new(crate::vllm::ops::VLLM_0_33),
+            BatchReader::new(
+                &crate::vllm::batch::BATCH_0_33,
+                &crate::vllm::state::VLLM_0_33,
+            ),
+            rx,
+            Vec::new(),
+        )
+    }
+
+    fn calls(n: usize) -> Batch {
+        let records: Vec<Record> = (0..n)
+            .map(|i| {
+                Record::Call(CallEvent {
+                    ts_ns: monotonic_ns(),
+                    pid: 7,
+                    tid: 7,
+                    api: ApiId::cudaMemcpyAsync,
+                    phase: CallPhase::Entry {
+                        args: [0, 0, 64, 1, 0, i as u64],
+                    },
+                })
+            })
+            .collect();
+        let bytes = n * size_of::<Record>();
+        Batch { records, bytes }
+    }
+
+    #[test]
+    fn without_a_stop_every_record_is_processed() {
+        let mut p = pipeline();
+        p.process(calls(1000), &StopBudget::default());
+        assert_eq!(p.stats.records, 1000);
+        assert_eq!(p.stats.unprocessed_at_stop.total(), 0);
+        assert_eq!(p.correlator.stats.events, 1000);
+    }
+
+    #[test]
+    fn a_spent_budget_counts_the_rest_by_kind_instead_of_processing_it() {
+        let mut p = pipeline();
+        let budget = StopBudget::default();
+        budget.start(Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(1));
+        p.process(calls(600), &budget);
+        assert_eq!(p.stats.records, 0);
+        assert_eq!(p.stats.unprocessed_at_stop.calls, 600);
+        assert_eq!(p.correlator.stats.events, 0);
+    }
+
+    #[test]
+    fn the_thread_ends_when_the_reader_hangs_up_and_measures_its_lag() {
+        let (tx, rx) = mpsc::channel();
+        let gauge = QueueGauge::default();
+        let handle = pipeline()
+            .spawn(rx, gauge.clone(), StopBudget::default())
+            .expect("thread starts");
+        let batch = calls(10);
+        gauge.add(batch.bytes);
+        tx.send(batch).expect("pipeline listens");
+        drop(tx);
+        let p = handle.join().expect("no panic");
+        assert_eq!(p.stats.records, 10);
+        assert_eq!(gauge.queued(), 0);
+    }
+}

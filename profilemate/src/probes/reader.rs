@@ -110,7 +110,8 @@ impl QueueGauge {
         self.0.fetch_sub(bytes, Ordering::Relaxed);
     }
 
-    fn add(&self, bytes: usize) -> usize {
+    /// The reader queued a batch; returns the new total.
+    pub(crate) fn add(&self, bytes: usize) -> usize {
         self.0.fetch_add(bytes, Ordering::Relaxed) + bytes
     }
 }
@@ -275,5 +276,103 @@ fn wait_readable(ring: &RingBuf<MapData>, timeout: Duration) {
     // borrowed). An error (EINTR) just ends the wait early.
     unsafe {
         libc::poll(fds.as_mut_ptr(), 1, ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probes::drain::{CallEvent, CallPhase, StackEvent};
+    use profilemate_common::ApiId;
+
+    fn call() -> Record {
+        Record::Call(CallEvent {
+            ts_ns: 1,
+            pid: 1,
+            tid: 1,
+            api: ApiId::cudaGraphLaunch,
+            phase: CallPhase::Entry { args: [0; 6] },
+        })
+    }
+
+    fn stack(reason: StackReason) -> Record {
+        Record::Stack(StackEvent {
+            ts_ns: 1,
+            pid: 1,
+            tid: 1,
+            reason,
+            flags: 0,
+            walk_ns: 0,
+            frames: vec![PyFrame::default(); 8],
+        })
+    }
+
+    fn admission(limit: usize) -> (Admission, mpsc::Receiver<Batch>) {
+        let (tx, rx) = mpsc::channel();
+        let stats = ReaderStats {
+            queue_limit_bytes: limit,
+            ..ReaderStats::default()
+        };
+        let a = Admission {
+            tx,
+            gauge: QueueGauge::default(),
+            stats,
+        };
+        (a, rx)
+    }
+
+    #[test]
+    fn below_half_the_bound_everything_is_queued() {
+        let (mut a, _rx) = admission(1 << 20);
+        let mut b = Batch {
+            records: Vec::new(),
+            bytes: 0,
+        };
+        for r in [
+            call(),
+            stack(StackReason::Sample),
+            stack(StackReason::CudaCall(ApiId::cudaGraphLaunch)),
+        ] {
+            a.admit(r, &mut b);
+        }
+        assert_eq!(b.records.len(), 3);
+        assert_eq!(a.stats.samples_shed, 0);
+        assert_eq!(a.stats.queue_full_drops.total(), 0);
+        assert!(b.bytes > 3 * size_of::<Record>());
+    }
+
+    #[test]
+    fn past_half_samples_are_shed_and_at_the_bound_everything_is_dropped_by_kind() {
+        let limit = 10_000;
+        let (mut a, _rx) = admission(limit);
+        a.gauge.add(limit / 2);
+        let mut b = Batch {
+            records: Vec::new(),
+            bytes: 0,
+        };
+        a.admit(stack(StackReason::Sample), &mut b);
+        a.admit(call(), &mut b);
+        assert_eq!(a.stats.samples_shed, 1);
+        assert_eq!(b.records.len(), 1, "the call is still queued");
+        a.gauge.add(limit);
+        a.admit(call(), &mut b);
+        a.admit(stack(StackReason::CudaCall(ApiId::cudaGraphLaunch)), &mut b);
+        a.admit(stack(StackReason::Sample), &mut b);
+        let d = a.stats.queue_full_drops;
+        assert_eq!((d.calls, d.call_stacks, d.sample_stacks), (1, 1, 1));
+        assert_eq!(
+            a.stats.samples_shed, 1,
+            "at the bound a sample counts as dropped"
+        );
+        assert_eq!(b.records.len(), 1);
+    }
+
+    #[test]
+    fn the_gauge_counts_what_the_pipeline_has_not_released() {
+        let g = QueueGauge::default();
+        assert_eq!(g.add(100), 100);
+        assert_eq!(g.add(50), 150);
+        g.release(100);
+        assert_eq!(g.queued(), 50);
     }
 }
