@@ -1,9 +1,10 @@
 //! One `profilemate attach` session: preflight, discovery, attach, drain, correlate, write.
 //!
-//! Three threads: the ring-buffer reader (`probes::reader`), the processing pipeline
-//! (`pipeline`), and this main loop, a tokio task that selects over a rescan tick (new
-//! processes and late-loaded libraries), scheduler polls, /metrics scrapes, signals and the
-//! deadline.
+//! Four threads: the ring-buffer reader (`probes::reader`), the processing pipeline
+//! (`pipeline`), the vLLM watcher (`vllm::watcher`: scheduler polls, /metrics), and this
+//! main loop, a tokio task that selects over a rescan tick (new processes and late-loaded
+//! libraries), signals and the deadline. Nothing that reads a busy target runs here, so the
+//! deadline is kept.
 
 use std::{
     collections::{BTreeMap, HashMap},

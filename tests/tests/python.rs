@@ -363,6 +363,12 @@ fn another_vllm_layout_fails_soft_and_names_what_is_missing() {
     assert!(steps.iter().all(|s| s["phase"] == "unknown"));
     let polls = md["python"]["vllm_state"][0]["polls"].as_u64().unwrap_or(0);
     assert!(polls > 0, "{label}: {}", md["python"]["vllm_state"]);
+    // Metadata says through which frame the scheduler was found.
+    let via = md["python"]["vllm_state"][0]["scheduler_found_via"].as_str();
+    assert!(
+        via.is_some_and(|v| v.contains("of frame EngineCore")),
+        "{label}: {via:?}"
+    );
     assert!(!run.session.csv("request_lifecycle.csv").is_empty());
 }
 

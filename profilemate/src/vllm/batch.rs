@@ -84,9 +84,10 @@ pub struct BatchNames {
     pub desc_loras: &'static str,
 }
 
-/// vLLM 0.33 (V1 engine, model runner V2 and V1).
+/// vLLM 0.26-0.33 (V1 engine, model runner V2 and V1; the names are the same in every
+/// release of the range: docs/VLLM_VERSIONS.md).
 pub static BATCH_0_33: BatchNames = BatchNames {
-    versions: "0.33",
+    versions: super::version::BUNDLE,
     output_frames: &[".execute_model", "Scheduler.update_from_output"],
     output_type: "SchedulerOutput",
     total_num_scheduled_tokens: "total_num_scheduled_tokens",

@@ -7,6 +7,8 @@
 pub mod batch;
 pub mod events;
 pub mod metrics;
+pub mod names;
 pub mod ops;
 pub mod state;
+pub mod version;
 pub mod watcher;

@@ -109,7 +109,8 @@ const fn rule(op: Operation, file: &'static str, names: &'static [&'static str])
 
 use Operation as O;
 
-/// vLLM 0.33 (V2 and V1 model runners, engine core, API server output path).
+/// vLLM 0.26-0.33 (V2 and V1 model runners, engine core, API server output path): the
+/// names of 0.33 plus those of older releases of the range (docs/VLLM_VERSIONS.md).
 pub static VLLM_0_33: &[OpRule] = &[
     rule(
         O::Encoder,
@@ -168,6 +169,12 @@ pub static VLLM_0_33: &[OpRule] = &[
         ],
     ),
     rule(O::Draft, "vllm/v1/worker/gpu/spec_decode/*", &["*.propose"]),
+    // The drafters themselves sit one level deeper (spec_decode/<kind>/speculator.py).
+    rule(
+        O::Draft,
+        "vllm/v1/worker/gpu/spec_decode/*/*",
+        &["*.propose"],
+    ),
     rule(
         O::Draft,
         "vllm/v1/worker/gpu_model_runner.py",
@@ -377,7 +384,13 @@ pub static VLLM_0_33: &[OpRule] = &[
     rule(
         O::Idle,
         "vllm/distributed/device_communicators/shm_broadcast.py",
-        &["MessageQueue._wait_until_readable", "SpinCondition.wait"],
+        &[
+            "MessageQueue._wait_until_readable",
+            // 0.26-0.32: the same spin, before 0.33 split it out of acquire_read.
+            "MessageQueue.acquire_read",
+            "MessageQueue.acquire_read.<locals>.check",
+            "SpinCondition.wait",
+        ],
     ),
     rule(
         O::Idle,
@@ -442,6 +455,12 @@ pub static VLLM_0_33: &[OpRule] = &[
             "EngineCoreProc.run_busy_loop",
             "DPEngineCoreProc.run_busy_loop",
         ],
+    ),
+    // 0.27+: the busy loop runs inside this wrapper.
+    rule(
+        O::EngineStep,
+        "vllm/v1/fault_tolerance/engine_core_sentinel.py",
+        &["fault_tolerant_wrapper.<locals>.run_with_fault_tolerance"],
     ),
 ];
 
@@ -559,6 +578,26 @@ mod tests {
             ),
         ];
         assert_eq!(classify(VLLM_0_33, &elsewhere).0, Operation::Sampling);
+    }
+
+    #[test]
+    fn names_of_older_releases_match_too() {
+        // Paths and qualnames as vLLM 0.26.0 / 0.32.0 / 0.33.0 define them.
+        let drafter = [F(
+            "/x/vllm/v1/worker/gpu/spec_decode/autoregressive/speculator.py",
+            "AutoRegressiveSpeculator.propose",
+        )];
+        assert_eq!(classify(VLLM_0_33, &drafter).0, Operation::Draft);
+        let spin = [F(
+            "/x/vllm/distributed/device_communicators/shm_broadcast.py",
+            "MessageQueue.acquire_read.<locals>.check",
+        )];
+        assert_eq!(classify(VLLM_0_33, &spin).0, Operation::Idle);
+        let wrapped = [F(
+            "/x/vllm/v1/fault_tolerance/engine_core_sentinel.py",
+            "fault_tolerant_wrapper.<locals>.run_with_fault_tolerance",
+        )];
+        assert_eq!(classify(VLLM_0_33, &wrapped).0, Operation::EngineStep);
     }
 
     #[test]

@@ -77,9 +77,10 @@ pub struct RequestNames {
     pub statuses: &'static [(i64, &'static str)],
 }
 
-/// vLLM 0.33 (V1 engine core, V1/V2 scheduler).
+/// vLLM 0.26-0.33 (V1 engine core, V1/V2 scheduler; the same names in every release of the
+/// range: docs/VLLM_VERSIONS.md).
 pub static VLLM_0_33: StateNames = StateNames {
-    versions: "0.33",
+    versions: super::version::BUNDLE,
     engine_frames: &[
         // The socket threads block in these for the engine's whole life: their frames are
         // there to read at any poll, while the busy main thread's chain moves under the read.
@@ -218,8 +219,11 @@ pub enum StateError {
     #[error("reading objects of CPython {0} is not supported")]
     Unsupported(String),
     /// No engine or scheduler frame is live in any thread.
-    #[error("no vLLM engine loop found in the Python frames ({0} frames seen)")]
-    NoEngine(usize),
+    #[error(
+        "no vLLM engine loop found in the Python frames ({0} frames seen in {1} threads; \
+         looked for {2})"
+    )]
+    NoEngine(usize, usize, String),
     /// An attribute the table names does not exist.
     #[error("`{0}` not found on the {1} object (another vLLM version?)")]
     MissingName(&'static str, &'static str),
@@ -247,6 +251,8 @@ pub struct StatePoller {
     strings: StrCache,
     /// The last reason a poll found nothing (for metadata.json).
     pub last_error: Option<String>,
+    /// How the scheduler object was found (frame and attribute), for metadata.json.
+    pub found_via: Option<String>,
     /// Polls that returned a snapshot.
     pub polls: u64,
     /// Polls dropped because the state kept changing (or its reads were held up) while it
@@ -268,26 +274,30 @@ impl StatePoller {
             attrs: AttrCache::default(),
             strings: StrCache::default(),
             last_error: None,
+            found_via: None,
             polls: 0,
             torn: 0,
         }
     }
 
-    /// Finds the scheduler object from the live frames.
+    /// Finds the scheduler object from the live frames; says through which frame.
     fn find_scheduler(
         interp: &Interpreter,
         names: &StateNames,
         mem: &ProcessMemory,
         codes: &mut CodeCache,
         o: &Objects<'_>,
-    ) -> Result<u64, StateError> {
+    ) -> Result<(u64, String), StateError> {
         let frames = interp.live_frames(mem, codes);
-        let n = frames.len();
         let is_vllm = |f: &crate::python::LiveFrame| f.code.filename.contains("vllm/");
         for f in frames.iter().filter(|f| is_vllm(f)) {
             if names.engine_frames.contains(&f.code.qualname.as_str()) && f.first_local != 0 {
                 if let Some(s) = o.attr(f.first_local, names.engine_scheduler)? {
-                    return Ok(s);
+                    let via = format!(
+                        "self.{} of frame {} (thread state {:#x})",
+                        names.engine_scheduler, f.code.qualname, f.tstate
+                    );
+                    return Ok((s, via));
                 }
                 return Err(StateError::MissingName(
                     names.engine_scheduler,
@@ -295,13 +305,27 @@ impl StatePoller {
                 ));
             }
         }
-        frames
+        let scheduler = frames
             .iter()
             .filter(|f| is_vllm(f))
             .find(|f| names.scheduler_frames.contains(&f.code.qualname.as_str()))
-            .map(|f| f.first_local)
-            .filter(|s| *s != 0)
-            .ok_or(StateError::NoEngine(n))
+            .filter(|f| f.first_local != 0);
+        if let Some(f) = scheduler {
+            let via = format!(
+                "self of frame {} (thread state {:#x})",
+                f.code.qualname, f.tstate
+            );
+            return Ok((f.first_local, via));
+        }
+        let threads: std::collections::HashSet<u64> = frames.iter().map(|f| f.tstate).collect();
+        let wanted = names
+            .engine_frames
+            .iter()
+            .chain(names.scheduler_frames)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(StateError::NoEngine(frames.len(), threads.len(), wanted))
     }
 
     /// Reads the scheduler's queues and KV cache now, and with `requests` every request.
@@ -325,6 +349,7 @@ impl StatePoller {
             strings,
             polls,
             torn,
+            found_via,
             ..
         } = self;
         let names: &StateNames = names;
@@ -333,8 +358,9 @@ impl StatePoller {
             // Still the same object? (a freed address would not be a Scheduler any more)
             Some(s) if o.type_name(s).is_ok_and(|t| t.contains("Scheduler")) => s,
             _ => {
-                let s = Self::find_scheduler(interp, names, mem, codes, &o)?;
+                let (s, via) = Self::find_scheduler(interp, names, mem, codes, &o)?;
                 *known = Some(s);
+                *found_via = Some(via);
                 *limits = (
                     optional_int(&o, s, names.max_num_running_reqs)?,
                     optional_int(&o, s, names.max_num_scheduled_tokens)?,

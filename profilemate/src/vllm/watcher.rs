@@ -20,6 +20,7 @@ use serde::Serialize;
 use super::{
     metrics::{self, Scrape},
     state::{StateNames, StatePoller, StateSnapshot},
+    version::{self, VllmVersion},
 };
 use crate::{pipeline::PyUpdate, python::Interpreter};
 
@@ -53,6 +54,13 @@ pub struct StateReport {
     pub torn_polls: u64,
     /// Why the last poll found nothing (None: it succeeded).
     pub last_error: Option<String>,
+    /// How the scheduler object was found (frame and attribute).
+    pub scheduler_found_via: Option<String>,
+    /// The process's vLLM release and the name bundle chosen for it (None: no vLLM
+    /// package mapped in the process).
+    pub vllm: Option<VllmVersion>,
+    /// Why the release could not be read, when a vLLM package is mapped.
+    pub vllm_version_error: Option<String>,
     /// Time per poll attempt (ms): median and longest.
     pub poll_ms_p50: f64,
     /// See `poll_ms_p50`.
@@ -147,6 +155,7 @@ impl Watcher {
 
 struct Poller {
     poller: StatePoller,
+    version: Option<Result<VllmVersion, String>>,
     times_ms: Vec<f64>,
     exited: bool,
 }
@@ -195,10 +204,15 @@ impl Work {
                 WatchCommand::Python(interp) => {
                     let pid = interp.pid;
                     let poller = StatePoller::new(*interp, self.names);
+                    let version = version::of_process(pid);
+                    if let Some(Ok(VllmVersion { note: Some(n), .. })) = &version {
+                        eprintln!("warning: pid {pid}: {n}");
+                    }
                     self.pollers.insert(
                         pid,
                         Poller {
                             poller,
+                            version,
                             times_ms: Vec::new(),
                             exited: false,
                         },
@@ -270,6 +284,9 @@ impl Work {
                     polls: p.poller.polls,
                     torn_polls: p.poller.torn,
                     last_error: p.poller.last_error.clone(),
+                    scheduler_found_via: p.poller.found_via.clone(),
+                    vllm: p.version.clone().and_then(Result::ok),
+                    vllm_version_error: p.version.clone().and_then(Result::err),
                     poll_ms_p50: p50,
                     poll_ms_max: max,
                 }
