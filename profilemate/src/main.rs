@@ -24,6 +24,9 @@ struct Cli {
 enum Command {
     /// Attach to a running process tree and record its CUDA activity until stopped.
     Attach(AttachArgs),
+    /// Print, as JSON, every vLLM name (module, class, function, attribute, enum value) this
+    /// build reads, for checking against a vLLM release's source.
+    VllmNames,
 }
 
 #[derive(clap::Args)]
@@ -120,6 +123,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Attach(a) => attach(a),
+        Command::VllmNames => serde_json::to_string_pretty(&profilemate::vllm::names::manifest())
+            .map(|j| println!("{j}"))
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
