@@ -37,8 +37,13 @@ use crate::{
 pub enum PyUpdate {
     /// A process's interpreter was found.
     Add(Box<Interpreter>),
-    /// A process exited.
-    Remove(u32),
+    /// A process exited; `noticed_ns`: when the main loop saw it gone (CLOCK_MONOTONIC).
+    Remove {
+        /// The process.
+        pid: u32,
+        /// When its exit was noticed.
+        noticed_ns: u64,
+    },
     /// A scheduler poll.
     State(StateSnapshot),
     /// A request-table poll.
@@ -49,6 +54,10 @@ pub enum PyUpdate {
 const IDLE_TICK: Duration = Duration::from_millis(4);
 /// Records processed between two looks at the stop budget.
 const BUDGET_CHECK: usize = 256;
+/// An exited process is forgotten only once records this much newer than its exit was
+/// noticed have been processed: its last records travel in the record queue, behind the
+/// exit's notice (which takes the update channel), and would otherwise find it gone.
+const REMOVE_AFTER_NS: u64 = 20_000_000;
 
 /// Time spent per stage (ms) and how far behind the target the pipeline ran.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -93,6 +102,8 @@ pub struct Pipeline {
     /// Counters.
     pub stats: PipelineStats,
     lag: Lag,
+    /// Exited processes not forgotten yet: (pid, when the exit was noticed).
+    exits: Vec<(u32, u64)>,
 }
 
 /// When the pipeline must stop processing (monotonic ns; 0: no deadline yet).
@@ -143,6 +154,7 @@ impl Pipeline {
             profilers,
             stats: PipelineStats::default(),
             lag: Lag::default(),
+            exits: Vec::new(),
         }
     }
 
@@ -172,6 +184,7 @@ impl Pipeline {
             }
         }
         self.apply_updates();
+        self.forget_exited(u64::MAX);
         let l = &self.lag.0;
         self.stats.lag_ms = DelayPercentiles {
             p50: l.value_at_quantile(0.5),
@@ -188,6 +201,7 @@ impl Pipeline {
             let _ = self.lag.0.record(age / 1_000_000);
         }
         let mut spent = budget.spent();
+        let last_ts = batch.records.last().map_or(0, record_ts);
         for (i, rec) in batch.records.into_iter().enumerate() {
             if i % BUDGET_CHECK == 0 && !spent {
                 spent = budget.spent();
@@ -199,6 +213,20 @@ impl Pipeline {
             self.stats.records += 1;
             self.handle(rec);
         }
+        self.forget_exited(last_ts);
+    }
+
+    /// Forgets the exited processes whose every record must be behind `processed_ns`.
+    fn forget_exited(&mut self, processed_ns: u64) {
+        let (python, batches) = (&mut self.python, &mut self.batches);
+        self.exits.retain(|&(pid, noticed_ns)| {
+            let done = processed_ns >= noticed_ns.saturating_add(REMOVE_AFTER_NS);
+            if done {
+                batches.remove_process(pid);
+                python.remove_process(pid);
+            }
+            !done
+        });
     }
 
     fn handle(&mut self, rec: Record) {
@@ -209,6 +237,7 @@ impl Pipeline {
             profilers,
             stats,
             py_rx,
+            exits,
             ..
         } = self;
         let mut emit = |rec: Correlated| {
@@ -229,7 +258,7 @@ impl Pipeline {
                 // The interpreter is sent before the walker is configured, so a stack of an
                 // unknown process means its update is waiting in the channel.
                 if !python.knows(ev.pid) {
-                    apply_updates(py_rx, python, batches, &mut emit);
+                    apply_updates(py_rx, python, batches, exits, &mut emit);
                 }
                 let mut read_ms = 0.0;
                 python.stack(ev, &mut |rec| {
@@ -260,9 +289,10 @@ impl Pipeline {
             batches,
             profilers,
             py_rx,
+            exits,
             ..
         } = self;
-        apply_updates(py_rx, python, batches, &mut |rec: Correlated| {
+        apply_updates(py_rx, python, batches, exits, &mut |rec: Correlated| {
             for p in profilers.iter_mut() {
                 p.consume(&rec);
             }
@@ -298,6 +328,7 @@ fn apply_updates(
     py_rx: &mpsc::Receiver<PyUpdate>,
     python: &mut PythonContext,
     batches: &mut BatchReader,
+    exits: &mut Vec<(u32, u64)>,
     emit: &mut impl FnMut(Correlated),
 ) {
     while let Ok(update) = py_rx.try_recv() {
@@ -306,10 +337,7 @@ fn apply_updates(
                 batches.add_interpreter(Interpreter::clone(&i));
                 python.add_interpreter(*i);
             }
-            PyUpdate::Remove(pid) => {
-                batches.remove_process(pid);
-                python.remove_process(pid);
-            }
+            PyUpdate::Remove { pid, noticed_ns } => exits.push((pid, noticed_ns)),
             PyUpdate::State(snap) => {
                 batches.set_scheduler(snap.pid, snap.scheduler);
                 emit(Correlated::VllmState(snap));

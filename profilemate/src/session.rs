@@ -149,7 +149,7 @@ impl Targets {
         // The pipeline learns the interpreter before the walker sends its first stack.
         let _ = self.py_tx.send(PyUpdate::Add(Box::new(interp.clone())));
         if let Err(e) = probes.set_python(pid, interp.walker_config()) {
-            let _ = self.py_tx.send(PyUpdate::Remove(pid));
+            let _ = self.py_tx.send(PyUpdate::Remove { pid, noticed_ns: 0 });
             track.record = Some(PythonRecord {
                 pid,
                 status: "unsupported",
@@ -237,7 +237,10 @@ impl Targets {
                 t.exited_sec = Some(now);
                 probes.remove_target(*pid);
                 probes.remove_python(*pid);
-                let _ = self.py_tx.send(PyUpdate::Remove(*pid));
+                let _ = self.py_tx.send(PyUpdate::Remove {
+                    pid: *pid,
+                    noticed_ns: monotonic_ns(),
+                });
                 let _ = self.watch.send(WatchCommand::Exited(*pid));
             }
         }
