@@ -110,17 +110,8 @@ pub fn classify_record<F: FrameName>(table: &[EventRule], frames: &[F]) -> Event
 
 #[cfg(test)]
 mod tests {
+    use super::super::ops::TestFrame as F;
     use super::*;
-
-    struct F(&'static str, &'static str);
-    impl FrameName for F {
-        fn filename(&self) -> &str {
-            self.0
-        }
-        fn qualname(&self) -> &str {
-            self.1
-        }
-    }
 
     const V1: &str = "/x/site-packages/vllm/v1/worker/gpu_model_runner.py";
 

@@ -524,19 +524,24 @@ pub fn classify<F: FrameName>(table: &[OpRule], frames: &[F]) -> (Operation, Opt
     (Operation::OtherPython, None)
 }
 
+/// A frame given by its names, for the tests of the tables that match frames.
+#[cfg(test)]
+pub(super) struct TestFrame(pub &'static str, pub &'static str);
+
+#[cfg(test)]
+impl FrameName for TestFrame {
+    fn filename(&self) -> &str {
+        self.0
+    }
+    fn qualname(&self) -> &str {
+        self.1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct F(&'static str, &'static str);
-    impl FrameName for F {
-        fn filename(&self) -> &str {
-            self.0
-        }
-        fn qualname(&self) -> &str {
-            self.1
-        }
-    }
+    use TestFrame as F;
 
     #[test]
     fn innermost_vllm_frame_decides() {
