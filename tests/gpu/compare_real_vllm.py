@@ -121,6 +121,15 @@ def read_csv(session, name):
         return NA(f"{name} unreadable: {e}")
 
 
+def count_by(rows, column):
+    """Rows per value of `column` (an empty cell counts as "(empty)")."""
+    c = {}
+    for r in rows:
+        key = r[column] or "(empty)"
+        c[key] = c.get(key, 0) + 1
+    return c
+
+
 def need_columns(rows, name, cols):
     """NA if the CSV lacks a column (a header-only file has its columns but no rows)."""
     if isinstance(rows, NA):
@@ -402,9 +411,7 @@ def session_checks(win, session, scrapes, clock):
         bad = need_columns(fp, "forward_pass_timing.csv", ["completion"])
         if bad or not fp:
             return add("completion", "completion classes", bad or NA("no rows"))
-        c = {}
-        for r in fp:
-            c[r["completion"] or "(empty)"] = c.get(r["completion"] or "(empty)", 0) + 1
+        c = count_by(fp, "completion")
         add("completion", "completion classes", c,
             ", ".join(f"{k} {v:,} ({100 * v / len(fp):.1f} %)" for k, v in sorted(c.items())))
 
@@ -412,9 +419,7 @@ def session_checks(win, session, scrapes, clock):
         bad = need_columns(fp, "forward_pass_timing.csv", ["phase"])
         if bad or not fp:
             return add("phase", "phase known", bad or NA("no rows"))
-        c = {}
-        for r in fp:
-            c[r["phase"] or "(empty)"] = c.get(r["phase"] or "(empty)", 0) + 1
+        c = count_by(fp, "phase")
         known = sum(v for k, v in c.items() if k not in ("unknown", "(empty)"))
         add("phase", "phase known", {"known_pct": round(100 * known / len(fp), 2), "by_phase": c},
             f"{100 * known / len(fp):.1f} % (" + ", ".join(f"{k} {v:,}" for k, v in sorted(c.items())) + ")")
