@@ -43,7 +43,14 @@ pub mod stack_reason {
     pub const SAMPLE: u16 = 1;
     /// A CUDA API entry probe (`PyStackRecord::api` says which).
     pub const CUDA_CALL: u16 = 2;
+    /// A hardware breakpoint on the first code unit of a watched Python function fired: the
+    /// function was just entered (`PyStackRecord::api` carries the breakpoint's bpf cookie).
+    pub const BREAKPOINT: u16 = 3;
 }
+
+/// Frames walked at a breakpoint hit: the entered function, its callers (the caller tells
+/// why a preemption happened), no more (a full walk would cost a few µs per call).
+pub const BREAKPOINT_FRAMES: u32 = 4;
 
 /// `PyStackRecord::flags`.
 pub mod stack_flags {
@@ -144,7 +151,7 @@ pub struct PyStackRecord {
     pub flags: u16,
     /// `bpf_ktime_get_ns()`; equal to the CUDA call record's for `CUDA_CALL`.
     pub ts_ns: u64,
-    /// The `ApiId` of a `CUDA_CALL` walk.
+    /// The `ApiId` of a `CUDA_CALL` walk; the bpf cookie of a `BREAKPOINT` walk.
     pub api: u16,
     /// CPU the walk ran on.
     pub cpu: u16,

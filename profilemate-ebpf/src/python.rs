@@ -7,15 +7,16 @@
 //! mid-update yields a shorter stack flagged `READ_FAILED`, never a fault in the target.
 
 use aya_ebpf::{
-    helpers::generated::bpf_get_smp_processor_id,
+    helpers::generated::{bpf_get_attach_cookie, bpf_get_smp_processor_id},
+    EbpfContext,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
     macros::perf_event,
     programs::PerfEventContext,
 };
 use profilemate_common::{
     python::{
-        stack_flags, stack_reason, PyFrame, PyProcConfig, PyStackRecord, FRAME_SCRATCH_WORDS,
-        MAX_PY_FRAMES, NO_OFFSET,
+        stack_flags, stack_reason, PyFrame, PyProcConfig, PyStackRecord, BREAKPOINT_FRAMES,
+        FRAME_SCRATCH_WORDS, MAX_PY_FRAMES, NO_OFFSET,
     },
     record_kind, COUNTER_STACK_RING_FULL,
 };
@@ -68,6 +69,12 @@ fn thread_state(cfg: &PyProcConfig, tid: u32) -> Option<u64> {
 /// Walks the current thread's Python stack into one ring-buffer record.
 #[inline(always)]
 pub fn walk_stack(tgid: u32, tid: u32, reason: u16, api: u16, ts_ns: u64) {
+    walk_stack_at_most(tgid, tid, reason, api, ts_ns, MAX_PY_FRAMES as u32);
+}
+
+/// `walk_stack` keeping at most `max_frames` frames (innermost first).
+#[inline(always)]
+fn walk_stack_at_most(tgid: u32, tid: u32, reason: u16, api: u16, ts_ns: u64, max_frames: u32) {
     // SAFETY: plain value lookup, copied out.
     let cfg = unsafe { PY_PROCS.get(&tgid) }.copied();
     if cfg.is_none() && reason != stack_reason::SAMPLE {
@@ -85,7 +92,7 @@ pub fn walk_stack(tgid: u32, tid: u32, reason: u16, api: u16, ts_ns: u64) {
         Some(cfg) => match thread_state(&cfg, tid) {
             None => flags |= stack_flags::NO_THREAD_STATE,
             Some(tstate) => {
-                let (d, f) = walk_frames(&cfg, tstate, rec);
+                let (d, f) = walk_frames(&cfg, tstate, rec, max_frames);
                 depth = d;
                 flags |= f;
             }
@@ -117,7 +124,12 @@ pub fn walk_stack(tgid: u32, tid: u32, reason: u16, api: u16, ts_ns: u64) {
 /// code 0 for userspace to drop, and the instruction offset is sent unchecked (userspace
 /// validates it against the code object).
 #[inline(always)]
-fn walk_frames(cfg: &PyProcConfig, tstate: u64, rec: *mut PyStackRecord) -> (u32, u16) {
+fn walk_frames(
+    cfg: &PyProcConfig,
+    tstate: u64,
+    rec: *mut PyStackRecord,
+    max_frames: u32,
+) -> (u32, u16) {
     let Some(mut frame) = read_u64(tstate + cfg.tstate_frame as u64) else {
         return (0, stack_flags::READ_FAILED);
     };
@@ -133,6 +145,9 @@ fn walk_frames(cfg: &PyProcConfig, tstate: u64, rec: *mut PyStackRecord) -> (u32
     for i in 0..MAX_PY_FRAMES {
         if frame == 0 {
             return (i as u32, 0);
+        }
+        if i as u32 >= max_frames {
+            return (i as u32, stack_flags::TRUNCATED);
         }
         // One read per frame into the scratch copy, then fields by offset. The copy that
         // includes the first arguments can run past the end of a frame at the very end of
@@ -199,5 +214,21 @@ pub fn py_sample(_ctx: PerfEventContext) -> u32 {
     };
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     walk_stack(tgid, tid, stack_reason::SAMPLE, 0, ts_ns);
+    0
+}
+
+/// Hardware breakpoint on the first code unit of a watched Python function (one perf event
+/// per watched thread and function; userspace opened them): the interpreter just fetched
+/// the function's first instruction, so its frame is the current one. Walks a few frames:
+/// the function with its first argument, and its callers.
+#[perf_event]
+pub fn py_breakpoint(ctx: PerfEventContext) -> u32 {
+    let Some((tgid, tid)) = target_ids() else {
+        return 0;
+    };
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the helper reads the cookie of the link this program runs for.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u16;
+    walk_stack_at_most(tgid, tid, stack_reason::BREAKPOINT, cookie, ts_ns, BREAKPOINT_FRAMES);
     0
 }

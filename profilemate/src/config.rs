@@ -46,6 +46,8 @@ pub struct AttachConfig {
     pub cuda_stacks: crate::probes::CudaStacks,
     /// vLLM scheduler-state polls per second (0: off).
     pub state_hz: u64,
+    /// Watch the scheduler's methods with hardware breakpoints.
+    pub breakpoints: bool,
 }
 
 impl AttachConfig {

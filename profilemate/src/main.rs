@@ -82,6 +82,11 @@ struct AttachArgs {
     /// target's live objects; 0 turns it off.
     #[arg(long, default_value_t = 10)]
     state_hz: u64,
+    /// Do not watch vLLM's scheduler methods (schedule, update_from_output, preemption,
+    /// add_request) with hardware breakpoints; preemptions and arrivals then come from the
+    /// step outputs and polls only.
+    #[arg(long)]
+    no_breakpoints: bool,
 }
 
 fn attach(args: AttachArgs) -> Result<()> {
@@ -113,6 +118,7 @@ fn attach(args: AttachArgs) -> Result<()> {
         sample_hz: args.sample_hz,
         cuda_stacks: args.cuda_stacks,
         state_hz: args.state_hz.min(1000),
+        breakpoints: !args.no_breakpoints,
     };
     session::run(&cfg)?;
     Ok(())

@@ -22,7 +22,10 @@ use crate::{
     correlate::{python::PythonContext, Correlator},
     discovery::{self, MappedLibrary},
     output::{
-        metadata::{LossReport, MainLoopStats, Metadata, PythonRecord, PythonReport, TargetRecord},
+        metadata::{
+            BreakpointSection, LossReport, MainLoopStats, Metadata, PythonRecord, PythonReport,
+            TargetRecord,
+        },
         monotonic_ns, SessionDir, TimeBase,
     },
     pipeline::{Pipeline, PyUpdate, StopBudget},
@@ -94,6 +97,8 @@ struct Targets {
     usdt_notes: HashMap<(u64, u64), Result<Vec<UsdtProbe>, String>>,
     /// Commands for the vLLM watcher thread (queued until it starts).
     watch: mpsc::Sender<WatchCommand>,
+    /// Scheduler methods to watch with breakpoints, found by the watcher.
+    functions: mpsc::Receiver<vllm::calls::FunctionWatch>,
 }
 
 impl Targets {
@@ -102,11 +107,16 @@ impl Targets {
     fn python_scan(&mut self, pid: u32, probes: &mut Probes) {
         let track = self.python.entry(pid).or_default();
         if let Some(interp) = &track.walking {
-            // New threads get walked from the next rescan on.
+            // New threads get walked (and their watched functions armed) from the next
+            // rescan on.
             match interp.thread_refs() {
                 Ok(refs) => {
                     if let Err(e) = probes.set_python_threads(pid, &refs) {
                         log::warn!("pid {pid}: {e}");
+                    }
+                    let tids: Vec<u32> = refs.iter().map(|(t, _)| *t).collect();
+                    if let Err(e) = probes.watch_threads(pid, &tids) {
+                        log::warn!("pid {pid}: breakpoints: {e}");
                     }
                 }
                 Err(e) => log::debug!("pid {pid}: thread list: {e}"),
@@ -229,6 +239,16 @@ impl Targets {
     /// Finds new processes and libraries and attaches to them. Returns how many probes were
     /// attached now.
     fn rescan(&mut self, probes: &mut Probes) -> usize {
+        while let Ok(w) = self.functions.try_recv() {
+            if !w.missing.is_empty() {
+                log::info!(
+                    "pid {}: not watched (absent): {}",
+                    w.pid,
+                    w.missing.join(", ")
+                );
+            }
+            probes.watch_functions(w.pid, w.functions, w.found_via);
+        }
         let now = self.time.sec(monotonic_ns());
         let live = discovery::process_tree(self.root, self.children);
         for (pid, t) in &mut self.procs {
@@ -390,6 +410,7 @@ async fn run_session(
         .context("cannot start the ring-buffer reader thread")?;
     let (py_tx, py_rx) = mpsc::channel();
     let (watch, watch_rx) = mpsc::channel();
+    let (functions_tx, functions) = mpsc::channel();
     let mut targets = Targets {
         root: cfg.pid,
         children: cfg.follow_children,
@@ -399,13 +420,20 @@ async fn run_session(
         py_tx: py_tx.clone(),
         usdt_notes: HashMap::new(),
         watch,
+        functions,
     };
     targets.rescan(&mut probes);
     if targets.procs.is_empty() {
         bail!(preflight::PreflightError::NoSuchProcess { pid: cfg.pid });
     }
-    let watcher = Watcher::spawn(watch_rx, cfg.state_hz, &vllm::state::VLLM_0_33, py_tx)
-        .context("cannot start the vLLM watcher thread")?;
+    let watcher = Watcher::spawn(
+        watch_rx,
+        cfg.state_hz,
+        &vllm::state::VLLM_0_33,
+        py_tx,
+        cfg.breakpoints.then_some(functions_tx),
+    )
+    .context("cannot start the vLLM watcher thread")?;
     if !targets.any_library() {
         let what = if cfg.follow_children {
             "pid {} or its children"
@@ -573,6 +601,11 @@ async fn run_session(
             stats: python_ctx.final_stats(),
             vllm_batches: batches.final_stats(),
             vllm_state: watch.state.clone(),
+            breakpoints: BreakpointSection {
+                enabled: cfg.breakpoints,
+                processes: probes.breakpoint_reports(),
+                calls: batches.call_stats(),
+            },
         },
         program_costs: probes.program_costs(),
         vllm_metrics: metrics_check,

@@ -34,6 +34,7 @@ the loop after the current step; times are CLOCK_MONOTONIC ns):
    "free_blocks"}   one per schedule() call (the SchedulerOutput it returned)
   {"kind":"forward","ts_ns","num_tokens","mode","desc_tokens"}   one per forward launched
   {"kind":"preempt","req","ts_ns","reason","tokens_lost"}, {"kind":"finish","req","ts_ns"},
+  {"kind":"add","req","ts_ns"} (Scheduler.add_request, stamped inside it),
   {"kind":"evict","ts_ns","blocks"}, {"kind":"reset","ts_ns"}, and at the end
   {"kind":"request","req","prompt_tokens","output_tokens","preemptions","arrival","status"}
 An op's "step" is the engine step during which it ran (for process_outputs: the step that

@@ -684,6 +684,7 @@ fn vllm_batches_preemptions_requests_and_graphs_match_ground_truth() {
         ps["total_preemptions"].as_u64(),
         Some(truth_pre.len() as u64)
     );
+    check_breakpoint_events(&label, &md, &events, &truth_pre, &dir, &run.session, ns);
     assert!(
         ps["reasons"]["cache_reset"].as_u64().unwrap_or(0) > 0,
         "{ps}"
@@ -773,4 +774,96 @@ fn vllm_batches_preemptions_requests_and_graphs_match_ground_truth() {
     );
     let moe = run.session.json("moe_summary.json");
     assert_eq!(moe["expert_routing_observable"], false);
+}
+
+/// Preemptions and arrivals seen by the hardware breakpoints on the scheduler's methods:
+/// each at the method's entry, so at most 1 ms before the fixture's own stamp inside it and
+/// never after it; once armed (the first scheduler poll), every one is seen.
+fn check_breakpoint_events(
+    label: &str,
+    md: &serde_json::Value,
+    events: &[HashMap<String, String>],
+    truth_pre: &[serde_json::Value],
+    dir: &std::path::Path,
+    session: &Session,
+    ns: impl Fn(&HashMap<String, String>) -> f64,
+) {
+    let bp = &md["python"]["breakpoints"];
+    let watched: Vec<&str> = bp["processes"][0]["functions"]
+        .as_array()
+        .map(|f| f.iter().filter_map(|f| f["qualname"].as_str()).collect())
+        .unwrap_or_default();
+    for q in [
+        "Scheduler._preempt_request",
+        "Scheduler.add_request",
+        "Scheduler.schedule",
+    ] {
+        assert!(watched.contains(&q), "{label}: {q} not watched: {bp}");
+    }
+    let close = |got: f64, truth: f64| got <= truth && truth - got < 1e6;
+    let by_bp: Vec<_> = events
+        .iter()
+        .filter(|e| e["source"] == "breakpoint")
+        .collect();
+    assert!(
+        !by_bp.is_empty(),
+        "{label}: no preemption seen by breakpoint: {bp}"
+    );
+    for e in &by_bp {
+        let t = ns(e);
+        assert!(
+            truth_pre
+                .iter()
+                .any(|p| p["req"] == e["request_id"].as_str()
+                    && close(t, p["ts_ns"].as_f64().unwrap_or(0.0))),
+            "{label}: breakpoint preemption {e:?} matches no truth stamp"
+        );
+    }
+    let first = by_bp.iter().map(|e| ns(e)).fold(f64::MAX, f64::min);
+    let after = truth_pre
+        .iter()
+        .filter(|p| p["ts_ns"].as_f64().unwrap_or(0.0) > first)
+        .count();
+    assert_eq!(
+        by_bp.len(),
+        after,
+        "{label}: preemptions once the breakpoints fired"
+    );
+    // Arrivals: every add_request after the first one seen, at its entry.
+    let adds = truth_of(dir, "add");
+    let rows = session.csv("request_lifecycle.csv");
+    let added: Vec<_> = rows.iter().filter(|r| !r["added_sec"].is_empty()).collect();
+    assert!(
+        !added.is_empty(),
+        "{label}: no arrival seen by breakpoint: {bp}"
+    );
+    let t0 = md["monotonic_start_ns"].as_f64().unwrap_or(0.0);
+    let at = |r: &HashMap<String, String>| t0 + col(r, "added_sec") * 1e9;
+    for r in &added {
+        let t = adds
+            .iter()
+            .find(|a| a["req"] == r["request_id"].as_str())
+            .and_then(|a| a["ts_ns"].as_f64())
+            .unwrap_or_else(|| panic!("{label}: {} added but not in the truth", r["request_id"]));
+        assert!(
+            close(at(r), t),
+            "{label}: {} added at {} vs {t}",
+            r["request_id"],
+            at(r)
+        );
+    }
+    let first_add = added.iter().map(|r| at(r)).fold(f64::MAX, f64::min);
+    let later = adds
+        .iter()
+        .filter(|a| a["ts_ns"].as_f64().unwrap_or(0.0) >= first_add)
+        .count();
+    assert_eq!(
+        added.len(),
+        later,
+        "{label}: arrivals after the first one seen"
+    );
+    assert_eq!(
+        session.json("preemption_summary.json")["arrivals"].as_u64(),
+        Some(added.len() as u64)
+    );
 }

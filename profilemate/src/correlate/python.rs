@@ -28,6 +28,8 @@ pub struct PythonStats {
     pub sampled_stacks: u64,
     /// Stacks walked at CUDA calls.
     pub cuda_call_stacks: u64,
+    /// Stacks walked at a watched Python function's entry (hardware breakpoint hits).
+    pub breakpoint_stacks: u64,
     /// Stacks cut at the walker's depth limit.
     pub truncated_stacks: u64,
     /// Ticks of threads without a Python thread state (native threads).
@@ -115,8 +117,11 @@ impl PythonContext {
         match ev.reason {
             StackReason::Sample => self.stats.sampled_stacks += 1,
             StackReason::CudaCall(_) => self.stats.cuda_call_stacks += 1,
+            StackReason::Breakpoint(_) => self.stats.breakpoint_stacks += 1,
         }
-        if ev.flags & stack_flags::TRUNCATED != 0 {
+        // A breakpoint walk stops after a few frames on purpose.
+        let short_walk = matches!(ev.reason, StackReason::Breakpoint(_));
+        if ev.flags & stack_flags::TRUNCATED != 0 && !short_walk {
             self.stats.truncated_stacks += 1;
         }
         if ev.flags & stack_flags::NO_THREAD_STATE != 0 {

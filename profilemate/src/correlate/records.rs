@@ -197,6 +197,8 @@ pub enum Correlated {
     Batch(Box<crate::vllm::batch::StepBatch>),
     /// The CUDA graph descriptor a replay used.
     GraphDescriptor(crate::vllm::batch::GraphDescriptor),
+    /// A watched scheduler method was entered (hardware breakpoint).
+    SchedulerCall(Box<crate::vllm::calls::SchedulerCall>),
 }
 
 /// One symbolized Python frame.

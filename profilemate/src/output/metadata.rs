@@ -46,6 +46,19 @@ pub struct PythonReport {
     pub vllm_batches: crate::vllm::batch::BatchStats,
     /// Scheduler-state polls per process.
     pub vllm_state: Vec<crate::vllm::watcher::StateReport>,
+    /// Hardware breakpoints on the scheduler's methods.
+    pub breakpoints: BreakpointSection,
+}
+
+/// The hardware breakpoints: what was watched where, and what the hits gave.
+#[derive(Debug, Clone, Serialize)]
+pub struct BreakpointSection {
+    /// `--no-breakpoints` not given.
+    pub enabled: bool,
+    /// Per process.
+    pub processes: Vec<crate::probes::breakpoints::BreakpointReport>,
+    /// Hits and the calls they gave.
+    pub calls: crate::vllm::calls::CallStats,
 }
 
 /// How the session's main loop kept its clock: rescans and the stop.

@@ -45,6 +45,8 @@ pub enum StackReason {
     Sample,
     /// Entry of this CUDA API.
     CudaCall(ApiId),
+    /// Entry of the watched Python function of this slot (a hardware breakpoint hit).
+    Breakpoint(u16),
 }
 
 /// One walked Python stack (frames innermost first, not yet symbolized).
@@ -150,6 +152,7 @@ pub fn decode_stack(bytes: &[u8]) -> Result<StackEvent, DecodeError> {
         stack_reason::CUDA_CALL => {
             StackReason::CudaCall(ApiId::from_u16(r.api).ok_or(DecodeError::Api(r.api))?)
         }
+        stack_reason::BREAKPOINT => StackReason::Breakpoint(r.api),
         k => return Err(DecodeError::Kind(k)),
     };
     let depth = usize::from(r.depth).min(r.frames.len());

@@ -6,7 +6,9 @@
 //! Owns: every aya object. Does not own: deciding which processes are targets (`discovery`,
 //! `session`) or what the records mean (`correlate`).
 
+pub mod breakpoints;
 pub mod drain;
+pub mod perf_link;
 pub mod reader;
 pub mod symbols;
 pub mod usdt;
@@ -46,6 +48,7 @@ const ENTRY_PROGRAM: &str = "cuda_entry";
 const RETURN_PROGRAM: &str = "cuda_return";
 const SAMPLE_PROGRAM: &str = "py_sample";
 const USDT_PROGRAM: &str = "usdt_hit";
+const BREAKPOINT_PROGRAM: &str = "py_breakpoint";
 
 /// At which CUDA calls the Python stack is walked (`--cuda-stacks`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -212,11 +215,13 @@ pub struct Probes {
     done: HashMap<(u32, (u64, u64), u64), ()>,
     symbol_cache: HashMap<((u64, u64), u64), Result<SymbolOffsets, String>>,
     sampling: Vec<PerfEventLinkId>,
-    usdt_links: Vec<usdt::UsdtLink>,
+    usdt_links: Vec<perf_link::PerfLink>,
     /// (file id, probe name) -> spec slot.
     usdt_slots: HashMap<((u64, u64), String), u32>,
     /// pid -> its entries in `PY_THREADS` (tid -> thread state), as written.
     py_threads: HashMap<u32, HashMap<u32, PyThreadRef>>,
+    /// Hardware breakpoints on watched Python functions.
+    breakpoints: breakpoints::Breakpoints,
     /// What was attached and what failed.
     pub report: ProbeReport,
     /// USDT probes per process.
@@ -237,9 +242,11 @@ impl Probes {
                 .load()
                 .map_err(program_error(name))?;
         }
-        typed_program::<PerfEvent>(&mut ebpf, SAMPLE_PROGRAM)?
-            .load()
-            .map_err(program_error(SAMPLE_PROGRAM))?;
+        for name in [SAMPLE_PROGRAM, BREAKPOINT_PROGRAM] {
+            typed_program::<PerfEvent>(&mut ebpf, name)?
+                .load()
+                .map_err(program_error(name))?;
+        }
         Ok(Self {
             ebpf,
             kernels,
@@ -251,6 +258,7 @@ impl Probes {
             usdt_links: Vec::new(),
             usdt_slots: HashMap::new(),
             py_threads: HashMap::new(),
+            breakpoints: breakpoints::Breakpoints::default(),
             report: ProbeReport::default(),
             usdt_report: Vec::new(),
         })
@@ -413,8 +421,37 @@ impl Probes {
         targets.insert(pid, 1, 0).map_err(map_error(TARGETS_MAP))
     }
 
+    /// Sets the Python functions whose entries `pid`'s threads report (see `breakpoints`).
+    pub fn watch_functions(
+        &mut self,
+        pid: u32,
+        functions: Vec<breakpoints::WatchedFunction>,
+        found_via: String,
+    ) {
+        self.breakpoints.set_functions(pid, functions, found_via);
+    }
+
+    /// Watches `pid`'s functions on each of `tids` not watched yet.
+    pub fn watch_threads(&mut self, pid: u32, tids: &[u32]) -> Result<(), ProbeError> {
+        if !self.breakpoints.watches(pid) {
+            return Ok(());
+        }
+        let prog = typed_program::<PerfEvent>(&mut self.ebpf, BREAKPOINT_PROGRAM)?;
+        let fd = prog.fd().map_err(program_error(BREAKPOINT_PROGRAM))?;
+        self.breakpoints
+            .cover_threads(pid, tids, std::os::fd::AsFd::as_fd(fd));
+        Ok(())
+    }
+
+    /// What the breakpoints of each process did.
+    #[must_use]
+    pub fn breakpoint_reports(&self) -> Vec<breakpoints::BreakpointReport> {
+        self.breakpoints.reports()
+    }
+
     /// Removes an exited `pid` from the in-kernel filter (the map is bounded; pids are reused).
     pub fn remove_target(&mut self, pid: u32) {
+        self.breakpoints.remove_process(pid);
         if let Ok(mut targets) =
             typed_map::<BpfHashMap<&mut MapData, u32, u32>>(&mut self.ebpf, TARGETS_MAP)
         {

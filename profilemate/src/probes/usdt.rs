@@ -9,17 +9,15 @@
 //! `BPF_LINK_CREATE`, the bpf cookie naming the probe's spec slot. Format:
 //! <https://sourceware.org/systemtap/wiki/UserSpaceProbeImplementation>.
 
-use std::{
-    ffi::CString,
-    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
-    os::unix::ffi::OsStrExt,
-    path::Path,
-};
+use std::{ffi::CString, os::fd::BorrowedFd, os::unix::ffi::OsStrExt, path::Path};
 
 use object::{Object, ObjectSection};
 use profilemate_common::python::{usdt_location, UsdtArgSpec, UsdtSpec, USDT_MAX_ARGS};
 
-use super::symbols::{file_offset, map_file, parse_elf, SymbolError};
+use super::{
+    perf_link::{open_linked, PerfEventAttr, PerfLink, PerfLinkError},
+    symbols::{file_offset, map_file, parse_elf, SymbolError},
+};
 
 /// ELF note type of SDT probe descriptors.
 const NT_STAPSDT: u32 = 3;
@@ -354,73 +352,19 @@ impl UsdtProbe {
     }
 }
 
-/// An attached USDT probe: closing both descriptors detaches it (and the kernel lowers the
-/// semaphore it raised).
-#[derive(Debug)]
-pub struct UsdtLink {
-    _perf: OwnedFd,
-    _link: OwnedFd,
-}
-
 /// Attaching failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UsdtAttachError {
     /// The uprobe PMU is missing.
     #[error("cannot read the uprobe PMU type (/sys/bus/event_source/devices/uprobe/type)")]
     NoPmu(#[source] std::io::Error),
-    /// `perf_event_open` failed.
-    #[error("perf_event_open of the uprobe failed")]
-    PerfOpen(#[source] std::io::Error),
-    /// `BPF_LINK_CREATE` failed.
-    #[error("linking the program to the uprobe failed")]
-    Link(#[source] std::io::Error),
+    /// Opening the uprobe or linking the program failed.
+    #[error(transparent)]
+    Perf(#[from] PerfLinkError),
     /// The path has an interior NUL.
     #[error("unusable path")]
     Path,
 }
-
-/// `perf_event_attr` as far as the uprobe PMU needs it (PERF_ATTR_SIZE_VER5 = 112 bytes).
-#[repr(C)]
-#[derive(Default)]
-struct PerfEventAttr {
-    kind: u32,
-    size: u32,
-    config: u64,
-    sample_period: u64,
-    sample_type: u64,
-    read_format: u64,
-    flags: u64,
-    wakeup_events: u32,
-    bp_type: u32,
-    config1: u64,
-    config2: u64,
-    branch_sample_type: u64,
-    sample_regs_user: u64,
-    sample_stack_user: u32,
-    clockid: i32,
-    sample_regs_intr: u64,
-    aux_watermark: u32,
-    sample_max_stack: u16,
-    reserved: u16,
-}
-
-const _: () = assert!(std::mem::size_of::<PerfEventAttr>() == 112);
-
-/// `union bpf_attr` for `BPF_LINK_CREATE` with a perf event target.
-#[repr(C)]
-#[derive(Default)]
-struct LinkCreateAttr {
-    prog_fd: u32,
-    target_fd: u32,
-    attach_type: u32,
-    flags: u32,
-    bpf_cookie: u64,
-    _rest: [u64; 4],
-}
-
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_PERF_EVENT: u32 = 41;
-const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
 
 fn uprobe_pmu_type() -> Result<u32, UsdtAttachError> {
     let text = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/type")
@@ -431,14 +375,15 @@ fn uprobe_pmu_type() -> Result<u32, UsdtAttachError> {
 }
 
 /// Attaches `prog` (a loaded uprobe program) at `probe` in the file at `path`, for process
-/// `pid` only, with `cookie`.
+/// `pid` only, with `cookie`. Dropping the link detaches it (and the kernel lowers the
+/// semaphore it raised).
 pub fn attach(
     prog: BorrowedFd<'_>,
     path: &Path,
     probe: &UsdtProbe,
     pid: u32,
     cookie: u64,
-) -> Result<UsdtLink, UsdtAttachError> {
+) -> Result<PerfLink, UsdtAttachError> {
     let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| UsdtAttachError::Path)?;
     let attr = PerfEventAttr {
         kind: uprobe_pmu_type()?,
@@ -449,46 +394,5 @@ pub fn attach(
         config2: probe.offset,
         ..PerfEventAttr::default()
     };
-    // SAFETY: perf_event_open reads `attr` (and the path it points to, alive for the call)
-    // and returns a new descriptor or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_perf_event_open,
-            &attr as *const PerfEventAttr,
-            pid as libc::pid_t,
-            -1 as libc::c_int,
-            -1 as libc::c_int,
-            PERF_FLAG_FD_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(UsdtAttachError::PerfOpen(std::io::Error::last_os_error()));
-    }
-    // SAFETY: a fresh descriptor owned by nothing else.
-    let perf = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let link_attr = LinkCreateAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        target_fd: perf.as_raw_fd() as u32,
-        attach_type: BPF_PERF_EVENT,
-        flags: 0,
-        bpf_cookie: cookie,
-        _rest: [0; 4],
-    };
-    // SAFETY: the bpf syscall reads `link_attr` (size given) and returns a new fd or -1.
-    let link = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            &link_attr as *const LinkCreateAttr,
-            std::mem::size_of::<LinkCreateAttr>() as libc::c_uint,
-        )
-    };
-    if link < 0 {
-        return Err(UsdtAttachError::Link(std::io::Error::last_os_error()));
-    }
-    Ok(UsdtLink {
-        _perf: perf,
-        // SAFETY: a fresh descriptor owned by nothing else.
-        _link: unsafe { OwnedFd::from_raw_fd(link as i32) },
-    })
+    Ok(open_linked(&attr, pid, prog, cookie)?)
 }

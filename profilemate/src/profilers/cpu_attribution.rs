@@ -402,6 +402,8 @@ impl Profiler for CpuAttribution {
                         Item::Sample { op: st.op }
                     }
                     StackReason::CudaCall(_) => Item::CudaCall { op: st.op },
+                    // A few frames at a function entry: not a sample of where time goes.
+                    StackReason::Breakpoint(_) => return,
                 };
                 self.pending.push(Timed {
                     ts_ns: st.ts_ns,

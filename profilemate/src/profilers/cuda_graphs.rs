@@ -243,6 +243,7 @@ impl Profiler for CudaGraphs {
             Correlated::Call(_)
             | Correlated::Step(_)
             | Correlated::PyStack(_)
+            | Correlated::SchedulerCall(_)
             | Correlated::GcPause(_)
             | Correlated::VllmState(_)
             | Correlated::Requests(_)

@@ -17,7 +17,11 @@ use crate::{
         summary::{Latency, LatencySummary},
         OutputError, SessionDir, TimeBase,
     },
-    vllm::{batch::StepBatch, state::RequestPoll},
+    vllm::{
+        batch::StepBatch,
+        calls::{CallRole, SchedulerCall},
+        state::RequestPoll,
+    },
 };
 
 const EVENT_HEADER: &[&str] = &[
@@ -44,6 +48,7 @@ const LIFECYCLE_HEADER: &[&str] = &[
     "prompt_tokens",
     "output_tokens",
     "e2e_sec",
+    "added_sec",
 ];
 
 /// Why a request was preempted.
@@ -81,6 +86,11 @@ struct Life {
     counter: Option<(u64, u64)>,
     counter_grew_ns: Vec<u64>,
     resumes: u64,
+    /// Preemptions a breakpoint reported that no step output has named yet (the output
+    /// after the preemption names it again: not a second one).
+    unconfirmed: u64,
+    /// When the engine's scheduler took the request (`add_request` entry).
+    added_ns: Option<u64>,
     finished_ns: Option<u64>,
     status: String,
     prompt_tokens: Option<u64>,
@@ -97,6 +107,8 @@ pub struct Preemptions {
     prefix_map: HashMap<u32, u64>,
     /// Per process: ids in the previous poll (a request gone from the dict has finished).
     polled: HashMap<u32, Vec<String>>,
+    /// Arrivals seen by breakpoint (`add_request` entries).
+    arrivals: u64,
 }
 
 impl Preemptions {
@@ -109,6 +121,7 @@ impl Preemptions {
             resume_delay: Latency::default(),
             prefix_map: HashMap::new(),
             polled: HashMap::new(),
+            arrivals: 0,
         })
     }
 
@@ -128,6 +141,11 @@ impl Preemptions {
         let ts = b.ts_ns;
         for id in &b.preempted_req_ids {
             let life = self.life(id, b.pid, ts);
+            if life.unconfirmed > 0 {
+                // Seen exactly when it happened (breakpoint).
+                life.unconfirmed -= 1;
+                continue;
+            }
             life.step_preemptions += 1;
             life.preempted_at_ns = Some(ts);
             let running_sec = life.run_start_ns.map(|s| ts.saturating_sub(s) as f64 / 1e9);
@@ -184,6 +202,44 @@ impl Preemptions {
         for id in &b.finished_req_ids {
             let life = self.life(id, b.pid, ts);
             life.finished_ns.get_or_insert(ts);
+        }
+    }
+
+    /// A watched scheduler call: an exact preemption or arrival.
+    fn call(&mut self, c: &SchedulerCall) {
+        let Some(id) = &c.request_id else {
+            return;
+        };
+        let ts = c.ts_ns;
+        match c.role {
+            CallRole::Preempt => {
+                let life = self.life(id, c.pid, ts);
+                life.step_preemptions += 1;
+                life.unconfirmed += 1;
+                life.preempted_at_ns = Some(ts);
+                let running_sec = life.run_start_ns.map(|s| ts.saturating_sub(s) as f64 / 1e9);
+                let tokens_lost = life.run_start_ns.map(|_| life.run_tokens);
+                life.run_start_ns = None;
+                life.run_tokens = 0;
+                self.events.push(Event {
+                    timestamp_sec: self.time.sec(ts),
+                    pid: c.pid,
+                    request_id: id.clone(),
+                    reason: c.reason.unwrap_or(UNKNOWN),
+                    tokens_lost,
+                    running_sec,
+                    source: "breakpoint",
+                });
+            }
+            CallRole::AddRequest => {
+                self.arrivals += 1;
+                let life = self.life(id, c.pid, ts);
+                life.added_ns.get_or_insert(ts);
+                if life.arrival_unix.is_none() {
+                    life.arrival_unix = c.arrival_time;
+                }
+            }
+            CallRole::Schedule | CallRole::UpdateFromOutput => {}
         }
     }
 
@@ -299,6 +355,7 @@ struct LifecycleRow {
     prompt_tokens: Option<u64>,
     output_tokens: Option<u64>,
     e2e_sec: Option<f64>,
+    added_sec: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -314,6 +371,9 @@ struct Summary {
     tokens_lost: u64,
     finished_requests: u64,
     preemptions_before_attach: u64,
+    /// Requests the engine's scheduler took during the session (`add_request` entries,
+    /// seen by breakpoint; 0 when breakpoints were off).
+    arrivals: u64,
     note: &'static str,
 }
 
@@ -322,6 +382,7 @@ impl Profiler for Preemptions {
         match record {
             Correlated::Batch(b) => self.batch(b),
             Correlated::Requests(p) => self.poll(p),
+            Correlated::SchedulerCall(c) => self.call(c),
             _ => {}
         }
     }
@@ -364,6 +425,7 @@ impl Profiler for Preemptions {
                 e2e_sec: arrival_sec
                     .zip(finished)
                     .map(|(a, f)| ((f - a) * 1e6).round() / 1e6),
+                added_sec: l.added_ns.map(|t| time.sec(t)),
             }
         });
         dir.write_csv("request_lifecycle.csv", LIFECYCLE_HEADER, rows)?;
@@ -403,7 +465,8 @@ impl Profiler for Preemptions {
                 .values()
                 .filter_map(|l| l.counter.map(|(first, _)| first))
                 .sum(),
-            note: "preemptions seen in the session: each step's SchedulerOutput.preempted_req_ids (source scheduler_output, stamped at the step), plus growth of a request's num_preemptions between polls that no step output named (source poll, stamped at the poll); reason cache_reset when the prefix cache was replaced since the previous step, else kv_cache_exhausted; tokens_lost = tokens scheduled for the request since it last started running; preemption_rate_pct = preemptions per 100 requests",
+            arrivals: self.arrivals,
+            note: "preemptions seen in the session: each entry of Scheduler._preempt_request (source breakpoint: a hardware breakpoint, exact time, reason from its caller), else each step's SchedulerOutput.preempted_req_ids (source scheduler_output, stamped at the step), plus growth of a request's num_preemptions between polls that no step output named (source poll, stamped at the poll); reason cache_reset when the prefix cache was replaced since the previous step, else kv_cache_exhausted; tokens_lost = tokens scheduled for the request since it last started running; preemption_rate_pct = preemptions per 100 requests",
         };
         dir.write_json("preemption_summary.json", &summary)?;
         Ok(vec![

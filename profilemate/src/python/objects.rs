@@ -64,6 +64,9 @@ const KEYS_NENTRIES: u64 = 24;
 const KEYS_INDICES: u64 = 32;
 const MEMBER_DESCR_MEMBER: u64 = 40;
 const MEMBER_DEF_OFFSET: u64 = 16;
+/// `PyFunctionObject.func_code` (after the object header and `func_globals`,
+/// `func_builtins`, `func_name`, `func_qualname`; 3.11-3.14).
+const FUNC_CODE: u64 = 48;
 const FLAG_MANAGED_DICT: u64 = 1 << 4;
 const FLAG_INLINE_VALUES: u64 = 1 << 2;
 const FLAG_LONG_SUBCLASS: u64 = 1 << 24;
@@ -686,8 +689,8 @@ impl<'a> Objects<'a> {
         Ok(None)
     }
 
-    /// A `__slots__` member: a member descriptor in a type dict of the MRO.
-    fn slot_attr(&self, obj: u64, ty: u64, name: &str) -> Result<Option<u64>, ObjectError> {
+    /// `name` as the class `ty` resolves it: the first type dict of its MRO that has it.
+    pub fn class_attr(&self, ty: u64, name: &str) -> Result<Option<u64>, ObjectError> {
         let mro = self.u64(ty + TP_MRO)?;
         if mro == 0 {
             return Ok(None);
@@ -697,21 +700,41 @@ impl<'a> Objects<'a> {
             if tdict == 0 {
                 continue;
             }
-            let Ok(Some(descr)) = self.dict_get(tdict, name) else {
-                continue;
-            };
-            if self.type_name(descr)? != "member_descriptor" {
-                return Ok(None);
+            if let Ok(Some(v)) = self.dict_get(tdict, name) {
+                return Ok(Some(v));
             }
-            let def = self.u64(descr + MEMBER_DESCR_MEMBER)?;
-            let off = self.u64(def + MEMBER_DEF_OFFSET)?;
-            if off == 0 || off > 1 << 20 {
-                return Err(ObjectError::Implausible(descr));
-            }
-            let v = self.u64(obj + off)?;
-            return Ok((v != 0).then_some(v));
         }
         Ok(None)
+    }
+
+    /// The code object of the plain Python function `func` (`func.__code__`); None for
+    /// anything that is not a `function`.
+    pub fn function_code(&self, func: u64) -> Result<Option<u64>, ObjectError> {
+        if self.type_name(func)? != "function" {
+            return Ok(None);
+        }
+        let code = self.u64(func + FUNC_CODE)?;
+        if code == 0 || self.type_name(code)? != "code" {
+            return Err(ObjectError::Implausible(func));
+        }
+        Ok(Some(code))
+    }
+
+    /// A `__slots__` member: a member descriptor in a type dict of the MRO.
+    fn slot_attr(&self, obj: u64, ty: u64, name: &str) -> Result<Option<u64>, ObjectError> {
+        let Some(descr) = self.class_attr(ty, name)? else {
+            return Ok(None);
+        };
+        if self.type_name(descr)? != "member_descriptor" {
+            return Ok(None);
+        }
+        let def = self.u64(descr + MEMBER_DESCR_MEMBER)?;
+        let off = self.u64(def + MEMBER_DEF_OFFSET)?;
+        if off == 0 || off > 1 << 20 {
+            return Err(ObjectError::Implausible(descr));
+        }
+        let v = self.u64(obj + off)?;
+        Ok((v != 0).then_some(v))
     }
 }
 

@@ -15,7 +15,10 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use super::state::{read_snapshot, StateError, StateNames, StateSnapshot, StrCache};
+use super::{
+    calls::{CallNames, CallReader, CallStats, CALLS_0_33},
+    state::{read_snapshot, StateError, StateNames, StateSnapshot, StrCache},
+};
 use crate::{
     correlate::{Correlated, PyFrameInfo, PyStack},
     probes::drain::StackReason,
@@ -259,6 +262,11 @@ struct ProcBatch {
     scheduler: Option<u64>,
     /// When the last step's scheduler snapshot was taken (ns).
     last_snapshot_ns: u64,
+    /// Whether stacks walked at CUDA calls carry this process's step outputs (the model
+    /// runs here). Then those are the steps' batches, stamped at the launch; the output a
+    /// watched `update_from_output` carries is read only where they are not (a scheduler
+    /// without CUDA: the TP>1 EngineCore), stamped at the update.
+    cuda_outputs: bool,
 }
 
 /// Least time between two per-step scheduler snapshots of one process. A snapshot is two
@@ -271,8 +279,10 @@ const MIN_SNAPSHOT_GAP_NS: u64 = 10_000_000;
 pub struct BatchReader {
     names: &'static BatchNames,
     state: &'static StateNames,
+    calls_names: &'static CallNames,
     procs: HashMap<u32, ProcBatch>,
     delays: hdrhistogram::Histogram<u64>,
+    calls: CallReader,
     /// Counters.
     pub stats: BatchStats,
 }
@@ -297,7 +307,9 @@ impl BatchReader {
         Self {
             names,
             state,
+            calls_names: &CALLS_0_33,
             procs: HashMap::new(),
+            calls: CallReader::default(),
             // 3 significant digits; auto-resizing, so any delay fits.
             delays: hdrhistogram::Histogram::new(3).expect("3 significant digits are valid"),
             stats: BatchStats::default(),
@@ -319,6 +331,7 @@ impl BatchReader {
                 last: None,
                 scheduler: None,
                 last_snapshot_ns: 0,
+                cuda_outputs: false,
             },
         );
     }
@@ -340,6 +353,13 @@ impl BatchReader {
     /// Forgets an exited process.
     pub fn remove_process(&mut self, pid: u32) {
         self.procs.remove(&pid);
+        self.calls.remove_process(pid);
+    }
+
+    /// The counters of the watched scheduler calls.
+    #[must_use]
+    pub fn call_stats(&self) -> CallStats {
+        self.calls.stats.clone()
     }
 
     /// The scheduler object of `pid`, found by its poller: per-step reads add its queues.
@@ -349,9 +369,9 @@ impl BatchReader {
         }
     }
 
-    /// Looks at one symbolized stack walked at a CUDA call.
+    /// Looks at one symbolized stack walked at a CUDA call or at a watched function's entry.
     pub fn observe(&mut self, st: &PyStack, out: &mut impl FnMut(Correlated)) {
-        if !matches!(st.reason, StackReason::CudaCall(_)) {
+        if matches!(st.reason, StackReason::Sample) {
             return;
         }
         let Some(p) = self.procs.get_mut(&st.pid) else {
@@ -376,6 +396,9 @@ impl BatchReader {
         };
         let mem = p.mem;
         let o = Objects::new(&mem, &p.interp.layout, ol).with_cache(&p.attrs);
+        if let Some(call) = self.calls.read(self.calls_names, st, &o, &mut p.strings) {
+            out(Correlated::SchedulerCall(Box::new(call)));
+        }
         // The descriptor of a graph replay.
         if let Some(f) = st
             .frames
@@ -404,6 +427,13 @@ impl BatchReader {
             }
         }
         // The step's scheduler output: the innermost frame that carries one.
+        let at_cuda_call = matches!(st.reason, StackReason::CudaCall(_));
+        if at_cuda_call && st.frames.iter().any(|f| carries_output(&f)) {
+            p.cuda_outputs = true;
+        }
+        if !at_cuda_call && p.cuda_outputs {
+            return;
+        }
         let candidates = st.frames.iter().filter(carries_output);
         for f in candidates {
             let is_output = o.type_name(f.arg1).is_ok_and(|t| t == names.output_type);

@@ -258,6 +258,8 @@ pub struct StatePoller {
     /// Polls dropped because the state kept changing (or its reads were held up) while it
     /// was read.
     pub torn: u64,
+    /// The scheduler object whose methods were last handed out to be watched.
+    watched_for: Option<u64>,
 }
 
 impl StatePoller {
@@ -277,7 +279,33 @@ impl StatePoller {
             found_via: None,
             polls: 0,
             torn: 0,
+            watched_for: None,
         }
+    }
+
+    /// The scheduler's methods to watch, once per scheduler object found (None when there
+    /// is nothing new): the functions, the methods its class lacks, and how they were found.
+    pub fn functions_to_watch(
+        &mut self,
+        names: &super::calls::CallNames,
+    ) -> Option<Result<super::calls::FunctionWatch, String>> {
+        let scheduler = self.scheduler.filter(|s| self.watched_for != Some(*s))?;
+        self.watched_for = Some(scheduler);
+        let ol = object_layout(self.interp.layout.version)?;
+        let o = Objects::new(&self.mem, &self.interp.layout, ol).with_cache(&self.attrs);
+        let found = super::calls::watched_functions(&o, &self.mem, &self.interp, names, scheduler);
+        Some(match found {
+            Ok((functions, missing)) => Ok(super::calls::FunctionWatch {
+                pid: self.interp.pid,
+                functions,
+                missing,
+                found_via: format!(
+                    "methods of type(scheduler) at {scheduler:#x}, found as {}",
+                    self.found_via.as_deref().unwrap_or("?")
+                ),
+            }),
+            Err(e) => Err(crate::probes::error_chain(&e)),
+        })
     }
 
     /// Finds the scheduler object from the live frames; says through which frame.

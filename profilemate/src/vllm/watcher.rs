@@ -18,6 +18,7 @@ use std::{
 use serde::Serialize;
 
 use super::{
+    calls::{FunctionWatch, CALLS_0_33},
     metrics::{self, Scrape},
     state::{StateNames, StatePoller, StateSnapshot},
     version::{self, VllmVersion},
@@ -56,6 +57,9 @@ pub struct StateReport {
     pub last_error: Option<String>,
     /// How the scheduler object was found (frame and attribute).
     pub scheduler_found_via: Option<String>,
+    /// Why the scheduler's methods could not be watched with breakpoints (None: they were
+    /// handed to the probes, or there is no scheduler).
+    pub breakpoint_error: Option<String>,
     /// The process's vLLM release and the name bundle chosen for it (None: no vLLM
     /// package mapped in the process).
     pub vllm: Option<VllmVersion>,
@@ -99,6 +103,7 @@ impl Watcher {
         state_hz: u64,
         names: &'static StateNames,
         updates: mpsc::Sender<PyUpdate>,
+        functions: Option<mpsc::Sender<FunctionWatch>>,
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(WatchReport::default()));
@@ -106,6 +111,7 @@ impl Watcher {
             rx: commands,
             names,
             updates,
+            functions,
             state_period: 1_000_000_000u64
                 .checked_div(state_hz)
                 .map(Duration::from_nanos),
@@ -158,12 +164,16 @@ struct Poller {
     version: Option<Result<VllmVersion, String>>,
     times_ms: Vec<f64>,
     exited: bool,
+    /// Why the scheduler's methods could not be watched.
+    watch_error: Option<String>,
 }
 
 struct Work {
     rx: mpsc::Receiver<WatchCommand>,
     names: &'static StateNames,
     updates: mpsc::Sender<PyUpdate>,
+    /// Where the scheduler methods to watch go (None: breakpoints are off).
+    functions: Option<mpsc::Sender<FunctionWatch>>,
     state_period: Option<Duration>,
     pids: BTreeSet<u32>,
     pollers: BTreeMap<u32, Poller>,
@@ -215,6 +225,7 @@ impl Work {
                             version,
                             times_ms: Vec::new(),
                             exited: false,
+                            watch_error: None,
                         },
                     );
                 }
@@ -253,6 +264,15 @@ impl Work {
             match result {
                 Ok((snap, requests)) => {
                     p.poller.last_error = None;
+                    if let Some(tx) = &self.functions {
+                        match p.poller.functions_to_watch(&CALLS_0_33) {
+                            Some(Ok(w)) => {
+                                let _ = tx.send(w);
+                            }
+                            Some(Err(e)) => p.watch_error = Some(e),
+                            None => {}
+                        }
+                    }
                     last = Some(snap);
                     let _ = self.updates.send(PyUpdate::State(snap));
                     if let Some(r) = requests {
@@ -285,6 +305,7 @@ impl Work {
                     torn_polls: p.poller.torn,
                     last_error: p.poller.last_error.clone(),
                     scheduler_found_via: p.poller.found_via.clone(),
+                    breakpoint_error: p.watch_error.clone(),
                     vllm: p.version.clone().and_then(Result::ok),
                     vllm_version_error: p.version.clone().and_then(Result::err),
                     poll_ms_p50: p50,

@@ -86,6 +86,12 @@ class Scheduler:
         self.num_arrived += 1
         mm = 1 if self.mm_every and n % self.mm_every == 4 else 0
         req = Request(f"req-{n}", 40 + (n * 37) % 161, 8 + (n * 13) % 53, time.time(), mm)
+        self.add_request(req)
+
+    def add_request(self, req):
+        """vLLM's entry point for a new request (the engine calls it per arrival)."""
+        TRUTH.append(("json", {"kind": "add", "req": req.request_id,
+                               "ts_ns": time.monotonic_ns()}))
         changing()
         self.requests[req.request_id] = req
         self._record()
