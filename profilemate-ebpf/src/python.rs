@@ -24,7 +24,7 @@ use profilemate_common::{
 use aya_ebpf::helpers::bpf_probe_read_user_buf;
 
 use crate::maps::{
-    count, submit_flags, target_ids, EVENTS, PY_PROCS, PY_THREADS,
+    count, submit_flags, target_ids, BPF_RB_FORCE_WAKEUP, EVENTS, PY_PROCS, PY_THREADS,
 };
 
 /// Bytes of a frame copied per step: every header field the walker reads lies in the first
@@ -112,9 +112,16 @@ fn walk_stack_at_most(tgid: u32, tid: u32, reason: u16, api: u16, ts_ns: u64, ma
         (*rec).cpu = bpf_get_smp_processor_id() as u16;
         (*rec).walk_ns = bpf_ktime_get_ns().saturating_sub(ts_ns).min(u64::from(u32::MAX)) as u32;
     }
-    // No forced wake-up: the reader thread drains every 2 ms, soon enough to read a step's
-    // SchedulerOutput while the step holds it.
-    entry.submit(submit_flags());
+    // No forced wake-up for stacks at CUDA calls and ticks: the reader thread drains every
+    // 2 ms, soon enough to read a step's SchedulerOutput while the step holds it. A
+    // breakpoint hit (a few per step) wakes it: the object its function was called with
+    // (`update_from_output`'s SchedulerOutput) may live only as long as that call.
+    let flags = if reason == stack_reason::BREAKPOINT {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        submit_flags()
+    };
+    entry.submit(flags);
 }
 
 /// Follows the frame chain from `tstate`; returns (frames written, flags).

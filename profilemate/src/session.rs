@@ -99,6 +99,8 @@ struct Targets {
     watch: mpsc::Sender<WatchCommand>,
     /// Scheduler methods to watch with breakpoints, found by the watcher.
     functions: mpsc::Receiver<vllm::calls::FunctionWatch>,
+    /// Python threads per process at the last rescan (where breakpoints go).
+    py_tids: HashMap<u32, Vec<u32>>,
 }
 
 impl Targets {
@@ -118,6 +120,7 @@ impl Targets {
                     if let Err(e) = probes.watch_threads(pid, &tids) {
                         log::warn!("pid {pid}: breakpoints: {e}");
                     }
+                    self.py_tids.insert(pid, tids);
                 }
                 Err(e) => log::debug!("pid {pid}: thread list: {e}"),
             }
@@ -219,6 +222,8 @@ impl Targets {
             if let Err(e) = probes.set_python_threads(pid, &refs) {
                 log::warn!("pid {pid}: {e}");
             }
+            self.py_tids
+                .insert(pid, refs.iter().map(|(t, _)| *t).collect());
         }
         let Some(track) = self.python.get_mut(&pid) else {
             return;
@@ -236,9 +241,9 @@ impl Targets {
             .send(WatchCommand::Python(Box::new(interp.clone())));
     }
 
-    /// Finds new processes and libraries and attaches to them. Returns how many probes were
-    /// attached now.
-    fn rescan(&mut self, probes: &mut Probes) -> usize {
+    /// Arms the breakpoints on scheduler methods the watcher found, on the process's
+    /// Python threads known now (threads that appear later are armed by the rescans).
+    fn arm_watched_functions(&mut self, probes: &mut Probes) {
         while let Ok(w) = self.functions.try_recv() {
             if !w.missing.is_empty() {
                 log::info!(
@@ -247,8 +252,19 @@ impl Targets {
                     w.missing.join(", ")
                 );
             }
-            probes.watch_functions(w.pid, w.functions, w.found_via);
+            let pid = w.pid;
+            probes.watch_functions(pid, w.functions, w.found_via);
+            let tids = self.py_tids.get(&pid).cloned().unwrap_or_default();
+            if let Err(e) = probes.watch_threads(pid, &tids) {
+                log::warn!("pid {pid}: breakpoints: {e}");
+            }
         }
+    }
+
+    /// Finds new processes and libraries and attaches to them. Returns how many probes were
+    /// attached now.
+    fn rescan(&mut self, probes: &mut Probes) -> usize {
+        self.arm_watched_functions(probes);
         let now = self.time.sec(monotonic_ns());
         let live = discovery::process_tree(self.root, self.children);
         for (pid, t) in &mut self.procs {
@@ -421,6 +437,7 @@ async fn run_session(
         usdt_notes: HashMap::new(),
         watch,
         functions,
+        py_tids: HashMap::new(),
     };
     targets.rescan(&mut probes);
     if targets.procs.is_empty() {
@@ -491,6 +508,10 @@ async fn run_session(
     let mut rescan_tick = tokio::time::interval(cfg.rescan_interval);
     rescan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut main_loop = MainLoopStats::default();
+    // Breakpoints are armed within this of the watcher finding the scheduler (calls before
+    // that are seen only by the step outputs and polls).
+    let mut arm_tick = tokio::time::interval(Duration::from_millis(20));
+    arm_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     watcher.wait_first_scrape(FIRST_SCRAPE_WAIT);
     if !cfg.quiet {
         eprintln!(
@@ -519,6 +540,7 @@ async fn run_session(
                     break Stop::PipelineEnded;
                 }
             }
+            _ = arm_tick.tick() => targets.arm_watched_functions(&mut probes),
             _ = sigint.recv() => break Stop::Interrupt,
             _ = sigterm.recv() => break Stop::Terminate,
             () = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break Stop::Duration,

@@ -213,12 +213,24 @@ impl Target {
     /// over the fake CUDA runtime; its own ground truth goes to `DIR/py_truth.jsonl`.
     #[must_use]
     pub fn vllm(dir: &Path, python: &Path, args: &[&str]) -> Self {
+        Self::vllm_shaped(dir, python, args, true)
+    }
+
+    /// The vLLM-shaped fixture without any CUDA library (a scheduler-only process, as the
+    /// EngineCore is with tensor parallelism).
+    #[must_use]
+    pub fn vllm_without_cuda(dir: &Path, python: &Path, args: &[&str]) -> Self {
+        Self::vllm_shaped(dir, python, args, false)
+    }
+
+    fn vllm_shaped(dir: &Path, python: &Path, args: &[&str], cuda: bool) -> Self {
         let log = dir.join("truth.log");
         let mut cmd = Command::new(python);
-        cmd.arg(root().join("tests/scripts/vllm_fixture.py"))
-            .arg("--lib-dir")
-            .arg(fake_cuda_dir())
-            .arg("--truth")
+        cmd.arg(root().join("tests/scripts/vllm_fixture.py"));
+        if cuda {
+            cmd.arg("--lib-dir").arg(fake_cuda_dir());
+        }
+        cmd.arg("--truth")
             .arg(dir.join("py_truth.jsonl"))
             .args(args)
             .env("FAKE_CUDA_LOG", &log)

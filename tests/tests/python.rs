@@ -777,8 +777,9 @@ fn vllm_batches_preemptions_requests_and_graphs_match_ground_truth() {
 }
 
 /// Preemptions and arrivals seen by the hardware breakpoints on the scheduler's methods:
-/// each at the method's entry, so at most 1 ms before the fixture's own stamp inside it and
-/// never after it; once armed (the first scheduler poll), every one is seen.
+/// each at the method's entry, so before the fixture's own stamp inside it and never after
+/// it (by less than 10 ms: the thread can lose the GIL between the two, for up to the 5 ms
+/// switch interval); once armed (the first scheduler poll), every one is seen.
 fn check_breakpoint_events(
     label: &str,
     md: &serde_json::Value,
@@ -800,7 +801,7 @@ fn check_breakpoint_events(
     ] {
         assert!(watched.contains(&q), "{label}: {q} not watched: {bp}");
     }
-    let close = |got: f64, truth: f64| got <= truth && truth - got < 1e6;
+    let close = |got: f64, truth: f64| got <= truth && truth - got < 10e6;
     let by_bp: Vec<_> = events
         .iter()
         .filter(|e| e["source"] == "breakpoint")
@@ -857,13 +858,102 @@ fn check_breakpoint_events(
         .iter()
         .filter(|a| a["ts_ns"].as_f64().unwrap_or(0.0) >= first_add)
         .count();
-    assert_eq!(
-        added.len(),
-        later,
-        "{label}: arrivals after the first one seen"
+    // Each arrival once; one whose request object could not be read is counted.
+    let unreadable = md["python"]["breakpoints"]["calls"]["unreadable_requests"]
+        .as_u64()
+        .unwrap_or(0) as usize;
+    assert!(
+        added.len() <= later && added.len() + unreadable + 1 >= later,
+        "{label}: {} arrivals seen of {later} after the first one ({unreadable} unreadable)",
+        added.len()
     );
     assert_eq!(
         session.json("preemption_summary.json")["arrivals"].as_u64(),
         Some(added.len() as u64)
+    );
+}
+
+#[test]
+fn a_scheduler_process_without_cuda_gives_exact_preemptions_arrivals_and_step_batches() {
+    let _g = serial();
+    let test = "a_scheduler_process_without_cuda_gives_exact_preemptions_arrivals_and_step_batches";
+    if !can_attach(test) {
+        return;
+    }
+    let Some((label, python)) = pythons().into_iter().next() else {
+        eprintln!("SKIP: no CPython 3.11-3.13 found");
+        return;
+    };
+    // The TP>1 EngineCore shape: the scheduler's loop with no CUDA library at all, so no
+    // CUDA call carries a stack; only the breakpoints on the scheduler's methods see steps.
+    let dir = scratch(test);
+    let args = [
+        "--steps",
+        "300",
+        "--wait-after-load-ms",
+        "60000",
+        "--start-on-sigusr1",
+        "--reset-at-step",
+        "120",
+        "--idle-us",
+        "200",
+    ];
+    let mut target = Target::vllm_without_cuda(&dir, &python, &args);
+    target.proc.wait_line("ready");
+    let mut tracer = Tracer::attach(target.proc.pid(), &dir, &["--wait"]);
+    tracer.wait_attached();
+    target.proc.signal(libc::SIGUSR1);
+    assert_eq!(
+        target.proc.wait_exit(Duration::from_secs(120)),
+        0,
+        "fixture failed"
+    );
+    let session = tracer.finish(Duration::from_secs(30));
+    let md = session.json("metadata.json");
+    let t0 = md["monotonic_start_ns"].as_f64().expect("t0");
+    let ns = |r: &HashMap<String, String>| t0 + col(r, "timestamp_sec") * 1e9;
+    let truth_pre = truth_of(&dir, "preempt");
+    assert!(truth_pre.len() >= 10, "{label}: the workload must preempt");
+    let events = session.csv("preemption_events.csv");
+    // Before the breakpoints are armed (the first poll that finds the scheduler) only the
+    // counters see preemptions; none is counted twice.
+    assert!(events.len() <= truth_pre.len(), "{label}: preemptions");
+    check_breakpoint_events(&label, &md, &events, &truth_pre, &dir, &session, ns);
+
+    // Step batches, read from update_from_output's SchedulerOutput (the one of the latest
+    // or, with a batch queue of two, the one before): every row exact, and every step
+    // after the first row read (or counted as dropped).
+    let batches = truth_of(&dir, "batch");
+    let rows = session.csv("batch_utilization.csv");
+    assert!(!rows.is_empty(), "{label}: no step batch read without CUDA");
+    let u = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(u64::MAX);
+    for r in &rows {
+        let i = batches.partition_point(|b| u(b, "ts_ns") as f64 <= ns(r));
+        let same = |b: &&serde_json::Value| {
+            col(r, "num_seqs") as u64 == u(b, "num_reqs")
+                && col(r, "num_tokens") as u64 == u(b, "num_tokens")
+                && col(r, "new_reqs") as u64 == u(b, "new_reqs")
+        };
+        assert!(
+            batches[i.saturating_sub(2)..i].iter().any(|b| same(&b)),
+            "{label}: batch row {r:?} matches neither of the two latest schedule() outputs"
+        );
+    }
+    let first = rows.iter().map(|r| ns(r)).fold(f64::MAX, f64::min);
+    let later = batches
+        .iter()
+        .filter(|b| u(b, "ts_ns") as f64 >= first)
+        .count();
+    let stats = &md["python"]["vllm_batches"];
+    // An output freed before the tracer read it (the update took less time than the
+    // tracer's wake-up on a loaded machine) shows as torn or of another type: counted.
+    let dropped = ["stale", "torn", "wrong_type"]
+        .iter()
+        .map(|k| stats[*k].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    assert!(
+        rows.len() as u64 + dropped + 2 >= later as u64 && rows.len() * 100 >= later * 80,
+        "{label}: {} rows for {later} steps {stats}",
+        rows.len()
     );
 }
