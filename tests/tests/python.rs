@@ -939,7 +939,7 @@ fn a_scheduler_process_without_cuda_gives_exact_preemptions_arrivals_and_step_ba
             "{label}: batch row {r:?} matches neither of the two latest schedule() outputs"
         );
     }
-    let first = rows.iter().map(|r| ns(r)).fold(f64::MAX, f64::min);
+    let first = rows.iter().map(&ns).fold(f64::MAX, f64::min);
     let later = batches
         .iter()
         .filter(|b| u(b, "ts_ns") as f64 >= first)
