@@ -1,11 +1,14 @@
 //! The `profilemate` command line.
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use profilemate::{
     config::{AttachConfig, TimingMode},
+    output::console,
     session,
 };
 
@@ -118,19 +121,23 @@ fn attach(args: AttachArgs) -> Result<()> {
     Ok(())
 }
 
+/// Prints the vLLM names manifest as JSON.
+fn vllm_names() -> Result<()> {
+    let json = serde_json::to_string_pretty(&profilemate::vllm::names::manifest())?;
+    console::out_line(&json).context("cannot write the manifest to stdout")
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Attach(a) => attach(a),
-        Command::VllmNames => serde_json::to_string_pretty(&profilemate::vllm::names::manifest())
-            .map(|j| println!("{j}"))
-            .map_err(anyhow::Error::from),
+        Command::VllmNames => vllm_names(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            console::err_line(&format!("error: {e:#}"));
             ExitCode::FAILURE
         }
     }

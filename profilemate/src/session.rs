@@ -22,6 +22,7 @@ use crate::{
     correlate::{python::PythonContext, Correlator},
     discovery::{self, MappedLibrary},
     output::{
+        console,
         metadata::{LossReport, MainLoopStats, Metadata, PythonRecord, PythonReport, TargetRecord},
         monotonic_ns, SessionDir, TimeBase,
     },
@@ -132,7 +133,7 @@ impl Targets {
                     _ => "unsupported",
                 };
                 if status == "unsupported" {
-                    eprintln!("warning: pid {pid}: Python stacks not walked: {e}");
+                    crate::say!("warning: pid {pid}: Python stacks not walked: {e}");
                 }
                 track.done = true;
                 track.record = Some(PythonRecord {
@@ -308,7 +309,7 @@ pub fn run(cfg: &AttachConfig) -> Result<SessionOutcome> {
     preflight::check_pid(cfg.pid)?;
     preflight::check_kernel()?;
     if let Some(w) = preflight::uretprobe_seccomp_warning(cfg.pid) {
-        eprintln!("warning: {w}");
+        crate::say!("warning: {w}");
     }
     // One perf event fd per probe (~40 per process): lift the soft fd limit to the hard one.
     let nofile = nix::sys::resource::Resource::RLIMIT_NOFILE;
@@ -420,7 +421,7 @@ async fn run_session(
                  keep watching, or attach to the EngineCore/Worker pid"
             );
         }
-        eprintln!("no CUDA library mapped in {who} yet; waiting (--wait)...");
+        crate::say!("no CUDA library mapped in {who} yet; waiting (--wait)...");
     }
 
     let (sampled_cpus, sampling_error) = if cfg.sample_hz > 0 {
@@ -428,7 +429,7 @@ async fn run_session(
             Ok(n) => (n, None),
             Err(e) => {
                 let why = crate::probes::error_chain(&e);
-                eprintln!("warning: Python stack sampling is off: {why}");
+                crate::say!("warning: Python stack sampling is off: {why}");
                 (0, Some(why))
             }
         }
@@ -465,7 +466,7 @@ async fn run_session(
     let mut main_loop = MainLoopStats::default();
     watcher.wait_first_scrape(FIRST_SCRAPE_WAIT);
     if !cfg.quiet {
-        eprintln!(
+        crate::say!(
             "profilemate: attached to {} process(es) ({} with Python stacks), {} probes; writing to {}; Ctrl-C to stop",
             targets.procs.len(),
             targets.python.values().filter(|t| t.walking.is_some()).count(),
@@ -522,7 +523,7 @@ async fn run_session(
     } = pipeline;
     let end_ns = monotonic_ns();
     let kernel = probes.counters().unwrap_or_else(|e| {
-        eprintln!("warning: cannot read the drop counters: {e}");
+        crate::say!("warning: cannot read the drop counters: {e}");
         crate::probes::KernelCounters::default()
     });
 
@@ -633,14 +634,21 @@ async fn run_session(
     };
     if !cfg.quiet {
         for line in &outcome.summary {
-            eprintln!("  {line}");
+            crate::say!("  {line}");
         }
     }
-    println!("session: {}", outcome.dir.display());
+    // The path is the one line a script reads; the session is complete whether or not it can
+    // be printed.
+    if let Err(e) = console::out_line(&format!("session: {}", outcome.dir.display())) {
+        crate::say!(
+            "warning: cannot print the session path to stdout ({e}); the session is in {}",
+            outcome.dir.display()
+        );
+    }
     let n = metadata.probes.attached_count;
     let t = std::time::Instant::now();
     if !cfg.quiet {
-        eprintln!("detaching {n} probes...");
+        crate::say!("detaching {n} probes...");
     }
     probes.detach_all();
     log::info!("detached {n} probes in {:?}", t.elapsed());

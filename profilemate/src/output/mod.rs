@@ -4,6 +4,7 @@
 //! world-writable files, owned by the invoking user under sudo), CSV and JSON writing, and
 //! latency summaries. Does not own: which files exist (each profiler names its own).
 
+pub mod console;
 pub mod metadata;
 pub mod summary;
 

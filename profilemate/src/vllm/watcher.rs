@@ -206,7 +206,7 @@ impl Work {
                     let poller = StatePoller::new(*interp, self.names);
                     let version = version::of_process(pid);
                     if let Some(Ok(VllmVersion { note: Some(n), .. })) = &version {
-                        eprintln!("warning: pid {pid}: {n}");
+                        crate::say!("warning: pid {pid}: {n}");
                     }
                     self.pollers.insert(
                         pid,
