@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use profilemate_common::{python::usdt_probe, Library};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::{
     config::AttachConfig,
@@ -67,7 +67,8 @@ const DURATION_GRACE: Duration = Duration::from_millis(600);
 /// How long the attach waits for the first /metrics reading (the start of the cross-check
 /// window) before it says it is attached.
 const FIRST_SCRAPE_WAIT: Duration = Duration::from_millis(1500);
-/// The same after SIGINT/SIGTERM: prompt, but a little more patient.
+/// The same after a stop signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT): prompt, but a little
+/// more patient. A second signal cuts it short.
 const SIGNAL_GRACE: Duration = Duration::from_secs(2);
 /// After the targets exited nobody waits on the clock: everything read is processed.
 const EXIT_GRACE: Duration = Duration::from_secs(60);
@@ -318,28 +319,90 @@ pub fn run(cfg: &AttachConfig) -> Result<SessionOutcome> {
             let _ = nix::sys::resource::setrlimit(nofile, hard, hard);
         }
     }
-    let start_wall = chrono::Local::now();
-    let dir = SessionDir::create(
-        &cfg.out_dir,
-        &start_wall.format("%Y%m%d_%H%M%S").to_string(),
-    )?;
-    let result = tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?
-        .block_on(run_session(cfg, &dir, start_wall));
-    if result.is_err() {
-        // Nothing was written: leave no empty session directory behind.
-        let _ = std::fs::remove_dir(dir.path());
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        // Before anything exists that a signal's default action would leave half done.
+        let signals = Signals::install()?;
+        let start_wall = chrono::Local::now();
+        let dir = SessionDir::create(
+            &cfg.out_dir,
+            &start_wall.format("%Y%m%d_%H%M%S").to_string(),
+        )?;
+        let result = run_session(cfg, &dir, start_wall, signals).await;
+        if result.is_err() {
+            // Nothing was written: leave no empty session directory behind.
+            let _ = std::fs::remove_dir(dir.path());
+        }
+        result
+    })
+}
+
+/// The signals that stop a session: Ctrl-C, `kill`, a closed terminal or dropped SSH
+/// session (SIGHUP), Ctrl-\ (SIGQUIT). Each would otherwise kill the process before the
+/// files are written; caught, each stops the session the same way.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+    quit: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        let one = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("cannot install the {name} handler"))
+        };
+        Ok(Self {
+            interrupt: one(SignalKind::interrupt(), "SIGINT")?,
+            terminate: one(SignalKind::terminate(), "SIGTERM")?,
+            hangup: one(SignalKind::hangup(), "SIGHUP")?,
+            quit: one(SignalKind::quit(), "SIGQUIT")?,
+        })
     }
-    result
+
+    /// The next stop signal. A stream that ends (only when the runtime shuts down) is never
+    /// taken for a signal.
+    async fn recv(&mut self) -> Stop {
+        tokio::select! {
+            Some(()) = self.interrupt.recv() => Stop::Interrupt,
+            Some(()) = self.terminate.recv() => Stop::Terminate,
+            Some(()) = self.hangup.recv() => Stop::Hangup,
+            Some(()) = self.quit.recv() => Stop::Quit,
+            else => std::future::pending().await,
+        }
+    }
+
+    /// After the stop: a further signal cuts the pipeline's grace short (the files are
+    /// still written, with what was processed so far), and is never the default action
+    /// that would kill the process in the middle of writing them.
+    fn shorten_on_next(mut self, budget: StopBudget, quiet: bool) {
+        tokio::spawn(async move {
+            let stop = self.recv().await;
+            budget.start(Duration::ZERO);
+            if !quiet {
+                crate::say!(
+                    "profilemate: {}: writing what was processed so far",
+                    stop.describe()
+                );
+            }
+            // Keep the handlers installed (and further signals ignored) until exit.
+            loop {
+                self.recv().await;
+            }
+        });
+    }
 }
 
 enum Stop {
     Duration,
     Interrupt,
     Terminate,
+    Hangup,
+    Quit,
     TargetsExited,
     /// The reader or pipeline thread ended on its own (a panic).
     PipelineEnded,
@@ -350,7 +413,7 @@ impl Stop {
     fn grace(&self) -> Duration {
         match self {
             Self::Duration => DURATION_GRACE,
-            Self::Interrupt | Self::Terminate => SIGNAL_GRACE,
+            Self::Interrupt | Self::Terminate | Self::Hangup | Self::Quit => SIGNAL_GRACE,
             Self::TargetsExited | Self::PipelineEnded => EXIT_GRACE,
         }
     }
@@ -360,6 +423,8 @@ impl Stop {
             Self::Duration => "duration elapsed",
             Self::Interrupt => "interrupted (SIGINT)",
             Self::Terminate => "terminated (SIGTERM)",
+            Self::Hangup => "hung up (SIGHUP)",
+            Self::Quit => "quit (SIGQUIT)",
             Self::TargetsExited => "all target processes exited",
             Self::PipelineEnded => "the pipeline thread ended early",
         }
@@ -370,6 +435,7 @@ async fn run_session(
     cfg: &AttachConfig,
     dir: &SessionDir,
     start_wall: chrono::DateTime<chrono::Local>,
+    mut signals: Signals,
 ) -> Result<SessionOutcome> {
     let t0 = monotonic_ns();
     // Taken right after t0: the two clocks are paired to well under a millisecond.
@@ -452,10 +518,6 @@ async fn run_session(
         .spawn(batch_rx, gauge, budget.clone())
         .context("cannot start the pipeline thread")?;
 
-    let mut sigint =
-        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     // The session's length is counted from its start, attaching included.
     let deadline = cfg.duration.map(|d| {
         let spent = Duration::from_nanos(monotonic_ns().saturating_sub(t0));
@@ -492,8 +554,7 @@ async fn run_session(
                     break Stop::PipelineEnded;
                 }
             }
-            _ = sigint.recv() => break Stop::Interrupt,
-            _ = sigterm.recv() => break Stop::Terminate,
+            stop = signals.recv() => break stop,
             () = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break Stop::Duration,
         }
     };
@@ -507,6 +568,7 @@ async fn run_session(
         main_loop.deadline_late_ms = d.elapsed().as_secs_f64() * 1e3;
     }
     budget.start(stop.grace());
+    signals.shorten_on_next(budget.clone(), cfg.quiet);
     let watch = watcher.stop();
     let reader_stats = reader.stop();
     let mut pipeline = pipeline_thread
