@@ -37,8 +37,9 @@ struct AttachArgs {
     /// Any pid of the server (the API server's children, EngineCore and workers, are followed).
     #[arg(long)]
     pid: u32,
-    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C or SIGTERM.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// Stop after this long (e.g. 30s, 5m; at most 30 days); default: until Ctrl-C, SIGTERM,
+    /// SIGHUP or SIGQUIT.
+    #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
     /// Base output directory [default: $VLLM_PROFILING_DIR or /tmp/vllm_profiling].
     #[arg(long)]
@@ -66,8 +67,8 @@ struct AttachArgs {
     /// half of it sampled stacks are shed, at it records are dropped (both counted).
     #[arg(long, default_value_t = 1024)]
     queue_mb: usize,
-    /// Rescan interval for new processes and libraries (ms).
-    #[arg(long, default_value_t = 500)]
+    /// Rescan interval for new processes and libraries (ms, 10 to 60000).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     rescan_ms: u64,
     /// Print only the session directory at the end.
     #[arg(long, short)]
@@ -85,6 +86,25 @@ struct AttachArgs {
     /// target's live objects; 0 turns it off.
     #[arg(long, default_value_t = 10)]
     state_hz: u64,
+}
+
+/// The longest `--duration`: a session is a profile, not a service; longer values are
+/// surely a typo (and past about 10^11 years they overflow the clock).
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// `--duration`: a humantime span, more than zero and at most [`MAX_DURATION`].
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 5m, 2h)"))?;
+    if d.is_zero() {
+        return Err("must be more than zero; leave --duration out to run until Ctrl-C".into());
+    }
+    if d > MAX_DURATION {
+        return Err(format!(
+            "must be at most 30 days ({}); leave --duration out to run until Ctrl-C",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(d)
 }
 
 fn attach(args: AttachArgs) -> Result<()> {
@@ -109,7 +129,7 @@ fn attach(args: AttachArgs) -> Result<()> {
         kernels: args.kernels,
         driver_twins: args.driver_twins,
         wait: args.wait,
-        rescan_interval: Duration::from_millis(args.rescan_ms.max(10)),
+        rescan_interval: Duration::from_millis(args.rescan_ms),
         ring_bytes: args.ring_mb << 20,
         queue_bytes: args.queue_mb.max(1) << 20,
         quiet: args.quiet,

@@ -519,9 +519,10 @@ async fn run_session(
         .context("cannot start the pipeline thread")?;
 
     // The session's length is counted from its start, attaching included.
-    let deadline = cfg.duration.map(|d| {
+    // `--duration` is bounded at parsing; a deadline past what the clock can hold is none.
+    let deadline = cfg.duration.and_then(|d| {
         let spent = Duration::from_nanos(monotonic_ns().saturating_sub(t0));
-        tokio::time::Instant::now() + d.saturating_sub(spent)
+        tokio::time::Instant::now().checked_add(d.saturating_sub(spent))
     });
     let mut rescan_tick = tokio::time::interval(cfg.rescan_interval);
     rescan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -104,3 +104,31 @@ fn unprivileged_user_is_told_how_to_fix_it() {
     assert!(!out.status.success());
     assert!(err.contains("CAP_BPF") && err.contains("sudo"), "{err}");
 }
+
+/// `--duration 0s` used to be accepted, and `--duration 500000000000y` panicked with an
+/// overflow after attaching: both are refused at parsing, with the bound said.
+#[test]
+fn duration_of_zero_or_beyond_30_days_is_refused_at_parsing() {
+    if !profilemate_bin().exists() {
+        eprintln!("SKIPPED duration_of_zero_or_beyond_30_days_is_refused_at_parsing: no binary");
+        return;
+    }
+    for (d, says) in [
+        ("0s", "more than zero"),
+        ("0ms", "more than zero"),
+        ("31days", "at most 30 days"),
+        ("500000000000y", "at most 30 days"),
+    ] {
+        let out = Command::new(profilemate_bin())
+            .args(["attach", "--pid", "1", "--duration", d])
+            .output()
+            .expect("run profilemate");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{d}: a usage error: {err}");
+        assert!(
+            err.contains("--duration") && err.contains(says),
+            "{d}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{d}: {err}");
+    }
+}
