@@ -1,9 +1,11 @@
 //! The session directory and the writers every profiler uses.
 //!
 //! Owns: creating `DIR/session_YYYYmmdd_HHMMSS/` safely (no symlink following, no
-//! world-writable files, owned by the invoking user under sudo), CSV and JSON writing, and
+//! world-writable files, owned by the invoking user under sudo), CSV and JSON writing (every
+//! CSV text cell through `cells::neutralize`), the folded-stack format, terminal lines, and
 //! latency summaries. Does not own: which files exist (each profiler names its own).
 
+pub mod cells;
 pub mod console;
 pub mod metadata;
 pub mod summary;
@@ -283,7 +285,7 @@ impl SessionDir {
             .from_writer(self.create_file(name)?);
         w.write_record(header).map_err(csv_err)?;
         for r in rows {
-            w.serialize(r).map_err(csv_err)?;
+            w.serialize(cells::Guarded(&r)).map_err(csv_err)?;
         }
         w.flush().map_err(|source| OutputError::Io {
             path: path.clone(),
@@ -305,7 +307,7 @@ impl CsvSink {
     /// Appends one row.
     pub fn row(&mut self, row: &impl Serialize) {
         if self.error.is_none() {
-            if let Err(e) = self.writer.serialize(row) {
+            if let Err(e) = self.writer.serialize(cells::Guarded(row)) {
                 self.error = Some(e);
             }
         }
@@ -385,6 +387,26 @@ mod tests {
         // A second session in the same second gets its own directory.
         let s2 = SessionDir::create(&base, "20260101_000000").expect("session 2");
         assert_ne!(s.path(), s2.path());
+        std::fs::remove_dir_all(&base).expect("cleanup");
+    }
+
+    #[test]
+    fn csv_files_neutralize_formula_cells_from_the_target() {
+        let base = tmp("inject");
+        let s = SessionDir::create(&base, "20260101_000000").expect("session");
+        let evil = r#"=HYPERLINK("http://evil.example/","x")"#;
+        s.write_csv("a.csv", &["id", "v"], [(evil, -3.5)])
+            .expect("csv");
+        let mut sink = s.csv_sink("b.csv", &["id", "v"]).expect("sink");
+        sink.row(&("@x\nwith\0nul", -1));
+        sink.finish().expect("finish");
+        let a = std::fs::read_to_string(s.path().join("a.csv")).expect("read");
+        assert_eq!(
+            a,
+            "id,v\n\"'=HYPERLINK(\"\"http://evil.example/\"\",\"\"x\"\")\",-3.5\n"
+        );
+        let b = std::fs::read_to_string(s.path().join("b.csv")).expect("read");
+        assert_eq!(b, "id,v\n'@x\u{FFFD}withnul,-1\n");
         std::fs::remove_dir_all(&base).expect("cleanup");
     }
 
