@@ -7,6 +7,7 @@
 
 pub mod cells;
 pub mod console;
+pub mod folded;
 pub mod metadata;
 pub mod summary;
 
