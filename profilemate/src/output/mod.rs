@@ -122,7 +122,11 @@ impl SessionDir {
             why,
         };
         let mut created = false;
-        if std::fs::symlink_metadata(base).is_err() {
+        let lstat = std::fs::symlink_metadata(base);
+        if lstat.as_ref().is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(base_err(symlink_refusal(base)));
+        }
+        if lstat.is_err() {
             if let Some(parent) = base.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| base_err(format!("cannot create its parent: {e}")))?;
@@ -135,8 +139,9 @@ impl SessionDir {
             }
         }
         let base_dir = open_dir(None, base).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                base_err("it is a symbolic link".into())
+            let now_a_link = std::fs::symlink_metadata(base).is_ok_and(|m| m.is_symlink());
+            if e.raw_os_error() == Some(libc::ELOOP) || now_a_link {
+                base_err(symlink_refusal(base))
             } else {
                 base_err(format!("cannot open it: {e}"))
             }
@@ -350,6 +355,15 @@ fn open_dir(at: Option<&OwnedFd>, path: &Path) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Why a symlinked `--out` is refused, naming where it points.
+fn symlink_refusal(base: &Path) -> String {
+    let to = std::fs::read_link(base).map_or_else(|_| "?".to_owned(), |t| t.display().to_string());
+    format!(
+        "it is a symbolic link (to {to}); symbolic links are refused for safety (one planted \
+         in a shared directory could redirect root's files): pass the real directory"
+    )
+}
+
 /// A directory we did not create may be used only when root or the invoking user owns it.
 fn trusted_owner(uid: u32, owner: Option<(u32, u32)>) -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -412,15 +426,31 @@ mod tests {
     }
 
     #[test]
+    fn a_symlinked_out_dir_is_refused_as_a_symlink() {
+        let base = tmp("real");
+        std::fs::create_dir_all(&base).expect("mkdir");
+        let link = tmp("alias");
+        std::os::unix::fs::symlink(&base, &link).expect("symlink");
+        let err = SessionDir::create(&link, "x")
+            .expect_err("a symlink")
+            .to_string();
+        assert!(
+            err.contains("symbolic link") && err.contains("refused for safety"),
+            "{err}"
+        );
+        assert!(!err.contains("Not a directory"), "{err}");
+        std::fs::remove_file(&link).expect("cleanup");
+        std::fs::remove_dir_all(&base).expect("cleanup");
+    }
+
+    #[test]
     fn refuses_symlinked_or_world_writable_base() {
         let base = tmp("base");
         std::fs::create_dir_all(&base).expect("mkdir");
         let link = tmp("link");
         std::os::unix::fs::symlink(&base, &link).expect("symlink");
-        assert!(matches!(
-            SessionDir::create(&link, "x"),
-            Err(OutputError::BaseDir { .. })
-        ));
+        let err = SessionDir::create(&link, "x").expect_err("a symlink");
+        assert!(matches!(err, OutputError::BaseDir { .. }));
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).expect("chmod");
         assert!(matches!(
             SessionDir::create(&base, "x"),

@@ -20,6 +20,7 @@ use serde::Serialize;
 use super::Profiler;
 use crate::{
     correlate::{Correlated, GcPause, PyStack, Step},
+    discovery,
     output::{folded, ms, summary::Latency, CsvSink, OutputError, SessionDir, TimeBase},
     probes::drain::StackReason,
     vllm::ops::Operation,
@@ -217,11 +218,7 @@ impl CpuAttribution {
     fn thread_name(&mut self, pid: u32, tid: u32) -> String {
         self.thread_names
             .entry((pid, tid))
-            .or_insert_with(|| {
-                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-                    .map(|s| s.trim().chars().take(64).collect())
-                    .unwrap_or_default()
-            })
+            .or_insert_with(|| discovery::thread_comm(pid, tid).unwrap_or_default())
             .clone()
     }
 
@@ -582,6 +579,26 @@ mod tests {
             key.ends_with(";evil\u{FFFD}main:x 99 (/a:b/m.py:7)"),
             "{key:?}"
         );
+        std::fs::remove_dir_all(&base).expect("cleanup");
+    }
+
+    #[test]
+    fn a_thread_name_that_is_not_utf8_is_written_lossily() {
+        let (mut p, base) = profiler("comm");
+        let name = std::thread::spawn(move || {
+            // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes; getpid
+            // and gettid have no preconditions.
+            let (pid, tid) = unsafe {
+                libc::prctl(libc::PR_SET_NAME, c"bad\xff\xfename".as_ptr());
+                (libc::getpid() as u32, libc::gettid() as u32)
+            };
+            p.thread_name(pid, tid)
+        })
+        .join();
+        let Ok(name) = name else {
+            panic!("thread panicked");
+        };
+        assert_eq!(name, "bad\u{FFFD}\u{FFFD}name");
         std::fs::remove_dir_all(&base).expect("cleanup");
     }
 }
