@@ -22,7 +22,7 @@ use crate::{
     correlate::{python::PythonContext, Correlator},
     discovery::{self, MappedLibrary},
     output::{
-        console,
+        console, losses,
         metadata::{LossReport, MainLoopStats, Metadata, PythonRecord, PythonReport, TargetRecord},
         monotonic_ns, SessionDir, TimeBase,
     },
@@ -590,8 +590,19 @@ async fn run_session(
         crate::probes::KernelCounters::default()
     });
 
+    let losses = LossReport {
+        kernel,
+        records_read: reader_stats.records_read,
+        decode_errors: reader_stats.decode_errors,
+        reader: reader_stats.clone(),
+        pipeline: pipeline_stats.clone(),
+        main_loop,
+        metrics_scrape_ms_max: watch.scrape_ms_max,
+        correlator: correlator.stats.clone(),
+    };
     let mut files = Vec::new();
     for p in &mut profilers {
+        p.losses(&losses);
         files.extend(p.finish(dir)?);
     }
     let steps = count_rows(dir, "forward_pass_timing.csv");
@@ -640,16 +651,7 @@ async fn run_session(
         },
         program_costs: probes.program_costs(),
         vllm_metrics: metrics_check,
-        losses: LossReport {
-            kernel,
-            records_read: reader_stats.records_read,
-            decode_errors: reader_stats.decode_errors,
-            reader: reader_stats.clone(),
-            pipeline: pipeline_stats.clone(),
-            main_loop,
-            metrics_scrape_ms_max: watch.scrape_ms_max,
-            correlator: stats.clone(),
-        },
+        losses,
         notes: Vec::new(),
     };
     let gc_attached = metadata.python.usdt.iter().any(|u| u.status == "attached");
@@ -681,7 +683,7 @@ async fn run_session(
             pipeline_stats.lag_ms.p50, pipeline_stats.lag_ms.p99, pipeline_stats.lag_ms.max
         ),
     ]);
-    summary.extend(loss_warnings(cfg, &kernel, &reader_stats, &pipeline_stats));
+    summary.extend(losses::warnings(&metadata.losses, cfg.ring_bytes));
     if !metadata.probes.failed.is_empty() {
         summary.push(format!(
             "{} probes could not be attached (see metadata.json)",
@@ -721,53 +723,6 @@ async fn run_session(
 /// Records of every kind the kernel could not hand over (ring buffer full).
 fn kernel_drops(k: &crate::probes::KernelCounters) -> u64 {
     k.ring_full_drops + k.stack_ring_full_drops + k.usdt_ring_full_drops
-}
-
-/// One warning per kind of loss, each with what to do about it.
-fn loss_warnings(
-    cfg: &AttachConfig,
-    kernel: &crate::probes::KernelCounters,
-    reader: &crate::probes::reader::ReaderStats,
-    pipeline: &crate::pipeline::PipelineStats,
-) -> Vec<String> {
-    let mut w = Vec::new();
-    let dropped = kernel_drops(kernel);
-    if dropped > 0 {
-        w.push(format!(
-            "WARNING: the kernel dropped {dropped} records (ring buffer full: {} calls, {} stacks, {} USDT); \
-             pass --ring-mb {} or lower --sample-hz / use --cuda-stacks none",
-            kernel.ring_full_drops,
-            kernel.stack_ring_full_drops,
-            kernel.usdt_ring_full_drops,
-            (cfg.ring_bytes >> 19).min(1024)
-        ));
-    }
-    if reader.samples_shed > 0 {
-        w.push(format!(
-            "WARNING: {} sampled stacks were shed: the pipeline ran behind (lag P99 {} ms) and the \
-             queue passed half of --queue-mb; CPU shares rest on fewer samples. Lower --sample-hz",
-            reader.samples_shed, pipeline.lag_ms.p99
-        ));
-    }
-    let full = reader.queue_full_drops.total();
-    if full > 0 {
-        w.push(format!(
-            "WARNING: {full} records were dropped at the full userspace queue ({} calls, {} call stacks); \
-             pass a larger --queue-mb or lower --sample-hz / --state-hz",
-            reader.queue_full_drops.calls, reader.queue_full_drops.call_stacks
-        ));
-    }
-    let left = pipeline.unprocessed_at_stop.total();
-    if left > 0 {
-        w.push(format!(
-            "WARNING: {left} records read before the stop were not processed in time ({} calls, {} stacks): \
-             the pipeline was {} ms behind at the end; steps near the end are missing",
-            pipeline.unprocessed_at_stop.calls,
-            pipeline.unprocessed_at_stop.call_stacks + pipeline.unprocessed_at_stop.sample_stacks,
-            pipeline.lag_ms.max
-        ));
-    }
-    w
 }
 
 /// "forward_time_ms P50/P95/P99 ..." from the summary just written, and whether the GPU

@@ -8,6 +8,7 @@
 pub mod cells;
 pub mod console;
 pub mod folded;
+pub mod losses;
 pub mod metadata;
 pub mod summary;
 
