@@ -8,6 +8,10 @@
 //! and `vllm` (versioned vLLM name tables). `session` wires them together for
 //! `profilemate attach`.
 
+// A failed terminal write must never end a session: every line goes through
+// `output::console`, which cannot panic (unit tests may still print their skips).
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 pub mod config;
 pub mod correlate;
 pub mod discovery;

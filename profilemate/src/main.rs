@@ -1,11 +1,14 @@
 //! The `profilemate` command line.
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use profilemate::{
     config::{AttachConfig, TimingMode},
+    output::console,
     session,
 };
 
@@ -34,8 +37,9 @@ struct AttachArgs {
     /// Any pid of the server (the API server's children, EngineCore and workers, are followed).
     #[arg(long)]
     pid: u32,
-    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C or SIGTERM.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// Stop after this long (e.g. 30s, 5m; at most 30 days); default: until Ctrl-C, SIGTERM,
+    /// SIGHUP or SIGQUIT.
+    #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
     /// Base output directory [default: $VLLM_PROFILING_DIR or /tmp/vllm_profiling].
     #[arg(long)]
@@ -63,8 +67,8 @@ struct AttachArgs {
     /// half of it sampled stacks are shed, at it records are dropped (both counted).
     #[arg(long, default_value_t = 1024)]
     queue_mb: usize,
-    /// Rescan interval for new processes and libraries (ms).
-    #[arg(long, default_value_t = 500)]
+    /// Rescan interval for new processes and libraries (ms, 10 to 60000).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     rescan_ms: u64,
     /// Print only the session directory at the end.
     #[arg(long, short)]
@@ -89,6 +93,25 @@ struct AttachArgs {
     no_breakpoints: bool,
 }
 
+/// The longest `--duration`: a session is a profile, not a service; longer values are
+/// surely a typo (and past about 10^11 years they overflow the clock).
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// `--duration`: a humantime span, more than zero and at most [`MAX_DURATION`].
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 5m, 2h)"))?;
+    if d.is_zero() {
+        return Err("must be more than zero; leave --duration out to run until Ctrl-C".into());
+    }
+    if d > MAX_DURATION {
+        return Err(format!(
+            "must be at most 30 days ({}); leave --duration out to run until Ctrl-C",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(d)
+}
+
 fn attach(args: AttachArgs) -> Result<()> {
     if args.sample_hz > 10_000 {
         anyhow::bail!(
@@ -111,7 +134,7 @@ fn attach(args: AttachArgs) -> Result<()> {
         kernels: args.kernels,
         driver_twins: args.driver_twins,
         wait: args.wait,
-        rescan_interval: Duration::from_millis(args.rescan_ms.max(10)),
+        rescan_interval: Duration::from_millis(args.rescan_ms),
         ring_bytes: args.ring_mb << 20,
         queue_bytes: args.queue_mb.max(1) << 20,
         quiet: args.quiet,
@@ -124,19 +147,23 @@ fn attach(args: AttachArgs) -> Result<()> {
     Ok(())
 }
 
+/// Prints the vLLM names manifest as JSON.
+fn vllm_names() -> Result<()> {
+    let json = serde_json::to_string_pretty(&profilemate::vllm::names::manifest())?;
+    console::out_line(&json).context("cannot write the manifest to stdout")
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Attach(a) => attach(a),
-        Command::VllmNames => serde_json::to_string_pretty(&profilemate::vllm::names::manifest())
-            .map(|j| println!("{j}"))
-            .map_err(anyhow::Error::from),
+        Command::VllmNames => vllm_names(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            console::err_line(&format!("error: {e:#}"));
             ExitCode::FAILURE
         }
     }

@@ -21,6 +21,14 @@ pub enum PreflightError {
         /// The pid asked for.
         pid: u32,
     },
+    /// The pid is a kernel thread.
+    #[error("pid {pid} ({comm}) is a kernel thread: it has no user memory and no /proc/{pid}/exe, so no library to probe; pass the pid of a vLLM process (`pgrep -f 'vllm serve'`)")]
+    KernelThread {
+        /// The pid asked for.
+        pid: u32,
+        /// Its name.
+        comm: String,
+    },
     /// Kernel too old or built without a needed feature.
     #[error("kernel {release} lacks {what}: profilemate needs Linux >= 5.8 with BPF ring buffers and the uprobe PMU (CONFIG_BPF_EVENTS, CONFIG_UPROBE_EVENTS)")]
     KernelUnsupported {
@@ -85,10 +93,15 @@ pub fn check_privileges() -> Result<(), PreflightError> {
     })
 }
 
-/// Fails when `pid` does not exist.
+/// Fails when `pid` does not exist or is a kernel thread (which `--wait` would watch
+/// forever: no kernel thread ever maps a CUDA library).
 pub fn check_pid(pid: u32) -> Result<(), PreflightError> {
     if pid == 0 || !Path::new(&format!("/proc/{pid}")).exists() {
         return Err(PreflightError::NoSuchProcess { pid });
+    }
+    if crate::discovery::is_kernel_thread(pid) {
+        let comm = crate::discovery::thread_comm(pid, pid).unwrap_or_default();
+        return Err(PreflightError::KernelThread { pid, comm });
     }
     Ok(())
 }

@@ -15,13 +15,14 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use profilemate_common::{python::usdt_probe, Library};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::{
     config::AttachConfig,
     correlate::{python::PythonContext, Correlator},
     discovery::{self, MappedLibrary},
     output::{
+        console, losses,
         metadata::{
             BreakpointSection, LossReport, MainLoopStats, Metadata, PythonRecord, PythonReport,
             TargetRecord,
@@ -69,7 +70,8 @@ const DURATION_GRACE: Duration = Duration::from_millis(600);
 /// How long the attach waits for the first /metrics reading (the start of the cross-check
 /// window) before it says it is attached.
 const FIRST_SCRAPE_WAIT: Duration = Duration::from_millis(1500);
-/// The same after SIGINT/SIGTERM: prompt, but a little more patient.
+/// The same after a stop signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT): prompt, but a little
+/// more patient. A second signal cuts it short.
 const SIGNAL_GRACE: Duration = Duration::from_secs(2);
 /// After the targets exited nobody waits on the clock: everything read is processed.
 const EXIT_GRACE: Duration = Duration::from_secs(60);
@@ -145,7 +147,7 @@ impl Targets {
                     _ => "unsupported",
                 };
                 if status == "unsupported" {
-                    eprintln!("warning: pid {pid}: Python stacks not walked: {e}");
+                    crate::say!("warning: pid {pid}: Python stacks not walked: {e}");
                 }
                 track.done = true;
                 track.record = Some(PythonRecord {
@@ -344,7 +346,7 @@ pub fn run(cfg: &AttachConfig) -> Result<SessionOutcome> {
     preflight::check_pid(cfg.pid)?;
     preflight::check_kernel()?;
     if let Some(w) = preflight::uretprobe_seccomp_warning(cfg.pid) {
-        eprintln!("warning: {w}");
+        crate::say!("warning: {w}");
     }
     // One perf event fd per probe (~40 per process): lift the soft fd limit to the hard one.
     let nofile = nix::sys::resource::Resource::RLIMIT_NOFILE;
@@ -353,28 +355,90 @@ pub fn run(cfg: &AttachConfig) -> Result<SessionOutcome> {
             let _ = nix::sys::resource::setrlimit(nofile, hard, hard);
         }
     }
-    let start_wall = chrono::Local::now();
-    let dir = SessionDir::create(
-        &cfg.out_dir,
-        &start_wall.format("%Y%m%d_%H%M%S").to_string(),
-    )?;
-    let result = tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?
-        .block_on(run_session(cfg, &dir, start_wall));
-    if result.is_err() {
-        // Nothing was written: leave no empty session directory behind.
-        let _ = std::fs::remove_dir(dir.path());
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        // Before anything exists that a signal's default action would leave half done.
+        let signals = Signals::install()?;
+        let start_wall = chrono::Local::now();
+        let dir = SessionDir::create(
+            &cfg.out_dir,
+            &start_wall.format("%Y%m%d_%H%M%S").to_string(),
+        )?;
+        let result = run_session(cfg, &dir, start_wall, signals).await;
+        if result.is_err() {
+            // Nothing was written: leave no empty session directory behind.
+            let _ = std::fs::remove_dir(dir.path());
+        }
+        result
+    })
+}
+
+/// The signals that stop a session: Ctrl-C, `kill`, a closed terminal or dropped SSH
+/// session (SIGHUP), Ctrl-\ (SIGQUIT). Each would otherwise kill the process before the
+/// files are written; caught, each stops the session the same way.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+    quit: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        let one = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("cannot install the {name} handler"))
+        };
+        Ok(Self {
+            interrupt: one(SignalKind::interrupt(), "SIGINT")?,
+            terminate: one(SignalKind::terminate(), "SIGTERM")?,
+            hangup: one(SignalKind::hangup(), "SIGHUP")?,
+            quit: one(SignalKind::quit(), "SIGQUIT")?,
+        })
     }
-    result
+
+    /// The next stop signal. A stream that ends (only when the runtime shuts down) is never
+    /// taken for a signal.
+    async fn recv(&mut self) -> Stop {
+        tokio::select! {
+            Some(()) = self.interrupt.recv() => Stop::Interrupt,
+            Some(()) = self.terminate.recv() => Stop::Terminate,
+            Some(()) = self.hangup.recv() => Stop::Hangup,
+            Some(()) = self.quit.recv() => Stop::Quit,
+            else => std::future::pending().await,
+        }
+    }
+
+    /// After the stop: a further signal cuts the pipeline's grace short (the files are
+    /// still written, with what was processed so far), and is never the default action
+    /// that would kill the process in the middle of writing them.
+    fn shorten_on_next(mut self, budget: StopBudget, quiet: bool) {
+        tokio::spawn(async move {
+            let stop = self.recv().await;
+            budget.start(Duration::ZERO);
+            if !quiet {
+                crate::say!(
+                    "profilemate: {}: writing what was processed so far",
+                    stop.describe()
+                );
+            }
+            // Keep the handlers installed (and further signals ignored) until exit.
+            loop {
+                self.recv().await;
+            }
+        });
+    }
 }
 
 enum Stop {
     Duration,
     Interrupt,
     Terminate,
+    Hangup,
+    Quit,
     TargetsExited,
     /// The reader or pipeline thread ended on its own (a panic).
     PipelineEnded,
@@ -385,7 +449,7 @@ impl Stop {
     fn grace(&self) -> Duration {
         match self {
             Self::Duration => DURATION_GRACE,
-            Self::Interrupt | Self::Terminate => SIGNAL_GRACE,
+            Self::Interrupt | Self::Terminate | Self::Hangup | Self::Quit => SIGNAL_GRACE,
             Self::TargetsExited | Self::PipelineEnded => EXIT_GRACE,
         }
     }
@@ -395,6 +459,8 @@ impl Stop {
             Self::Duration => "duration elapsed",
             Self::Interrupt => "interrupted (SIGINT)",
             Self::Terminate => "terminated (SIGTERM)",
+            Self::Hangup => "hung up (SIGHUP)",
+            Self::Quit => "quit (SIGQUIT)",
             Self::TargetsExited => "all target processes exited",
             Self::PipelineEnded => "the pipeline thread ended early",
         }
@@ -405,6 +471,7 @@ async fn run_session(
     cfg: &AttachConfig,
     dir: &SessionDir,
     start_wall: chrono::DateTime<chrono::Local>,
+    mut signals: Signals,
 ) -> Result<SessionOutcome> {
     let t0 = monotonic_ns();
     // Taken right after t0: the two clocks are paired to well under a millisecond.
@@ -465,7 +532,7 @@ async fn run_session(
                  keep watching, or attach to the EngineCore/Worker pid"
             );
         }
-        eprintln!("no CUDA library mapped in {who} yet; waiting (--wait)...");
+        crate::say!("no CUDA library mapped in {who} yet; waiting (--wait)...");
     }
 
     let (sampled_cpus, sampling_error) = if cfg.sample_hz > 0 {
@@ -473,7 +540,7 @@ async fn run_session(
             Ok(n) => (n, None),
             Err(e) => {
                 let why = crate::probes::error_chain(&e);
-                eprintln!("warning: Python stack sampling is off: {why}");
+                crate::say!("warning: Python stack sampling is off: {why}");
                 (0, Some(why))
             }
         }
@@ -496,14 +563,11 @@ async fn run_session(
         .spawn(batch_rx, gauge, budget.clone())
         .context("cannot start the pipeline thread")?;
 
-    let mut sigint =
-        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     // The session's length is counted from its start, attaching included.
-    let deadline = cfg.duration.map(|d| {
+    // `--duration` is bounded at parsing; a deadline past what the clock can hold is none.
+    let deadline = cfg.duration.and_then(|d| {
         let spent = Duration::from_nanos(monotonic_ns().saturating_sub(t0));
-        tokio::time::Instant::now() + d.saturating_sub(spent)
+        tokio::time::Instant::now().checked_add(d.saturating_sub(spent))
     });
     let mut rescan_tick = tokio::time::interval(cfg.rescan_interval);
     rescan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -514,7 +578,7 @@ async fn run_session(
     arm_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     watcher.wait_first_scrape(FIRST_SCRAPE_WAIT);
     if !cfg.quiet {
-        eprintln!(
+        crate::say!(
             "profilemate: attached to {} process(es) ({} with Python stacks), {} probes; writing to {}; Ctrl-C to stop",
             targets.procs.len(),
             targets.python.values().filter(|t| t.walking.is_some()).count(),
@@ -541,8 +605,7 @@ async fn run_session(
                 }
             }
             _ = arm_tick.tick() => targets.arm_watched_functions(&mut probes),
-            _ = sigint.recv() => break Stop::Interrupt,
-            _ = sigterm.recv() => break Stop::Terminate,
+            stop = signals.recv() => break stop,
             () = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break Stop::Duration,
         }
     };
@@ -556,6 +619,7 @@ async fn run_session(
         main_loop.deadline_late_ms = d.elapsed().as_secs_f64() * 1e3;
     }
     budget.start(stop.grace());
+    signals.shorten_on_next(budget.clone(), cfg.quiet);
     let watch = watcher.stop();
     let reader_stats = reader.stop();
     let mut pipeline = pipeline_thread
@@ -572,12 +636,23 @@ async fn run_session(
     } = pipeline;
     let end_ns = monotonic_ns();
     let kernel = probes.counters().unwrap_or_else(|e| {
-        eprintln!("warning: cannot read the drop counters: {e}");
+        crate::say!("warning: cannot read the drop counters: {e}");
         crate::probes::KernelCounters::default()
     });
 
+    let losses = LossReport {
+        kernel,
+        records_read: reader_stats.records_read,
+        decode_errors: reader_stats.decode_errors,
+        reader: reader_stats.clone(),
+        pipeline: pipeline_stats.clone(),
+        main_loop,
+        metrics_scrape_ms_max: watch.scrape_ms_max,
+        correlator: correlator.stats.clone(),
+    };
     let mut files = Vec::new();
     for p in &mut profilers {
+        p.losses(&losses);
         files.extend(p.finish(dir)?);
     }
     let steps = count_rows(dir, "forward_pass_timing.csv");
@@ -631,16 +706,7 @@ async fn run_session(
         },
         program_costs: probes.program_costs(),
         vllm_metrics: metrics_check,
-        losses: LossReport {
-            kernel,
-            records_read: reader_stats.records_read,
-            decode_errors: reader_stats.decode_errors,
-            reader: reader_stats.clone(),
-            pipeline: pipeline_stats.clone(),
-            main_loop,
-            metrics_scrape_ms_max: watch.scrape_ms_max,
-            correlator: stats.clone(),
-        },
+        losses,
         notes: Vec::new(),
     };
     let gc_attached = metadata.python.usdt.iter().any(|u| u.status == "attached");
@@ -672,7 +738,7 @@ async fn run_session(
             pipeline_stats.lag_ms.p50, pipeline_stats.lag_ms.p99, pipeline_stats.lag_ms.max
         ),
     ]);
-    summary.extend(loss_warnings(cfg, &kernel, &reader_stats, &pipeline_stats));
+    summary.extend(losses::warnings(&metadata.losses, cfg.ring_bytes));
     if !metadata.probes.failed.is_empty() {
         summary.push(format!(
             "{} probes could not be attached (see metadata.json)",
@@ -688,14 +754,21 @@ async fn run_session(
     };
     if !cfg.quiet {
         for line in &outcome.summary {
-            eprintln!("  {line}");
+            crate::say!("  {line}");
         }
     }
-    println!("session: {}", outcome.dir.display());
+    // The path is the one line a script reads; the session is complete whether or not it can
+    // be printed.
+    if let Err(e) = console::out_line(&format!("session: {}", outcome.dir.display())) {
+        crate::say!(
+            "warning: cannot print the session path to stdout ({e}); the session is in {}",
+            outcome.dir.display()
+        );
+    }
     let n = metadata.probes.attached_count;
     let t = std::time::Instant::now();
     if !cfg.quiet {
-        eprintln!("detaching {n} probes...");
+        crate::say!("detaching {n} probes...");
     }
     probes.detach_all();
     log::info!("detached {n} probes in {:?}", t.elapsed());
@@ -705,53 +778,6 @@ async fn run_session(
 /// Records of every kind the kernel could not hand over (ring buffer full).
 fn kernel_drops(k: &crate::probes::KernelCounters) -> u64 {
     k.ring_full_drops + k.stack_ring_full_drops + k.usdt_ring_full_drops
-}
-
-/// One warning per kind of loss, each with what to do about it.
-fn loss_warnings(
-    cfg: &AttachConfig,
-    kernel: &crate::probes::KernelCounters,
-    reader: &crate::probes::reader::ReaderStats,
-    pipeline: &crate::pipeline::PipelineStats,
-) -> Vec<String> {
-    let mut w = Vec::new();
-    let dropped = kernel_drops(kernel);
-    if dropped > 0 {
-        w.push(format!(
-            "WARNING: the kernel dropped {dropped} records (ring buffer full: {} calls, {} stacks, {} USDT); \
-             pass --ring-mb {} or lower --sample-hz / use --cuda-stacks none",
-            kernel.ring_full_drops,
-            kernel.stack_ring_full_drops,
-            kernel.usdt_ring_full_drops,
-            (cfg.ring_bytes >> 19).min(1024)
-        ));
-    }
-    if reader.samples_shed > 0 {
-        w.push(format!(
-            "WARNING: {} sampled stacks were shed: the pipeline ran behind (lag P99 {} ms) and the \
-             queue passed half of --queue-mb; CPU shares rest on fewer samples. Lower --sample-hz",
-            reader.samples_shed, pipeline.lag_ms.p99
-        ));
-    }
-    let full = reader.queue_full_drops.total();
-    if full > 0 {
-        w.push(format!(
-            "WARNING: {full} records were dropped at the full userspace queue ({} calls, {} call stacks); \
-             pass a larger --queue-mb or lower --sample-hz / --state-hz",
-            reader.queue_full_drops.calls, reader.queue_full_drops.call_stacks
-        ));
-    }
-    let left = pipeline.unprocessed_at_stop.total();
-    if left > 0 {
-        w.push(format!(
-            "WARNING: {left} records read before the stop were not processed in time ({} calls, {} stacks): \
-             the pipeline was {} ms behind at the end; steps near the end are missing",
-            pipeline.unprocessed_at_stop.calls,
-            pipeline.unprocessed_at_stop.call_stacks + pipeline.unprocessed_at_stop.sample_stacks,
-            pipeline.lag_ms.max
-        ));
-    }
-    w
 }
 
 /// "forward_time_ms P50/P95/P99 ..." from the summary just written, and whether the GPU

@@ -319,6 +319,9 @@ def main():
     p.add_argument("--other-vllm-version", action="store_true",
                    help="SchedulerOutput with a field under another name (as another vLLM "
                    "version might have it)")
+    p.add_argument("--request-id-prefix", default="req-",
+                   help="request ids are PREFIX + a number (clients choose request ids: a "
+                   "hostile prefix such as =HYPERLINK(...) tests the CSV writers)")
     p.add_argument("--truth", required=True)
     a = p.parse_args()
 
@@ -336,6 +339,7 @@ def main():
         if engine is not None:
             engine.stopping = True
 
+    os.environ["VLLM_FIXTURE_REQUEST_ID_PREFIX"] = a.request_id_prefix
     if a.other_vllm_version:
         os.environ["VLLM_FIXTURE_OTHER_VERSION"] = "1"
     signal.signal(signal.SIGTERM, on_signal)

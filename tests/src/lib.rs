@@ -123,13 +123,13 @@ impl Proc {
 
     /// Waits for exit (with a timeout) and returns the exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             if let Some(s) = self.child.try_wait().expect("try_wait") {
                 return s.code().unwrap_or(-1);
             }
             assert!(
-                Instant::now() < deadline,
+                deadline.is_none_or(|d| Instant::now() < d),
                 "process {} did not exit within {timeout:?}",
                 self.pid()
             );

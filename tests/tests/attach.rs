@@ -684,6 +684,57 @@ fn sigterm_stops_and_flushes_everything() {
     );
 }
 
+/// A closed terminal or a dropped SSH session sends SIGHUP: the session must end as
+/// cleanly as with Ctrl-C, not be killed with nothing written.
+#[test]
+fn sighup_stops_and_flushes_everything() {
+    signal_stops_and_flushes_everything(
+        "sighup_stops_and_flushes_everything",
+        libc::SIGHUP,
+        "hung up (SIGHUP)",
+    );
+}
+
+/// Ctrl-\ (SIGQUIT) would dump core by default.
+#[test]
+fn sigquit_stops_and_flushes_everything() {
+    signal_stops_and_flushes_everything(
+        "sigquit_stops_and_flushes_everything",
+        libc::SIGQUIT,
+        "quit (SIGQUIT)",
+    );
+}
+
+/// An impatient second Ctrl-C (or the SIGHUP of the terminal closing) while the files are
+/// written may cut the catching-up short, never lose the session.
+#[test]
+fn a_second_signal_during_the_flush_keeps_the_session() {
+    let test = "a_second_signal_during_the_flush_keeps_the_session";
+    if !can_attach(test) {
+        return;
+    }
+    let _g = serial();
+    let dir = scratch(test);
+    let mut target = Target::rust(&dir, &["--forever", "--wait-after-load-ms", "500"]);
+    target.proc.wait_line("ready");
+    let mut tracer = Tracer::attach(target.proc.pid(), &dir, &[]);
+    tracer.wait_attached();
+    std::thread::sleep(Duration::from_millis(1500));
+    tracer.proc.signal(libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(30));
+    for sig in [libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGTERM] {
+        tracer.proc.signal(sig);
+    }
+    let s = tracer.finish(Duration::from_secs(20));
+    let meta = s.json("metadata.json");
+    assert_eq!(meta["stop_reason"], "interrupted (SIGINT)");
+    let steps = s.csv("forward_pass_timing.csv");
+    assert!(!steps.is_empty());
+    let summary = s.json("forward_pass_summary.json");
+    assert_eq!(summary["count"].as_u64(), Some(steps.len() as u64));
+    assert!(s.dir.join("gc_summary.json").exists());
+}
+
 #[test]
 fn duration_limit_stops_the_session() {
     if !can_attach("duration_limit_stops_the_session") {

@@ -1,6 +1,10 @@
 //! Bad input gets a clear error that names the fix, and leaves no half-written session.
 
-use std::{os::unix::fs::PermissionsExt, process::Command};
+use std::{
+    os::unix::fs::PermissionsExt,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use profilemate_tests::{can_attach, profilemate_bin, scratch, Proc};
 
@@ -103,4 +107,90 @@ fn unprivileged_user_is_told_how_to_fix_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("CAP_BPF") && err.contains("sudo"), "{err}");
+}
+
+/// `--duration 0s` used to be accepted, and `--duration 500000000000y` panicked with an
+/// overflow after attaching: both are refused at parsing, with the bound said.
+#[test]
+fn duration_of_zero_or_beyond_30_days_is_refused_at_parsing() {
+    if !profilemate_bin().exists() {
+        eprintln!("SKIPPED duration_of_zero_or_beyond_30_days_is_refused_at_parsing: no binary");
+        return;
+    }
+    for (d, says) in [
+        ("0s", "more than zero"),
+        ("0ms", "more than zero"),
+        ("31days", "at most 30 days"),
+        ("500000000000y", "at most 30 days"),
+    ] {
+        let out = Command::new(profilemate_bin())
+            .args(["attach", "--pid", "1", "--duration", d])
+            .output()
+            .expect("run profilemate");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{d}: a usage error: {err}");
+        assert!(
+            err.contains("--duration") && err.contains(says),
+            "{d}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{d}: {err}");
+    }
+}
+
+/// Runs `profilemate attach ARGS`, killing it after `limit`; (exit code, stderr).
+fn attach_within(args: &[&str], limit: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new(profilemate_bin())
+        .arg("attach")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run profilemate");
+    let until = Instant::now().checked_add(limit);
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status.code();
+        }
+        if until.is_some_and(|u| Instant::now() >= u) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    (code, err)
+}
+
+/// `--pid 2` (kthreadd) was told to pass --wait, and --wait then watched kernel threads
+/// forever.
+#[test]
+fn a_kernel_thread_pid_is_named_a_kernel_thread() {
+    let test = "a_kernel_thread_pid_is_named_a_kernel_thread";
+    if !can_attach(test) {
+        return;
+    }
+    let stat = std::fs::read_to_string("/proc/2/stat").unwrap_or_default();
+    if !stat.contains("(kthreadd)") {
+        eprintln!("SKIPPED {test}: pid 2 is not kthreadd here (a pid namespace)");
+        return;
+    }
+    let dir = scratch("kthread");
+    let out = dir.join("sessions");
+    let out = out.to_str().unwrap_or("/tmp");
+    for args in [
+        &["--pid", "2", "--out", out][..],
+        &["--pid", "2", "--wait", "--out", out],
+        &["--pid", "2", "--wait", "--no-children", "--out", out],
+    ] {
+        let (code, err) = attach_within(args, Duration::from_secs(10));
+        assert_eq!(code, Some(1), "{args:?} must fail at once: {err}");
+        assert!(err.contains("kernel thread"), "{args:?}: {err}");
+        assert!(!err.contains("--wait to"), "{args:?}: {err}");
+    }
+    let left = std::fs::read_dir(dir.join("sessions")).map_or(0, Iterator::count);
+    assert_eq!(left, 0, "no session directory left behind");
 }

@@ -957,3 +957,50 @@ fn a_scheduler_process_without_cuda_gives_exact_preemptions_arrivals_and_step_ba
         rows.len()
     );
 }
+
+/// Request ids are chosen by the server's clients; one shaped as a spreadsheet formula must
+/// land in the CSV files as text (a leading `'`), never as a formula.
+#[test]
+fn request_ids_chosen_by_clients_cannot_inject_spreadsheet_formulas() {
+    let _g = serial();
+    let test = "request_ids_chosen_by_clients_cannot_inject_spreadsheet_formulas";
+    if !can_attach(test) {
+        return;
+    }
+    let Some((label, python)) = pythons().into_iter().next() else {
+        eprintln!("SKIP: no CPython 3.11-3.13 found");
+        return;
+    };
+    let prefix = r#"=HYPERLINK("http://evil.example/","x")-"#;
+    let run = run("inject", &python, 80, &[], &["--request-id-prefix", prefix]);
+    let rows = run.session.csv("request_lifecycle.csv");
+    assert!(!rows.is_empty(), "{label}: no requests seen");
+    for r in &rows {
+        let id = &r["request_id"];
+        assert!(id.starts_with(&format!("'{prefix}")), "{label}: {id:?}");
+    }
+    for r in run.session.csv("preemption_events.csv") {
+        assert!(r["request_id"].starts_with("'="), "{label}: {r:?}");
+    }
+    // No cell of any CSV file begins with a formula character.
+    for entry in std::fs::read_dir(&run.session.dir)
+        .expect("session dir")
+        .flatten()
+    {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "csv") {
+            continue;
+        }
+        let mut r = csv::Reader::from_path(&path).expect("csv");
+        for rec in r.records() {
+            let rec = rec.expect("csv row");
+            for cell in &rec {
+                assert!(
+                    !cell.starts_with(['=', '+', '@']),
+                    "{label}: {}: {cell:?}",
+                    path.display()
+                );
+            }
+        }
+    }
+}

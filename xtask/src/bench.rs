@@ -157,8 +157,8 @@ fn run_attached(target_args: &[String], extra: &[&str]) -> Result<(TargetRun, Tr
     let run = read_target(stdout, target_args)?;
     // Reap the target so the tracer sees it gone, sampling the tracer until it exits.
     let _ = fixture.0.wait();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
+    let deadline = Instant::now().checked_add(Duration::from_secs(30));
+    while deadline.is_some_and(|d| Instant::now() < d) {
         if let Some(c) = proc_cpu_sec(tpid) {
             cpu = c;
         }

@@ -169,10 +169,12 @@ pub fn ebpf_object() -> PathBuf {
 fn build_ebpf() -> Result<()> {
     let dir = root().join("profilemate-ebpf");
     // The crate's rust-toolchain.toml selects nightly; clear the host's flags so they do not
-    // leak into the BPF target.
+    // leak into the BPF target. The object must land where `ebpf_object` (and
+    // profilemate/build.rs) look for it, whatever CARGO_TARGET_DIR the host build uses.
     run(Command::new("cargo")
         .current_dir(&dir)
         .args(["build", "--release"])
+        .env_remove("CARGO_TARGET_DIR")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTUP_TOOLCHAIN")

@@ -117,8 +117,39 @@ pub fn process_info(pid: u32) -> Result<ProcessInfo, DiscoveryError> {
 }
 
 /// A process that has exited but not been reaped (zombie, or dead) runs no code: not alive.
+/// A kernel thread has no user memory to probe: never a target either.
 fn is_alive(stat: &procfs::process::Stat) -> bool {
-    !matches!(stat.state, 'Z' | 'X' | 'x')
+    !matches!(stat.state, 'Z' | 'X' | 'x') && !is_kthread(stat)
+}
+
+/// `PF_KTHREAD` in /proc/PID/stat's flags (include/linux/sched.h).
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+fn is_kthread(stat: &procfs::process::Stat) -> bool {
+    stat.flags & PF_KTHREAD != 0
+}
+
+/// Whether `pid` is a kernel thread (kthreadd, kworkers, ...): no user memory, no
+/// /proc/PID/exe, nothing a uprobe can reach.
+#[must_use]
+pub fn is_kernel_thread(pid: u32) -> bool {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| is_kthread(&s))
+}
+
+/// A thread's name (`/proc/PID/task/TID/comm`), decoded lossily: a name is any 15 bytes
+/// the program chose, not always UTF-8. None when it cannot be read (the thread exited).
+#[must_use]
+pub fn thread_comm(pid: u32, tid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
+    Some(
+        String::from_utf8_lossy(&raw)
+            .trim_end_matches('\n')
+            .chars()
+            .take(64)
+            .collect(),
+    )
 }
 
 /// Every live process id on the system with its parent.
@@ -259,6 +290,21 @@ mod tests {
         assert!(process_tree(pid, false).is_empty());
         assert!(!process_tree(std::process::id(), true).contains(&pid));
         child.wait().expect("reap");
+    }
+
+    #[test]
+    fn kernel_threads_are_never_targets() {
+        // kthreadd is pid 2 outside a pid namespace; inside one no kernel thread is visible.
+        if !is_kernel_thread(2) {
+            eprintln!("SKIPPED kernel_threads_are_never_targets: pid 2 is not a kernel thread");
+            return;
+        }
+        assert!(process_tree(2, false).is_empty());
+        assert!(
+            process_tree(2, true).is_empty(),
+            "nor its kernel-thread children"
+        );
+        assert!(!is_kernel_thread(std::process::id()));
     }
 
     #[test]

@@ -1,9 +1,14 @@
 //! The session directory and the writers every profiler uses.
 //!
 //! Owns: creating `DIR/session_YYYYmmdd_HHMMSS/` safely (no symlink following, no
-//! world-writable files, owned by the invoking user under sudo), CSV and JSON writing, and
+//! world-writable files, owned by the invoking user under sudo), CSV and JSON writing (every
+//! CSV text cell through `cells::neutralize`), the folded-stack format, terminal lines, and
 //! latency summaries. Does not own: which files exist (each profiler names its own).
 
+pub mod cells;
+pub mod console;
+pub mod folded;
+pub mod losses;
 pub mod metadata;
 pub mod summary;
 
@@ -118,7 +123,11 @@ impl SessionDir {
             why,
         };
         let mut created = false;
-        if std::fs::symlink_metadata(base).is_err() {
+        let lstat = std::fs::symlink_metadata(base);
+        if lstat.as_ref().is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(base_err(symlink_refusal(base)));
+        }
+        if lstat.is_err() {
             if let Some(parent) = base.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| base_err(format!("cannot create its parent: {e}")))?;
@@ -131,8 +140,9 @@ impl SessionDir {
             }
         }
         let base_dir = open_dir(None, base).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                base_err("it is a symbolic link".into())
+            let now_a_link = std::fs::symlink_metadata(base).is_ok_and(|m| m.is_symlink());
+            if e.raw_os_error() == Some(libc::ELOOP) || now_a_link {
+                base_err(symlink_refusal(base))
             } else {
                 base_err(format!("cannot open it: {e}"))
             }
@@ -282,7 +292,7 @@ impl SessionDir {
             .from_writer(self.create_file(name)?);
         w.write_record(header).map_err(csv_err)?;
         for r in rows {
-            w.serialize(r).map_err(csv_err)?;
+            w.serialize(cells::Guarded(&r)).map_err(csv_err)?;
         }
         w.flush().map_err(|source| OutputError::Io {
             path: path.clone(),
@@ -304,7 +314,7 @@ impl CsvSink {
     /// Appends one row.
     pub fn row(&mut self, row: &impl Serialize) {
         if self.error.is_none() {
-            if let Err(e) = self.writer.serialize(row) {
+            if let Err(e) = self.writer.serialize(cells::Guarded(row)) {
                 self.error = Some(e);
             }
         }
@@ -344,6 +354,15 @@ fn open_dir(at: Option<&OwnedFd>, path: &Path) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: fd was just returned by openat and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Why a symlinked `--out` is refused, naming where it points.
+fn symlink_refusal(base: &Path) -> String {
+    let to = std::fs::read_link(base).map_or_else(|_| "?".to_owned(), |t| t.display().to_string());
+    format!(
+        "it is a symbolic link (to {to}); symbolic links are refused for safety (one planted \
+         in a shared directory could redirect root's files): pass the real directory"
+    )
 }
 
 /// A directory we did not create may be used only when root or the invoking user owns it.
@@ -388,15 +407,51 @@ mod tests {
     }
 
     #[test]
+    fn csv_files_neutralize_formula_cells_from_the_target() {
+        let base = tmp("inject");
+        let s = SessionDir::create(&base, "20260101_000000").expect("session");
+        let evil = r#"=HYPERLINK("http://evil.example/","x")"#;
+        s.write_csv("a.csv", &["id", "v"], [(evil, -3.5)])
+            .expect("csv");
+        let mut sink = s.csv_sink("b.csv", &["id", "v"]).expect("sink");
+        sink.row(&("@x\nwith\0nul", -1));
+        sink.finish().expect("finish");
+        let a = std::fs::read_to_string(s.path().join("a.csv")).expect("read");
+        assert_eq!(
+            a,
+            "id,v\n\"'=HYPERLINK(\"\"http://evil.example/\"\",\"\"x\"\")\",-3.5\n"
+        );
+        let b = std::fs::read_to_string(s.path().join("b.csv")).expect("read");
+        assert_eq!(b, "id,v\n'@x\u{FFFD}withnul,-1\n");
+        std::fs::remove_dir_all(&base).expect("cleanup");
+    }
+
+    #[test]
+    fn a_symlinked_out_dir_is_refused_as_a_symlink() {
+        let base = tmp("real");
+        std::fs::create_dir_all(&base).expect("mkdir");
+        let link = tmp("alias");
+        std::os::unix::fs::symlink(&base, &link).expect("symlink");
+        let err = SessionDir::create(&link, "x")
+            .expect_err("a symlink")
+            .to_string();
+        assert!(
+            err.contains("symbolic link") && err.contains("refused for safety"),
+            "{err}"
+        );
+        assert!(!err.contains("Not a directory"), "{err}");
+        std::fs::remove_file(&link).expect("cleanup");
+        std::fs::remove_dir_all(&base).expect("cleanup");
+    }
+
+    #[test]
     fn refuses_symlinked_or_world_writable_base() {
         let base = tmp("base");
         std::fs::create_dir_all(&base).expect("mkdir");
         let link = tmp("link");
         std::os::unix::fs::symlink(&base, &link).expect("symlink");
-        assert!(matches!(
-            SessionDir::create(&link, "x"),
-            Err(OutputError::BaseDir { .. })
-        ));
+        let err = SessionDir::create(&link, "x").expect_err("a symlink");
+        assert!(matches!(err, OutputError::BaseDir { .. }));
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).expect("chmod");
         assert!(matches!(
             SessionDir::create(&base, "x"),

@@ -20,7 +20,8 @@ use serde::Serialize;
 use super::Profiler;
 use crate::{
     correlate::{Correlated, GcPause, PyStack, Step},
-    output::{ms, summary::Latency, CsvSink, OutputError, SessionDir, TimeBase},
+    discovery,
+    output::{folded, ms, summary::Latency, CsvSink, OutputError, SessionDir, TimeBase},
     probes::drain::StackReason,
     vllm::ops::Operation,
 };
@@ -217,11 +218,7 @@ impl CpuAttribution {
     fn thread_name(&mut self, pid: u32, tid: u32) -> String {
         self.thread_names
             .entry((pid, tid))
-            .or_insert_with(|| {
-                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-                    .map(|s| s.trim().chars().take(64).collect())
-                    .unwrap_or_default()
-            })
+            .or_insert_with(|| discovery::thread_comm(pid, tid).unwrap_or_default())
             .clone()
     }
 
@@ -237,15 +234,22 @@ impl CpuAttribution {
     fn fold(&mut self, st: &PyStack) {
         let comm = self.thread_name(st.pid, st.pid);
         let thread = self.thread_name(st.pid, st.tid);
-        let mut key = format!("{comm} ({});{thread} ({})", st.pid, st.tid);
+        // Every name comes from the target: escaped, so it stays one frame of one line.
+        let mut key = format!(
+            "{} ({});{} ({})",
+            folded::frame(&comm),
+            st.pid,
+            folded::frame(&thread),
+            st.tid
+        );
         if st.frames.is_empty() {
             key.push_str(";[native]");
         }
         for f in st.frames.iter().rev() {
             key.push(';');
-            key.push_str(&f.code.qualname.replace(';', ":"));
+            key.push_str(&folded::frame(&f.code.qualname));
             key.push_str(" (");
-            key.push_str(&short_file(&f.code.filename).replace(';', ":"));
+            key.push_str(&folded::frame(short_file(&f.code.filename)));
             key.push(':');
             key.push_str(&f.line.to_string());
             key.push(')');
@@ -483,18 +487,10 @@ impl Profiler for CpuAttribution {
             folded_overflow_samples: self.folded_overflow,
         };
         dir.write_json("cpu_timing_summary.json", &summary)?;
-        let mut folded: Vec<(&String, &u64)> = self.folded.iter().collect();
-        folded.sort();
-        let mut text = String::new();
-        for (k, n) in folded {
-            text.push_str(k);
-            text.push(' ');
-            text.push_str(&n.to_string());
-            text.push('\n');
-        }
-        if self.folded_overflow > 0 {
-            text.push_str(&format!("[other stacks] {}\n", self.folded_overflow));
-        }
+        let mut stacks: Vec<(&str, u64)> =
+            self.folded.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+        stacks.sort_unstable();
+        let text = folded::text(stacks, self.folded_overflow);
         dir.write_text("cpu_profile.folded", &text)?;
         Ok(vec![rows, "cpu_timing_summary.json", "cpu_profile.folded"])
     }
@@ -530,5 +526,81 @@ impl CpuAttribution {
             }
             self.flush(None, u64::MAX);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{correlate::PyFrameInfo, python::code::CodeInfo};
+
+    fn profiler(name: &str) -> (CpuAttribution, std::path::PathBuf) {
+        let base = std::env::temp_dir().join(format!("pm-cpu-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let dir = SessionDir::create(&base, "x").expect("session dir");
+        let time = TimeBase {
+            t0_ns: 0,
+            unix_t0_sec: 0.0,
+        };
+        (
+            CpuAttribution::new(&dir, time, 100).expect("profiler"),
+            base,
+        )
+    }
+
+    fn stack(pid: u32, tid: u32, qualname: &str, file: &str) -> PyStack {
+        PyStack {
+            pid,
+            tid,
+            ts_ns: 1,
+            reason: StackReason::Sample,
+            flags: 0,
+            frames: vec![PyFrameInfo {
+                code: Arc::new(CodeInfo::new(qualname, file, 1, Vec::new())),
+                line: 7,
+                arg1: 0,
+            }],
+            op: Operation::Schedule,
+            op_frame: None,
+        }
+    }
+
+    #[test]
+    fn folded_stacks_stay_one_line_whatever_the_frame_names() {
+        let (mut p, base) = profiler("folded");
+        p.fold(&stack(u32::MAX, u32::MAX, "evil\nmain;x 99", "/a;b/m.py"));
+        let keys: Vec<&String> = p.folded.keys().collect();
+        assert_eq!(keys.len(), 1);
+        let key = keys[0];
+        assert!(!key.contains('\n'), "{key:?}");
+        // process, thread, one frame: three fields.
+        assert_eq!(key.split(';').count(), 3, "{key:?}");
+        assert!(
+            key.ends_with(";evil\u{FFFD}main:x 99 (/a:b/m.py:7)"),
+            "{key:?}"
+        );
+        std::fs::remove_dir_all(&base).expect("cleanup");
+    }
+
+    #[test]
+    fn a_thread_name_that_is_not_utf8_is_written_lossily() {
+        let (mut p, base) = profiler("comm");
+        let name = std::thread::spawn(move || {
+            // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes; getpid
+            // and gettid have no preconditions.
+            let (pid, tid) = unsafe {
+                libc::prctl(libc::PR_SET_NAME, c"bad\xff\xfename".as_ptr());
+                (libc::getpid() as u32, libc::gettid() as u32)
+            };
+            p.thread_name(pid, tid)
+        })
+        .join();
+        let Ok(name) = name else {
+            panic!("thread panicked");
+        };
+        assert_eq!(name, "bad\u{FFFD}\u{FFFD}name");
+        std::fs::remove_dir_all(&base).expect("cleanup");
     }
 }

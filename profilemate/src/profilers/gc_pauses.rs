@@ -9,6 +9,8 @@ use super::Profiler;
 use crate::{
     correlate::{Correlated, GcPause},
     output::{
+        losses::GcLost,
+        metadata::LossReport,
         ms,
         summary::{Latency, LatencySummary},
         CsvSink, OutputError, SessionDir, TimeBase,
@@ -75,6 +77,10 @@ struct Summary {
     all: TotalsSummary,
     by_generation: BTreeMap<i64, TotalsSummary>,
     by_pid: BTreeMap<u32, TotalsSummary>,
+    /// GC events (a start or a done) lost before they reached this file: the pauses above
+    /// lack those collections when it is not 0.
+    events_lost: u64,
+    events_lost_by_cause: GcLost,
     source: &'static str,
 }
 
@@ -85,6 +91,7 @@ pub struct GcPauses {
     all: Totals,
     by_generation: BTreeMap<i64, Totals>,
     by_pid: BTreeMap<u32, Totals>,
+    lost: GcLost,
 }
 
 impl GcPauses {
@@ -96,6 +103,7 @@ impl GcPauses {
             all: Totals::default(),
             by_generation: BTreeMap::new(),
             by_pid: BTreeMap::new(),
+            lost: GcLost::default(),
         })
     }
 }
@@ -118,6 +126,10 @@ impl Profiler for GcPauses {
         self.by_pid.entry(g.pid).or_default().add(g);
     }
 
+    fn losses(&mut self, losses: &LossReport) {
+        self.lost = GcLost::of(losses);
+    }
+
     fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
         let rows = self.rows.finish()?;
         dir.write_json(
@@ -130,9 +142,52 @@ impl Profiler for GcPauses {
                     .map(|(k, v)| (*k, v.summary()))
                     .collect(),
                 by_pid: self.by_pid.iter().map(|(k, v)| (*k, v.summary())).collect(),
+                events_lost: self.lost.total(),
+                events_lost_by_cause: self.lost,
                 source: "CPython USDT probes python:gc__start / python:gc__done (exact); processes whose interpreter has no such probes are listed in metadata.json",
             },
         )?;
         Ok(vec![rows, "gc_summary.json"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        correlate::CorrelatorStats, output::metadata::MainLoopStats, pipeline::PipelineStats,
+        probes::reader::ReaderStats,
+    };
+
+    #[test]
+    fn gc_summary_says_how_many_gc_events_were_lost() {
+        let base = std::env::temp_dir().join(format!("pm-gc-lost-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let dir = SessionDir::create(&base, "x").expect("session dir");
+        let time = TimeBase {
+            t0_ns: 0,
+            unix_t0_sec: 0.0,
+        };
+        let mut p = GcPauses::new(&dir, time).expect("profiler");
+        let mut losses = LossReport {
+            kernel: crate::probes::KernelCounters::default(),
+            records_read: 0,
+            decode_errors: 0,
+            reader: ReaderStats::default(),
+            pipeline: PipelineStats::default(),
+            main_loop: MainLoopStats::default(),
+            metrics_scrape_ms_max: 0.0,
+            correlator: CorrelatorStats::default(),
+        };
+        losses.kernel.usdt_ring_full_drops = 3;
+        losses.reader.queue_full_drops.usdt = 2;
+        losses.pipeline.unprocessed_at_stop.usdt = 1;
+        p.losses(&losses);
+        p.finish(&dir).expect("finish");
+        let text = std::fs::read_to_string(dir.path().join("gc_summary.json")).expect("read");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(v["events_lost"], 6, "{v}");
+        assert_eq!(v["events_lost_by_cause"]["ring_buffer_full"], 3, "{v}");
+        std::fs::remove_dir_all(&base).expect("cleanup");
     }
 }

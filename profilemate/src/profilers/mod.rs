@@ -14,7 +14,7 @@ pub mod preemptions;
 
 use crate::{
     correlate::Correlated,
-    output::{OutputError, SessionDir, TimeBase},
+    output::{metadata::LossReport, OutputError, SessionDir, TimeBase},
 };
 
 /// Pushes `item` onto `key`'s queue, keeping the newest `max` (records kept per thread
@@ -37,6 +37,9 @@ pub(crate) fn keep_recent<K: std::hash::Hash + Eq, T>(
 pub trait Profiler: Send {
     /// Takes one correlated record.
     fn consume(&mut self, record: &Correlated);
+    /// Told, right before `finish`, what the session lost on the way (so a summary can say
+    /// what it lacks). Most profilers need not know.
+    fn losses(&mut self, _losses: &LossReport) {}
     /// Completes this profiler's files; returns their names.
     fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError>;
 }

@@ -134,8 +134,9 @@ impl Watcher {
     /// Waits until the first /metrics reading is taken, at most `timeout` (the session
     /// says it is attached only then, so that the cross-check window starts with it).
     pub fn wait_first_scrape(&self, timeout: Duration) {
-        let until = Instant::now() + timeout;
-        while Instant::now() < until {
+        // A timeout past what the clock can hold waits as long as the thread runs.
+        let until = Instant::now().checked_add(timeout);
+        while until.is_none_or(|u| Instant::now() < u) {
             let done = self.report.lock().map_or(true, |r| r.scrapes > 0);
             if done || self.handle.is_finished() {
                 return;
@@ -149,8 +150,8 @@ impl Watcher {
     #[must_use]
     pub fn stop(self) -> WatchReport {
         self.stop.store(true, Ordering::Release);
-        let until = Instant::now() + STOP_WAIT;
-        while !self.handle.is_finished() && Instant::now() < until {
+        let until = Instant::now().checked_add(STOP_WAIT);
+        while !self.handle.is_finished() && until.is_some_and(|u| Instant::now() < u) {
             std::thread::sleep(Duration::from_millis(5));
         }
         // A read still in progress finishes on its own; its thread is not waited for.
@@ -195,7 +196,10 @@ impl Work {
             if let Some(period) = self.state_period.filter(|_| now >= next_poll) {
                 self.poll_all();
                 // Skip the ticks a slow poll overran rather than bunching them up.
-                next_poll = (next_poll + period).max(Instant::now());
+                next_poll = next_poll
+                    .checked_add(period)
+                    .unwrap_or_else(Instant::now)
+                    .max(Instant::now());
             }
             let due = self
                 .state_period
@@ -216,7 +220,7 @@ impl Work {
                     let poller = StatePoller::new(*interp, self.names);
                     let version = version::of_process(pid);
                     if let Some(Ok(VllmVersion { note: Some(n), .. })) = &version {
-                        eprintln!("warning: pid {pid}: {n}");
+                        crate::say!("warning: pid {pid}: {n}");
                     }
                     self.pollers.insert(
                         pid,

@@ -42,6 +42,7 @@ class Scheduler:
         self.mm_every = mm_every
         self.num_preemptions_total = 0
         self.all_requests = []
+        self.request_id_prefix = os.environ.get("VLLM_FIXTURE_REQUEST_ID_PREFIX", "req-")
 
     def _record(self):
         """Truth after every single change of the queues or the pool, so that a read between
@@ -85,7 +86,7 @@ class Scheduler:
         n = self.num_arrived
         self.num_arrived += 1
         mm = 1 if self.mm_every and n % self.mm_every == 4 else 0
-        req = Request(f"req-{n}", 40 + (n * 37) % 161, 8 + (n * 13) % 53, time.time(), mm)
+        req = Request(f"{self.request_id_prefix}{n}", 40 + (n * 37) % 161, 8 + (n * 13) % 53, time.time(), mm)
         self.add_request(req)
 
     def add_request(self, req):
