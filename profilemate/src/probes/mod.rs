@@ -470,7 +470,13 @@ impl Probes {
             return Vec::new();
         }
         let mut out = Vec::new();
-        for name in [ENTRY_PROGRAM, RETURN_PROGRAM, SAMPLE_PROGRAM, USDT_PROGRAM] {
+        for name in [
+            ENTRY_PROGRAM,
+            RETURN_PROGRAM,
+            SAMPLE_PROGRAM,
+            USDT_PROGRAM,
+            BREAKPOINT_PROGRAM,
+        ] {
             let Some(prog) = self.ebpf.program(name) else {
                 continue;
             };
