@@ -825,12 +825,10 @@ fn check_breakpoint_events(
         .iter()
         .filter(|p| p["ts_ns"].as_f64().unwrap_or(0.0) > first)
         .count();
-    // Known gap (docs/ACCURACY.md): about one run in five misses one preemption of ~27
-    // after arming in the scheduler-only shape; never one counted twice.
-    assert!(
-        by_bp.len() <= after && by_bp.len() + 1 >= after,
-        "{label}: {} preemptions by breakpoint of {after} once they fired",
-        by_bp.len()
+    assert_eq!(
+        by_bp.len(),
+        after,
+        "{label}: preemptions by breakpoint once they fired"
     );
     // Arrivals: every add_request after the first one seen, at its entry.
     let adds = truth_of(dir, "add");
@@ -864,10 +862,10 @@ fn check_breakpoint_events(
     let unreadable = md["python"]["breakpoints"]["calls"]["unreadable_requests"]
         .as_u64()
         .unwrap_or(0) as usize;
-    assert!(
-        added.len() <= later && added.len() + unreadable + 1 >= later,
-        "{label}: {} arrivals seen of {later} after the first one ({unreadable} unreadable)",
-        added.len()
+    assert_eq!(
+        added.len() + unreadable,
+        later,
+        "{label}: arrivals after the first one seen ({unreadable} unreadable)"
     );
     assert_eq!(
         session.json("preemption_summary.json")["arrivals"].as_u64(),
