@@ -905,7 +905,7 @@ fn scheduler_without_cuda(test: &str, label: &str, python: &Path) {
         "--idle-us",
         "200",
     ];
-    let mut target = Target::vllm_without_cuda(&dir, &python, &args);
+    let mut target = Target::vllm_without_cuda(&dir, python, &args);
     target.proc.wait_line("ready");
     let mut tracer = Tracer::attach(target.proc.pid(), &dir, &["--wait"]);
     tracer.wait_attached();
@@ -925,7 +925,7 @@ fn scheduler_without_cuda(test: &str, label: &str, python: &Path) {
     // Before the breakpoints are armed (the first poll that finds the scheduler) only the
     // counters see preemptions; none is counted twice.
     assert!(events.len() <= truth_pre.len(), "{label}: preemptions");
-    check_breakpoint_events(&label, &md, &events, &truth_pre, &dir, &session, ns);
+    check_breakpoint_events(label, &md, &events, &truth_pre, &dir, &session, ns);
 
     // Step batches, read from update_from_output's SchedulerOutput (the one of the latest
     // or, with a batch queue of two, the one before): every row exact, and every step
