@@ -1011,3 +1011,86 @@ fn request_ids_chosen_by_clients_cannot_inject_spreadsheet_formulas() {
         }
     }
 }
+
+/// The tensor-parallel shape on the fake runtime: an EngineCore without CUDA that runs the
+/// scheduler, and two worker processes that make every step's CUDA calls, of which only
+/// rank 0 waits for the step (vLLM's output rank). Attached at the EngineCore, the session
+/// follows both workers, finds rank 0's every step, and still sees the scheduler's
+/// preemptions exactly (breakpoints in the process without CUDA).
+#[test]
+fn tensor_parallel_shape_steps_from_the_output_rank_and_the_scheduler_from_the_engine() {
+    let _g = serial();
+    let test = "tensor_parallel_shape_steps_from_the_output_rank_and_the_scheduler_from_the_engine";
+    if !can_attach(test) {
+        return;
+    }
+    let Some((label, python)) = pythons().into_iter().next() else {
+        eprintln!("SKIP: no CPython 3.11-3.13 found");
+        return;
+    };
+    let dir = scratch(test);
+    let args = [
+        "--tp",
+        "2",
+        "--steps",
+        "200",
+        "--wait-after-load-ms",
+        "60000",
+        "--start-on-sigusr1",
+        "--idle-us",
+        "200",
+    ];
+    let mut target = Target::vllm(&dir, &python, &args);
+    let rank0: u32 = target
+        .proc
+        .wait_line("worker rank=0")
+        .rsplit('=')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("rank 0 pid");
+    target.proc.wait_line("ready");
+    let mut tracer = Tracer::attach(target.proc.pid(), &dir, &["--wait"]);
+    tracer.wait_attached();
+    target.proc.signal(libc::SIGUSR1);
+    assert_eq!(
+        target.proc.wait_exit(Duration::from_secs(120)),
+        0,
+        "fixture failed"
+    );
+    let session = tracer.finish(Duration::from_secs(30));
+    let md = session.json("metadata.json");
+    let with_cuda = md["targets"].as_array().map_or(0, |t| {
+        t.iter()
+            .filter(|t| t["libraries"].as_array().is_some_and(|l| !l.is_empty()))
+            .count()
+    });
+    assert_eq!(
+        with_cuda, 2,
+        "{label}: both workers attached: {}",
+        md["targets"]
+    );
+    let steps = session.csv("forward_pass_timing.csv");
+    let rank0_steps = steps
+        .iter()
+        .filter(|s| s["pid"] == rank0.to_string())
+        .count();
+    let truth = truth_of(&dir, "step");
+    // The last step-function call only drains the previous step (no GPU step of its own).
+    assert!(
+        rank0_steps + 2 >= truth.len() - 1 && rank0_steps <= truth.len(),
+        "{label}: rank 0 steps {rank0_steps} of {}",
+        truth.len()
+    );
+    let truth_pre = truth_of(&dir, "preempt");
+    let events = session.csv("preemption_events.csv");
+    assert!(events.len() <= truth_pre.len(), "{label}: preemptions");
+    let by_bp = events
+        .iter()
+        .filter(|e| e["source"] == "breakpoint")
+        .count();
+    assert!(
+        truth_pre.is_empty() || by_bp > 0,
+        "{label}: no preemption seen in the EngineCore: {}",
+        md["python"]["breakpoints"]
+    );
+}
