@@ -239,6 +239,9 @@ pub struct UsdtReport {
     pub status: String,
 }
 
+/// A library's symbol offsets, or why they could not be read.
+type SymbolLookup = Result<SymbolOffsets, (String, FailureKind)>;
+
 struct Link {
     is_return: bool,
     id: UProbeLinkId,
@@ -254,7 +257,7 @@ pub struct Probes {
     done: HashMap<(u32, (u64, u64), u64), ()>,
     /// Processes that get entry probes only (seccomp could kill them at a return probe).
     entry_only: std::collections::HashSet<u32>,
-    symbol_cache: HashMap<((u64, u64), u64), Result<SymbolOffsets, (String, FailureKind)>>,
+    symbol_cache: HashMap<((u64, u64), u64), SymbolLookup>,
     sampling: Vec<PerfEventLinkId>,
     usdt_links: Vec<perf_link::PerfLink>,
     /// (file id, probe name) -> spec slot.
