@@ -93,6 +93,24 @@ pub struct SessionOutcome {
     pub failure: Option<String>,
 }
 
+/// Hands `pid`'s Python threads to the walker and to its breakpoints (if its functions are
+/// watched), and keeps their ids for breakpoints armed later.
+fn track_threads(
+    py_tids: &mut HashMap<u32, Vec<u32>>,
+    probes: &mut Probes,
+    pid: u32,
+    refs: &[(u32, profilemate_common::python::PyThreadRef)],
+) {
+    if let Err(e) = probes.set_python_threads(pid, refs) {
+        log::warn!("pid {pid}: {e}");
+    }
+    let tids: Vec<u32> = refs.iter().map(|(t, _)| *t).collect();
+    if let Err(e) = probes.watch_threads(pid, &tids) {
+        log::warn!("pid {pid}: breakpoints: {e}");
+    }
+    py_tids.insert(pid, tids);
+}
+
 struct Targets {
     root: u32,
     children: bool,
@@ -158,16 +176,7 @@ impl Targets {
             // New threads get walked (and their watched functions armed) from the next
             // rescan on.
             match interp.thread_refs() {
-                Ok(refs) => {
-                    if let Err(e) = probes.set_python_threads(pid, &refs) {
-                        log::warn!("pid {pid}: {e}");
-                    }
-                    let tids: Vec<u32> = refs.iter().map(|(t, _)| *t).collect();
-                    if let Err(e) = probes.watch_threads(pid, &tids) {
-                        log::warn!("pid {pid}: breakpoints: {e}");
-                    }
-                    self.py_tids.insert(pid, tids);
-                }
+                Ok(refs) => track_threads(&mut self.py_tids, probes, pid, &refs),
                 Err(e) => log::debug!("pid {pid}: thread list: {e}"),
             }
             return;
@@ -265,11 +274,7 @@ impl Targets {
         }
         let tested = interp.layout.tested;
         if let Ok(refs) = interp.thread_refs() {
-            if let Err(e) = probes.set_python_threads(pid, &refs) {
-                log::warn!("pid {pid}: {e}");
-            }
-            self.py_tids
-                .insert(pid, refs.iter().map(|(t, _)| *t).collect());
+            track_threads(&mut self.py_tids, probes, pid, &refs);
         }
         let Some(track) = self.python.get_mut(&pid) else {
             return;
