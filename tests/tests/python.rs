@@ -332,8 +332,15 @@ fn pyenv_pythons_walk_through_their_own_layouts() {
         check_shares(&run, 6.0);
         check_launch_stacks(&run);
         let md = run.session.json("metadata.json");
-        let unresolved = md["python"]["stats"]["unresolved_frames"].as_u64();
-        assert_eq!(unresolved, Some(0), "{label}");
+        let stats = &md["python"]["stats"];
+        // Frames of the target's last moments may be read after it exited (the reader runs
+        // behind on a loaded machine): counted apart, never misread.
+        eprintln!("frames read after the exit: {}", stats["frames_after_exit"]);
+        assert_eq!(
+            stats["unresolved_frames"].as_u64(),
+            Some(0),
+            "{label}: {stats}"
+        );
     }
 }
 
