@@ -420,7 +420,9 @@ mod tests {
         let mut cache = CodeCache::default();
         let live = Failing { gone: false };
         for first_line in [10, 10, 11] {
-            let e = cache.get(&live, &l, None, 0x5000, first_line).unwrap_err();
+            let e = cache
+                .get(&live, &l, None, 0x5000, first_line)
+                .expect_err("unreadable");
             assert!(!e.process_gone());
         }
         assert_eq!(
@@ -429,7 +431,7 @@ mod tests {
         );
         let gone = Failing { gone: true };
         for _ in 0..2 {
-            let e = cache.get(&gone, &l, None, 0x6000, 10).unwrap_err();
+            let e = cache.get(&gone, &l, None, 0x6000, 10).expect_err("gone");
             assert!(e.process_gone());
         }
         assert_eq!(cache.reads, 4, "a gone process's failure is not cached");
