@@ -48,6 +48,9 @@ pub struct AttachConfig {
     pub state_hz: u64,
     /// Watch the scheduler's methods with hardware breakpoints.
     pub breakpoints: bool,
+    /// Attach return probes even where seccomp may kill the target on them
+    /// (`--allow-uretprobes`; see `preflight::return_probes`).
+    pub allow_uretprobes: bool,
 }
 
 impl AttachConfig {

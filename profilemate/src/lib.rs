@@ -22,6 +22,7 @@ pub mod probes;
 pub mod profilers;
 pub mod python;
 pub mod session;
+pub mod verdict;
 pub mod vllm;
 
 /// Tracer version written into metadata.json.

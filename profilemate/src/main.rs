@@ -91,6 +91,11 @@ struct AttachArgs {
     /// step outputs and polls only.
     #[arg(long)]
     no_breakpoints: bool,
+    /// Attach return probes even into a target under seccomp on Linux 6.11-6.13, where a
+    /// filter that does not allow the `uretprobe` syscall kills the target (by default such a
+    /// target gets entry probes only).
+    #[arg(long)]
+    allow_uretprobes: bool,
 }
 
 /// The longest `--duration`: a session is a profile, not a service; longer values are
@@ -142,9 +147,13 @@ fn attach(args: AttachArgs) -> Result<()> {
         cuda_stacks: args.cuda_stacks,
         state_hz: args.state_hz.min(1000),
         breakpoints: !args.no_breakpoints,
+        allow_uretprobes: args.allow_uretprobes,
     };
-    session::run(&cfg)?;
-    Ok(())
+    let outcome = session::run(&cfg)?;
+    match outcome.failure {
+        Some(why) => anyhow::bail!("{why} (the session is in {})", outcome.dir.display()),
+        None => Ok(()),
+    }
 }
 
 /// Prints the vLLM names manifest as JSON.

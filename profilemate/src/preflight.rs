@@ -8,8 +8,8 @@ use std::path::Path;
 pub enum PreflightError {
     /// Missing privileges.
     #[error(
-        "profilemate needs root or the capabilities CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE \
-         (effective: {have}); run it with sudo, or `setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep` on the binary"
+        "profilemate needs root or the capabilities CAP_SYS_ADMIN and CAP_SYS_PTRACE \
+         (effective: {have}); run it with sudo, or `setcap cap_sys_admin,cap_sys_ptrace+ep` on the binary"
     )]
     NotPrivileged {
         /// The capabilities that are effective, as a readable list.
@@ -38,6 +38,14 @@ pub enum PreflightError {
         what: &'static str,
     },
 }
+
+/// The capabilities a session needs without root, as found by experiment (Linux 6.18): the
+/// kernel refuses uprobe perf events with EACCES under CAP_BPF + CAP_PERFMON (+
+/// CAP_SYS_PTRACE) and accepts them with CAP_SYS_ADMIN, which also covers loading the
+/// programs; CAP_SYS_PTRACE reaches another user's /proc/PID/root and memory.
+pub const ATTACH_CAPS: &[&str] = &["CAP_SYS_ADMIN", "CAP_SYS_PTRACE"];
+/// [`ATTACH_CAPS`] as `setcap` spells them.
+pub const SETCAP_LIST: &str = "cap_sys_admin,cap_sys_ptrace";
 
 /// Bit numbers in the capability sets (linux/capability.h).
 const CAP_SYS_ADMIN: u32 = 21;
@@ -128,21 +136,186 @@ pub fn check_kernel() -> Result<(), PreflightError> {
     Ok(())
 }
 
-/// Linux 6.11+ returns from uretprobes through a dedicated syscall; seccomp profiles written
-/// before it may kill the target with SIGSYS. Returns a warning to print, if it applies.
+/// A process's seccomp mode (`Seccomp:` in /proc/PID/status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompMode {
+    /// No seccomp (0).
+    Disabled,
+    /// Strict mode (1): read, write, exit and sigreturn only.
+    Strict,
+    /// A BPF filter (2).
+    Filter,
+}
+
+/// The seccomp mode of `pid`; None when its status cannot be read or says none.
 #[must_use]
-pub fn uretprobe_seccomp_warning(pid: u32) -> Option<String> {
+pub fn seccomp_mode(pid: u32) -> Option<SeccompMode> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let seccomp = status
+    match status
         .lines()
         .find_map(|l| l.strip_prefix("Seccomp:"))?
         .trim()
-        .to_owned();
-    (seccomp == "2").then(|| {
-        format!(
-            "pid {pid} runs under a seccomp filter; on Linux 6.11+ return probes use the uretprobe \
-             syscall, which old filters reject. If the target's filter predates it, use a profile \
-             that allows `uretprobe` before attaching"
-        )
-    })
+    {
+        "0" => Some(SeccompMode::Disabled),
+        "1" => Some(SeccompMode::Strict),
+        "2" => Some(SeccompMode::Filter),
+        _ => None,
+    }
+}
+
+/// `(major, minor)` of a kernel release string ("6.12.3-arch1" -> (6, 12)).
+#[must_use]
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => Some((major, minor)),
+        _ => None,
+    }
+}
+
+/// Whether return probes (uretprobes) go into a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReturnProbes {
+    /// Safe: no seccomp, or a kernel whose uretprobes need no syscall (< 6.11) or let it
+    /// through seccomp (6.14+).
+    Attach,
+    /// The dangerous combination, attached anyway because `--allow-uretprobes` asked for it.
+    AttachAllowed,
+    /// The dangerous combination: entry probes only.
+    EntryOnly,
+}
+
+/// The first kernel whose uretprobes return through the `uretprobe` syscall (x86-64).
+const URETPROBE_SYSCALL_SINCE: (u32, u32) = (6, 11);
+/// The first kernel that lets the `uretprobe` syscall through every seccomp filter.
+const SECCOMP_PASSTHROUGH_SINCE: (u32, u32) = (6, 14);
+
+/// Decides whether return probes may go into a process under `seccomp` on `kernel`.
+/// Linux 6.11 to 6.13 return from a uretprobe through the `uretprobe` syscall and filter it
+/// like any other: a strict process, or a filter written before the syscall existed
+/// (allow-lists), kills the target at its first probed return. Unknown values count as the
+/// dangerous ones; `allow` (`--allow-uretprobes`) attaches anyway.
+#[must_use]
+pub fn return_probes(
+    kernel: Option<(u32, u32)>,
+    seccomp: Option<SeccompMode>,
+    allow: bool,
+) -> ReturnProbes {
+    let kernel_filters =
+        kernel.is_none_or(|k| (URETPROBE_SYSCALL_SINCE..SECCOMP_PASSTHROUGH_SINCE).contains(&k));
+    let confined = seccomp != Some(SeccompMode::Disabled);
+    match (kernel_filters && confined, allow) {
+        (false, _) => ReturnProbes::Attach,
+        (true, true) => ReturnProbes::AttachAllowed,
+        (true, false) => ReturnProbes::EntryOnly,
+    }
+}
+
+/// What a target loses without return probes, for the terminal and metadata.json.
+pub const ENTRY_ONLY_LOSS: &str = "no return probes: step GPU times (a step completes when a \
+     wait returns), call durations, graph handles from instantiation and out-parameters are \
+     not measured; calls, bytes and graph launches are still counted";
+
+/// The terminal line for a process whose return probes are decided as `decision`.
+#[must_use]
+pub fn return_probes_warning(
+    pid: u32,
+    release: &str,
+    seccomp: Option<SeccompMode>,
+    decision: ReturnProbes,
+) -> Option<String> {
+    let mode = match seccomp {
+        Some(SeccompMode::Strict) => "seccomp strict mode",
+        Some(SeccompMode::Filter) => "a seccomp filter",
+        _ => "an unknown seccomp mode",
+    };
+    let risk = format!(
+        "pid {pid} runs under {mode}, and Linux {release} returns from return probes through \
+         the `uretprobe` syscall, which seccomp filters before 6.14 (a filter that does not allow \
+         it kills the target)"
+    );
+    match decision {
+        ReturnProbes::Attach => None,
+        ReturnProbes::AttachAllowed => Some(format!(
+            "{risk}; return probes attached anyway (--allow-uretprobes)"
+        )),
+        ReturnProbes::EntryOnly => Some(format!(
+            "{risk}: entry probes only, {ENTRY_ONLY_LOSS}. If the target's filter allows \
+             `uretprobe`, or the kernel has the seccomp pass-through backported, pass \
+             --allow-uretprobes"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_parse_from_release_strings() {
+        assert_eq!(kernel_version("6.18.44-fc-v1045"), Some((6, 18)));
+        assert_eq!(kernel_version("6.12.3-arch1-1"), Some((6, 12)));
+        assert_eq!(kernel_version("5.15.0-91-generic"), Some((5, 15)));
+        assert_eq!(kernel_version("unknown"), None);
+    }
+
+    /// Kernel version x seccomp mode x `--allow-uretprobes`.
+    #[test]
+    fn return_probes_are_left_out_only_where_seccomp_can_kill_the_target() {
+        use ReturnProbes::{Attach, AttachAllowed, EntryOnly};
+        use SeccompMode::{Disabled, Filter, Strict};
+        let cases = [
+            // No uretprobe syscall yet: always safe.
+            (Some((5, 15)), Some(Filter), false, Attach),
+            (Some((6, 10)), Some(Strict), false, Attach),
+            // 6.11-6.13 filter the syscall.
+            (Some((6, 11)), Some(Filter), false, EntryOnly),
+            (Some((6, 12)), Some(Strict), false, EntryOnly),
+            (Some((6, 13)), Some(Filter), false, EntryOnly),
+            (Some((6, 13)), Some(Filter), true, AttachAllowed),
+            (Some((6, 12)), Some(Disabled), false, Attach),
+            (Some((6, 12)), Some(Disabled), true, Attach),
+            // Unknown seccomp mode counts as confined.
+            (Some((6, 12)), None, false, EntryOnly),
+            // 6.14+ let it through.
+            (Some((6, 14)), Some(Filter), false, Attach),
+            (Some((6, 18)), Some(Strict), false, Attach),
+            (Some((7, 0)), Some(Filter), false, Attach),
+            // Unknown kernel counts as dangerous under seccomp only.
+            (None, Some(Filter), false, EntryOnly),
+            (None, Some(Disabled), false, Attach),
+            (None, Some(Filter), true, AttachAllowed),
+        ];
+        for (kernel, seccomp, allow, want) in cases {
+            assert_eq!(
+                return_probes(kernel, seccomp, allow),
+                want,
+                "{kernel:?} {seccomp:?} allow={allow}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_decisions_with_a_risk_are_said() {
+        let r = "6.12.1";
+        let f = Some(SeccompMode::Filter);
+        assert!(return_probes_warning(1, r, f, ReturnProbes::Attach).is_none());
+        let off = return_probes_warning(1, r, f, ReturnProbes::EntryOnly).unwrap_or_default();
+        assert!(
+            off.contains("entry probes only") && off.contains("--allow-uretprobes"),
+            "{off}"
+        );
+        assert!(off.contains("step GPU times"), "says what is lost: {off}");
+        let on = return_probes_warning(1, r, f, ReturnProbes::AttachAllowed).unwrap_or_default();
+        assert!(on.contains("attached anyway"), "{on}");
+    }
+
+    #[test]
+    fn own_seccomp_mode_is_read() {
+        assert!(seccomp_mode(std::process::id()).is_some());
+    }
 }

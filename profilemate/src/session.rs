@@ -38,6 +38,7 @@ use crate::{
     },
     profilers,
     python::{self, Interpreter, PythonError},
+    verdict,
     vllm::{
         self,
         batch::BatchReader,
@@ -87,6 +88,27 @@ pub struct SessionOutcome {
     pub drops: u64,
     /// Summary lines for the terminal.
     pub summary: Vec<String>,
+    /// Why the session recorded nothing (the exit status is then non-zero); the directory
+    /// and metadata.json are complete all the same.
+    pub failure: Option<String>,
+}
+
+/// Hands `pid`'s Python threads to the walker and to its breakpoints (if its functions are
+/// watched), and keeps their ids for breakpoints armed later.
+fn track_threads(
+    py_tids: &mut HashMap<u32, Vec<u32>>,
+    probes: &mut Probes,
+    pid: u32,
+    refs: &[(u32, profilemate_common::python::PyThreadRef)],
+) {
+    if let Err(e) = probes.set_python_threads(pid, refs) {
+        log::warn!("pid {pid}: {e}");
+    }
+    let tids: Vec<u32> = refs.iter().map(|(t, _)| *t).collect();
+    if let Err(e) = probes.watch_threads(pid, &tids) {
+        log::warn!("pid {pid}: breakpoints: {e}");
+    }
+    py_tids.insert(pid, tids);
 }
 
 struct Targets {
@@ -103,6 +125,46 @@ struct Targets {
     functions: mpsc::Receiver<vllm::calls::FunctionWatch>,
     /// Python threads per process at the last rescan (where breakpoints go).
     py_tids: HashMap<u32, Vec<u32>>,
+    /// Whether new processes get return probes.
+    returns: ReturnPolicy,
+    /// Processes whose memory maps could not be read, with the error (the latest).
+    unreadable: BTreeMap<u32, String>,
+}
+
+/// Decides, per new process, whether return probes go in (seccomp on Linux 6.11-6.13 can kill
+/// the target at one; see `preflight::return_probes`).
+struct ReturnPolicy {
+    release: String,
+    kernel: Option<(u32, u32)>,
+    allow: bool,
+}
+
+impl ReturnPolicy {
+    fn new(allow: bool) -> Self {
+        let release = preflight::kernel_release();
+        Self {
+            kernel: preflight::kernel_version(&release),
+            release,
+            allow,
+        }
+    }
+
+    /// Decides for `pid`, says so when there is a risk, and tells `probes`.
+    fn decide(
+        &self,
+        pid: u32,
+        probes: &mut Probes,
+    ) -> (Option<preflight::SeccompMode>, preflight::ReturnProbes) {
+        let seccomp = preflight::seccomp_mode(pid);
+        let decision = preflight::return_probes(self.kernel, seccomp, self.allow);
+        if let Some(w) = preflight::return_probes_warning(pid, &self.release, seccomp, decision) {
+            crate::say!("warning: {w}");
+        }
+        if decision == preflight::ReturnProbes::EntryOnly {
+            probes.entry_only(pid);
+        }
+        (seccomp, decision)
+    }
 }
 
 impl Targets {
@@ -114,16 +176,7 @@ impl Targets {
             // New threads get walked (and their watched functions armed) from the next
             // rescan on.
             match interp.thread_refs() {
-                Ok(refs) => {
-                    if let Err(e) = probes.set_python_threads(pid, &refs) {
-                        log::warn!("pid {pid}: {e}");
-                    }
-                    let tids: Vec<u32> = refs.iter().map(|(t, _)| *t).collect();
-                    if let Err(e) = probes.watch_threads(pid, &tids) {
-                        log::warn!("pid {pid}: breakpoints: {e}");
-                    }
-                    self.py_tids.insert(pid, tids);
-                }
+                Ok(refs) => track_threads(&mut self.py_tids, probes, pid, &refs),
                 Err(e) => log::debug!("pid {pid}: thread list: {e}"),
             }
             return;
@@ -221,11 +274,7 @@ impl Targets {
         }
         let tested = interp.layout.tested;
         if let Ok(refs) = interp.thread_refs() {
-            if let Err(e) = probes.set_python_threads(pid, &refs) {
-                log::warn!("pid {pid}: {e}");
-            }
-            self.py_tids
-                .insert(pid, refs.iter().map(|(t, _)| *t).collect());
+            track_threads(&mut self.py_tids, probes, pid, &refs);
         }
         let Some(track) = self.python.get_mut(&pid) else {
             return;
@@ -296,11 +345,16 @@ impl Targets {
                     }
                     log::info!("target pid {pid} ({}): {}", info.comm, info.cmdline);
                     let _ = self.watch.send(WatchCommand::Process(pid));
+                    let (seccomp, return_probes) = self.returns.decide(pid, probes);
                     e.insert(TargetRecord {
                         info,
                         first_seen_sec: now,
                         exited_sec: None,
                         libraries: Vec::new(),
+                        seccomp,
+                        return_probes,
+                        return_probes_lost: (return_probes == preflight::ReturnProbes::EntryOnly)
+                            .then_some(preflight::ENTRY_ONLY_LOSS),
                     })
                 }
             };
@@ -311,7 +365,13 @@ impl Targets {
             let Some(t) = self.procs.get_mut(&pid) else {
                 continue;
             };
-            let mut libs: Vec<MappedLibrary> = discovery::cuda_libraries(pid).unwrap_or_default();
+            let mut libs: Vec<MappedLibrary> = match discovery::cuda_libraries(pid) {
+                Ok(l) => l,
+                Err(e) => {
+                    self.unreadable.insert(pid, crate::probes::error_chain(&e));
+                    Vec::new()
+                }
+            };
             // Runtime libraries first: whether one is mapped decides the driver probe set.
             libs.sort_by_key(|l| l.library != Library::Runtime);
             let runtime_mapped = libs
@@ -345,9 +405,6 @@ pub fn run(cfg: &AttachConfig) -> Result<SessionOutcome> {
     preflight::check_privileges()?;
     preflight::check_pid(cfg.pid)?;
     preflight::check_kernel()?;
-    if let Some(w) = preflight::uretprobe_seccomp_warning(cfg.pid) {
-        crate::say!("warning: {w}");
-    }
     // One perf event fd per probe (~40 per process): lift the soft fd limit to the hard one.
     let nofile = nix::sys::resource::Resource::RLIMIT_NOFILE;
     if let Ok((soft, hard)) = nix::sys::resource::getrlimit(nofile) {
@@ -442,6 +499,8 @@ enum Stop {
     TargetsExited,
     /// The reader or pipeline thread ended on its own (a panic).
     PipelineEnded,
+    /// CUDA libraries were found and not one probe could be attached.
+    NothingAttached,
 }
 
 impl Stop {
@@ -451,6 +510,7 @@ impl Stop {
             Self::Duration => DURATION_GRACE,
             Self::Interrupt | Self::Terminate | Self::Hangup | Self::Quit => SIGNAL_GRACE,
             Self::TargetsExited | Self::PipelineEnded => EXIT_GRACE,
+            Self::NothingAttached => Duration::ZERO,
         }
     }
 
@@ -463,6 +523,7 @@ impl Stop {
             Self::Quit => "quit (SIGQUIT)",
             Self::TargetsExited => "all target processes exited",
             Self::PipelineEnded => "the pipeline thread ended early",
+            Self::NothingAttached => "no probe could be attached",
         }
     }
 }
@@ -505,6 +566,8 @@ async fn run_session(
         watch,
         functions,
         py_tids: HashMap::new(),
+        returns: ReturnPolicy::new(cfg.allow_uretprobes),
+        unreadable: BTreeMap::new(),
     };
     targets.rescan(&mut probes);
     if targets.procs.is_empty() {
@@ -525,6 +588,13 @@ async fn run_session(
             "pid {}"
         };
         let who = what.replace("{}", &cfg.pid.to_string());
+        if let Some((pid, e)) = targets.unreadable.iter().next() {
+            bail!(
+                "cannot read the memory maps of pid {pid} ({e}), so no CUDA library can be found in \
+                 {who}: run profilemate as root (sudo), or with the capabilities {}",
+                preflight::ATTACH_CAPS.join(" + ")
+            );
+        }
         if !cfg.wait {
             bail!(
                 "no CUDA library (libcudart*.so*, libcuda.so*) is mapped in {who}: the process has not \
@@ -587,6 +657,10 @@ async fn run_session(
         );
     }
     let stop = loop {
+        // Libraries were found and every probe on them failed: nothing can be recorded.
+        if verdict::nothing_attached(&probes.report) {
+            break Stop::NothingAttached;
+        }
         tokio::select! {
             _ = rescan_tick.tick() => {
                 let t = std::time::Instant::now();
@@ -708,7 +782,11 @@ async fn run_session(
         vllm_metrics: metrics_check,
         losses,
         notes: Vec::new(),
+        failure: None,
     };
+    if matches!(stop, Stop::NothingAttached) {
+        metadata.failure = Some(verdict::empty_session_cause(&metadata.probes));
+    }
     let gc_attached = metadata.python.usdt.iter().any(|u| u.status == "attached");
     if gc_attached && metadata.python.stats.gc_pauses == 0 {
         metadata.notes.push(
@@ -739,18 +817,14 @@ async fn run_session(
         ),
     ]);
     summary.extend(losses::warnings(&metadata.losses, cfg.ring_bytes));
-    if !metadata.probes.failed.is_empty() {
-        summary.push(format!(
-            "{} probes could not be attached (see metadata.json)",
-            metadata.probes.failed.len()
-        ));
-    }
+    summary.extend(verdict::failed_probes_line(&metadata.probes));
     summary.push(format!("files: {}", files.join(", ")));
     let outcome = SessionOutcome {
         dir: dir.path().to_owned(),
         steps,
         drops: kernel_drops(&kernel),
         summary,
+        failure: metadata.failure.clone(),
     };
     if !cfg.quiet {
         for line in &outcome.summary {

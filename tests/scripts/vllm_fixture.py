@@ -35,6 +35,9 @@ the loop after the current step; times are CLOCK_MONOTONIC ns):
   {"kind":"forward","ts_ns","num_tokens","mode","desc_tokens"}   one per forward launched
   {"kind":"preempt","req","ts_ns","reason","tokens_lost"}, {"kind":"finish","req","ts_ns"},
   {"kind":"add","req","ts_ns"} (Scheduler.add_request, stamped inside it),
+With --tp N (and --lib-dir) this process loads no CUDA library: N worker processes
+(tp_worker.py, comm VLLM::Worker_TP<r>) make the CUDA calls, each logging to
+$FAKE_CUDA_LOG.rank<r>; only rank 0 waits for each step's event (vLLM's output rank).
   {"kind":"evict","ts_ns","blocks"}, {"kind":"reset","ts_ns"}, and at the end
   {"kind":"request","req","prompt_tokens","output_tokens","preemptions","arrival","status"}
 An op's "step" is the engine step during which it ran (for process_outputs: the step that
@@ -150,6 +153,63 @@ class FakeCudaGpu:
         _check("cudaStreamSynchronize", self.rt.cudaStreamSynchronize(self.stream))
         _check("cudaFree", self.rt.cudaFree(self.device_input))
         self.rt.fakeCudaFlush()
+
+
+class TensorParallelGpu:
+    """The EngineCore's side of tensor parallelism: no CUDA in this process; every call is
+    broadcast to the worker processes (tp_worker.py, one per rank), and only the output rank
+    (0) is asked to wait for a step's event, as vLLM's MultiprocExecutor does."""
+
+    def __init__(self, lib_dir, ranks, log_base):
+        import subprocess
+
+        self.workers = []
+        for rank in range(ranks):
+            env = dict(os.environ, FAKE_CUDA_LOG=f"{log_base}.rank{rank}")
+            self.workers.append(subprocess.Popen(
+                [sys.executable, os.path.join(HERE, "tp_worker.py"), "--rank", str(rank),
+                 "--lib-dir", lib_dir],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env))
+        self.pids = [w.pid for w in self.workers]
+
+    def _ask(self, line, ranks=None):
+        targets = self.workers if ranks is None else [self.workers[r] for r in ranks]
+        for w in targets:
+            w.stdin.write(line + "\n")
+            w.stdin.flush()
+        return [w.stdout.readline().strip() for w in targets]
+
+    def capture(self, num_kernels, kernel_us):
+        replies = self._ask(f"capture {num_kernels} {kernel_us}")
+        return ",".join(replies)  # one graph handle per rank
+
+    def copy_inputs(self):
+        self._ask("copy")
+
+    def replay(self, graph):
+        for w, g in zip(self.workers, graph.split(",")):
+            w.stdin.write(f"replay {g}\n")
+            w.stdin.flush()
+        for w in self.workers:
+            w.stdout.readline()
+
+    def encode(self, kernel_us):
+        self._ask(f"encode {kernel_us}")
+
+    def record(self, step):
+        self._ask(f"record {step}")
+        return step
+
+    def wait(self, step):
+        self._ask(f"wait {step}", ranks=[0])
+
+    def mark(self, text):
+        self._ask(f"mark {text}")
+
+    def shutdown(self):
+        self._ask("shutdown")
+        for w in self.workers:
+            w.wait()
 
 
 class TorchGpu:
@@ -322,6 +382,9 @@ def main():
     p.add_argument("--request-id-prefix", default="req-",
                    help="request ids are PREFIX + a number (clients choose request ids: a "
                    "hostile prefix such as =HYPERLINK(...) tests the CSV writers)")
+    p.add_argument("--tp", type=int, default=0,
+                   help="with --lib-dir: no CUDA here; N worker processes (VLLM::Worker_TP*) "
+                   "do each step's CUDA calls on the fake runtime, rank 0 waits for them")
     p.add_argument("--truth", required=True)
     a = p.parse_args()
 
@@ -351,6 +414,10 @@ def main():
     pid = os.getpid()
     if a.torch:
         cuda = TorchGpu()
+    elif a.lib_dir and a.tp:
+        cuda = TensorParallelGpu(a.lib_dir, a.tp, os.environ.get("FAKE_CUDA_LOG", "/dev/null"))
+        for rank, worker in enumerate(cuda.pids):
+            say(f"worker rank={rank} pid={worker}")
     elif a.lib_dir:
         cuda = FakeCudaGpu(a.lib_dir)
     else:

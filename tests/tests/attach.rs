@@ -628,6 +628,16 @@ fn target_exiting_mid_trace_flushes_what_completed() {
     assert!(meta["losses"]["correlator"]["incomplete_steps"].as_u64() <= Some(1));
 }
 
+/// A Rust target stepping forever, with a session attached for 1.5 s of it.
+fn attached_for_a_while(dir: &std::path::Path) -> (Target, Tracer) {
+    let mut target = Target::rust(dir, &["--forever", "--wait-after-load-ms", "500"]);
+    target.proc.wait_line("ready");
+    let mut tracer = Tracer::attach(target.proc.pid(), dir, &[]);
+    tracer.wait_attached();
+    std::thread::sleep(Duration::from_millis(1500));
+    (target, tracer)
+}
+
 /// Stops a session on a running target with `signal`; everything must be written and the
 /// target must keep running.
 fn signal_stops_and_flushes_everything(test: &str, signal: i32, reason: &str) {
@@ -636,11 +646,7 @@ fn signal_stops_and_flushes_everything(test: &str, signal: i32, reason: &str) {
     }
     let _g = serial();
     let dir = scratch(test);
-    let mut target = Target::rust(&dir, &["--forever", "--wait-after-load-ms", "500"]);
-    target.proc.wait_line("ready");
-    let mut tracer = Tracer::attach(target.proc.pid(), &dir, &[]);
-    tracer.wait_attached();
-    std::thread::sleep(Duration::from_millis(1500));
+    let (mut target, mut tracer) = attached_for_a_while(&dir);
     tracer.proc.signal(signal);
     let s = tracer.finish(Duration::from_secs(20));
     let steps = s.csv("forward_pass_timing.csv");
@@ -715,11 +721,7 @@ fn a_second_signal_during_the_flush_keeps_the_session() {
     }
     let _g = serial();
     let dir = scratch(test);
-    let mut target = Target::rust(&dir, &["--forever", "--wait-after-load-ms", "500"]);
-    target.proc.wait_line("ready");
-    let mut tracer = Tracer::attach(target.proc.pid(), &dir, &[]);
-    tracer.wait_attached();
-    std::thread::sleep(Duration::from_millis(1500));
+    let (_target, mut tracer) = attached_for_a_while(&dir);
     tracer.proc.signal(libc::SIGINT);
     std::thread::sleep(Duration::from_millis(30));
     for sig in [libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGTERM] {

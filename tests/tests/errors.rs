@@ -106,7 +106,10 @@ fn unprivileged_user_is_told_how_to_fix_it() {
         .expect("run setpriv");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("CAP_BPF") && err.contains("sudo"), "{err}");
+    assert!(
+        err.contains("CAP_SYS_ADMIN") && err.contains("sudo"),
+        "{err}"
+    );
 }
 
 /// `--duration 0s` used to be accepted, and `--duration 500000000000y` panicked with an

@@ -332,8 +332,15 @@ fn pyenv_pythons_walk_through_their_own_layouts() {
         check_shares(&run, 6.0);
         check_launch_stacks(&run);
         let md = run.session.json("metadata.json");
-        let unresolved = md["python"]["stats"]["unresolved_frames"].as_u64();
-        assert_eq!(unresolved, Some(0), "{label}");
+        let stats = &md["python"]["stats"];
+        // Frames of the target's last moments may be read after it exited (the reader runs
+        // behind on a loaded machine): counted apart, never misread.
+        eprintln!("frames read after the exit: {}", stats["frames_after_exit"]);
+        assert_eq!(
+            stats["unresolved_frames"].as_u64(),
+            Some(0),
+            "{label}: {stats}"
+        );
     }
 }
 
@@ -825,12 +832,10 @@ fn check_breakpoint_events(
         .iter()
         .filter(|p| p["ts_ns"].as_f64().unwrap_or(0.0) > first)
         .count();
-    // Known gap (docs/ACCURACY.md): about one run in five misses one preemption of ~27
-    // after arming in the scheduler-only shape; never one counted twice.
-    assert!(
-        by_bp.len() <= after && by_bp.len() + 1 >= after,
-        "{label}: {} preemptions by breakpoint of {after} once they fired",
-        by_bp.len()
+    assert_eq!(
+        by_bp.len(),
+        after,
+        "{label}: preemptions by breakpoint once they fired"
     );
     // Arrivals: every add_request after the first one seen, at its entry.
     let adds = truth_of(dir, "add");
@@ -864,10 +869,10 @@ fn check_breakpoint_events(
     let unreadable = md["python"]["breakpoints"]["calls"]["unreadable_requests"]
         .as_u64()
         .unwrap_or(0) as usize;
-    assert!(
-        added.len() <= later && added.len() + unreadable + 1 >= later,
-        "{label}: {} arrivals seen of {later} after the first one ({unreadable} unreadable)",
-        added.len()
+    assert_eq!(
+        added.len() + unreadable,
+        later,
+        "{label}: arrivals after the first one seen ({unreadable} unreadable)"
     );
     assert_eq!(
         session.json("preemption_summary.json")["arrivals"].as_u64(),
@@ -882,10 +887,17 @@ fn a_scheduler_process_without_cuda_gives_exact_preemptions_arrivals_and_step_ba
     if !can_attach(test) {
         return;
     }
-    let Some((label, python)) = pythons().into_iter().next() else {
+    let all = pythons();
+    if all.is_empty() {
         eprintln!("SKIP: no CPython 3.11-3.13 found");
-        return;
-    };
+    }
+    // Every CPython version: how often an entry's first byte is read (and rewritten) differs.
+    for (label, python) in all {
+        scheduler_without_cuda(test, &label, &python);
+    }
+}
+
+fn scheduler_without_cuda(test: &str, label: &str, python: &Path) {
     // The TP>1 EngineCore shape: the scheduler's loop with no CUDA library at all, so no
     // CUDA call carries a stack; only the breakpoints on the scheduler's methods see steps.
     let dir = scratch(test);
@@ -900,7 +912,7 @@ fn a_scheduler_process_without_cuda_gives_exact_preemptions_arrivals_and_step_ba
         "--idle-us",
         "200",
     ];
-    let mut target = Target::vllm_without_cuda(&dir, &python, &args);
+    let mut target = Target::vllm_without_cuda(&dir, python, &args);
     target.proc.wait_line("ready");
     let mut tracer = Tracer::attach(target.proc.pid(), &dir, &["--wait"]);
     tracer.wait_attached();
@@ -920,7 +932,7 @@ fn a_scheduler_process_without_cuda_gives_exact_preemptions_arrivals_and_step_ba
     // Before the breakpoints are armed (the first poll that finds the scheduler) only the
     // counters see preemptions; none is counted twice.
     assert!(events.len() <= truth_pre.len(), "{label}: preemptions");
-    check_breakpoint_events(&label, &md, &events, &truth_pre, &dir, &session, ns);
+    check_breakpoint_events(label, &md, &events, &truth_pre, &dir, &session, ns);
 
     // Step batches, read from update_from_output's SchedulerOutput (the one of the latest
     // or, with a batch queue of two, the one before): every row exact, and every step
@@ -1005,4 +1017,87 @@ fn request_ids_chosen_by_clients_cannot_inject_spreadsheet_formulas() {
             }
         }
     }
+}
+
+/// The tensor-parallel shape on the fake runtime: an EngineCore without CUDA that runs the
+/// scheduler, and two worker processes that make every step's CUDA calls, of which only
+/// rank 0 waits for the step (vLLM's output rank). Attached at the EngineCore, the session
+/// follows both workers, finds rank 0's every step, and still sees the scheduler's
+/// preemptions exactly (breakpoints in the process without CUDA).
+#[test]
+fn tensor_parallel_shape_steps_from_the_output_rank_and_the_scheduler_from_the_engine() {
+    let _g = serial();
+    let test = "tensor_parallel_shape_steps_from_the_output_rank_and_the_scheduler_from_the_engine";
+    if !can_attach(test) {
+        return;
+    }
+    let Some((label, python)) = pythons().into_iter().next() else {
+        eprintln!("SKIP: no CPython 3.11-3.13 found");
+        return;
+    };
+    let dir = scratch(test);
+    let args = [
+        "--tp",
+        "2",
+        "--steps",
+        "200",
+        "--wait-after-load-ms",
+        "60000",
+        "--start-on-sigusr1",
+        "--idle-us",
+        "200",
+    ];
+    let mut target = Target::vllm(&dir, &python, &args);
+    let rank0: u32 = target
+        .proc
+        .wait_line("worker rank=0")
+        .rsplit('=')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("rank 0 pid");
+    target.proc.wait_line("ready");
+    let mut tracer = Tracer::attach(target.proc.pid(), &dir, &["--wait"]);
+    tracer.wait_attached();
+    target.proc.signal(libc::SIGUSR1);
+    assert_eq!(
+        target.proc.wait_exit(Duration::from_secs(120)),
+        0,
+        "fixture failed"
+    );
+    let session = tracer.finish(Duration::from_secs(30));
+    let md = session.json("metadata.json");
+    let with_cuda = md["targets"].as_array().map_or(0, |t| {
+        t.iter()
+            .filter(|t| t["libraries"].as_array().is_some_and(|l| !l.is_empty()))
+            .count()
+    });
+    assert_eq!(
+        with_cuda, 2,
+        "{label}: both workers attached: {}",
+        md["targets"]
+    );
+    let steps = session.csv("forward_pass_timing.csv");
+    let rank0_steps = steps
+        .iter()
+        .filter(|s| s["pid"] == rank0.to_string())
+        .count();
+    let truth = truth_of(&dir, "step");
+    // The last step-function call only drains the previous step (no GPU step of its own).
+    assert!(
+        rank0_steps + 2 >= truth.len() - 1 && rank0_steps <= truth.len(),
+        "{label}: rank 0 steps {rank0_steps} of {}",
+        truth.len()
+    );
+    let truth_pre = truth_of(&dir, "preempt");
+    let events = session.csv("preemption_events.csv");
+    assert!(events.len() <= truth_pre.len(), "{label}: preemptions");
+    let by_bp = events
+        .iter()
+        .filter(|e| e["source"] == "breakpoint")
+        .count();
+    assert!(
+        truth_pre.is_empty() || by_bp > 0,
+        "{label}: no preemption seen in the EngineCore: {}",
+        md["python"]["breakpoints"]
+    );
 }

@@ -40,8 +40,12 @@ pub struct PythonStats {
     pub no_python: u64,
     /// Frames symbolized.
     pub frames: u64,
-    /// Frames whose code object could not be read (shown as `<unknown>`).
+    /// Frames whose code object could not be read while the process ran (shown as
+    /// `<unknown>`).
     pub unresolved_frames: u64,
+    /// Frames sampled in a process's last moments and read after it exited, when its memory
+    /// was gone (shown as `<unknown>`; a lag of the reader, not a misread).
+    pub frames_after_exit: u64,
     /// Code objects read from the target.
     pub code_objects_read: u64,
     /// Cached code objects replaced because their address was reused.
@@ -153,8 +157,12 @@ impl PythonContext {
                             arg1: f.arg1,
                         });
                     }
-                    Err(_) => {
-                        self.stats.unresolved_frames += 1;
+                    Err(e) => {
+                        if e.process_gone() {
+                            self.stats.frames_after_exit += 1;
+                        } else {
+                            self.stats.unresolved_frames += 1;
+                        }
                         frames.push(PyFrameInfo {
                             code: Arc::clone(&self.unknown),
                             line: 0,
@@ -163,8 +171,9 @@ impl PythonContext {
                     }
                 }
             }
-        } else if !ev.frames.is_empty() {
-            self.stats.unresolved_frames += ev.frames.len() as u64;
+        } else {
+            // Forgotten after its exit (stacks of a process never walked say NO_PYTHON).
+            self.stats.frames_after_exit += ev.frames.iter().filter(|f| f.code != 0).count() as u64;
         }
         let (op, op_frame) =
             if ev.flags & (stack_flags::NO_THREAD_STATE | stack_flags::NO_PYTHON) != 0 {

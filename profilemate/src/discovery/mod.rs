@@ -3,7 +3,9 @@
 //!
 //! Owns: reading /proc. Does not own: attaching (see `probes`) or deciding when to rescan
 //! (see `session`). Library paths are resolved through `/proc/PID/root` so a target inside a
-//! container is probed on the file it really mapped.
+//! container is probed on the file it really mapped; a library whose file was deleted or
+//! replaced since it was mapped (an in-place upgrade: `/path (deleted)` in the maps) is reached
+//! through `/proc/PID/map_files/START-END`, which still names the mapped inode.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -48,7 +50,8 @@ pub struct ProcessInfo {
 pub struct MappedLibrary {
     /// Path as the target sees it (from /proc/PID/maps).
     pub path: String,
-    /// Path that reaches the same file from here (through /proc/PID/root).
+    /// Path that reaches the same file from here (through /proc/PID/root, or
+    /// /proc/PID/map_files when the file was deleted).
     pub host_path: PathBuf,
     /// Device and inode of the mapped file: the identity uprobes attach to.
     pub dev: (u64, u64),
@@ -57,7 +60,12 @@ pub struct MappedLibrary {
     /// Runtime or driver.
     #[serde(serialize_with = "serialize_library", rename = "kind")]
     pub library: Library,
+    /// The mapped file was deleted or replaced after it was mapped (maps say `(deleted)`).
+    pub deleted: bool,
 }
+
+/// What /proc/PID/maps appends to the path of a mapped file that no longer has a name.
+const DELETED_SUFFIX: &str = " (deleted)";
 
 fn serialize_library<S: serde::Serializer>(l: &Library, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(library_name(*l))
@@ -227,32 +235,54 @@ pub fn cuda_libraries(pid: u32) -> Result<Vec<MappedLibrary>, DiscoveryError> {
     })?;
     let mut out: Vec<MappedLibrary> = Vec::new();
     for m in maps {
-        let procfs::process::MMapPath::Path(path) = &m.pathname else {
+        let Some(lib) = mapped_library(pid, &m) else {
             continue;
         };
-        let Some(path_str) = path.to_str() else {
-            continue;
-        };
-        let Some(library) = classify_library(path_str) else {
-            continue;
-        };
-        let dev = (
-            u64::try_from(m.dev.0).unwrap_or(0),
-            u64::try_from(m.dev.1).unwrap_or(0),
-        );
-        if out.iter().any(|l| l.inode == m.inode && l.dev == dev) {
-            continue;
+        if !out.iter().any(|l| l.inode == lib.inode && l.dev == lib.dev) {
+            out.push(lib);
         }
-        out.push(MappedLibrary {
-            path: path_str.to_owned(),
-            host_path: host_path(pid, path),
-            dev,
-            inode: m.inode,
-            library,
-        });
     }
     out.sort();
     Ok(out)
+}
+
+/// The CUDA library of one mapping, if it is one. A deleted file is reached through the
+/// mapping's own `/proc/PID/map_files` link (which the kernel resolves to the mapped inode).
+fn mapped_library(pid: u32, m: &procfs::process::MemoryMap) -> Option<MappedLibrary> {
+    let procfs::process::MMapPath::Path(path) = &m.pathname else {
+        return None;
+    };
+    let raw = path.to_str()?;
+    let (path_str, deleted) = match raw.strip_suffix(DELETED_SUFFIX) {
+        Some(p) => (p, true),
+        None => (raw, false),
+    };
+    let library = classify_library(path_str)?;
+    let host_path = if deleted {
+        map_files_path(pid, m.address)
+    } else {
+        host_path(pid, Path::new(path_str))
+    };
+    Some(MappedLibrary {
+        path: path_str.to_owned(),
+        host_path,
+        dev: (
+            u64::try_from(m.dev.0).unwrap_or(0),
+            u64::try_from(m.dev.1).unwrap_or(0),
+        ),
+        inode: m.inode,
+        library,
+        deleted,
+    })
+}
+
+/// `/proc/PID/map_files/START-END` of the mapping at `address` (start, end).
+#[must_use]
+pub fn map_files_path(pid: u32, address: (u64, u64)) -> PathBuf {
+    PathBuf::from(format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        address.0, address.1
+    ))
 }
 
 #[cfg(test)]
@@ -305,6 +335,34 @@ mod tests {
             "nor its kernel-thread children"
         );
         assert!(!is_kernel_thread(std::process::id()));
+    }
+
+    #[test]
+    fn a_deleted_library_is_reached_through_map_files() {
+        let dir = std::env::temp_dir().join(format!("pm-deleted-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("libcuda.so.1");
+        std::fs::write(&path, vec![0x5au8; 8192]).expect("write");
+        let file = std::fs::File::open(&path).expect("open");
+        // SAFETY: a private read-only mapping of a file nobody else writes.
+        let map = unsafe { memmap2::Mmap::map(&file) }.expect("mmap");
+        std::fs::remove_file(&path).expect("delete");
+        let libs = cuda_libraries(std::process::id()).expect("own maps");
+        let lib = libs
+            .iter()
+            .find(|l| l.path == path.to_string_lossy())
+            .unwrap_or_else(|| panic!("deleted library not found in {libs:?}"));
+        assert!(lib.deleted);
+        assert_eq!(lib.library, Library::Driver);
+        let shown = lib.host_path.to_string_lossy();
+        assert!(shown.contains("/map_files/"), "{shown}");
+        // Opening a map_files link needs CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE).
+        if let Ok(bytes) = std::fs::read(&lib.host_path) {
+            assert_eq!(bytes.len(), 8192, "the deleted inode's contents");
+        }
+        drop(map);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

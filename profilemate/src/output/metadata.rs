@@ -86,6 +86,12 @@ pub struct TargetRecord {
     pub exited_sec: Option<f64>,
     /// CUDA libraries found mapped.
     pub libraries: Vec<MappedLibrary>,
+    /// Seccomp mode at discovery (None: unreadable).
+    pub seccomp: Option<crate::preflight::SeccompMode>,
+    /// Whether return probes went in (see `preflight::return_probes`).
+    pub return_probes: crate::preflight::ReturnProbes,
+    /// What is not measured in this process, when its return probes were left out.
+    pub return_probes_lost: Option<&'static str>,
 }
 
 /// Losses and attribution gaps, all in one place.
@@ -157,4 +163,7 @@ pub struct Metadata {
     pub losses: LossReport,
     /// Caveats of this session's outputs.
     pub notes: Vec<String>,
+    /// Why the session recorded nothing, with the fix (absent when it recorded); the exit
+    /// status is then non-zero.
+    pub failure: Option<String>,
 }

@@ -109,8 +109,14 @@ impl Breakpoints {
         let Some((functions, report)) = self.procs.get_mut(&pid) else {
             return;
         };
-        self.threads
-            .retain(|(p, t), _| *p != pid || tids.contains(t));
+        // A thread leaves only when it has exited: the interpreter's thread list can be read
+        // short while threads come and go, and closing a live thread's events would lose its
+        // calls until the next rescan.
+        self.threads.retain(|(p, t), _| {
+            *p != pid
+                || tids.contains(t)
+                || std::path::Path::new(&format!("/proc/{p}/task/{t}")).exists()
+        });
         for &tid in tids {
             if self.threads.contains_key(&(pid, tid)) {
                 continue;

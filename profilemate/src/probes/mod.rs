@@ -88,7 +88,7 @@ impl CudaStacks {
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     /// The object could not be loaded into the kernel.
-    #[error("loading the eBPF programs failed (needs Linux >= 5.8 with BPF ring buffers, BTF not required; run as root or with CAP_BPF+CAP_PERFMON)")]
+    #[error("loading the eBPF programs failed (needs Linux >= 5.8 with BPF ring buffers, BTF not required; run as root or with CAP_SYS_ADMIN)")]
     Load(#[source] aya::EbpfError),
     /// A program failed verification or loading.
     #[error("the kernel rejected program `{name}`")]
@@ -140,6 +140,45 @@ pub struct FailedProbe {
     pub symbol: String,
     /// Why.
     pub reason: String,
+    /// The kind of failure (absent for a symbol skipped on purpose).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<FailureKind>,
+}
+
+/// The kind of a probe's failure: it decides the fix said when nothing could be attached.
+#[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The kernel or the file system refused (EACCES, EPERM): privileges.
+    Permission,
+    /// The library file cannot be found (ENOENT).
+    FileGone,
+    /// The library does not export the symbol.
+    NoSymbol,
+    /// Anything else.
+    Other,
+}
+
+impl FailureKind {
+    /// The kind of `e`, from the first OS error in its chain of sources.
+    #[must_use]
+    pub fn of(e: &(dyn std::error::Error + 'static)) -> Self {
+        let mut cur = Some(e);
+        while let Some(err) = cur {
+            if let Some(code) = err
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::raw_os_error)
+            {
+                return match code {
+                    libc::EACCES | libc::EPERM => Self::Permission,
+                    libc::ENOENT => Self::FileGone,
+                    _ => Self::Other,
+                };
+            }
+            cur = err.source();
+        }
+        Self::Other
+    }
 }
 
 /// Everything attached and everything that failed, for metadata.json.
@@ -200,6 +239,9 @@ pub struct UsdtReport {
     pub status: String,
 }
 
+/// A library's symbol offsets, or why they could not be read.
+type SymbolLookup = Result<SymbolOffsets, (String, FailureKind)>;
+
 struct Link {
     is_return: bool,
     id: UProbeLinkId,
@@ -213,7 +255,9 @@ pub struct Probes {
     links: Vec<Link>,
     /// (pid, dev, inode) already handled.
     done: HashMap<(u32, (u64, u64), u64), ()>,
-    symbol_cache: HashMap<((u64, u64), u64), Result<SymbolOffsets, String>>,
+    /// Processes that get entry probes only (seccomp could kill them at a return probe).
+    entry_only: std::collections::HashSet<u32>,
+    symbol_cache: HashMap<((u64, u64), u64), SymbolLookup>,
     sampling: Vec<PerfEventLinkId>,
     usdt_links: Vec<perf_link::PerfLink>,
     /// (file id, probe name) -> spec slot.
@@ -253,6 +297,7 @@ impl Probes {
             driver_twins,
             links: Vec::new(),
             done: HashMap::new(),
+            entry_only: std::collections::HashSet::new(),
             symbol_cache: HashMap::new(),
             sampling: Vec::new(),
             usdt_links: Vec::new(),
@@ -449,8 +494,14 @@ impl Probes {
         self.breakpoints.reports()
     }
 
+    /// Gives `pid` entry probes only from now on (no uretprobes).
+    pub fn entry_only(&mut self, pid: u32) {
+        self.entry_only.insert(pid);
+    }
+
     /// Removes an exited `pid` from the in-kernel filter (the map is bounded; pids are reused).
     pub fn remove_target(&mut self, pid: u32) {
+        self.entry_only.remove(&pid);
         self.breakpoints.remove_process(pid);
         if let Ok(mut targets) =
             typed_map::<BpfHashMap<&mut MapData, u32, u32>>(&mut self.ebpf, TARGETS_MAP)
@@ -550,6 +601,7 @@ impl Probes {
                     symbol: spec.symbol.to_owned(),
                     reason: "runtime twin probed in libcudart (--driver-twins probes both levels)"
                         .to_owned(),
+                    kind: None,
                 });
                 continue;
             }
@@ -560,17 +612,19 @@ impl Probes {
             .symbol_cache
             .entry((lib.dev, lib.inode))
             .or_insert_with(|| {
-                SymbolOffsets::resolve(&lib.host_path, &names).map_err(|e| error_chain(&e))
+                SymbolOffsets::resolve(&lib.host_path, &names)
+                    .map_err(|e| (error_chain(&e), FailureKind::of(&e)))
             })
             .clone();
         let offsets = match offsets {
             Ok(o) => o,
-            Err(reason) => {
+            Err((reason, kind)) => {
                 self.report.failed.push(FailedProbe {
                     pid,
                     library: lib.path.clone(),
                     symbol: String::new(),
                     reason,
+                    kind: Some(kind),
                 });
                 return 0;
             }
@@ -590,12 +644,13 @@ impl Probes {
                         "{} does not export this symbol (other CUDA version?)",
                         library_name(lib.library)
                     ),
+                    kind: Some(FailureKind::NoSymbol),
                 });
                 continue;
             };
             let c = cookie::encode(api as u16, spec.out_arg);
             let mut kinds = vec![false];
-            if spec.needs_return {
+            if spec.needs_return && !self.entry_only.contains(&pid) {
                 kinds.push(true);
             }
             for is_return in kinds {
@@ -619,6 +674,7 @@ impl Probes {
                             if is_return { "return" } else { "entry" },
                             error_chain(&e)
                         ),
+                        kind: Some(FailureKind::of(&e)),
                     }),
                 }
             }

@@ -97,6 +97,20 @@ struct Life {
     output_tokens: Option<u64>,
 }
 
+impl Life {
+    /// Records a preemption at `ts`: the current run ends. Returns how long it ran and the
+    /// tokens it had scheduled (what the preemption discards), when its start is known.
+    fn preempted(&mut self, ts: u64) -> (Option<f64>, Option<u64>) {
+        self.step_preemptions += 1;
+        self.preempted_at_ns = Some(ts);
+        let running_sec = self.run_start_ns.map(|s| ts.saturating_sub(s) as f64 / 1e9);
+        let tokens_lost = self.run_start_ns.map(|_| self.run_tokens);
+        self.run_start_ns = None;
+        self.run_tokens = 0;
+        (running_sec, tokens_lost)
+    }
+}
+
 /// The preemption and request-lifecycle profiler.
 pub struct Preemptions {
     time: TimeBase,
@@ -146,12 +160,7 @@ impl Preemptions {
                 life.unconfirmed -= 1;
                 continue;
             }
-            life.step_preemptions += 1;
-            life.preempted_at_ns = Some(ts);
-            let running_sec = life.run_start_ns.map(|s| ts.saturating_sub(s) as f64 / 1e9);
-            let tokens_lost = life.run_start_ns.map(|_| life.run_tokens);
-            life.run_start_ns = None;
-            life.run_tokens = 0;
+            let (running_sec, tokens_lost) = life.preempted(ts);
             let event = Event {
                 timestamp_sec: self.time.sec(ts),
                 pid: b.pid,
@@ -214,13 +223,8 @@ impl Preemptions {
         match c.role {
             CallRole::Preempt => {
                 let life = self.life(id, c.pid, ts);
-                life.step_preemptions += 1;
                 life.unconfirmed += 1;
-                life.preempted_at_ns = Some(ts);
-                let running_sec = life.run_start_ns.map(|s| ts.saturating_sub(s) as f64 / 1e9);
-                let tokens_lost = life.run_start_ns.map(|_| life.run_tokens);
-                life.run_start_ns = None;
-                life.run_tokens = 0;
+                let (running_sec, tokens_lost) = life.preempted(ts);
                 self.events.push(Event {
                     timestamp_sec: self.time.sec(ts),
                     pid: c.pid,

@@ -31,6 +31,15 @@ pub enum CodeError {
     BadString(u64),
 }
 
+impl CodeError {
+    /// The read failed because the process has exited: the frame was sampled in its last
+    /// moments and read too late, not misread.
+    #[must_use]
+    pub fn process_gone(&self) -> bool {
+        matches!(self, Self::Read(e) if e.gone)
+    }
+}
+
 /// What a code object says about its function.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CodeInfo {
@@ -230,15 +239,21 @@ pub fn read_code(
 
 /// Per-process cache of code objects, keyed by address and checked against the first line
 /// the kernel read with each frame (a freed code object's address is reused by others).
+/// Failures are cached with that first line too, so another object at the address is read.
 #[derive(Default)]
 pub struct CodeCache {
-    codes: HashMap<u64, Result<Arc<CodeInfo>, CodeError>>,
+    codes: HashMap<u64, Cached>,
     /// Code objects read from the target.
     pub reads: u64,
     /// Reads that failed (counted once per address and identity).
     pub failures: u64,
     /// Cached entries replaced because the identity check failed.
     pub reused: u64,
+}
+
+enum Cached {
+    Read(Arc<CodeInfo>),
+    Failed { first_line: i32, error: CodeError },
 }
 
 impl CodeCache {
@@ -251,23 +266,40 @@ impl CodeCache {
         addr: u64,
         first_line: i32,
     ) -> Result<Arc<CodeInfo>, CodeError> {
-        if let Some(hit) = self.codes.get(&addr) {
-            match hit {
-                Ok(info) if info.first_line == first_line => return Ok(Arc::clone(info)),
-                Err(e) => return Err(e.clone()),
-                Ok(_) => self.reused += 1,
+        match self.codes.get(&addr) {
+            Some(Cached::Read(info)) if info.first_line == first_line => {
+                return Ok(Arc::clone(info));
             }
+            Some(Cached::Failed {
+                first_line: seen,
+                error,
+            }) if *seen == first_line => return Err(error.clone()),
+            Some(Cached::Read(_)) => self.reused += 1,
+            Some(Cached::Failed { .. }) | None => {}
         }
         if self.codes.len() >= MAX_CACHED_CODES {
             self.codes.clear();
         }
         self.reads += 1;
-        let got = read_code(mem, layout, addr, code_type).map(Arc::new);
-        if got.is_err() {
-            self.failures += 1;
+        match read_code(mem, layout, addr, code_type) {
+            Ok(info) => {
+                let info = Arc::new(info);
+                self.codes.insert(addr, Cached::Read(Arc::clone(&info)));
+                Ok(info)
+            }
+            Err(error) => {
+                self.failures += 1;
+                // Nothing can be read from a process that is gone; keep the cache for the living.
+                if !error.process_gone() {
+                    let failed = Cached::Failed {
+                        first_line,
+                        error: error.clone(),
+                    };
+                    self.codes.insert(addr, failed);
+                }
+                Err(error)
+            }
         }
-        self.codes.insert(addr, got.clone());
-        got
     }
 }
 
@@ -366,5 +398,42 @@ mod tests {
         assert!(read_str(&mem, &l, base + 0x200).is_err());
         assert!(read_str(&mem, &l, 0).is_err());
         assert!(read_str(&mem, &l, 0x9999_0000).is_err());
+    }
+
+    /// Memory whose every read fails, as a live process's unmapped address or a gone process.
+    struct Failing {
+        gone: bool,
+    }
+
+    impl RemoteMemory for Failing {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+            Err(ReadError {
+                gone: self.gone,
+                ..ReadError::at(addr, buf.len())
+            })
+        }
+    }
+
+    #[test]
+    fn failures_are_cached_per_identity_and_never_for_a_gone_process() {
+        let l = crate::python::layout::PY312;
+        let mut cache = CodeCache::default();
+        let live = Failing { gone: false };
+        for first_line in [10, 10, 11] {
+            let e = cache
+                .get(&live, &l, None, 0x5000, first_line)
+                .expect_err("unreadable");
+            assert!(!e.process_gone());
+        }
+        assert_eq!(
+            cache.reads, 2,
+            "the same object is not read twice; another one is"
+        );
+        let gone = Failing { gone: true };
+        for _ in 0..2 {
+            let e = cache.get(&gone, &l, None, 0x6000, 10).expect_err("gone");
+            assert!(e.process_gone());
+        }
+        assert_eq!(cache.reads, 4, "a gone process's failure is not cached");
     }
 }

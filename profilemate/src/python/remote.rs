@@ -3,12 +3,26 @@
 
 /// A read of target memory failed (unmapped address, process gone, no permission).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("cannot read {len} bytes at {addr:#x} in the target")]
+#[error("cannot read {len} bytes at {addr:#x} in the target{}", if *.gone { " (the process has exited)" } else { "" })]
 pub struct ReadError {
     /// Address.
     pub addr: u64,
     /// Length.
     pub len: usize,
+    /// The process has exited (or is a zombie without memory): no read can succeed again.
+    pub gone: bool,
+}
+
+impl ReadError {
+    /// A read of `len` bytes at `addr` that failed while the process was there.
+    #[must_use]
+    pub fn at(addr: u64, len: usize) -> Self {
+        Self {
+            addr,
+            len,
+            gone: false,
+        }
+    }
 }
 
 /// Read-only memory of one process.
@@ -56,10 +70,7 @@ impl ProcessMemory {
 
 impl RemoteMemory for ProcessMemory {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        let err = ReadError {
-            addr,
-            len: buf.len(),
-        };
+        let err = ReadError::at(addr, buf.len());
         if buf.is_empty() {
             return Ok(());
         }
@@ -71,6 +82,8 @@ impl RemoteMemory for ProcessMemory {
         let mut local = [std::io::IoSliceMut::new(buf)];
         match nix::sys::uio::process_vm_readv(self.pid, &mut local, &remote) {
             Ok(n) if n == len => Ok(()),
+            // ESRCH: no such process, or one that exited and has no memory left to read.
+            Err(nix::errno::Errno::ESRCH) => Err(ReadError { gone: true, ..err }),
             _ => Err(err),
         }
     }
@@ -87,10 +100,7 @@ pub struct BufferMemory {
 
 impl RemoteMemory for BufferMemory {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        let err = ReadError {
-            addr,
-            len: buf.len(),
-        };
+        let err = ReadError::at(addr, buf.len());
         let start = usize::try_from(addr.checked_sub(self.base).ok_or(err)?).map_err(|_| err)?;
         let end = start.checked_add(buf.len()).ok_or(err)?;
         let src = self.bytes.get(start..end).ok_or(err)?;

@@ -388,16 +388,18 @@ impl BatchReader {
             let _ = self.delays.record(delay / 1000);
             self.stats.stale += u64::from(late);
         }
-        if late {
-            return;
-        }
         let Some(ol) = object_layout(p.interp.layout.version) else {
             return;
         };
         let mem = p.mem;
         let o = Objects::new(&mem, &p.interp.layout, ol).with_cache(&p.attrs);
+        // A watched call counts however late it is read: its time came with the hit, and the
+        // request it names outlives the call (checked by type before its id is read).
         if let Some(call) = self.calls.read(self.calls_names, st, &o, &mut p.strings) {
             out(Correlated::SchedulerCall(Box::new(call)));
+        }
+        if late {
+            return;
         }
         // The descriptor of a graph replay.
         if let Some(f) = st

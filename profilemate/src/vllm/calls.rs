@@ -47,11 +47,15 @@ pub enum CallRole {
 pub struct CallNames {
     /// vLLM versions the table was read from.
     pub versions: &'static str,
-    /// Methods of the scheduler's class, in slot order (at most four: x86 has four debug
-    /// registers per thread). Most valuable first: a thread short of registers keeps these.
+    /// Methods of the scheduler's class (`Class.method`, as defined in vLLM; looked up by
+    /// method name on the live scheduler's class, which may be a subclass), in slot order (at
+    /// most four: x86 has four debug registers per thread). Most valuable first: a thread
+    /// short of registers keeps these.
     pub watched: &'static [(&'static str, CallRole)],
     /// Callers of the preemption method (qualname suffix) and the reason each means.
     pub preempt_callers: &'static [(&'static str, &'static str)],
+    /// `type(request).__name__` (a request read late, at a reused address, is not one).
+    pub request_type: &'static str,
     /// `Request.request_id`, `Request.arrival_time`.
     pub request_id: &'static str,
     /// See `request_id`.
@@ -62,15 +66,16 @@ pub struct CallNames {
 pub static CALLS_0_33: CallNames = CallNames {
     versions: super::version::BUNDLE,
     watched: &[
-        ("_preempt_request", CallRole::Preempt),
-        ("add_request", CallRole::AddRequest),
-        ("update_from_output", CallRole::UpdateFromOutput),
-        ("schedule", CallRole::Schedule),
+        ("Scheduler._preempt_request", CallRole::Preempt),
+        ("Scheduler.add_request", CallRole::AddRequest),
+        ("Scheduler.update_from_output", CallRole::UpdateFromOutput),
+        ("Scheduler.schedule", CallRole::Schedule),
     ],
     preempt_callers: &[
         (".schedule", "kv_cache_exhausted"),
         (".reset_prefix_cache", "cache_reset"),
     ],
+    request_type: "Request",
     request_id: "request_id",
     arrival_time: "arrival_time",
 };
@@ -99,7 +104,8 @@ pub fn watched_functions(
     let ty = o.type_of(scheduler)?;
     let mut found = Vec::new();
     let mut missing = Vec::new();
-    for &(method, _) in names.watched {
+    for &(qualname, _) in names.watched {
+        let method = method_of(qualname);
         let code = match o.class_attr(ty, method)? {
             Some(f) => o.function_code(f)?,
             None => None,
@@ -117,7 +123,7 @@ pub fn watched_functions(
         });
     }
     if found.is_empty() {
-        let all: Vec<&str> = names.watched.iter().map(|(m, _)| *m).collect();
+        let all: Vec<&str> = names.watched.iter().map(|(q, _)| *q).collect();
         return Err(CallError::NoneFound(all.join(", "), names.versions));
     }
     Ok((found, missing))
@@ -134,6 +140,11 @@ pub struct FunctionWatch {
     pub missing: Vec<&'static str>,
     /// How the functions were found.
     pub found_via: String,
+}
+
+/// `schedule` of `Scheduler.schedule`.
+fn method_of(qualname: &str) -> &str {
+    qualname.rsplit('.').next().unwrap_or(qualname)
 }
 
 /// One watched call.
@@ -198,8 +209,8 @@ impl CallReader {
         }
         self.stats.hits += 1;
         let entered = st.frames.first()?;
-        let method = entered.code.qualname.rsplit('.').next().unwrap_or("");
-        let Some(&(_, role)) = names.watched.iter().find(|(m, _)| *m == method) else {
+        let method = method_of(&entered.code.qualname);
+        let Some(&(_, role)) = names.watched.iter().find(|(q, _)| method_of(q) == method) else {
             self.stats.outside_hits += 1;
             return None;
         };
@@ -265,7 +276,9 @@ impl CallReader {
         strings: &mut StrCache,
         request: u64,
     ) -> Option<String> {
-        let id = (request != 0)
+        let is_request =
+            request != 0 && o.type_name(request).is_ok_and(|t| t == names.request_type);
+        let id = is_request
             .then(|| o.attr(request, names.request_id).ok().flatten())
             .flatten()
             .and_then(|s| strings.get(o, s).ok());

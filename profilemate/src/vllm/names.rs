@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::{
     batch::BATCH_0_33,
+    calls::CALLS_0_33,
     events::{EventRole, EVENT_ROLES_0_26_TO_0_33},
     ops::VLLM_0_33,
     state,
@@ -92,6 +93,8 @@ fn functions() -> Vec<FunctionName> {
     let b = &BATCH_0_33;
     let mut out = all("state", "vllm/v1/engine/core.py", s.engine_frames);
     out.extend(all("state", SCHEDULER, s.scheduler_frames));
+    let watched: Vec<&'static str> = CALLS_0_33.watched.iter().map(|(q, _)| *q).collect();
+    out.extend(all("calls", SCHEDULER, &watched));
     out.extend(all("batch", "*", b.output_frames));
     out.extend(all("batch", "*", b.descriptor_frames));
     for r in EVENT_ROLES_0_26_TO_0_33 {
@@ -233,7 +236,7 @@ mod tests {
     #[test]
     fn the_manifest_covers_every_table() {
         let m = manifest();
-        for table in ["state", "batch", "events", "ops"] {
+        for table in ["state", "batch", "events", "ops", "calls"] {
             assert!(m.functions.iter().any(|f| f.table == table), "{table}");
         }
         assert!(m

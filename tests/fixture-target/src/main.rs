@@ -50,7 +50,8 @@ const USAGE: &str = "usage: pm-fixture --lib-dir DIR [--wait-before-load-ms N] [
 [--kernels-per-graph K] [--kernel-us US] [--steps N] [--eager-kernels E] [--h2d-bytes B] \
 [--d2h-bytes B] [--async-depth 1|2] [--sync-mode events|stream] [--step-gap-us US] [--forever] \
 [--spawn-child-after-ms N] [--exit-after-steps N] [--hot-loop N] \
-[--shape alternate|eager|graph|piecewise] [--events reused|fresh] [--prep-event] [--poll-us US]";
+[--shape alternate|eager|graph|piecewise] [--events reused|fresh] [--prep-event] [--poll-us US] \
+[--seccomp-kill-uretprobe]";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum SyncMode {
@@ -95,6 +96,9 @@ struct Opts {
     fresh_events: bool,
     prep_event: bool,
     poll_us: u64,
+    /// Run under a seccomp filter that kills the process at the `uretprobe` syscall (a filter
+    /// written before the syscall existed, as an allow-list is).
+    seccomp_kill_uretprobe: bool,
 }
 
 fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
@@ -125,6 +129,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         fresh_events: false,
         prep_event: false,
         poll_us: 0,
+        seccomp_kill_uretprobe: false,
     };
     let mut it = args.iter();
     while let Some(k) = it.next() {
@@ -134,6 +139,10 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         }
         if k == "--prep-event" {
             o.prep_event = true;
+            continue;
+        }
+        if k == "--seccomp-kill-uretprobe" {
+            o.seccomp_kill_uretprobe = true;
             continue;
         }
         if k == "--help" || k == "-h" {
@@ -252,6 +261,47 @@ unsafe fn sym<F: Copy>(h: *mut c_void, name: &str) -> Result<F, String> {
     assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>());
     // SAFETY: per the contract, F is a function pointer type of the right signature.
     Ok(unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) })
+}
+
+/// Installs, for this thread and every thread it creates later, a seccomp filter that kills the
+/// process at the x86-64 `uretprobe` syscall (335) and allows everything else.
+fn seccomp_kill_uretprobe() -> Result<(), String> {
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const NR_URETPROBE: u32 = 335;
+    const RET_KILL_PROCESS: u32 = 0x8000_0000;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let mut prog = [
+        op(LD_W_ABS, 0, 0, 4), // seccomp_data.arch
+        op(JEQ_K, 0, 3, AUDIT_ARCH_X86_64),
+        op(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+        op(JEQ_K, 0, 1, NR_URETPROBE),
+        op(RET_K, 0, 0, RET_KILL_PROCESS),
+        op(RET_K, 0, 0, RET_ALLOW),
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: prctl with the documented arguments; `fprog` outlives the call.
+    let rc = unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            -1
+        } else {
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &fprog as *const libc::sock_fprog,
+            )
+        }
+    };
+    if rc != 0 {
+        return Err(format!("seccomp: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 fn load(dir: &str) -> Result<Cuda, String> {
@@ -694,6 +744,12 @@ fn main() {
         }));
     }
 
+    if o.seccomp_kill_uretprobe {
+        if let Err(e) = seccomp_kill_uretprobe() {
+            eprintln!("pm-fixture: {e}");
+            std::process::exit(1);
+        }
+    }
     if o.wait_before_load_ms > 0 {
         say(&format!("pid={pid} waiting"));
         std::thread::sleep(Duration::from_millis(o.wait_before_load_ms));
