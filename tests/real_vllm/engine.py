@@ -3,6 +3,7 @@
 the opt-in check that ProfileMate reads real vLLM objects, not only the test fixture's.
 
     engine.py --lib-dir DIR --truth FILE [--steps N] [--start-on-sigusr1]
+    engine.py --plain-loop --truth FILE [--steps N] [--start-on-sigusr1]
 
 Needs a Python with vLLM installed (the scheduler only: no model, no GPU; a local model
 config directory is written next to the truth file). Each step: `Scheduler.schedule()`,
@@ -12,10 +13,18 @@ event) on the fake runtime, then
 `Scheduler.update_from_output()` with one sampled token per request that finished its
 prefill. The engine class lives under a `real_vllm/` path, as vLLM's own do under `vllm/`.
 
+--plain-loop: the TP>1 EngineCore's shape, where the workers run the model: a plain
+function loops `schedule()` -> a fake model output -> `update_from_output()`, with no
+engine-loop frame (no `EngineCoreProc.run_busy_loop`) and no fake CUDA runtime (the only
+CUDA library mapped is the one PyTorch links, never called).
+
 Stdout: "pid=<pid> ready", then "pid=<pid> start", "done steps=<n>".
 Truth (JSON lines): {"kind":"batch","step","ts_ns","num_reqs","num_tokens","new_reqs",
-"cached_reqs","preempted"} per step and {"kind":"request","req","prompt_tokens",
-"preemptions","status"} per request at the end.
+"cached_reqs","preempted"} per step, {"kind":"kv","step","at","ts_ns","usage",
+"free_blocks","total_blocks","running","waiting"} after each step's `schedule()` (at
+"schedule") and `update_from_output()` (at "update"): vLLM's own counters
+(`KVCacheManager.usage`, `Scheduler.make_stats()`), and {"kind":"request","req",
+"prompt_tokens","preemptions","status"} per request at the end.
 """
 
 import argparse
@@ -155,6 +164,62 @@ class FakeGpu:
             self.rt.cudaEventSynchronize(self.events[(i - 1) % 2])
 
 
+def record_kv(scheduler, step, at):
+    """vLLM's own KV cache and queue counters, as its stats logger reads them."""
+    pool = scheduler.kv_cache_manager.block_pool
+    if at == "update":
+        stats = scheduler.make_stats()
+        usage, running, waiting = (stats.kv_cache_usage, stats.num_running_reqs,
+                                   stats.num_waiting_reqs)
+    else:
+        usage = scheduler.get_kv_cache_usage()
+        running, waiting = scheduler.get_request_counts()
+    TRUTH.append({"kind": "kv", "step": step, "at": at, "ts_ns": time.monotonic_ns(),
+                  "usage": usage, "free_blocks": pool.get_num_free_blocks(),
+                  "total_blocks": pool.num_gpu_blocks, "running": running,
+                  "waiting": waiting})
+
+
+def schedule(scheduler, step):
+    so = scheduler.schedule()
+    TRUTH.append({
+        "kind": "batch", "step": step, "ts_ns": time.monotonic_ns(),
+        "num_reqs": len(so.num_scheduled_tokens),
+        "num_tokens": so.total_num_scheduled_tokens,
+        "new_reqs": len(so.scheduled_new_reqs),
+        "cached_reqs": len(so.scheduled_cached_reqs.req_ids),
+        "preempted": sorted(so.preempted_req_ids or []),
+    })
+    record_kv(scheduler, step, "schedule")
+    return so
+
+
+def update(scheduler, so, rng, step):
+    from vllm.v1.outputs import ModelRunnerOutput
+    ids = list(so.num_scheduled_tokens)
+    sampled = []
+    for rid in ids:
+        r = scheduler.requests.get(rid)
+        # One token per request that finished its (re)prefill; none for a prefill chunk.
+        sampled.append([] if r is None or r.is_prefill_chunk else [rng.randrange(3, 50000)])
+    out = ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)},
+                            sampled_token_ids=sampled)
+    scheduler.update_from_output(so, out)
+    record_kv(scheduler, step, "update")
+
+
+def plain_loop(scheduler, requests, steps, rng, all_requests):
+    """No engine class, no CUDA: the model runs elsewhere (the workers of TP>1)."""
+    for step in range(steps):
+        req = requests.make(f"r{step}")
+        all_requests[req.request_id] = req
+        scheduler.add_request(req)
+        so = schedule(scheduler, step)
+        time.sleep(0.0005)  # the workers' forward pass
+        update(scheduler, so, rng, step)
+        time.sleep(0.002)  # the engine's idle wait for input
+
+
 class GPUModelRunner:
     def __init__(self, gpu):
         self.gpu = gpu
@@ -183,38 +248,24 @@ class EngineCoreProc:
             self.step(step)
 
     def step(self, step):
-        from vllm.v1.outputs import ModelRunnerOutput
-        so = self.scheduler.schedule()
-        TRUTH.append({
-            "kind": "batch", "step": step, "ts_ns": time.monotonic_ns(),
-            "num_reqs": len(so.num_scheduled_tokens),
-            "num_tokens": so.total_num_scheduled_tokens,
-            "new_reqs": len(so.scheduled_new_reqs),
-            "cached_reqs": len(so.scheduled_cached_reqs.req_ids),
-            "preempted": sorted(so.preempted_req_ids or []),
-        })
+        so = schedule(self.scheduler, step)
         self.model_runner.execute_model(so)
-        ids = list(so.num_scheduled_tokens)
-        sampled = []
-        for rid in ids:
-            r = self.scheduler.requests.get(rid)
-            # One token per request that finished its (re)prefill; none for a prefill chunk.
-            sampled.append([] if r is None or r.is_prefill_chunk
-                           else [self.rng.randrange(3, 50000)])
-        out = ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)},
-                                sampled_token_ids=sampled)
-        self.scheduler.update_from_output(so, out)
+        update(self.scheduler, so, self.rng, step)
         time.sleep(0.002)  # the engine's idle wait for input
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--lib-dir", required=True)
+    p.add_argument("--lib-dir")
+    p.add_argument("--plain-loop", action="store_true",
+                   help="no engine-loop frame and no fake CUDA runtime")
     p.add_argument("--truth", required=True)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start-on-sigusr1", action="store_true")
     a = p.parse_args()
+    if not a.plain_loop and not a.lib_dir:
+        p.error("--lib-dir is needed unless --plain-loop")
     go = False
 
     def on_go(_signum, _frame):
@@ -224,19 +275,26 @@ def main():
     signal.signal(signal.SIGUSR1, on_go)
     rng = random.Random(a.seed)
     scheduler = create_scheduler(os.path.join(os.path.dirname(a.truth), "model"))
-    engine = EngineCoreProc(scheduler, GPUModelRunner(FakeGpu(a.lib_dir)),
-                            Requests(16, rng), a.steps, rng)
+    requests = Requests(16, rng)
+    all_requests = {}
+    if not a.plain_loop:
+        engine = EngineCoreProc(scheduler, GPUModelRunner(FakeGpu(a.lib_dir)), requests,
+                                a.steps, rng)
+        all_requests = engine.all_requests
     say(f"pid={os.getpid()} ready")
     deadline = time.monotonic() + 60
     while a.start_on_sigusr1 and not go and time.monotonic() < deadline:
         time.sleep(0.01)
     say(f"pid={os.getpid()} start")
-    engine.run_busy_loop()
+    if a.plain_loop:
+        plain_loop(scheduler, requests, a.steps, rng, all_requests)
+    else:
+        engine.run_busy_loop()
     time.sleep(0.3)  # a last poll sees the final state
     with open(a.truth, "w") as f:
         for t in TRUTH:
             f.write(json.dumps(t) + "\n")
-        for rid, r in engine.all_requests.items():
+        for rid, r in all_requests.items():
             f.write(json.dumps({"kind": "request", "req": rid,
                                 "prompt_tokens": r.num_prompt_tokens,
                                 "preemptions": r.num_preemptions,

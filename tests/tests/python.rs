@@ -370,10 +370,11 @@ fn another_vllm_layout_fails_soft_and_names_what_is_missing() {
     assert!(steps.iter().all(|s| s["phase"] == "unknown"));
     let polls = md["python"]["vllm_state"][0]["polls"].as_u64().unwrap_or(0);
     assert!(polls > 0, "{label}: {}", md["python"]["vllm_state"]);
-    // Metadata says through which frame the scheduler was found.
+    // Metadata says through which frame the scheduler was found (the engine loop's, or a
+    // local of `main` that holds the engine, when it is found before the loop starts).
     let via = md["python"]["vllm_state"][0]["scheduler_found_via"].as_str();
     assert!(
-        via.is_some_and(|v| v.contains("of frame EngineCore")),
+        via.is_some_and(|v| v.contains("of frame EngineCore") || v.contains("of frame main")),
         "{label}: {via:?}"
     );
     assert!(!run.session.csv("request_lifecycle.csv").is_empty());

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod real_vllm;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -248,13 +249,31 @@ fn bundle(dir: &Path) -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     setup()?;
     build()?;
-    run(Command::new("cargo")
-        .current_dir(root())
+    // The real-vLLM tests run against a venv of the real package: built (or found up to
+    // date) for the whole suite and for a filter that names them; any other filter uses one
+    // already there. PROFILEMATE_REAL_VLLM_PYTHON, when set, is used as it is.
+    let real_vllm = if let Some(p) = std::env::var_os("PROFILEMATE_REAL_VLLM_PYTHON") {
+        Some(PathBuf::from(p))
+    } else if args.is_empty() || args.iter().any(|a| a.contains("real_vllm")) {
+        real_vllm::ensure()?
+    } else {
+        real_vllm::existing()
+    };
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root())
         .args(["test", "--release", "--workspace"])
         .args(args)
         .env("PROFILEMATE_BIN", release_dir().join("profilemate"))
         .env("PROFILEMATE_FIXTURE", release_dir().join("pm-fixture"))
-        .env("PROFILEMATE_FAKE_CUDA", fake_cuda_dir()))?;
+        .env("PROFILEMATE_FAKE_CUDA", fake_cuda_dir());
+    if let Some(python) = &real_vllm {
+        eprintln!(
+            "real vLLM: PROFILEMATE_REAL_VLLM_PYTHON={}",
+            python.display()
+        );
+        cmd.env("PROFILEMATE_REAL_VLLM_PYTHON", python);
+    }
+    run(&mut cmd)?;
     if !args.is_empty() {
         return Ok(());
     }

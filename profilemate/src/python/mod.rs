@@ -158,6 +158,29 @@ pub struct LiveFrame {
     pub code: std::sync::Arc<code::CodeInfo>,
     /// `localsplus[0]` (0 when unset).
     pub first_local: u64,
+    /// The frame (`_PyInterpreterFrame`) address.
+    pub frame: u64,
+    /// `co_nlocalsplus` of its code: locals, cells and free variables (at most
+    /// `MAX_LOCALS_READ`).
+    pub nlocalsplus: u32,
+}
+
+/// Locals of one frame read at most when looking for an object among them.
+pub const MAX_LOCALS_READ: u32 = 64;
+
+impl LiveFrame {
+    /// The frame's locals (`localsplus[..co_nlocalsplus]`), read now; unset ones are 0.
+    #[must_use]
+    pub fn locals(&self, mem: &dyn RemoteMemory, l: &layout::PyLayout) -> Vec<u64> {
+        let n = self.nlocalsplus.min(MAX_LOCALS_READ) as usize;
+        let mut buf = vec![0u8; n * 8];
+        if mem.read(self.frame + l.frame_localsplus, &mut buf).is_err() {
+            return Vec::new();
+        }
+        buf.chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])) & l.code_pointer_mask)
+            .collect()
+    }
 }
 
 /// Frames read per thread at most.
@@ -200,10 +223,18 @@ impl Interpreter {
                         let first_local = mem
                             .read_u64(frame + l.frame_localsplus)
                             .map_or(0, |v| v & l.code_pointer_mask);
+                        // co_nlocalsplus follows co_firstlineno in 3.11-3.14.
+                        let nlocalsplus = mem
+                            .read_i32(code + l.code_first_line + 4)
+                            .ok()
+                            .and_then(|n| u32::try_from(n).ok())
+                            .unwrap_or(0);
                         out.push(LiveFrame {
                             tstate,
                             code: info,
                             first_local,
+                            frame,
+                            nlocalsplus,
                         });
                     }
                 }

@@ -3,7 +3,11 @@
 //! values of 3.11-3.13, `tp_dictoffset` dicts, `__slots__`). Every read is bounded and
 //! type-checked; a torn or implausible read is an error, never data.
 
-use std::{cell::RefCell, collections::HashMap};
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use super::{
     code::read_str,
@@ -125,14 +129,25 @@ pub enum ObjectError {
     BadString(u64),
 }
 
-/// Where instance attributes sit in shared-key (split) dicts, learned once per keys object:
-/// a class's instances share one keys object, so after the first lookup an attribute of any
-/// instance costs two reads (the key check and the value) instead of a scan of every key.
+/// Where str keys sit in dict keys objects, learned once per keys object: a class's
+/// instances share one split keys object, and an object with a combined dict (a real vLLM
+/// `Scheduler` has more attributes than 3.11 shares) keeps its keys object until the dict
+/// grows, so after the first lookup an attribute costs two reads (the key check and the
+/// value) instead of a scan reading every key string (~2 ms per snapshot on a real
+/// scheduler, which tore every poll).
 #[derive(Default)]
 pub struct AttrCache {
     /// keys object -> attribute name -> (address of the entry's key, the key str object,
-    /// index in the values array).
+    /// index in the entries).
     slots: RefCell<HashMap<u64, HashMap<String, SplitPosition>>>,
+    /// keys object -> attribute name -> the entry count when the name was not found (keys
+    /// are only appended: the same count means still absent).
+    misses: RefCell<HashMap<u64, HashMap<String, u64>>>,
+    /// Attribute name -> (a str object holding it, its hash, when that was last checked):
+    /// attribute names are interned, so every instance dict's entry for a name points at
+    /// the same str, and a new dict's entry is found by comparing pointers, without reading
+    /// a key string.
+    interned: RefCell<HashMap<String, (u64, u64, Instant)>>,
 }
 
 /// Where a keys object's entries are and how they are laid out.
@@ -145,13 +160,25 @@ struct KeyEntries {
 
 /// An instance's split dict.
 struct SplitValues {
-    ty: u64,
     keys: u64,
     array: u64,
 }
 
+/// Where an instance's attributes live.
+enum Storage {
+    /// A split dict: the class's shared keys and the instance's values array.
+    Split(SplitValues),
+    /// The instance's own dict object.
+    Dict(u64),
+    /// Neither (no dict yet, slots only) or no cache: the one-by-one path.
+    Other,
+}
+
 /// (address of the entry's key pointer, the key object, index in the values array).
 type SplitPosition = (u64, u64, u64);
+
+/// How long an interned attribute name's str is trusted before its hash is checked again.
+const INTERNED_RECHECK: Duration = Duration::from_millis(100);
 
 /// Keys objects remembered at most (classes with split dicts: a few dozen in vLLM).
 const MAX_CACHED_KEYS: usize = 4096;
@@ -484,8 +511,89 @@ impl<'a> Objects<'a> {
 
     /// `d[name]` for a dict with str keys.
     pub fn dict_get(&self, obj: u64, name: &str) -> Result<Option<u64>, ObjectError> {
+        if self.cache.is_some() {
+            let [v] = self.dict_values(obj, [name])?;
+            return Ok(v);
+        }
         let items = self.dict_items(obj, MAX_ITEMS)?;
         Ok(self.find_str_key(&items, name))
+    }
+
+    /// `d[name]` for several str keys of one dict: its header, entries and values are read
+    /// once each, and keys are matched by the interned name's address where it is known.
+    fn dict_values<const N: usize>(
+        &self,
+        dict: u64,
+        names: [&str; N],
+    ) -> Result<[Option<u64>; N], ObjectError> {
+        self.expect_flag(dict, FLAG_DICT_SUBCLASS, "dict")?;
+        let mut head = [0u8; 16];
+        self.mem.read(dict + DICT_KEYS, &mut head)?;
+        let word = |b: &[u8], i: usize| {
+            u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))
+        };
+        let (keys, values) = (word(&head, 0), word(&head, 1));
+        let (e, buf) = self.key_entries(keys, MAX_ITEMS)?;
+        let n = buf.len() / e.size as usize;
+        let split = match values {
+            0 => None,
+            v => Some(self.items(v + self.ol.values_array, n as u64, n)?),
+        };
+        let k = e.key_at as usize / 8;
+        let mut out = [None; N];
+        for (slot, name) in out.iter_mut().zip(names) {
+            let Some(i) = self.find_key(&buf, e.size as usize, k, name) else {
+                continue;
+            };
+            let v = match &split {
+                Some(vals) => vals.get(i).copied().unwrap_or(0),
+                None => word(&buf[i * e.size as usize..], k + 1),
+            };
+            *slot = (v != 0).then_some(v);
+        }
+        Ok(out)
+    }
+
+    /// Index of the entry whose key is the str `name` in an entries table read into `buf`
+    /// (`size` bytes per entry, key at word `k`).
+    fn find_key(&self, buf: &[u8], size: usize, k: usize, name: &str) -> Option<usize> {
+        let key_of =
+            |e: &[u8]| u64::from_le_bytes(e[k * 8..k * 8 + 8].try_into().unwrap_or([0; 8]));
+        let keys = || buf.chunks_exact(size).map(key_of);
+        let known = self
+            .cache
+            .and_then(|c| c.interned.borrow().get(name).copied());
+        if let Some((addr, hash, checked)) = known {
+            if let Some(i) = keys().position(|key| key == addr) {
+                // Still the same str? (its hash is fixed for its lifetime; checked again
+                // now and then, not at every lookup)
+                if checked.elapsed() < INTERNED_RECHECK {
+                    return Some(i);
+                }
+                if self.str_hash(addr).is_ok_and(|h| h == hash) {
+                    if let Some(c) = self.cache {
+                        c.interned
+                            .borrow_mut()
+                            .insert(name.to_owned(), (addr, hash, Instant::now()));
+                    }
+                    return Some(i);
+                }
+            }
+        }
+        let i = keys().position(|key| {
+            key != 0 && read_str(self.mem, self.layout, key).is_ok_and(|s| s == name)
+        })?;
+        if let Some(c) = self.cache {
+            let addr = keys().nth(i).unwrap_or(0);
+            if let Ok(hash) = self.str_hash(addr) {
+                let mut interned = c.interned.borrow_mut();
+                if interned.len() >= MAX_CACHED_KEYS {
+                    interned.clear();
+                }
+                interned.insert(name.to_owned(), (addr, hash, Instant::now()));
+            }
+        }
+        Some(i)
     }
 
     /// The instance's attribute `name` from its `__dict__` (managed, inline values, or
@@ -511,79 +619,92 @@ impl<'a> Objects<'a> {
         self.slot_attr(obj, ty, name)
     }
 
-    /// Several attributes of one instance; for a split dict with a cache this reads the
-    /// header once and the values array once.
+    /// Several attributes of one instance; with a cache this reads the instance's header
+    /// once and its split values array or its own dict's entries once.
     pub fn attrs<const N: usize>(
         &self,
         obj: u64,
         names: [&str; N],
     ) -> Result<[Option<u64>; N], ObjectError> {
-        let mut out = [None; N];
-        if let Some(values) = self.split_values(obj)? {
-            let known: Vec<_> = names
-                .iter()
-                .map(|n| self.cached_position(values.keys, n))
-                .collect::<Result<_, _>>()?;
-            if let Some(max) = known.iter().flatten().map(|&(_, _, i)| i).max() {
-                let vals = self.items(values.array, max + 1, MAX_ITEMS)?;
-                for (slot, k) in out.iter_mut().zip(&known) {
-                    *slot = k
-                        .and_then(|(_, _, i)| vals.get(i as usize).copied())
-                        .filter(|&v| v != 0);
+        let mut out = match self.storage(obj)? {
+            Storage::Split(values) => self.split_attrs(&values, names)?,
+            Storage::Dict(dict) => self.dict_values(dict, names)?,
+            Storage::Other => {
+                let mut out = [None; N];
+                for (slot, name) in out.iter_mut().zip(names) {
+                    *slot = self.attr(obj, name)?;
                 }
+                return Ok(out);
             }
-            // A name the split keys lack may still be a slot.
-            for (slot, name) in out.iter_mut().zip(names) {
-                if slot.is_none() {
-                    *slot = self.slot_attr(obj, values.ty, name)?;
-                }
-            }
-            return Ok(out);
-        }
+        };
+        // A name the dict lacks may still be a slot.
+        let ty = self.type_of(obj)?;
         for (slot, name) in out.iter_mut().zip(names) {
-            *slot = self.attr(obj, name)?;
+            if slot.is_none() {
+                *slot = self.slot_attr(obj, ty, name)?;
+            }
         }
         Ok(out)
     }
 
-    /// The shared keys and values array of an instance whose attributes live in a split
-    /// dict (None otherwise, or without a cache).
-    fn split_values(&self, obj: u64) -> Result<Option<SplitValues>, ObjectError> {
+    fn split_attrs<const N: usize>(
+        &self,
+        values: &SplitValues,
+        names: [&str; N],
+    ) -> Result<[Option<u64>; N], ObjectError> {
+        let mut out = [None; N];
+        let known: Vec<_> = names
+            .iter()
+            .map(|n| self.cached_position(values.keys, n))
+            .collect::<Result<_, _>>()?;
+        if let Some(max) = known.iter().flatten().map(|&(_, _, i)| i).max() {
+            let vals = self.items(values.array, max + 1, MAX_ITEMS)?;
+            for (slot, k) in out.iter_mut().zip(&known) {
+                *slot = k
+                    .and_then(|(_, _, i)| vals.get(i as usize).copied())
+                    .filter(|&v| v != 0);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where the instance's attributes live, as far as the cached paths read them (always
+    /// `Other` without a cache).
+    fn storage(&self, obj: u64) -> Result<Storage, ObjectError> {
         if self.cache.is_none() {
-            return Ok(None);
+            return Ok(Storage::Other);
         }
         let ty = self.type_of(obj)?;
         let flags = self.type_flags(ty)?;
         if flags & FLAG_MANAGED_DICT == 0 {
-            return Ok(None);
+            let off = self.u64(ty + TP_DICTOFFSET)? as i64;
+            let dict = if off > 0 {
+                self.u64(obj.wrapping_add(off as u64))?
+            } else {
+                0
+            };
+            return Ok(if dict != 0 {
+                Storage::Dict(dict)
+            } else {
+                Storage::Other
+            });
         }
+        let word = self.u64(obj - 24)?;
         let values = match self.ol.managed {
-            ManagedDict::Split311 => {
-                if self.u64(obj - 24)? != 0 {
-                    return Ok(None);
-                }
-                self.u64(obj - 32)?
-            }
-            ManagedDict::Tagged312 => {
-                let w = self.u64(obj - 24)?;
-                if w & 1 == 0 {
-                    return Ok(None);
-                }
-                w + 1
-            }
-            ManagedDict::Inline313 => {
-                if self.u64(obj - 24)? != 0 || flags & FLAG_INLINE_VALUES == 0 {
-                    return Ok(None);
-                }
-                obj + self.u64(ty + TP_BASICSIZE)?
-            }
+            ManagedDict::Split311 if word != 0 => return Ok(Storage::Dict(word)),
+            ManagedDict::Split311 => self.u64(obj - 32)?,
+            ManagedDict::Tagged312 if word & 1 == 0 && word != 0 => return Ok(Storage::Dict(word)),
+            ManagedDict::Tagged312 if word & 1 == 0 => 0,
+            ManagedDict::Tagged312 => word + 1,
+            ManagedDict::Inline313 if word != 0 => return Ok(Storage::Dict(word)),
+            ManagedDict::Inline313 if flags & FLAG_INLINE_VALUES == 0 => 0,
+            ManagedDict::Inline313 => obj + self.u64(ty + TP_BASICSIZE)?,
         };
         let keys = self.u64(ty + self.ol.ht_cached_keys)?;
         if values == 0 || keys == 0 {
-            return Ok(None);
+            return Ok(Storage::Other);
         }
-        Ok(Some(SplitValues {
-            ty,
+        Ok(Storage::Split(SplitValues {
             keys,
             array: values + self.ol.values_array,
         }))
@@ -608,13 +729,19 @@ impl<'a> Objects<'a> {
                 return Ok(Some((entry, key, index)));
             }
         }
+        let missed = cache
+            .misses
+            .borrow()
+            .get(&keys)
+            .and_then(|m| m.get(name).copied());
+        let nentries = self.u64(keys + KEYS_NENTRIES)?;
+        if missed == Some(nentries) {
+            return Ok(None);
+        }
         let found = self.split_position(keys, name)?;
-        if let Some(pos) = found {
-            let mut slots = cache.slots.borrow_mut();
-            if slots.len() >= MAX_CACHED_KEYS {
-                slots.clear();
-            }
-            slots.entry(keys).or_default().insert(name.to_owned(), pos);
+        match found {
+            Some(pos) => remember(&cache.slots, keys, name, pos),
+            None => remember(&cache.misses, keys, name, nentries),
         }
         Ok(found)
     }
@@ -736,6 +863,15 @@ impl<'a> Objects<'a> {
         let v = self.u64(obj + off)?;
         Ok((v != 0).then_some(v))
     }
+}
+
+/// Stores `v` for (`keys`, `name`), starting over when too many keys objects are known.
+fn remember<V>(map: &RefCell<HashMap<u64, HashMap<String, V>>>, keys: u64, name: &str, v: V) {
+    let mut map = map.borrow_mut();
+    if map.len() >= MAX_CACHED_KEYS {
+        map.clear();
+    }
+    map.entry(keys).or_default().insert(name.to_owned(), v);
 }
 
 #[cfg(test)]

@@ -31,8 +31,13 @@ use crate::{
 
 /// A stack older than this when it reaches the reader is not used: a step's output lives
 /// at least until the step completes (two steps with async scheduling), so a read within
-/// this delay reads the object the walk saw, not a later one at a reused address.
+/// this delay reads the object the walk saw, not a later one at a reused address. Engines
+/// with shorter steps get a shorter bound (`ProcBatch::read_bound_ns`).
 pub const MAX_READ_DELAY_NS: u64 = 5_000_000;
+
+/// Intervals between consecutive new outputs remembered per process (the shortest one is
+/// the step period the read bound follows).
+const PERIODS_KEPT: usize = 16;
 
 /// The names of the per-step objects, for one vLLM version range.
 #[derive(Debug)]
@@ -267,6 +272,40 @@ struct ProcBatch {
     /// watched `update_from_output` carries is read only where they are not (a scheduler
     /// without CUDA: the TP>1 EngineCore), stamped at the update.
     cuda_outputs: bool,
+    /// How often new outputs come (the read bound follows it).
+    cadence: StepCadence,
+}
+
+/// Stack time of the last new output, and the intervals between the last ones.
+#[derive(Default)]
+struct StepCadence {
+    last_output_ns: u64,
+    periods: std::collections::VecDeque<u64>,
+}
+
+impl StepCadence {
+    /// How old a stack may be when its output is read: half the shortest recent step
+    /// period, at most `MAX_READ_DELAY_NS`. A step's output is freed when its step ends
+    /// (sooner than 5 ms in a fast engine: a real 0.33 scheduler stepping every 3 ms reused
+    /// the address for the next step's output, read as this step's), and the stack was
+    /// taken somewhere inside the step.
+    fn read_bound_ns(&self) -> u64 {
+        self.periods
+            .iter()
+            .min()
+            .map_or(MAX_READ_DELAY_NS, |p| (p / 2).min(MAX_READ_DELAY_NS))
+    }
+
+    /// Notes a new output seen at stack time `ts_ns`.
+    fn note_output(&mut self, ts_ns: u64) {
+        if self.last_output_ns != 0 && ts_ns > self.last_output_ns {
+            if self.periods.len() == PERIODS_KEPT {
+                self.periods.pop_front();
+            }
+            self.periods.push_back(ts_ns - self.last_output_ns);
+        }
+        self.last_output_ns = ts_ns;
+    }
 }
 
 /// Least time between two per-step scheduler snapshots of one process. A snapshot is two
@@ -331,6 +370,7 @@ impl BatchReader {
                 last: None,
                 scheduler: None,
                 last_snapshot_ns: 0,
+                cadence: StepCadence::default(),
                 cuda_outputs: false,
             },
         );
@@ -382,7 +422,7 @@ impl BatchReader {
         let carries_output =
             |f: &&PyFrameInfo| f.arg1 != 0 && ends(&f.code.qualname, names.output_frames);
         let delay = crate::output::monotonic_ns().saturating_sub(st.ts_ns);
-        let late = delay > MAX_READ_DELAY_NS;
+        let late = delay > p.cadence.read_bound_ns();
         if st.frames.iter().any(|f| carries_output(&f)) {
             // An auto-resizing histogram: recording cannot fail short of memory.
             let _ = self.delays.record(delay / 1000);
@@ -455,6 +495,7 @@ impl BatchReader {
                 self.stats.repeated += 1;
                 return;
             }
+            p.cadence.note_output(st.ts_ns);
             let read = read_output(&o, names, f.arg1, &mut p.strings).and_then(|mut b| {
                 // Nothing of the output may have changed while it was read.
                 if output_key(&o, names, f.arg1)? != key {

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::python::{
     code::CodeCache,
     objects::{object_layout, AttrCache, ObjectError, Objects},
-    remote::ProcessMemory,
+    remote::{ProcessMemory, RemoteMemory},
     Interpreter,
 };
 
@@ -308,6 +308,35 @@ impl StatePoller {
         })
     }
 
+    /// The source file of the scheduler's class (`type(scheduler).schedule.__code__
+    /// .co_filename`), once the scheduler is known: where the process's vLLM package is,
+    /// when no compiled vLLM extension is mapped to say so.
+    #[must_use]
+    pub fn scheduler_source(&mut self) -> Option<String> {
+        let scheduler = self.scheduler?;
+        let ol = object_layout(self.interp.layout.version)?;
+        let o = Objects::new(&self.mem, &self.interp.layout, ol).with_cache(&self.attrs);
+        let method = self.names.scheduler_frames.first()?.rsplit('.').next()?;
+        let func = o.class_attr(o.type_of(scheduler).ok()?, method).ok()??;
+        let code = o.function_code(func).ok()??;
+        let first_line = self
+            .mem
+            .read_i32(code + self.interp.layout.code_first_line)
+            .ok()?;
+        let layout = &self.interp.layout;
+        let info = self
+            .codes
+            .get(
+                &self.mem,
+                layout,
+                self.interp.code_type_addr,
+                code,
+                first_line,
+            )
+            .ok()?;
+        Some(info.filename.clone())
+    }
+
     /// Finds the scheduler object from the live frames; says through which frame.
     fn find_scheduler(
         interp: &Interpreter,
@@ -345,6 +374,9 @@ impl StatePoller {
             );
             return Ok((f.first_local, via));
         }
+        if let Some(found) = Self::scheduler_in_locals(interp, names, mem, &frames, o) {
+            return Ok(found);
+        }
         let threads: std::collections::HashSet<u64> = frames.iter().map(|f| f.tstate).collect();
         let wanted = names
             .engine_frames
@@ -354,6 +386,43 @@ impl StatePoller {
             .collect::<Vec<_>>()
             .join(", ");
         Err(StateError::NoEngine(frames.len(), threads.len(), wanted))
+    }
+
+    /// The scheduler among the locals of any live frame, in any file: a local that is a
+    /// vLLM scheduler, or a vLLM object whose `scheduler` attribute is one. This finds it
+    /// whatever loop drives it (an engine before its busy loop starts, a TP>1 EngineCore's
+    /// own loop, a plain script), as long as some live frame holds it.
+    fn scheduler_in_locals(
+        interp: &Interpreter,
+        names: &StateNames,
+        mem: &ProcessMemory,
+        frames: &[crate::python::LiveFrame],
+        o: &Objects<'_>,
+    ) -> Option<(u64, String)> {
+        let types = VllmTypes::default();
+        for f in frames {
+            for (i, local) in f.locals(mem, &interp.layout).into_iter().enumerate() {
+                if local == 0 || !types.holds(o, local) {
+                    continue;
+                }
+                if types.is_scheduler(o, local) {
+                    let via = format!(
+                        "local #{i} of frame {} (thread state {:#x})",
+                        f.code.qualname, f.tstate
+                    );
+                    return Some((local, via));
+                }
+                let inner = o.attr(local, names.engine_scheduler).ok().flatten();
+                if let Some(s) = inner.filter(|&s| types.is_scheduler(o, s)) {
+                    let via = format!(
+                        "local #{i}.{} of frame {} (thread state {:#x})",
+                        names.engine_scheduler, f.code.qualname, f.tstate
+                    );
+                    return Some((s, via));
+                }
+            }
+        }
+        None
     }
 
     /// Reads the scheduler's queues and KV cache now, and with `requests` every request.
@@ -426,6 +495,40 @@ impl StatePoller {
     }
 }
 
+/// Whether types are classes of `vllm.` modules (their `__module__`), by type address:
+/// a frame's locals are mostly of a few types, each looked up once.
+#[derive(Default)]
+struct VllmTypes(std::cell::RefCell<std::collections::HashMap<u64, bool>>);
+
+impl VllmTypes {
+    /// An instance of a class defined in a `vllm.` module.
+    fn holds(&self, o: &Objects<'_>, obj: u64) -> bool {
+        let Ok(ty) = o.type_of(obj) else {
+            return false;
+        };
+        if let Some(&known) = self.0.borrow().get(&ty) {
+            return known;
+        }
+        let vllm = o
+            .class_attr(ty, "__module__")
+            .ok()
+            .flatten()
+            .and_then(|m| o.str(m).ok())
+            .is_some_and(|m| m.starts_with("vllm."));
+        let mut map = self.0.borrow_mut();
+        if map.len() >= 65_536 {
+            map.clear();
+        }
+        map.insert(ty, vllm);
+        vllm
+    }
+
+    /// A vLLM scheduler: a vLLM class whose name ends in `Scheduler`.
+    fn is_scheduler(&self, o: &Objects<'_>, obj: u64) -> bool {
+        self.holds(o, obj) && o.type_name(obj).is_ok_and(|t| t.ends_with("Scheduler"))
+    }
+}
+
 /// The scheduler's fields as they were at one moment (pid and limits left empty), stamped
 /// with that moment. The fields are read one after another while the target keeps changing
 /// them: a snapshot counts only when two consecutive reads agree (nothing changed across
@@ -439,18 +542,36 @@ pub fn read_snapshot(
     scheduler: u64,
 ) -> Result<StateSnapshot, StateError> {
     let mut start = crate::output::monotonic_ns();
-    let mut previous = read_scheduler(o, n, scheduler)?;
+    let mut previous = read_scheduler_again(o, n, scheduler)?;
     for _ in 0..MAX_READ_ATTEMPTS {
         let ts_ns = crate::output::monotonic_ns();
-        let again = read_scheduler(o, n, scheduler)?;
+        let again = read_scheduler_again(o, n, scheduler)?;
         let end = crate::output::monotonic_ns();
-        if again == previous && end.saturating_sub(start) <= MAX_READ_SPAN_NS {
-            return Ok(StateSnapshot { ts_ns, ..again });
+        if let (Some(a), Some(b)) = (&previous, &again) {
+            if a == b && end.saturating_sub(start) <= MAX_READ_SPAN_NS {
+                return Ok(StateSnapshot { ts_ns, ..*b });
+            }
         }
         previous = again;
         start = ts_ns;
     }
     Err(StateError::Torn)
+}
+
+/// One read of the scheduler's fields; None when an object changed under the read (a list
+/// replaced and freed between reading the pointer and its header): retried like a change.
+/// A missing name or an unsupported layout is final.
+fn read_scheduler_again(
+    o: &Objects<'_>,
+    n: &StateNames,
+    scheduler: u64,
+) -> Result<Option<StateSnapshot>, StateError> {
+    match read_scheduler(o, n, scheduler) {
+        Ok(s) => Ok(Some(s)),
+        Err(StateError::Object(ObjectError::Implausible(_))) => Ok(None),
+        Err(StateError::Object(ObjectError::Read(e))) if !e.gone => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Every request of the scheduler's `requests` dict (pid and time left 0). A request whose

@@ -40,6 +40,15 @@ pub fn of_process(pid: u32) -> Option<Result<VllmVersion, String>> {
     Some(read_version(pid, &site))
 }
 
+/// Finds the vLLM version from one of its source files as the target loaded it (a code
+/// object's `co_filename`, `.../site-packages/vllm/v1/core/sched/scheduler.py`): for a
+/// process without any compiled vLLM extension mapped (a CPU-only install).
+#[must_use]
+pub fn of_source_file(pid: u32, filename: &str) -> Option<Result<VllmVersion, String>> {
+    let (site, _) = filename.split_once("/vllm/")?;
+    Some(read_version(pid, Path::new(site)))
+}
+
 /// The directory holding the `vllm` package, from a maps line naming a file inside it.
 fn site_of_mapping(line: &str) -> Option<PathBuf> {
     let path = line.split_whitespace().nth(5)?;

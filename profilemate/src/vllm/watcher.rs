@@ -268,6 +268,12 @@ impl Work {
             match result {
                 Ok((snap, requests)) => {
                     p.poller.last_error = None;
+                    if p.version.is_none() {
+                        p.version = p
+                            .poller
+                            .scheduler_source()
+                            .and_then(|f| version::of_source_file(*pid, &f));
+                    }
                     if let Some(tx) = &self.functions {
                         match p.poller.functions_to_watch(&CALLS_0_33) {
                             Some(Ok(w)) => {
