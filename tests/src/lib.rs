@@ -265,7 +265,12 @@ impl Tracer {
     /// Starts `profilemate attach --pid PID --out DIR/sessions` plus `args`.
     #[must_use]
     pub fn attach(pid: u32, dir: &Path, args: &[&str]) -> Self {
-        let mut cmd = Command::new(profilemate_bin());
+        Self::attach_with(Command::new(profilemate_bin()), pid, dir, args)
+    }
+
+    /// `attach` through `cmd`, a command that runs the tracer (`profilemate` itself, or a
+    /// launcher such as `setpriv ... /path/to/profilemate` that changes its privileges).
+    pub fn attach_with(mut cmd: Command, pid: u32, dir: &Path, args: &[&str]) -> Self {
         cmd.args([
             "attach",
             "--pid",
@@ -284,6 +289,15 @@ impl Tracer {
             stderr,
             stderr_lines: Vec::new(),
         }
+    }
+
+    /// Waits for the tracer to exit; its exit code and stderr lines.
+    pub fn exit_code_and_stderr(&mut self, timeout: Duration) -> (i32, Vec<String>) {
+        let code = self.proc.wait_exit(timeout);
+        if let Some(r) = self.stderr.take() {
+            self.stderr_lines.extend(r.lines().map_while(Result::ok));
+        }
+        (code, self.stderr_lines.clone())
     }
 
     /// Waits until the tracer reports it is attached.
