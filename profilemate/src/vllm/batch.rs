@@ -48,6 +48,10 @@ pub struct BatchNames {
     /// the innermost frame wins): the model runner's and worker's `execute_model`, the
     /// executor's, and `Scheduler.update_from_output`.
     pub output_frames: &'static [&'static str],
+    /// Engine loops that keep a step's output alive across the next step (async
+    /// scheduling's batch queue): there a late read still finds it; elsewhere the output
+    /// is freed when its step ends.
+    pub pipelined_step_frames: &'static [&'static str],
     /// `type(scheduler_output).__name__`.
     pub output_type: &'static str,
     /// `SchedulerOutput` fields.
@@ -97,6 +101,7 @@ pub struct BatchNames {
 pub static BATCH_0_33: BatchNames = BatchNames {
     versions: super::version::BUNDLE,
     output_frames: &[".execute_model", "Scheduler.update_from_output"],
+    pipelined_step_frames: &["EngineCore.step_with_batch_queue"],
     output_type: "SchedulerOutput",
     total_num_scheduled_tokens: "total_num_scheduled_tokens",
     num_scheduled_tokens: "num_scheduled_tokens",
@@ -284,16 +289,17 @@ struct StepCadence {
 }
 
 impl StepCadence {
-    /// How old a stack may be when its output is read: half the shortest recent step
-    /// period, at most `MAX_READ_DELAY_NS`. A step's output is freed when its step ends
-    /// (sooner than 5 ms in a fast engine: a real 0.33 scheduler stepping every 3 ms reused
-    /// the address for the next step's output, read as this step's), and the stack was
-    /// taken somewhere inside the step.
-    fn read_bound_ns(&self) -> u64 {
+    /// How old a stack may be when its output is read, at most `MAX_READ_DELAY_NS`: half
+    /// the shortest recent step period where the output is freed when its step ends (a
+    /// real 0.33 scheduler stepping every 3 ms reused the address for the next step's
+    /// output, read as this step's; the stack was taken somewhere inside the step), one and
+    /// a half where the engine's batch queue keeps it through the next step (`pipelined`).
+    fn read_bound_ns(&self, pipelined: bool) -> u64 {
+        let share = |p: u64| if pipelined { p * 3 / 2 } else { p / 2 };
         self.periods
             .iter()
             .min()
-            .map_or(MAX_READ_DELAY_NS, |p| (p / 2).min(MAX_READ_DELAY_NS))
+            .map_or(MAX_READ_DELAY_NS, |&p| share(p).min(MAX_READ_DELAY_NS))
     }
 
     /// Notes a new output seen at stack time `ts_ns`.
@@ -422,7 +428,11 @@ impl BatchReader {
         let carries_output =
             |f: &&PyFrameInfo| f.arg1 != 0 && ends(&f.code.qualname, names.output_frames);
         let delay = crate::output::monotonic_ns().saturating_sub(st.ts_ns);
-        let late = delay > p.cadence.read_bound_ns();
+        let pipelined = st
+            .frames
+            .iter()
+            .any(|f| ends(&f.code.qualname, names.pipelined_step_frames));
+        let late = delay > p.cadence.read_bound_ns(pipelined);
         if st.frames.iter().any(|f| carries_output(&f)) {
             // An auto-resizing histogram: recording cannot fail short of memory.
             let _ = self.delays.record(delay / 1000);

@@ -96,6 +96,11 @@ fn functions() -> Vec<FunctionName> {
     let watched: Vec<&'static str> = CALLS_0_33.watched.iter().map(|(q, _)| *q).collect();
     out.extend(all("calls", SCHEDULER, &watched));
     out.extend(all("batch", "*", b.output_frames));
+    out.extend(all(
+        "batch",
+        "vllm/v1/engine/core.py",
+        b.pipelined_step_frames,
+    ));
     out.extend(all("batch", "*", b.descriptor_frames));
     for r in EVENT_ROLES_0_26_TO_0_33 {
         let mut rows = all("events", r.file, r.names);
