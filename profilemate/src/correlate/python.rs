@@ -14,7 +14,7 @@ use super::records::{Correlated, GcPause, PyFrameInfo, PyStack};
 use crate::{
     probes::drain::{StackEvent, StackReason, UsdtEvent},
     python::{
-        code::{CodeCache, CodeInfo},
+        code::{CodeCache, CodeError, CodeInfo},
         remote::ProcessMemory,
         Interpreter,
     },
@@ -46,6 +46,12 @@ pub struct PythonStats {
     /// Frames sampled in a process's last moments and read after it exited, when its memory
     /// was gone (shown as `<unknown>`; a lag of the reader, not a misread).
     pub frames_after_exit: u64,
+    /// Walks that left the frame chain: a frame whose code pointer is not a readable code
+    /// object in a live process (the walk raced a frame push or pop and followed a stale
+    /// link). The stack is cut there.
+    pub torn_walks: u64,
+    /// Frames dropped past such a link (garbage, not the target's frames).
+    pub frames_past_torn_link: u64,
     /// Code objects read from the target.
     pub code_objects_read: u64,
     /// Cached code objects replaced because their address was reused.
@@ -140,7 +146,8 @@ impl PythonContext {
         let mut frames = Vec::with_capacity(ev.frames.len());
         if let Some(p) = self.procs.get_mut(&ev.pid) {
             // Code 0: a shim frame the walker saw but did not follow into.
-            for f in ev.frames.iter().filter(|f| f.code != 0) {
+            let walked: Vec<_> = ev.frames.iter().filter(|f| f.code != 0).collect();
+            for (i, f) in walked.iter().enumerate() {
                 self.stats.frames += 1;
                 match p.codes.get(
                     &p.mem,
@@ -156,6 +163,13 @@ impl PythonContext {
                             line,
                             arg1: f.arg1,
                         });
+                    }
+                    // A live process's code objects are readable code objects: anything else
+                    // is a stale link the walk followed.
+                    Err(e @ (CodeError::NotCode(_) | CodeError::Read(_))) if !e.process_gone() => {
+                        self.stats.torn_walks += 1;
+                        self.stats.frames_past_torn_link += (walked.len() - i) as u64;
+                        break;
                     }
                     Err(e) => {
                         if e.process_gone() {

@@ -64,26 +64,34 @@ impl CudaGraphs {
 
 fn usage_row(pid: u32, graph_id: u32) -> UsageRow {
     UsageRow {
-        graph_id,
-        pid,
-        replay_count: 0,
-        first_replay_sec: None,
-        last_replay_sec: None,
-        replays_in_steps: 0,
         runtime_mode: None,
         num_tokens: None,
         num_reqs: None,
         uniform: None,
         has_lora: None,
+        replay_count: 0,
+        graph_id,
+        pid,
+        first_replay_sec: None,
+        last_replay_sec: None,
+        replays_in_steps: 0,
+        uniform_token_count: None,
     }
 }
 
+// The seeds' columns come first, in the seeds' order (their analyses index columns by
+// position: `sort -t',' -k6 -rn cuda_graph_usage.csv` sorts by replay_count); ours follow.
 const CAPTURE_HEADER: &[&str] = &[
+    "runtime_mode",
+    "num_tokens",
+    "num_reqs",
+    "uniform",
+    "has_lora",
+    "capture_time_sec",
     "graph_id",
     "pid",
     "tid",
     "stream",
-    "capture_begin_sec",
     "capture_end_sec",
     "capture_ms",
     "instantiate_sec",
@@ -93,24 +101,21 @@ const CAPTURE_HEADER: &[&str] = &[
     "graph_handle",
     "exec_handles",
     "source",
+    "uniform_token_count",
+];
+const USAGE_HEADER: &[&str] = &[
     "runtime_mode",
     "num_tokens",
     "num_reqs",
     "uniform",
     "has_lora",
-];
-const USAGE_HEADER: &[&str] = &[
+    "replay_count",
     "graph_id",
     "pid",
-    "replay_count",
     "first_replay_sec",
     "last_replay_sec",
     "replays_in_steps",
-    "runtime_mode",
-    "num_tokens",
-    "num_reqs",
-    "uniform",
-    "has_lora",
+    "uniform_token_count",
 ];
 const TIMELINE_HEADER: &[&str] = &[
     "timestamp_sec",
@@ -128,11 +133,18 @@ fn hex(v: u64) -> String {
 
 #[derive(Serialize)]
 struct CaptureRow {
+    runtime_mode: Option<String>,
+    num_tokens: Option<u64>,
+    num_reqs: Option<u64>,
+    /// Whether the batch is uniform (the seeds' boolean); the token count per request vLLM
+    /// keeps for it is `uniform_token_count`.
+    uniform: Option<bool>,
+    has_lora: Option<bool>,
+    capture_time_sec: Option<f64>,
     graph_id: u32,
     pid: u32,
     tid: u32,
     stream: Option<String>,
-    capture_begin_sec: Option<f64>,
     capture_end_sec: Option<f64>,
     capture_ms: Option<f64>,
     instantiate_sec: Option<f64>,
@@ -142,11 +154,7 @@ struct CaptureRow {
     graph_handle: Option<String>,
     exec_handles: String,
     source: &'static str,
-    runtime_mode: Option<String>,
-    num_tokens: Option<u64>,
-    num_reqs: Option<u64>,
-    uniform: Option<u64>,
-    has_lora: Option<bool>,
+    uniform_token_count: Option<u64>,
 }
 
 impl CaptureRow {
@@ -156,8 +164,9 @@ impl CaptureRow {
                 runtime_mode: Some(d.mode.clone()),
                 num_tokens: Some(d.num_tokens),
                 num_reqs: d.num_reqs,
-                uniform: d.uniform,
+                uniform: Some(d.uniform.is_some()),
                 has_lora: Some(d.num_active_loras > 0),
+                uniform_token_count: d.uniform,
                 ..self
             },
             None => self,
@@ -167,17 +176,20 @@ impl CaptureRow {
 
 #[derive(Serialize)]
 struct UsageRow {
-    graph_id: u32,
-    pid: u32,
-    replay_count: u64,
-    first_replay_sec: Option<f64>,
-    last_replay_sec: Option<f64>,
-    replays_in_steps: u64,
     runtime_mode: Option<String>,
     num_tokens: Option<u64>,
     num_reqs: Option<u64>,
-    uniform: Option<u64>,
+    /// Whether the batch is uniform (the seeds' boolean); the token count per request vLLM
+    /// keeps for it is `uniform_token_count`.
+    uniform: Option<bool>,
     has_lora: Option<bool>,
+    replay_count: u64,
+    graph_id: u32,
+    pid: u32,
+    first_replay_sec: Option<f64>,
+    last_replay_sec: Option<f64>,
+    replays_in_steps: u64,
+    uniform_token_count: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -265,11 +277,16 @@ impl Profiler for CudaGraphs {
                 .unwrap_or(&empty);
             let first = inst.first();
             CaptureRow {
+                runtime_mode: None,
+                num_tokens: None,
+                num_reqs: None,
+                uniform: None,
+                has_lora: None,
+                capture_time_sec: c.begin_ns.map(|t| time.sec(t)),
                 graph_id: c.graph_id,
                 pid: c.pid,
                 tid: c.tid,
                 stream: c.stream.map(hex),
-                capture_begin_sec: c.begin_ns.map(|t| time.sec(t)),
                 capture_end_sec: c.end_ns.map(|t| time.sec(t)),
                 capture_ms: c
                     .begin_ns
@@ -290,11 +307,7 @@ impl Profiler for CudaGraphs {
                 } else {
                     "before_attach"
                 },
-                runtime_mode: None,
-                num_tokens: None,
-                num_reqs: None,
-                uniform: None,
-                has_lora: None,
+                uniform_token_count: None,
             }
             .with(self.descriptors.get(&(c.pid, c.graph_id)))
         });
@@ -310,8 +323,9 @@ impl Profiler for CudaGraphs {
                 u.runtime_mode = Some(d.mode.clone());
                 u.num_tokens = Some(d.num_tokens);
                 u.num_reqs = d.num_reqs;
-                u.uniform = d.uniform;
+                u.uniform = Some(d.uniform.is_some());
                 u.has_lora = Some(d.num_active_loras > 0);
+                u.uniform_token_count = d.uniform;
             }
         }
         dir.write_csv("cuda_graph_usage.csv", USAGE_HEADER, self.usage.values())?;

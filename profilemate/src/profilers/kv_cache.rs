@@ -13,12 +13,14 @@ use crate::{
     vllm::state::StateSnapshot,
 };
 
+// The seeds' columns first, in their order (`awk -F',' 'NR>1 {sum+=$2}'` averages
+// usage_pct); ours follow.
 const KV_HEADER: &[&str] = &[
     "timestamp_sec",
-    "pid",
     "usage_pct",
     "num_blocks",
     "total_blocks",
+    "pid",
     "free_blocks",
     "source",
 ];
@@ -44,10 +46,10 @@ const QUEUE_HEADER: &[&str] = &[
 #[derive(Serialize)]
 struct KvRow {
     timestamp_sec: f64,
-    pid: u32,
     usage_pct: f64,
     num_blocks: u64,
     total_blocks: u64,
+    pid: u32,
     free_blocks: u64,
     source: &'static str,
 }

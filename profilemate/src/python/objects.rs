@@ -156,6 +156,8 @@ struct KeyEntries {
     size: u64,
     /// Offset of the key pointer inside an entry.
     key_at: u64,
+    /// `dk_nentries`: entries used so far (keys are only appended).
+    nentries: u64,
 }
 
 /// An instance's split dict.
@@ -387,6 +389,7 @@ impl<'a> Objects<'a> {
             base: keys + KEYS_INDICES + (1u64 << log2_index_bytes),
             size,
             key_at,
+            nentries,
         };
         let n = (nentries as usize).min(max).min(MAX_ITEMS);
         let mut buf = vec![0u8; n * size as usize];
@@ -542,7 +545,7 @@ impl<'a> Objects<'a> {
         let k = e.key_at as usize / 8;
         let mut out = [None; N];
         for (slot, name) in out.iter_mut().zip(names) {
-            let Some(i) = self.find_key(&buf, e.size as usize, k, name) else {
+            let Some(i) = self.find_key_cached(keys, &e, &buf, name) else {
                 continue;
             };
             let v = match &split {
@@ -552,6 +555,25 @@ impl<'a> Objects<'a> {
             *slot = (v != 0).then_some(v);
         }
         Ok(out)
+    }
+
+    /// `find_key`, remembering a miss per keys object until an entry is added to it (a class
+    /// dict of the MRO that lacks the name is not scanned again at every lookup).
+    fn find_key_cached(&self, keys: u64, e: &KeyEntries, buf: &[u8], name: &str) -> Option<usize> {
+        let missed = self.cache.and_then(|c| {
+            c.misses
+                .borrow()
+                .get(&keys)
+                .and_then(|m| m.get(name).copied())
+        });
+        if missed == Some(e.nentries) {
+            return None;
+        }
+        let found = self.find_key(buf, e.size as usize, e.key_at as usize / 8, name);
+        if let (None, Some(c)) = (found, self.cache) {
+            remember(&c.misses, keys, name, e.nentries);
+        }
+        found
     }
 
     /// Index of the entry whose key is the str `name` in an entries table read into `buf`

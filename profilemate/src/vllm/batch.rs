@@ -289,17 +289,20 @@ struct StepCadence {
 }
 
 impl StepCadence {
-    /// How old a stack may be when its output is read, at most `MAX_READ_DELAY_NS`: half
-    /// the shortest recent step period where the output is freed when its step ends (a
-    /// real 0.33 scheduler stepping every 3 ms reused the address for the next step's
-    /// output, read as this step's; the stack was taken somewhere inside the step), one and
-    /// a half where the engine's batch queue keeps it through the next step (`pipelined`).
+    /// How old a stack may be when its output is read: `MAX_READ_DELAY_NS` where the
+    /// engine's batch queue keeps the output through the next step (`pipelined`: async
+    /// scheduling), else half the shortest recent step period, at most that. A synchronous
+    /// engine frees a step's output when the step ends (a real 0.33 scheduler stepping every
+    /// 3 ms reused the address for the next step's output, read as this step's), and the
+    /// stack was taken somewhere inside the step.
     fn read_bound_ns(&self, pipelined: bool) -> u64 {
-        let share = |p: u64| if pipelined { p * 3 / 2 } else { p / 2 };
+        if pipelined {
+            return MAX_READ_DELAY_NS;
+        }
         self.periods
             .iter()
             .min()
-            .map_or(MAX_READ_DELAY_NS, |&p| share(p).min(MAX_READ_DELAY_NS))
+            .map_or(MAX_READ_DELAY_NS, |&p| (p / 2).min(MAX_READ_DELAY_NS))
     }
 
     /// Notes a new output seen at stack time `ts_ns`.

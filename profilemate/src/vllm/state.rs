@@ -260,6 +260,9 @@ pub struct StatePoller {
     pub torn: u64,
     /// The scheduler object whose methods were last handed out to be watched.
     watched_for: Option<u64>,
+    /// Which types are vLLM classes (kept across polls: the locals scan repeats until the
+    /// scheduler is found, in every process of the tree).
+    vllm_types: VllmTypes,
 }
 
 impl StatePoller {
@@ -280,6 +283,7 @@ impl StatePoller {
             polls: 0,
             torn: 0,
             watched_for: None,
+            vllm_types: VllmTypes::default(),
         }
     }
 
@@ -339,6 +343,7 @@ impl StatePoller {
 
     /// Finds the scheduler object from the live frames; says through which frame.
     fn find_scheduler(
+        types: &VllmTypes,
         interp: &Interpreter,
         names: &StateNames,
         mem: &ProcessMemory,
@@ -374,7 +379,7 @@ impl StatePoller {
             );
             return Ok((f.first_local, via));
         }
-        if let Some(found) = Self::scheduler_in_locals(interp, names, mem, &frames, o) {
+        if let Some(found) = Self::scheduler_in_locals(types, interp, names, mem, &frames, o) {
             return Ok(found);
         }
         let threads: std::collections::HashSet<u64> = frames.iter().map(|f| f.tstate).collect();
@@ -393,13 +398,13 @@ impl StatePoller {
     /// whatever loop drives it (an engine before its busy loop starts, a TP>1 EngineCore's
     /// own loop, a plain script), as long as some live frame holds it.
     fn scheduler_in_locals(
+        types: &VllmTypes,
         interp: &Interpreter,
         names: &StateNames,
         mem: &ProcessMemory,
         frames: &[crate::python::LiveFrame],
         o: &Objects<'_>,
     ) -> Option<(u64, String)> {
-        let types = VllmTypes::default();
         for f in frames {
             for (i, local) in f.locals(mem, &interp.layout).into_iter().enumerate() {
                 if local == 0 || !types.holds(o, local) {
@@ -447,6 +452,7 @@ impl StatePoller {
             polls,
             torn,
             found_via,
+            vllm_types,
             ..
         } = self;
         let names: &StateNames = names;
@@ -455,7 +461,7 @@ impl StatePoller {
             // Still the same object? (a freed address would not be a Scheduler any more)
             Some(s) if o.type_name(s).is_ok_and(|t| t.contains("Scheduler")) => s,
             _ => {
-                let (s, via) = Self::find_scheduler(interp, names, mem, codes, &o)?;
+                let (s, via) = Self::find_scheduler(vllm_types, interp, names, mem, codes, &o)?;
                 *known = Some(s);
                 *found_via = Some(via);
                 *limits = (
