@@ -633,3 +633,20 @@ pub fn py_truth(dir: &Path) -> Vec<PyTruthLine> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("truth line {l}: {e}")))
         .collect()
 }
+
+/// Asserts that metadata.json's breakpoints watched the scheduler's preemption, arrival and
+/// step methods in the first process that has them.
+pub fn assert_scheduler_methods_watched(md: &serde_json::Value, label: &str) {
+    let bp = &md["python"]["breakpoints"];
+    let watched: Vec<&str> = bp["processes"][0]["functions"]
+        .as_array()
+        .map(|f| f.iter().filter_map(|f| f["qualname"].as_str()).collect())
+        .unwrap_or_default();
+    for q in [
+        "Scheduler._preempt_request",
+        "Scheduler.add_request",
+        "Scheduler.schedule",
+    ] {
+        assert!(watched.contains(&q), "{label}: {q} not watched: {bp}");
+    }
+}

@@ -15,8 +15,8 @@
 use std::{collections::HashMap, path::Path, time::Duration};
 
 use profilemate_tests::{
-    can_attach, check_request_lifecycles, col, py_truth, pythons, scratch, serial, truth_lines,
-    PyTruthLine, Session, Target, Tracer,
+    assert_scheduler_methods_watched, can_attach, check_request_lifecycles, col, py_truth, pythons,
+    scratch, serial, truth_lines, PyTruthLine, Session, Target, Tracer,
 };
 
 /// The budgeted operations: fixture function -> the operation ProfileMate must report.
@@ -877,17 +877,7 @@ fn check_breakpoint_events(
     ns: impl Fn(&HashMap<String, String>) -> f64,
 ) {
     let bp = &md["python"]["breakpoints"];
-    let watched: Vec<&str> = bp["processes"][0]["functions"]
-        .as_array()
-        .map(|f| f.iter().filter_map(|f| f["qualname"].as_str()).collect())
-        .unwrap_or_default();
-    for q in [
-        "Scheduler._preempt_request",
-        "Scheduler.add_request",
-        "Scheduler.schedule",
-    ] {
-        assert!(watched.contains(&q), "{label}: {q} not watched: {bp}");
-    }
+    assert_scheduler_methods_watched(md, label);
     let close = |got: f64, truth: f64| got <= truth && truth - got < 10e6;
     let by_bp: Vec<_> = events
         .iter()

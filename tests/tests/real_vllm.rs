@@ -11,8 +11,8 @@
 use std::{collections::HashMap, path::Path, path::PathBuf, process::Command, time::Duration};
 
 use profilemate_tests::{
-    can_attach, check_request_lifecycles, col, fake_cuda_dir, root, scratch, serial, truth_lines,
-    Proc, Session, Tracer,
+    assert_scheduler_methods_watched, can_attach, check_request_lifecycles, col, fake_cuda_dir,
+    root, scratch, serial, truth_lines, Proc, Session, Tracer,
 };
 
 const STEPS: usize = 300;
@@ -297,17 +297,7 @@ fn real_vllm_plain_loop_without_cuda_gives_exact_preemptions_requests_steps_and_
             .is_some_and(|v| v.contains("of frame main")),
         "{state}"
     );
-    let watched: Vec<&str> = bp["processes"][0]["functions"]
-        .as_array()
-        .map(|f| f.iter().filter_map(|f| f["qualname"].as_str()).collect())
-        .unwrap_or_default();
-    for q in [
-        "Scheduler._preempt_request",
-        "Scheduler.add_request",
-        "Scheduler.schedule",
-    ] {
-        assert!(watched.contains(&q), "{q} not watched: {bp}");
-    }
+    assert_scheduler_methods_watched(&md, test);
 
     // Step batches, read from update_from_output's SchedulerOutput: every row is the step's
     // exactly, and every step after the first row read (or counted as dropped).
