@@ -21,8 +21,8 @@ CUDA library mapped is the one PyTorch links, never called).
 Stdout: "pid=<pid> ready", then "pid=<pid> start", "done steps=<n>".
 Truth (JSON lines): {"kind":"batch","step","ts_ns","num_reqs","num_tokens","new_reqs",
 "cached_reqs","preempted"} per step, {"kind":"kv","step","at","ts_ns","usage",
-"free_blocks","total_blocks","running","waiting"} after each step's `schedule()` (at
-"schedule") and `update_from_output()` (at "update"): vLLM's own counters
+"free_blocks","total_blocks","running","waiting"} after each `add_request()` (at "add"),
+step's `schedule()` (at "schedule") and `update_from_output()` (at "update"): vLLM's own counters
 (`KVCacheManager.usage`, `Scheduler.make_stats()`), and {"kind":"request","req",
 "prompt_tokens","preemptions","status"} per request at the end.
 """
@@ -214,6 +214,7 @@ def plain_loop(scheduler, requests, steps, rng, all_requests):
         req = requests.make(f"r{step}")
         all_requests[req.request_id] = req
         scheduler.add_request(req)
+        record_kv(scheduler, step, "add")
         so = schedule(scheduler, step)
         time.sleep(0.0005)  # the workers' forward pass
         update(scheduler, so, rng, step)
@@ -245,6 +246,7 @@ class EngineCoreProc:
             req = self.requests.make(f"r{step}")
             self.all_requests[req.request_id] = req
             self.scheduler.add_request(req)
+            record_kv(self.scheduler, step, "add")
             self.step(step)
 
     def step(self, step):

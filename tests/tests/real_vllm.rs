@@ -116,8 +116,10 @@ fn check_preemptions_and_requests(
 }
 
 /// KV usage and queue lengths polled vs vLLM's own counters, recorded after every
-/// `schedule()` and `update_from_output()`: every poll inside the loop equals a state vLLM
-/// held within 1 ms of it, blocks exact and the percentage to the CSV's 3 decimals.
+/// `add_request()`, `schedule()` and `update_from_output()`: every poll inside the loop
+/// equals a state vLLM held within 1 ms of it (blocks exact, the percentage to the CSV's 3
+/// decimals), or lies between two such states: one vLLM passed through inside `schedule()`,
+/// which moves requests and allocates blocks one at a time.
 /// Returns (polls checked, largest usage difference in percentage points).
 fn check_kv(dir: &Path, session: &Session, t0: f64) -> (usize, f64) {
     let kv = truth(dir, "kv");
@@ -148,12 +150,17 @@ fn check_kv(dir: &Path, session: &Session, t0: f64) -> (usize, f64) {
             .filter(|s| u(s, "free_blocks") == free)
             .map(|s| (s["usage"].as_f64().unwrap_or(-1.0) * 100.0 - pct).abs())
             .fold(f64::MAX, f64::min);
-        assert!(
-            same <= 0.0005 + 1e-9,
-            "KV poll {r:?} matches no state of vLLM's around it: {:?}",
-            around(at)
-        );
-        worst = worst.max(same);
+        if same <= 0.0005 + 1e-9 {
+            worst = worst.max(same);
+        } else {
+            let total = u(&kv[0], "total_blocks") as f64;
+            let formula = 100.0 * (1.0 - free as f64 / (total - 1.0));
+            assert!(
+                within(around(at), "free_blocks", free) && (formula - pct).abs() <= 0.0005 + 1e-9,
+                "KV poll {r:?} matches no state of vLLM's around it: {:?}",
+                around(at)
+            );
+        }
     }
     assert!(checked >= 20, "{checked} KV polls inside the loop");
     let mut queues = 0;
@@ -164,16 +171,25 @@ fn check_kv(dir: &Path, session: &Session, t0: f64) -> (usize, f64) {
         }
         queues += 1;
         let got = (col(r, "running") as u64, col(r, "waiting") as u64);
+        let states = around(at);
         assert!(
-            around(at)
+            states
                 .iter()
-                .any(|s| (u(s, "running"), u(s, "waiting")) == got),
+                .any(|s| (u(s, "running"), u(s, "waiting")) == got)
+                || (within(states, "running", got.0) && within(states, "waiting", got.1)),
             "queues {r:?} match no make_stats() around them: {:?}",
             around(at)
         );
     }
     assert_eq!(queues, checked, "scheduler_state.csv vs kv_cache_usage.csv");
     (checked, worst)
+}
+
+/// Whether `v` lies between the least and the greatest `key` of `states`.
+fn within(states: &[serde_json::Value], key: &str, v: u64) -> bool {
+    let vals = states.iter().map(|s| u(s, key));
+    let (lo, hi) = (vals.clone().min(), vals.max());
+    lo.zip(hi).is_some_and(|(lo, hi)| (lo..=hi).contains(&v))
 }
 
 /// Each batch_utilization.csv row against vLLM's `SchedulerOutput` of the step it was read
