@@ -146,8 +146,8 @@ impl PythonContext {
         let mut frames = Vec::with_capacity(ev.frames.len());
         if let Some(p) = self.procs.get_mut(&ev.pid) {
             // Code 0: a shim frame the walker saw but did not follow into.
-            let walked: Vec<_> = ev.frames.iter().filter(|f| f.code != 0).collect();
-            for (i, f) in walked.iter().enumerate() {
+            let walked = || ev.frames.iter().filter(|f| f.code != 0);
+            for (i, f) in walked().enumerate() {
                 self.stats.frames += 1;
                 match p.codes.get(
                     &p.mem,
@@ -168,7 +168,7 @@ impl PythonContext {
                     // is a stale link the walk followed.
                     Err(e @ (CodeError::NotCode(_) | CodeError::Read(_))) if !e.process_gone() => {
                         self.stats.torn_walks += 1;
-                        self.stats.frames_past_torn_link += (walked.len() - i) as u64;
+                        self.stats.frames_past_torn_link += walked().skip(i).count() as u64;
                         break;
                     }
                     Err(e) => {

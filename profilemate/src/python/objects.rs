@@ -593,11 +593,7 @@ impl<'a> Objects<'a> {
                     return Some(i);
                 }
                 if self.str_hash(addr).is_ok_and(|h| h == hash) {
-                    if let Some(c) = self.cache {
-                        c.interned
-                            .borrow_mut()
-                            .insert(name.to_owned(), (addr, hash, Instant::now()));
-                    }
+                    self.note_interned(name, addr, hash);
                     return Some(i);
                 }
             }
@@ -605,17 +601,22 @@ impl<'a> Objects<'a> {
         let i = keys().position(|key| {
             key != 0 && read_str(self.mem, self.layout, key).is_ok_and(|s| s == name)
         })?;
-        if let Some(c) = self.cache {
-            let addr = keys().nth(i).unwrap_or(0);
-            if let Ok(hash) = self.str_hash(addr) {
-                let mut interned = c.interned.borrow_mut();
-                if interned.len() >= MAX_CACHED_KEYS {
-                    interned.clear();
-                }
-                interned.insert(name.to_owned(), (addr, hash, Instant::now()));
-            }
+        let addr = keys().nth(i).unwrap_or(0);
+        if let Ok(hash) = self.str_hash(addr) {
+            self.note_interned(name, addr, hash);
         }
         Some(i)
+    }
+
+    /// Remembers (or re-stamps) the str at `addr` as holding `name`.
+    fn note_interned(&self, name: &str, addr: u64, hash: u64) {
+        if let Some(c) = self.cache {
+            let mut interned = c.interned.borrow_mut();
+            if interned.len() >= MAX_CACHED_KEYS {
+                interned.clear();
+            }
+            interned.insert(name.to_owned(), (addr, hash, Instant::now()));
+        }
     }
 
     /// The instance's attribute `name` from its `__dict__` (managed, inline values, or
@@ -648,7 +649,8 @@ impl<'a> Objects<'a> {
         obj: u64,
         names: [&str; N],
     ) -> Result<[Option<u64>; N], ObjectError> {
-        let mut out = match self.storage(obj)? {
+        let (storage, ty) = self.storage(obj)?;
+        let mut out = match storage {
             Storage::Split(values) => self.split_attrs(&values, names)?,
             Storage::Dict(dict) => self.dict_values(dict, names)?,
             Storage::Other => {
@@ -660,7 +662,6 @@ impl<'a> Objects<'a> {
             }
         };
         // A name the dict lacks may still be a slot.
-        let ty = self.type_of(obj)?;
         for (slot, name) in out.iter_mut().zip(names) {
             if slot.is_none() {
                 *slot = self.slot_attr(obj, ty, name)?;
@@ -691,10 +692,10 @@ impl<'a> Objects<'a> {
     }
 
     /// Where the instance's attributes live, as far as the cached paths read them (always
-    /// `Other` without a cache).
-    fn storage(&self, obj: u64) -> Result<Storage, ObjectError> {
+    /// `Other` without a cache), and its type.
+    fn storage(&self, obj: u64) -> Result<(Storage, u64), ObjectError> {
         if self.cache.is_none() {
-            return Ok(Storage::Other);
+            return Ok((Storage::Other, 0));
         }
         let ty = self.type_of(obj)?;
         let flags = self.type_flags(ty)?;
@@ -705,31 +706,35 @@ impl<'a> Objects<'a> {
             } else {
                 0
             };
-            return Ok(if dict != 0 {
+            let storage = if dict != 0 {
                 Storage::Dict(dict)
             } else {
                 Storage::Other
-            });
+            };
+            return Ok((storage, ty));
         }
         let word = self.u64(obj - 24)?;
         let values = match self.ol.managed {
-            ManagedDict::Split311 if word != 0 => return Ok(Storage::Dict(word)),
+            ManagedDict::Split311 if word != 0 => return Ok((Storage::Dict(word), ty)),
             ManagedDict::Split311 => self.u64(obj - 32)?,
-            ManagedDict::Tagged312 if word & 1 == 0 && word != 0 => return Ok(Storage::Dict(word)),
+            ManagedDict::Tagged312 if word & 1 == 0 && word != 0 => {
+                return Ok((Storage::Dict(word), ty))
+            }
             ManagedDict::Tagged312 if word & 1 == 0 => 0,
             ManagedDict::Tagged312 => word + 1,
-            ManagedDict::Inline313 if word != 0 => return Ok(Storage::Dict(word)),
+            ManagedDict::Inline313 if word != 0 => return Ok((Storage::Dict(word), ty)),
             ManagedDict::Inline313 if flags & FLAG_INLINE_VALUES == 0 => 0,
             ManagedDict::Inline313 => obj + self.u64(ty + TP_BASICSIZE)?,
         };
         let keys = self.u64(ty + self.ol.ht_cached_keys)?;
         if values == 0 || keys == 0 {
-            return Ok(Storage::Other);
+            return Ok((Storage::Other, ty));
         }
-        Ok(Storage::Split(SplitValues {
+        let split = SplitValues {
             keys,
             array: values + self.ol.values_array,
-        }))
+        };
+        Ok((Storage::Split(split), ty))
     }
 
     /// The cached (validated) or newly found position of `name` in split keys `keys`.
