@@ -20,6 +20,8 @@
 #   PM_ARGS_A  ("") profilemate flags of window A; PM_ARGS_B ("--kernels"); any other
 #              letter used in WINDOWS needs its PM_ARGS_<letter> set (may be "")
 #   CONC (64) concurrent requests; BLOCKS (256) KV cache blocks of 16 tokens
+#   LOAD_ARGS  extra real_vllm_load.py flags for the measured load, e.g. a steady one for the
+#              overhead A/B: "--prompt-min 200 --prompt-max 300 --gen-min 200 --gen-max 300"
 #   EAGER=1    --enforce-eager (default: torch.compile + CUDA graphs; if the graph server
 #              fails to start, the script retries eager once and says so)
 #   VLLM_ARGS  extra server flags, e.g. "--no-async-scheduling" or "--enable-prefix-caching"
@@ -56,6 +58,7 @@ CONC=${CONC:-64}
 BLOCKS=${BLOCKS:-256}
 EAGER=${EAGER:-0}
 VLLM_ARGS=${VLLM_ARGS:-}
+LOAD_ARGS=${LOAD_ARGS:-}
 BPF_STATS=${BPF_STATS:-1}
 RAMP_S=${RAMP_S:-8}
 GAP_S=${GAP_S:-1}
@@ -66,7 +69,7 @@ DRAIN_S=${DRAIN_S:-15}
 PM_SLACK_S=45        # a session's attach, stop grace and detach, beyond --duration
 TAIL_S=60            # what comes after the windows: drain, server stop, tar, comparison
 URL=http://127.0.0.1:$PORT
-export WINDOWS W PM_ARGS_A PM_ARGS_B CONC BLOCKS EAGER VLLM_ARGS BPF_STATS RAMP_S GAP_S BUDGET_S PORT DRAIN_S
+export WINDOWS W PM_ARGS_A PM_ARGS_B CONC BLOCKS EAGER VLLM_ARGS LOAD_ARGS BPF_STATS RAMP_S GAP_S BUDGET_S PORT DRAIN_S
 STATS_PATH=${STATS_PATH:-/proc/sys/kernel/bpf_stats_enabled}
 T0=$(date +%s)
 
@@ -250,7 +253,7 @@ print(json.dumps({"wall": w, "mono_ns": (a + b) // 2, "spread_ns": b - a}))'
 }
 CLOCK_A=$(clock_pair)
 python3 "$HERE/real_vllm_load.py" --url "$URL" --concurrency "$CONC" --max-duration $((BUDGET_S)) \
-    --drain "$DRAIN_S" --seed 1234 --summary "$OUT/load.json" --metrics "$OUT/metrics.jsonl" \
+    --drain "$DRAIN_S" --seed 1234 --summary "$OUT/load.json" --metrics "$OUT/metrics.jsonl" $LOAD_ARGS \
     > "$WORK/load.txt" 2>&1 &
 LOAD_PID=$!
 log "load: pid $LOAD_PID, $CONC concurrent; ramp ${RAMP_S}s"
@@ -327,7 +330,7 @@ done
 # ---------------------------------------------------------------- results
 python3 - "$OUT/run.json" "$MODE" "$PM" "$SERVER_PID_SEEN" $(( $(date +%s) - T0 )) <<'PYEOF'
 import json, os, sys
-keys = ["WINDOWS", "W", "PM_ARGS_A", "PM_ARGS_B", "CONC", "BLOCKS", "EAGER", "VLLM_ARGS", "BPF_STATS",
+keys = ["WINDOWS", "W", "PM_ARGS_A", "PM_ARGS_B", "CONC", "BLOCKS", "EAGER", "VLLM_ARGS", "LOAD_ARGS", "BPF_STATS",
         "RAMP_S", "GAP_S", "BUDGET_S", "PORT", "DRAIN_S", "SERVER_CMD"]
 knobs = {k: os.environ.get(k) for k in keys}
 knobs.update({k: v for k, v in os.environ.items() if k.startswith("PM_ARGS_")})

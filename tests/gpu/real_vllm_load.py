@@ -85,18 +85,28 @@ def percentile(xs, p):
     return xs[max(0, min(len(xs) - 1, round(p / 100 * (len(xs) - 1))))]
 
 
+def two_sided(rng, lo, mid, hi):
+    """Half the draws below `mid`, half above (short and long requests alike), or uniform in
+    [lo, hi] when `mid` is not inside it (a steady load of similar requests)."""
+    if lo < mid < hi:
+        return rng.choice([rng.randint(lo, mid), rng.randint(mid, hi)])
+    return rng.randint(lo, hi)
+
+
 class Requests:
     """The seeded sequence of request parameters: request k is the k-th draw."""
 
     def __init__(self, args):
+        if args.prompt_min > args.prompt_max or args.gen_min > args.gen_max:
+            raise SystemExit("--prompt-min/--gen-min must not exceed their --*-max")
         self.args = args
         self.rng = random.Random(args.seed)
         self.sent = 0
 
     def next(self):
         a, rng = self.args, self.rng
-        plen = rng.choice([rng.randint(a.prompt_min, 128), rng.randint(128, a.prompt_max)])
-        mtok = rng.choice([rng.randint(a.gen_min, 64), rng.randint(64, a.gen_max)])
+        plen = two_sided(rng, a.prompt_min, 128, a.prompt_max)
+        mtok = two_sided(rng, a.gen_min, 64, a.gen_max)
         stream = rng.random() < a.stream_frac
         greedy = rng.random() < 0.5
         body = {
