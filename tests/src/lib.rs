@@ -451,6 +451,20 @@ impl Truth {
         }
         by_step.into_values().collect()
     }
+
+    /// How late the target itself woke up after the GPU finished at `gpu_end`: the return of
+    /// a synchronize call of `pid` that was blocked across that moment, minus it (0 when no
+    /// call was waiting then). No tracer can see a completion before the target's own wait
+    /// returns, so this is the part of an exact row's error that belongs to the machine.
+    pub fn wake_up_lateness_ns(&self, pid: u32, gpu_end: u64) -> u64 {
+        self.calls
+            .iter()
+            .filter(|c| c.pid == pid && c.api.contains("Synchronize"))
+            .filter(|c| c.ts <= gpu_end && gpu_end <= c.end)
+            .map(|c| c.end - gpu_end)
+            .min()
+            .unwrap_or(0)
+    }
 }
 
 /// A finished session directory.

@@ -179,13 +179,17 @@ fn check_counts_and_times(session: &Session, truth: &Truth, pid: u32, kernels: b
     assert_eq!(meta["stop_reason"], "all target processes exited");
 }
 
-/// Checks every row's GPU time against the fake GPU's log: exact rows within the wake-up
-/// latency of the truth (median within 50 µs or 2 %), every other row's bounds around it.
-/// Returns how many rows were exact.
+/// Checks every row's GPU time against the fake GPU's log: exact rows within 50 µs or 2 %
+/// of the truth at the median, and in the tail within the target's own wake-up lateness
+/// (the fake logs when its wait returned) plus 2 ms at p95 / 5 ms at most; every other
+/// row's bounds around the truth. Returns how many rows were exact.
 fn check_times(steps: &[HashMap<String, String>], truth: &Truth, pid: u32) -> usize {
     let truth_gpu = truth.step_gpu_ns(pid);
     assert_eq!(truth_gpu.len(), steps.len(), "one truth span per row");
     let mut errors: Vec<f64> = Vec::new();
+    // The error beyond the target's own late wake-up (a descheduled waiting thread on a
+    // loaded 2-core machine returns from its wait milliseconds after the GPU finished).
+    let mut excess: Vec<f64> = Vec::new();
     let mut worst = String::new();
     for (row, (start, end)) in steps.iter().zip(&truth_gpu) {
         let truth_ms = (end - start) as f64 / 1e6;
@@ -201,23 +205,29 @@ fn check_times(steps: &[HashMap<String, String>], truth: &Truth, pid: u32) -> us
             continue;
         }
         let e = (ours - truth_ms).abs();
-        if errors.iter().all(|x| *x < e) {
+        let late_ms = truth.wake_up_lateness_ns(pid, *end) as f64 / 1e6;
+        let beyond = (e - late_ms).max(0.0);
+        if excess.iter().all(|x| *x < beyond) {
             worst = format!(
                 "step {}: ours {ours} ms, truth {truth_ms} ms; row {row:?}",
                 row["step"]
             );
         }
         errors.push(e);
+        excess.push(beyond);
     }
     if errors.is_empty() {
         return 0;
     }
     errors.sort_by(f64::total_cmp);
+    excess.sort_by(f64::total_cmp);
     let median = errors[errors.len() / 2];
-    let p95 = errors[errors.len() * 95 / 100];
-    let max = errors[errors.len() - 1];
+    let p95 = excess[excess.len() * 95 / 100];
+    let max = excess[excess.len() - 1];
     eprintln!(
-        "forward_time_ms |error| vs ground truth: median {median:.4} ms, p95 {p95:.4} ms, max {max:.4} ms over {} exact rows",
+        "forward_time_ms |error| vs ground truth: median {median:.4} ms, p95 {:.4} ms, max {:.4} ms over {} exact rows; beyond the target's own wake-up: p95 {p95:.4} ms, max {max:.4} ms",
+        errors[errors.len() * 95 / 100],
+        errors[errors.len() - 1],
         errors.len()
     );
     let typical = truth_gpu
@@ -229,9 +239,9 @@ fn check_times(steps: &[HashMap<String, String>], truth: &Truth, pid: u32) -> us
         median <= 0.05_f64.max(typical * 0.02),
         "median error {median} ms"
     );
-    // A waiting thread descheduled on a loaded 2-core machine observes completion late: a
-    // few steps per run show 1-2 ms there (none above 0.2 ms on the 16-core GPU machine).
-    assert!(p95 <= 2.0, "p95 error {p95} ms");
+    // Beyond the target's own wake-up, the tracer's share: its timestamps are taken in the
+    // probes, so only a descheduled probe or a merge of steps adds to it.
+    assert!(p95 <= 2.0, "p95 error beyond the wake-up {p95} ms");
     assert!(max <= 5.0, "max error {max} ms at {worst}");
     errors.len()
 }
