@@ -29,7 +29,8 @@ use crate::{
     python::Interpreter,
     vllm::{
         batch::{BatchReader, DelayPercentiles},
-        state::{RequestPoll, StateSnapshot},
+        requests::RequestPoll,
+        state::StateSnapshot,
     },
 };
 

@@ -208,12 +208,14 @@ def update(scheduler, so, rng, step):
     record_kv(scheduler, step, "update")
 
 
-def plain_loop(scheduler, requests, steps, rng, all_requests):
-    """No engine class, no CUDA: the model runs elsewhere (the workers of TP>1)."""
+def plain_loop(scheduler, requests, steps, rng, all_requests, hold=0):
+    """No engine class, no CUDA: the model runs elsewhere (the workers of TP>1). `hold`: keep
+    that many requests (one arrives for each that finishes) instead of one new a step."""
     for step in range(steps):
-        req = requests.make(f"r{step}")
-        all_requests[req.request_id] = req
-        scheduler.add_request(req)
+        if not hold or len(scheduler.requests) < hold:
+            req = requests.make(f"r{step}")
+            all_requests[req.request_id] = req
+            scheduler.add_request(req)
         record_kv(scheduler, step, "add")
         so = schedule(scheduler, step)
         time.sleep(0.0005)  # the workers' forward pass
@@ -265,6 +267,11 @@ def main():
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start-on-sigusr1", action="store_true")
+    p.add_argument("--hold", type=int, default=0,
+                   help="keep this many requests in the scheduler (added before the first "
+                        "step, then one for each that finishes) instead of one new request "
+                        "a step: the small KV cache keeps nearly all of them waiting, a "
+                        "production queue's shape")
     a = p.parse_args()
     if not a.plain_loop and not a.lib_dir:
         p.error("--lib-dir is needed unless --plain-loop")
@@ -283,13 +290,17 @@ def main():
         engine = EngineCoreProc(scheduler, GPUModelRunner(FakeGpu(a.lib_dir)), requests,
                                 a.steps, rng)
         all_requests = engine.all_requests
+    for i in range(a.hold):
+        req = requests.make(f"b{i}")
+        all_requests[req.request_id] = req
+        scheduler.add_request(req)
     say(f"pid={os.getpid()} ready")
     deadline = time.monotonic() + 60
     while a.start_on_sigusr1 and not go and time.monotonic() < deadline:
         time.sleep(0.01)
     say(f"pid={os.getpid()} start")
     if a.plain_loop:
-        plain_loop(scheduler, requests, a.steps, rng, all_requests)
+        plain_loop(scheduler, requests, a.steps, rng, all_requests, a.hold)
     else:
         engine.run_busy_loop()
     time.sleep(0.3)  # a last poll sees the final state

@@ -29,6 +29,22 @@ pub struct BenchArgs {
     /// Repetitions of each case; the median is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Run one case only (default: all).
+    #[arg(long, value_enum)]
+    case: Option<Case>,
+}
+
+/// The benchmark's cases.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Case {
+    /// The userspace pipeline on synthetic records.
+    Pipeline,
+    /// The fixture target's hot loop and vLLM-shaped step loop, detached and attached.
+    Fixture,
+    /// Python stack sampling on a CPU-bound loop.
+    PythonSampling,
+    /// Scheduler polls against the length of a real vLLM scheduler's waiting queue.
+    StatePolls,
 }
 
 struct TargetRun {
@@ -245,11 +261,36 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if !is_root() {
         bail!("cargo xtask bench attaches eBPF probes: run it as root");
     }
-    println!(
-        "## userspace pipeline (synthetic vLLM-like records, one thread)\n{}",
-        pipeline()?
-    );
+    let wanted = |c: Case| args.case.is_none_or(|only| only == c);
+    if wanted(Case::Pipeline) {
+        println!(
+            "## userspace pipeline (synthetic vLLM-like records, one thread)\n{}",
+            pipeline()?
+        );
+    }
+    if wanted(Case::Fixture) {
+        fixture(args)?;
+    }
+    if wanted(Case::PythonSampling) {
+        for hz in [199, 997] {
+            println!(
+                "## Python stack sampling at {hz} Hz (40-frame-deep CPU-bound loop, /usr/bin/python3.11)\n{}",
+                python_sampling("/usr/bin/python3.11", hz)?
+            );
+        }
+    }
+    if wanted(Case::StatePolls) {
+        println!(
+            "## scheduler polls against the waiting queue (vLLM 0.33 Scheduler, plain loop, default flags, {} s each)\n{}",
+            crate::bench_polls::SECONDS,
+            crate::bench_polls::state_polls()?
+        );
+    }
+    Ok(())
+}
 
+/// The fixture target detached and attached.
+fn fixture(args: &BenchArgs) -> Result<()> {
     let hot: Vec<String> = ["--hot-loop".to_owned(), args.iterations.to_string()].to_vec();
     let step: Vec<String> = [
         "--steps",
@@ -296,12 +337,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 s.rss_kb / 1024
             );
         }
-    }
-    for hz in [199, 997] {
-        println!(
-            "## Python stack sampling at {hz} Hz (40-frame-deep CPU-bound loop, /usr/bin/python3.11)\n{}",
-            python_sampling("/usr/bin/python3.11", hz)?
-        );
     }
     Ok(())
 }

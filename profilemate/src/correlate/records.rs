@@ -192,7 +192,7 @@ pub enum Correlated {
     /// A poll of vLLM's scheduler state (side channel: live objects of the target).
     VllmState(crate::vllm::state::StateSnapshot),
     /// A poll of every request of vLLM's scheduler.
-    Requests(Box<crate::vllm::state::RequestPoll>),
+    Requests(Box<crate::vllm::requests::RequestPoll>),
     /// The batch a step was launched with (its `SchedulerOutput`).
     Batch(Box<crate::vllm::batch::StepBatch>),
     /// The CUDA graph descriptor a replay used.

@@ -20,7 +20,7 @@ use crate::{
     vllm::{
         batch::StepBatch,
         calls::{CallRole, SchedulerCall},
-        state::RequestPoll,
+        requests::RequestPoll,
     },
 };
 
@@ -119,8 +119,6 @@ pub struct Preemptions {
     resume_delay: Latency,
     /// Per process: the prefix cache map at the previous step (a new map = a reset).
     prefix_map: HashMap<u32, u64>,
-    /// Per process: ids in the previous poll (a request gone from the dict has finished).
-    polled: HashMap<u32, Vec<String>>,
     /// Arrivals seen by breakpoint (`add_request` entries).
     arrivals: u64,
 }
@@ -134,7 +132,6 @@ impl Preemptions {
             events: Vec::new(),
             resume_delay: Latency::default(),
             prefix_map: HashMap::new(),
-            polled: HashMap::new(),
             arrivals: 0,
         })
     }
@@ -247,11 +244,11 @@ impl Preemptions {
         }
     }
 
+    /// A poll's requests that are new or changed, and those gone from the scheduler (vLLM
+    /// drops a request from `requests` when it is freed: it has finished).
     fn poll(&mut self, p: &RequestPoll) {
         let ts = p.ts_ns;
-        let mut ids = Vec::with_capacity(p.requests.len());
-        for r in &p.requests {
-            ids.push(r.id.clone());
+        for r in &p.changed {
             let life = self.life(&r.id, p.pid, ts);
             if life.arrival_unix.is_none() {
                 life.arrival_unix = r.arrival_time;
@@ -280,26 +277,11 @@ impl Preemptions {
                 }
             }
         }
-        // Requests gone from the scheduler since the previous poll have finished (vLLM
-        // drops a request from `requests` when it is freed). Only a complete poll says so:
-        // a request skipped as unreadable is not gone.
-        if p.unreadable > 0 {
-            if let Some(previous) = self.polled.get_mut(&p.pid) {
-                previous.extend(ids);
-                previous.sort();
-                previous.dedup();
-            }
-            return;
-        }
-        if let Some(previous) = self.polled.insert(p.pid, ids) {
-            let now: std::collections::HashSet<&String> =
-                p.requests.iter().map(|r| &r.id).collect();
-            for id in previous.iter().filter(|id| !now.contains(id)) {
-                if let Some(life) = self.requests.get_mut(id) {
-                    life.finished_ns.get_or_insert(ts);
-                    if !life.status.starts_with("FINISHED") {
-                        life.status = "FINISHED".to_owned();
-                    }
+        for id in &p.gone {
+            if let Some(life) = self.requests.get_mut(id) {
+                life.finished_ns.get_or_insert(ts);
+                if !life.status.starts_with("FINISHED") {
+                    life.status = "FINISHED".to_owned();
                 }
             }
         }

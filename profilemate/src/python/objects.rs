@@ -47,10 +47,15 @@ pub struct ObjectLayout {
 const TP_NAME: u64 = 24;
 const TP_BASICSIZE: u64 = 32;
 const TP_FLAGS: u64 = 168;
+const TP_BASE: u64 = 256;
 const TP_DICT: u64 = 264;
 const TP_DICTOFFSET: u64 = 288;
 const TP_MRO: u64 = 344;
 const OB_SIZE: u64 = 16;
+/// Items per block of a `collections.deque`, and a block's bytes (left link, items, right
+/// link).
+const DEQUE_BLOCK_LEN: u64 = 64;
+const DEQUE_BLOCK_BYTES: usize = 8 + 8 * DEQUE_BLOCK_LEN as usize + 8;
 const ITEMS: u64 = 24;
 const FLOAT_VALUE: u64 = 16;
 const DICT_USED: u64 = 16;
@@ -166,6 +171,85 @@ struct SplitValues {
     array: u64,
 }
 
+/// Where an instance's attributes live, for re-reading them all in one batch: a split
+/// values array, or the entries table of the instance's own combined dict. The batch reads
+/// `HEAD_LEN` bytes from `obj - HEAD_BEFORE`, the dict's keys pointer (a dict) and the
+/// array; the locations still hold while the head's words and the keys pointer are
+/// unchanged (a materialized or resized dict, a moved values array or another object at the
+/// address changes one of them). Attribute values are immutable objects or containers whose
+/// identity is what changes: an unchanged pointer is an unchanged value for the ints,
+/// floats, strs and enum members an instance holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttrSlots {
+    /// The instance's type.
+    pub ty: u64,
+    /// The words of the head that locate the values: `obj - 32` (3.11's values pointer),
+    /// `obj - 24` (the managed dict or tagged values pointer) and the type pointer.
+    pub words: [u64; 3],
+    /// The instance's own dict and its keys object, when the values are that dict's
+    /// entries (None: a split values array).
+    pub dict: Option<(u64, u64)>,
+    /// Address of the values array or the entries table.
+    pub array: u64,
+    /// Bytes per element of `array` (8 in a values array; 16 or 24 per dict entry).
+    pub stride: u64,
+    /// Offset of the value pointer inside an element.
+    pub value_at: u64,
+    /// Element of each name (None: the instance lacks it).
+    pub index: Vec<Option<u64>>,
+}
+
+impl AttrSlots {
+    /// Bytes read before the object (the managed-dict pre-header).
+    pub const HEAD_BEFORE: u64 = 32;
+    /// Bytes of the head read: the pre-header's two words before the GC links (which change
+    /// at every collection and are left out of the comparison), and the object's refcount and
+    /// type.
+    pub const HEAD_LEN: usize = 48;
+    /// Offset of a dict's keys pointer (read with the batch to see a resize).
+    pub const DICT_KEYS: u64 = DICT_KEYS;
+
+    /// The locating words of a head read at `obj - HEAD_BEFORE`.
+    #[must_use]
+    pub fn words(head: &[u8]) -> [u64; 3] {
+        [word_at(head, 0), word_at(head, 8), word_at(head, 40)]
+    }
+
+    /// Bytes to read from `array`: up to the highest element used.
+    #[must_use]
+    pub fn array_bytes(&self) -> usize {
+        self.index
+            .iter()
+            .flatten()
+            .max()
+            .map_or(0, |&i| ((i + 1) * self.stride) as usize)
+    }
+
+    /// The value pointer of name `n` in `array_bytes` bytes read from `array` (0: absent).
+    #[must_use]
+    pub fn value(&self, bytes: &[u8], n: usize) -> u64 {
+        self.index.get(n).copied().flatten().map_or(0, |i| {
+            word_at(bytes, (i * self.stride + self.value_at) as usize)
+        })
+    }
+}
+
+/// The little-endian word at byte `at` of `b` (0 past its end).
+fn word_at(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 8)
+        .and_then(|w| w.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+/// A dict's live entries: (position in the keys object, key, value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DictEntries {
+    /// The keys object (a new one after every resize).
+    pub keys: u64,
+    /// (position, key, value) of each live entry.
+    pub entries: Vec<(usize, u64, u64)>,
+}
+
 /// Where an instance's attributes live.
 enum Storage {
     /// A split dict: the class's shared keys and the instance's values array.
@@ -214,6 +298,12 @@ impl<'a> Objects<'a> {
         }
     }
 
+    /// The memory read.
+    #[must_use]
+    pub fn memory(&self) -> &'a dyn RemoteMemory {
+        self.mem
+    }
+
     fn u64(&self, addr: u64) -> Result<u64, ObjectError> {
         Ok(self.mem.read_u64(addr)?)
     }
@@ -223,8 +313,14 @@ impl<'a> Objects<'a> {
         if obj == 0 || !obj.is_multiple_of(8) {
             return Err(ObjectError::Implausible(obj));
         }
-        let refcnt = self.u64(obj)?;
-        let ty = self.u64(obj + self.layout.object_type)?;
+        // Refcount and type in one read where the type follows the refcount.
+        let (refcnt, ty) = if self.layout.object_type == 8 {
+            let mut head = [0u8; 16];
+            self.mem.read(obj, &mut head)?;
+            (word_at(&head, 0), word_at(&head, 8))
+        } else {
+            (self.u64(obj)?, self.u64(obj + self.layout.object_type)?)
+        };
         if refcnt == 0 || refcnt > MAX_REFCOUNT || ty == 0 || !ty.is_multiple_of(8) {
             return Err(ObjectError::Implausible(obj));
         }
@@ -366,6 +462,59 @@ impl<'a> Objects<'a> {
         self.items(array, n, max)
     }
 
+    /// The first `max` items of a `collections.deque` (or a subclass: vLLM's
+    /// `FCFSRequestQueue`), front first. Its items live in blocks of 64 linked left to
+    /// right; the front block is read from `leftindex`.
+    pub fn deque_front(&self, obj: u64, max: usize) -> Result<Vec<u64>, ObjectError> {
+        self.expect_base(obj, "collections.deque", "deque")?;
+        let mut head = [0u8; 32];
+        self.mem.read(obj + OB_SIZE, &mut head)?;
+        let (n, mut block, left) = (word_at(&head, 0), word_at(&head, 8), word_at(&head, 24));
+        if n > MAX_ITEMS as u64 * 100 || left >= DEQUE_BLOCK_LEN || (n > 0 && block == 0) {
+            return Err(ObjectError::Implausible(obj));
+        }
+        let want = (n as usize).min(max).min(MAX_ITEMS);
+        let mut out = Vec::with_capacity(want);
+        let mut from = left as usize;
+        let mut buf = vec![0u8; DEQUE_BLOCK_BYTES];
+        while out.len() < want {
+            self.mem.read(block, &mut buf)?;
+            let data = &buf[8..8 + 8 * DEQUE_BLOCK_LEN as usize];
+            let take = (DEQUE_BLOCK_LEN as usize - from).min(want - out.len());
+            out.extend((from..from + take).map(|i| word_at(data, i * 8)));
+            block = word_at(&buf, DEQUE_BLOCK_BYTES - 8);
+            from = 0;
+            if block == 0 && out.len() < want {
+                return Err(ObjectError::Implausible(obj));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks that `obj`'s type is `name` (a `tp_name`) or derives from it (`tp_base`, at
+    /// most 8 levels).
+    fn expect_base(&self, obj: u64, name: &str, expected: &'static str) -> Result<(), ObjectError> {
+        let mut ty = self.type_of(obj)?;
+        for _ in 0..8 {
+            if ty == 0 {
+                break;
+            }
+            let mut buf = [0u8; 64];
+            let at = self.u64(ty + TP_NAME)?;
+            if self.mem.read(at, &mut buf[..name.len() + 1]).is_ok()
+                && buf[..name.len()] == *name.as_bytes()
+                && buf[name.len()] == 0
+            {
+                return Ok(());
+            }
+            ty = self.u64(ty + TP_BASE)?;
+        }
+        Err(ObjectError::WrongType {
+            expected,
+            found: self.type_name(obj)?,
+        })
+    }
+
     /// Items of a tuple (or tuple subclass), at most `max`.
     pub fn tuple_items(&self, obj: u64, max: usize) -> Result<Vec<u64>, ObjectError> {
         self.expect_flag(obj, FLAG_TUPLE_SUBCLASS, "tuple")?;
@@ -403,7 +552,7 @@ impl<'a> Objects<'a> {
         keys: u64,
         values: Option<u64>,
         max: usize,
-    ) -> Result<Vec<(u64, u64)>, ObjectError> {
+    ) -> Result<Vec<(usize, u64, u64)>, ObjectError> {
         let (e, buf) = self.key_entries(keys, max)?;
         let entry_size = e.size as usize;
         let n = buf.len() / entry_size;
@@ -424,7 +573,7 @@ impl<'a> Objects<'a> {
             };
             // Deleted entries and unset split slots.
             if key != 0 && value != 0 {
-                out.push((key, value));
+                out.push((i, key, value));
             }
         }
         Ok(out)
@@ -496,10 +645,24 @@ impl<'a> Objects<'a> {
 
     /// (key, value) pairs of a dict, at most `max`.
     pub fn dict_items(&self, obj: u64, max: usize) -> Result<Vec<(u64, u64)>, ObjectError> {
+        Ok(self
+            .dict_entries(obj, max)?
+            .entries
+            .into_iter()
+            .map(|(_, k, v)| (k, v))
+            .collect())
+    }
+
+    /// A dict's live entries with their positions in its keys object, at most `max`. The
+    /// entries of a keys object are only appended (a deleted entry's slot is never reused
+    /// until a resize makes a new keys object), so (keys object, position) names one
+    /// insertion even when a new key and value reuse a freed pair's addresses.
+    pub fn dict_entries(&self, obj: u64, max: usize) -> Result<DictEntries, ObjectError> {
         self.expect_flag(obj, FLAG_DICT_SUBCLASS, "dict")?;
         let keys = self.u64(obj + DICT_KEYS)?;
         let values = self.u64(obj + DICT_VALUES)?;
-        self.keys_items(keys, (values != 0).then_some(values), max)
+        let entries = self.keys_items(keys, (values != 0).then_some(values), max)?;
+        Ok(DictEntries { keys, entries })
     }
 
     /// The value of str key `name` in a list of (key, value) pairs.
@@ -737,6 +900,59 @@ impl<'a> Objects<'a> {
         Ok((Storage::Split(split), ty))
     }
 
+    /// Where the attributes `names` of `obj` live, for re-reading all of them with one
+    /// batched read (`AttrSlots`): a split values array, or the entries of the instance's own
+    /// combined dict. None for other storage (slots, a dict at `tp_dictoffset`) or without a
+    /// cache.
+    pub fn attr_slots(&self, obj: u64, names: &[&str]) -> Result<Option<AttrSlots>, ObjectError> {
+        let (storage, ty) = self.storage(obj)?;
+        let mut head = [0u8; AttrSlots::HEAD_LEN];
+        self.mem
+            .read(obj.wrapping_sub(AttrSlots::HEAD_BEFORE), &mut head)?;
+        let words = AttrSlots::words(&head);
+        let managed = self.type_flags(ty)? & FLAG_MANAGED_DICT != 0;
+        let mut index = Vec::with_capacity(names.len());
+        let slots = match storage {
+            Storage::Split(values) => {
+                for name in names {
+                    index.push(self.cached_position(values.keys, name)?.map(|(_, _, i)| i));
+                }
+                AttrSlots {
+                    ty,
+                    words,
+                    dict: None,
+                    array: values.array,
+                    stride: 8,
+                    value_at: 0,
+                    index,
+                }
+            }
+            // Only a managed dict's pointer is in the head the batch compares.
+            Storage::Dict(dict) if managed && words[1] == dict => {
+                let keys = self.u64(dict + DICT_KEYS)?;
+                if self.u64(dict + DICT_VALUES)? != 0 {
+                    return Ok(None);
+                }
+                let (e, buf) = self.key_entries(keys, MAX_ITEMS)?;
+                for name in names {
+                    let i = self.find_key_cached(keys, &e, &buf, name);
+                    index.push(i.map(|i| i as u64));
+                }
+                AttrSlots {
+                    ty,
+                    words,
+                    dict: Some((dict, keys)),
+                    array: e.base,
+                    stride: e.size,
+                    value_at: e.key_at + 8,
+                    index,
+                }
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(slots))
+    }
+
     /// The cached (validated) or newly found position of `name` in split keys `keys`.
     fn cached_position(
         &self,
@@ -818,7 +1034,11 @@ impl<'a> Objects<'a> {
                     None => None,
                 });
             }
-            let items = self.keys_items(keys, Some(values), MAX_ITEMS)?;
+            let items: Vec<(u64, u64)> = self
+                .keys_items(keys, Some(values), MAX_ITEMS)?
+                .into_iter()
+                .map(|(_, k, v)| (k, v))
+                .collect();
             return Ok(self.find_str_key(&items, name));
         }
         Ok(None)
@@ -901,6 +1121,23 @@ fn remember<V>(map: &RefCell<HashMap<u64, HashMap<String, V>>>, keys: u64, name:
     map.entry(keys).or_default().insert(name.to_owned(), v);
 }
 
+/// What tests of readers over live objects share.
+#[cfg(test)]
+pub mod tests_support {
+    /// The CPython interpreters present to read live objects of: Debian's 3.11 and the
+    /// pyenv 3.11-3.13 builds.
+    pub fn interpreters() -> Vec<std::path::PathBuf> {
+        let mut v = vec![std::path::PathBuf::from("/usr/bin/python3.11")];
+        if let Ok(home) = std::env::var("HOME") {
+            for m in ["3.11.7", "3.12.1", "3.13.0"] {
+                let minor = &m[..4];
+                v.push(format!("{home}/.pyenv/versions/{m}/bin/python{minor}").into());
+            }
+        }
+        v.into_iter().filter(|p| p.exists()).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{
@@ -922,6 +1159,8 @@ class Request:
     num_prompt_tokens: int
     status: Status
     arrival_time: float
+class Queue(collections.deque):
+    pass
 class Slotted:
     __slots__ = ("a", "b")
     def __init__(self):
@@ -932,12 +1171,15 @@ class Scheduler:
         self.requests = {"r1": Request("r1", 12, Status.RUNNING, 1.5),
                          "r2": Request("r2", 40, Status.PREEMPTED, 2.25)}
         self.running = [self.requests["r1"]]
-        self.waiting = collections.deque([self.requests["r2"]])
+        self.waiting = Queue([self.requests["r2"]])
         self.max_num_seqs = 256
         self.big = -(2 ** 40 + 5)
         self.name = "añ€"
         self.slotted = Slotted()
         self.pair = (1, 2)
+        self.long = collections.deque()
+        for i in range(150):
+            self.long.appendleft(i)
         self.flag = True
         self.nothing = None
 root = Scheduler()
@@ -948,16 +1190,7 @@ print(json.dumps({"root": id(root)}), flush=True)
 sys.stdin.read()
 "#;
 
-    fn interpreters() -> Vec<std::path::PathBuf> {
-        let mut v = vec![std::path::PathBuf::from("/usr/bin/python3.11")];
-        if let Ok(home) = std::env::var("HOME") {
-            for m in ["3.11.7", "3.12.1", "3.13.0"] {
-                let minor = &m[..4];
-                v.push(format!("{home}/.pyenv/versions/{m}/bin/python{minor}").into());
-            }
-        }
-        v.into_iter().filter(|p| p.exists()).collect()
-    }
+    use tests_support::interpreters;
 
     #[test]
     fn reads_live_objects_of_each_version() {
@@ -1031,6 +1264,22 @@ sys.stdin.read()
         assert_eq!(running.len(), 1);
         assert_eq!(o.str(attr(running[0], "request_id")).expect("id"), "r1");
         assert_eq!(o.len(attr(root, "waiting")).expect("deque len"), 1);
+        let waiting = o
+            .deque_front(attr(root, "waiting"), 10)
+            .expect("deque front");
+        assert_eq!(o.str(attr(waiting[0], "request_id")).expect("id"), "r2");
+        let long = o.deque_front(attr(root, "long"), 1000).expect("long deque");
+        let values: Vec<i64> = long.iter().map(|&v| o.int(v).expect("int")).collect();
+        assert_eq!(
+            values,
+            (0..150).rev().collect::<Vec<i64>>(),
+            "front first across blocks"
+        );
+        assert_eq!(
+            o.deque_front(attr(root, "long"), 70).expect("front").len(),
+            70
+        );
+        assert!(o.deque_front(requests, 10).is_err(), "a dict is no deque");
         let touched = attr(root, "touched");
         assert_eq!(
             o.int(attr(touched, "extra")).expect("materialized dict"),

@@ -66,6 +66,31 @@ fn listening_ports(pid: u32) -> Vec<u16> {
     ports
 }
 
+/// Listening ports per process, looked up again only every `PORTS_REFRESH`: a lookup reads
+/// the process's fds and /proc/PID/net/tcp{,6}, whose read walks the kernel's whole TCP hash
+/// table (a fifth of the watcher thread's time when done at every scrape), while a server's
+/// ports are opened once at start.
+#[derive(Default)]
+pub struct Ports(HashMap<u32, (std::time::Instant, Vec<u16>)>);
+
+/// How long a process's listening ports are taken as known.
+const PORTS_REFRESH: std::time::Duration = std::time::Duration::from_secs(15);
+
+impl Ports {
+    /// `pid`'s listening ports, from the last lookup if it is recent.
+    fn of(&mut self, pid: u32) -> Vec<u16> {
+        let now = std::time::Instant::now();
+        match self.0.get(&pid) {
+            Some((at, ports)) if now.duration_since(*at) < PORTS_REFRESH => ports.clone(),
+            _ => {
+                let ports = listening_ports(pid);
+                self.0.insert(pid, (now, ports.clone()));
+                ports
+            }
+        }
+    }
+}
+
 /// GET /metrics on localhost:`port`; the body when the answer is 200.
 fn get_metrics(port: u16) -> Option<String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -127,11 +152,15 @@ fn is_engine_process(pid: u32) -> bool {
 /// endpoint costs its own time only). `failures` counts, per (pid, port), reads that got no
 /// vLLM metrics; a port at `MAX_PORT_FAILURES` is skipped.
 #[must_use]
-pub fn scrape(pids: &[u32], failures: &mut HashMap<(u32, u16), u32>) -> Vec<Scrape> {
+pub fn scrape(
+    pids: &[u32],
+    failures: &mut HashMap<(u32, u16), u32>,
+    known: &mut Ports,
+) -> Vec<Scrape> {
     let ports: Vec<(u32, u16)> = pids
         .iter()
         .filter(|pid| !is_engine_process(**pid))
-        .flat_map(|&pid| listening_ports(pid).into_iter().map(move |p| (pid, p)))
+        .flat_map(|&pid| known.of(pid).into_iter().map(move |p| (pid, p)))
         .filter(|key| failures.get(key).copied().unwrap_or(0) < MAX_PORT_FAILURES)
         .collect();
     let read: Vec<((u32, u16), Option<Values>)> = std::thread::scope(|s| {

@@ -10,6 +10,7 @@ pub mod events;
 pub mod metrics;
 pub mod names;
 pub mod ops;
+pub mod requests;
 pub mod state;
 pub mod version;
 pub mod watcher;

@@ -7,6 +7,7 @@
 
 use serde::Serialize;
 
+use super::requests::{RequestPoll, RequestTracker};
 use crate::python::{
     code::CodeCache,
     objects::{object_layout, AttrCache, ObjectError, Objects},
@@ -164,41 +165,6 @@ pub struct StateSnapshot {
     pub cached_blocks: Option<u64>,
 }
 
-/// One request as a poll saw it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RequestState {
-    /// `request_id`.
-    pub id: String,
-    /// `RequestStatus` member name (`RUNNING`, `PREEMPTED`, `FINISHED_STOPPED`, ...).
-    pub status: String,
-    /// `num_preemptions`.
-    pub num_preemptions: u64,
-    /// `num_computed_tokens`.
-    pub num_computed_tokens: u64,
-    /// `num_prompt_tokens`.
-    pub num_prompt_tokens: u64,
-    /// `len(_output_token_ids)`.
-    pub num_output_tokens: u64,
-    /// `arrival_time` (Unix seconds).
-    pub arrival_time: Option<f64>,
-}
-
-/// Every request of the scheduler at one poll.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RequestPoll {
-    /// Process.
-    pub pid: u32,
-    /// CLOCK_MONOTONIC ns when read.
-    pub ts_ns: u64,
-    /// Requests (the scheduler's `requests` dict, at most `MAX_REQUESTS`).
-    pub requests: Vec<RequestState>,
-    /// Requests that could not be read consistently (skipped this poll, counted).
-    pub unreadable: u64,
-}
-
-/// Requests read per poll at most (the cost is a few reads each).
-pub const MAX_REQUESTS: usize = 16_384;
-
 impl StateSnapshot {
     /// KV cache usage in percent, as vLLM computes it (`1 - free / (total - 1)`: block 0 is
     /// the reserved null block).
@@ -248,7 +214,7 @@ pub struct StatePoller {
     /// The scheduler's limits, read once per scheduler object.
     limits: (Option<u64>, Option<u64>),
     attrs: AttrCache,
-    strings: StrCache,
+    requests: RequestTracker,
     /// The last reason a poll found nothing (for metadata.json).
     pub last_error: Option<String>,
     /// How the scheduler object was found (frame and attribute), for metadata.json.
@@ -277,7 +243,7 @@ impl StatePoller {
             scheduler: None,
             limits: (None, None),
             attrs: AttrCache::default(),
-            strings: StrCache::default(),
+            requests: RequestTracker::default(),
             last_error: None,
             found_via: None,
             polls: 0,
@@ -448,7 +414,7 @@ impl StatePoller {
             scheduler: known,
             limits,
             attrs,
-            strings,
+            requests: tracker,
             polls,
             torn,
             found_via,
@@ -488,7 +454,7 @@ impl StatePoller {
         };
         let reqs = if requests {
             let ts_ns = crate::output::monotonic_ns();
-            let r = read_requests(&o, names, strings, scheduler)?;
+            let r = tracker.poll(&o, names, scheduler)?;
             Some(RequestPoll {
                 pid: interp.pid,
                 ts_ns,
@@ -578,76 +544,6 @@ fn read_scheduler_again(
         Err(StateError::Object(ObjectError::Read(e))) if !e.gone => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-/// Every request of the scheduler's `requests` dict (pid and time left 0). A request whose
-/// fields cannot be read (freed between the dict read and its own) is skipped and counted.
-fn read_requests(
-    o: &Objects<'_>,
-    names: &StateNames,
-    strings: &mut StrCache,
-    scheduler: u64,
-) -> Result<RequestPoll, StateError> {
-    let n = &names.request;
-    let dict = o
-        .attr(scheduler, names.requests)?
-        .ok_or(StateError::MissingName(names.requests, "scheduler"))?;
-    let mut out = RequestPoll {
-        pid: 0,
-        ts_ns: 0,
-        requests: Vec::new(),
-        unreadable: 0,
-    };
-    let items = o.dict_items(dict, MAX_REQUESTS)?;
-    // A dict resized while it was read yields fewer entries than it holds: the poll is
-    // then incomplete (the missing ones count as unreadable, so none looks finished).
-    let held = o.len(dict)?.min(MAX_REQUESTS as u64);
-    out.unreadable += held.saturating_sub(items.len() as u64);
-    for (_, req) in items {
-        let fields = o.attrs(
-            req,
-            [
-                n.request_id,
-                n.status,
-                n.num_preemptions,
-                n.num_computed_tokens,
-                n.num_prompt_tokens,
-                n.output_token_ids,
-                n.arrival_time,
-            ],
-        );
-        let read = fields.map_err(StateError::from).and_then(|f| {
-            let need =
-                |i: usize, name: &'static str| f[i].ok_or(StateError::MissingName(name, "request"));
-            let count = |i: usize, name: &'static str| -> Result<u64, StateError> {
-                Ok(u64::try_from(o.int(need(i, name)?)?).unwrap_or(0))
-            };
-            Ok(RequestState {
-                id: strings.get(o, need(0, n.request_id)?)?,
-                status: status_name(n, o.int(need(1, n.status)?)?),
-                num_preemptions: count(2, n.num_preemptions)?,
-                num_computed_tokens: count(3, n.num_computed_tokens)?,
-                num_prompt_tokens: count(4, n.num_prompt_tokens)?,
-                num_output_tokens: o.len(need(5, n.output_token_ids)?)?,
-                arrival_time: f[6].and_then(|v| o.float(v).ok()),
-            })
-        });
-        match read {
-            Ok(r) => out.requests.push(r),
-            // A renamed field is a version problem, not a torn read: report it.
-            Err(e @ StateError::MissingName(..)) => return Err(e),
-            Err(_) => out.unreadable += 1,
-        }
-    }
-    Ok(out)
-}
-
-/// The `RequestStatus` name of a value (`STATUS_<value>` for one the table lacks).
-fn status_name(n: &RequestNames, value: i64) -> String {
-    n.statuses
-        .iter()
-        .find(|(v, _)| *v == value)
-        .map_or_else(|| format!("STATUS_{value}"), |(_, name)| (*name).to_owned())
 }
 
 /// An int attribute that older or newer vLLMs may lack (None then).

@@ -69,6 +69,76 @@ pub struct StateReport {
     pub poll_ms_p50: f64,
     /// See `poll_ms_p50`.
     pub poll_ms_max: f64,
+    /// CPU time of the watcher thread per poll attempt (ms): median, P99 and the total
+    /// (seconds), what the polls cost the tracer.
+    pub poll_cpu_ms_p50: f64,
+    /// See `poll_cpu_ms_p50`.
+    pub poll_cpu_ms_p99: f64,
+    /// See `poll_cpu_ms_p50`.
+    pub poll_cpu_sec: f64,
+    /// Most requests the scheduler held at a poll.
+    pub requests_held_max: u64,
+    /// Requests read per poll (batched or in full): median and most.
+    pub requests_read_p50: u64,
+    /// See `requests_read_p50`.
+    pub requests_read_max: u64,
+    /// Requests read in full by name per poll (new ones, or a batched read that did not
+    /// hold): median and most.
+    pub requests_read_in_full_p50: u64,
+    /// See `requests_read_in_full_p50`.
+    pub requests_read_in_full_max: u64,
+    /// Most new requests left for a later poll by one poll (the per-poll bound on first
+    /// reads; nonzero while a long queue found at attach is learned, a few polls).
+    pub requests_deferred_max: u64,
+}
+
+/// What the polls of one process cost, in bounded memory.
+struct PollCost {
+    wall_us: hdrhistogram::Histogram<u64>,
+    cpu_us: hdrhistogram::Histogram<u64>,
+    read: hdrhistogram::Histogram<u64>,
+    read_in_full: hdrhistogram::Histogram<u64>,
+    cpu_sec: f64,
+    held_max: u64,
+    deferred_max: u64,
+}
+
+impl PollCost {
+    fn new() -> Self {
+        // Microseconds (or counts) up to an hour's worth, 3 significant digits.
+        let h = || {
+            hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("bounds and 3 significant digits are valid")
+        };
+        Self {
+            wall_us: h(),
+            cpu_us: h(),
+            read: h(),
+            read_in_full: h(),
+            cpu_sec: 0.0,
+            held_max: 0,
+            deferred_max: 0,
+        }
+    }
+
+    fn record(&mut self, wall: Duration, cpu: Duration) {
+        self.wall_us.saturating_record(wall.as_micros() as u64);
+        self.cpu_us.saturating_record(cpu.as_micros() as u64);
+        self.cpu_sec += cpu.as_secs_f64();
+    }
+
+    fn requests(&mut self, r: &super::requests::RequestPoll) {
+        self.read.saturating_record(r.read);
+        self.read_in_full.saturating_record(r.read_in_full);
+        self.held_max = self.held_max.max(r.held);
+        self.deferred_max = self.deferred_max.max(r.deferred);
+    }
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(Duration::ZERO, Duration::from)
 }
 
 /// Everything the watcher found, for metadata.json and the /metrics cross-check.
@@ -118,6 +188,7 @@ impl Watcher {
             pids: BTreeSet::new(),
             pollers: BTreeMap::new(),
             port_failures: HashMap::new(),
+            ports: metrics::Ports::default(),
             report: Arc::clone(&report),
         };
         let flag = Arc::clone(&stop);
@@ -163,7 +234,7 @@ impl Watcher {
 struct Poller {
     poller: StatePoller,
     version: Option<Result<VllmVersion, String>>,
-    times_ms: Vec<f64>,
+    cost: PollCost,
     exited: bool,
     /// Why the scheduler's methods could not be watched.
     watch_error: Option<String>,
@@ -179,6 +250,7 @@ struct Work {
     pids: BTreeSet<u32>,
     pollers: BTreeMap<u32, Poller>,
     port_failures: HashMap<(u32, u16), u32>,
+    ports: metrics::Ports,
     report: Arc<Mutex<WatchReport>>,
 }
 
@@ -227,7 +299,7 @@ impl Work {
                         Poller {
                             poller,
                             version,
-                            times_ms: Vec::new(),
+                            cost: PollCost::new(),
                             exited: false,
                             watch_error: None,
                         },
@@ -246,7 +318,7 @@ impl Work {
     fn scrape(&mut self) {
         let t = Instant::now();
         let pids: Vec<u32> = self.pids.iter().copied().collect();
-        let now = metrics::scrape(&pids, &mut self.port_failures);
+        let now = metrics::scrape(&pids, &mut self.port_failures, &mut self.ports);
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let mut r = self.report.lock().unwrap_or_else(PoisonError::into_inner);
         r.scrape_ms_max = r.scrape_ms_max.max(ms);
@@ -262,9 +334,9 @@ impl Work {
     fn poll_all(&mut self) {
         let mut last = None;
         for (pid, p) in self.pollers.iter_mut().filter(|(_, p)| !p.exited) {
-            let t = Instant::now();
+            let (t, cpu) = (Instant::now(), thread_cpu());
             let result = p.poller.poll(true);
-            p.times_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            p.cost.record(t.elapsed(), thread_cpu().saturating_sub(cpu));
             match result {
                 Ok((snap, requests)) => {
                     p.poller.last_error = None;
@@ -286,6 +358,7 @@ impl Work {
                     last = Some(snap);
                     let _ = self.updates.send(PyUpdate::State(snap));
                     if let Some(r) = requests {
+                        p.cost.requests(&r);
                         let _ = self.updates.send(PyUpdate::Requests(Box::new(r)));
                     }
                 }
@@ -307,7 +380,9 @@ impl Work {
             .pollers
             .iter_mut()
             .map(|(pid, p)| {
-                let (p50, max) = median_max(&mut p.times_ms);
+                let c = &p.cost;
+                let ms =
+                    |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
                 StateReport {
                     pid: *pid,
                     names: self.names.versions,
@@ -318,8 +393,17 @@ impl Work {
                     breakpoint_error: p.watch_error.clone(),
                     vllm: p.version.clone().and_then(Result::ok),
                     vllm_version_error: p.version.clone().and_then(Result::err),
-                    poll_ms_p50: p50,
-                    poll_ms_max: max,
+                    poll_ms_p50: ms(&c.wall_us, 0.5),
+                    poll_ms_max: c.wall_us.max() as f64 / 1e3,
+                    poll_cpu_ms_p50: ms(&c.cpu_us, 0.5),
+                    poll_cpu_ms_p99: ms(&c.cpu_us, 0.99),
+                    poll_cpu_sec: c.cpu_sec,
+                    requests_held_max: c.held_max,
+                    requests_read_p50: c.read.value_at_quantile(0.5),
+                    requests_read_max: c.read.max(),
+                    requests_read_in_full_p50: c.read_in_full.value_at_quantile(0.5),
+                    requests_read_in_full_max: c.read_in_full.max(),
+                    requests_deferred_max: c.deferred_max,
                 }
             })
             .collect();
@@ -329,11 +413,4 @@ impl Work {
             r.last_state = last;
         }
     }
-}
-
-/// Median and maximum of `v` (0 when empty); sorts `v`.
-fn median_max(v: &mut [f64]) -> (f64, f64) {
-    v.sort_by(f64::total_cmp);
-    let max = v.last().copied().unwrap_or(0.0);
-    (v.get(v.len() / 2).copied().unwrap_or(0.0), max)
 }
