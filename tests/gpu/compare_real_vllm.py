@@ -284,6 +284,31 @@ def pair_readings(rows, scrapes, wall0, pairs):
     return out
 
 
+MATCH_LAG_S = 0.25
+
+
+def match_recent(rows, scrapes, wall0, col, series, scale, tol):
+    """How a gauge compares with the per-step readings just before it: vLLM's API server
+    publishes the engine's stats of a recent step, so for each scrape at wall time t the
+    closest of our readings in [t - MATCH_LAG_S, t] (the gauge equals some recent step's
+    value when every step is read)."""
+    pts = sorted((wall0 + fnum(r["timestamp_sec"]), fnum(r.get(col))) for r in rows
+                 if fnum(r.get("timestamp_sec")) is not None and fnum(r.get(col)) is not None)
+    if not pts:
+        return NA("no readings")
+    times = [p[0] for p in pts]
+    best = []
+    for t, v in scrapes.series(series):
+        lo, hi = bisect.bisect_left(times, t - MATCH_LAG_S), bisect.bisect_right(times, t)
+        if lo < hi and times[0] <= t - MATCH_LAG_S:
+            best.append(min(abs(pts[i][1] - scale * v) for i in range(lo, hi)))
+    if not best:
+        return NA(f"no scrape with readings in the {MATCH_LAG_S} s before it")
+    within = sum(1 for b in best if b <= tol)
+    return {"scrapes": len(best), "within_tol": within, "within_pct": round(100.0 * within / len(best), 1),
+            "median_abs_diff": round(statistics.median(best), 3), "max_abs_diff": round(max(best), 3)}
+
+
 def pair_text(d, unit):
     if isinstance(d, NA):
         return str(d)
@@ -506,6 +531,11 @@ def session_checks(win, session, scrapes, clock):
         n = next((x["paired"] for x in d.values() if isinstance(x, dict)), 0)
         add("per_step_queues", "per-step running/waiting/KV |diff|", d,
             f"median {text} (batch_utilization.csv, {n:,}/{len(rows):,} rows paired)")
+        m = match_recent(rows, scrapes, wall0, "kv_usage_pct", KV, 100.0, 1.0)
+        add("kv_recent_step", f"KV gauge vs a step read in the {MATCH_LAG_S} s before it", m,
+            str(m) if isinstance(m, NA) else
+            f"{m['within_pct']:g} % of {m['scrapes']} scrapes within 1 point (median {m['median_abs_diff']:g}, "
+            f"max {m['max_abs_diff']:g} points)")
 
     def program_costs():
         pc = meta.get("program_costs")
