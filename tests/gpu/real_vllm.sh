@@ -26,6 +26,11 @@
 #              fails to start, the script retries eager once and says so)
 #   VLLM_ARGS  extra server flags, e.g. "--no-async-scheduling" or "--enable-prefix-caching"
 #   BPF_STATS  (1) kernel.bpf_stats_enabled=1 during attached windows only (program_costs)
+#   CALIBRATE=1  `profilemate calibrate` before the server starts (the GPU is free then):
+#              calibration.json + calibrate.txt in $OUT, and every window attaches with
+#              --calibration pointing at it
+#   DOCTOR=1   `profilemate doctor` without and with --pid of the running server, before the
+#              windows: doctor.txt, doctor_pid.txt and doctor_pid.json in $OUT
 #   RAMP_S (8) load before the first window; GAP_S (1) settling time after each window
 #   BUDGET_S   (530) whole-run limit: windows that would end past it are skipped
 #   READY_S (240) wait for the server; DRAIN_S (15) for in-flight requests at the end
@@ -213,6 +218,12 @@ start_server() {  # LABEL [extra flags]
     done
     log "server [$label] not ready after ${READY_S}s"; stop_server; return 1
 }
+if [[ "${CALIBRATE:-0}" == 1 ]]; then
+    log "profilemate calibrate"
+    timeout -k 10 240 $SUDO "$PM" calibrate --out "$OUT/calibration.json" > "$OUT/calibrate.txt" 2>&1
+    log "calibrate rc=$?"; tail -30 "$OUT/calibrate.txt"
+    [[ -s "$OUT/calibration.json" ]] && export PM_CALIBRATION="--calibration $OUT/calibration.json"
+fi
 MODE=
 if [[ "$EAGER" != 1 ]] && start_server graphs; then MODE=graphs
 else
@@ -243,6 +254,13 @@ log "smoke request: $(head -c 300 "$WORK/smoke.json")"
 python3 "$HERE/real_vllm_load.py" --url "$URL" --concurrency 8 --max-duration 3 --drain 30 --seed 7 \
     --summary "$WORK/warmup.json" > "$WORK/warmup.txt" 2>&1
 log "warm-up rc=$? $(grep -E '"finished_ok"|"errors"' "$WORK/warmup.txt" | tr -d ' \n')"
+
+if [[ "${DOCTOR:-0}" == 1 ]]; then
+    $SUDO "$PM" doctor > "$OUT/doctor.txt" 2>&1; log "doctor rc=$?"
+    $SUDO "$PM" doctor --pid "$SERVER_PID" > "$OUT/doctor_pid.txt" 2>&1; log "doctor --pid rc=$?"
+    $SUDO "$PM" doctor --pid "$SERVER_PID" --json > "$OUT/doctor_pid.json" 2>> "$OUT/doctor_pid.txt"
+    cat "$OUT/doctor_pid.txt"
+fi
 
 # ---------------------------------------------------------------- load and windows
 curl -s -m 10 "$URL/metrics" > "$OUT/metrics_before.prom"
@@ -299,7 +317,7 @@ for i in "${!WIN_LABEL[@]}"; do
         t_a=$(now)
         # shellcheck disable=SC2086  # args is a list of flags
         timeout -k 15 -s INT $(( secs + PM_SLACK_S )) $SUDO "$PM" attach --pid "$SERVER_PID" \
-            --duration "${secs}s" --out "$dir" $args > "$OUT/pm/$base.stdout" 2> "$OUT/pm/$base.stderr"
+            --duration "${secs}s" --out "$dir" ${PM_CALIBRATION:-} $args > "$OUT/pm/$base.stdout" 2> "$OUT/pm/$base.stderr"
         rc=$?
         t_b=$(now)
         restore_stats
@@ -330,7 +348,7 @@ done
 # ---------------------------------------------------------------- results
 python3 - "$OUT/run.json" "$MODE" "$PM" "$SERVER_PID_SEEN" $(( $(date +%s) - T0 )) <<'PYEOF'
 import json, os, sys
-keys = ["WINDOWS", "W", "PM_ARGS_A", "PM_ARGS_B", "CONC", "BLOCKS", "EAGER", "VLLM_ARGS", "LOAD_ARGS", "BPF_STATS",
+keys = ["WINDOWS", "W", "PM_ARGS_A", "PM_ARGS_B", "CONC", "BLOCKS", "EAGER", "VLLM_ARGS", "LOAD_ARGS", "BPF_STATS", "CALIBRATE", "DOCTOR",
         "RAMP_S", "GAP_S", "BUDGET_S", "PORT", "DRAIN_S", "SERVER_CMD"]
 knobs = {k: os.environ.get(k) for k in keys}
 knobs.update({k: v for k, v in os.environ.items() if k.startswith("PM_ARGS_")})
