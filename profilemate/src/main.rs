@@ -27,6 +27,10 @@ struct Cli {
 enum Command {
     /// Attach to a running process tree and record its CUDA activity until stopped.
     Attach(AttachArgs),
+    /// Check whether an attach can work here (kernel, privileges, output directory) and, with
+    /// --pid, on that process tree (CUDA libraries, Python, vLLM, seccomp, debug registers,
+    /// /metrics); nothing is attached to the target. Exit status 1 when any check fails.
+    Doctor(DoctorArgs),
     /// Print, as JSON, every vLLM name (module, class, function, attribute, enum value) this
     /// build reads, for checking against a vLLM release's source.
     VllmNames,
@@ -98,6 +102,22 @@ struct AttachArgs {
     allow_uretprobes: bool,
 }
 
+#[derive(clap::Args)]
+struct DoctorArgs {
+    /// A pid of the server to check (its descendants too, as attach follows them).
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Check only the given pid, not its descendants.
+    #[arg(long)]
+    no_children: bool,
+    /// The output base directory to check [default: $VLLM_PROFILING_DIR or /tmp/vllm_profiling].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the report as JSON (one object: checks with group, name, pid, status, detail, fix).
+    #[arg(long)]
+    json: bool,
+}
+
 /// The longest `--duration`: a session is a profile, not a service; longer values are
 /// surely a typo (and past about 10^11 years they overflow the clock).
 const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -156,6 +176,24 @@ fn attach(args: AttachArgs) -> Result<()> {
     }
 }
 
+/// Runs the doctor's checks and prints them; `Ok(false)` when a check failed.
+fn doctor(args: DoctorArgs) -> Result<bool> {
+    let report = profilemate::doctor::run(&profilemate::doctor::Options {
+        pid: args.pid,
+        children: !args.no_children,
+        out_dir: args.out.unwrap_or_else(AttachConfig::default_out_dir),
+    });
+    if args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        console::out_line(&json).context("cannot write the report to stdout")?;
+    } else {
+        for line in report.table() {
+            console::out_line(&line).context("cannot write the report to stdout")?;
+        }
+    }
+    Ok(!report.has_failures())
+}
+
 /// Prints the vLLM names manifest as JSON.
 fn vllm_names() -> Result<()> {
     let json = serde_json::to_string_pretty(&profilemate::vllm::names::manifest())?;
@@ -166,11 +204,13 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Attach(a) => attach(a),
-        Command::VllmNames => vllm_names(),
+        Command::Attach(a) => attach(a).map(|()| true),
+        Command::Doctor(a) => doctor(a),
+        Command::VllmNames => vllm_names().map(|()| true),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             console::err_line(&format!("error: {e:#}"));
             ExitCode::FAILURE
