@@ -12,6 +12,7 @@
 // `output::console`, which cannot panic (unit tests may still print their skips).
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
+pub mod calibrate;
 pub mod config;
 pub mod correlate;
 pub mod discovery;
