@@ -8,7 +8,7 @@
 //! bound of exact completions; the times themselves are left as observed (docs/ACCURACY.md
 //! says why).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -88,7 +88,7 @@ pub fn resolve(explicit: Option<&Path>) -> Result<Resolution, CalibrationError> 
 
 /// The calibration at `path` (the default location), or why there is none.
 #[must_use]
-pub fn resolve_default(path: &PathBuf) -> Resolution {
+pub fn resolve_default(path: &Path) -> Resolution {
     if !path.exists() {
         return Resolution::None(format!(
             "no calibration file at {} (`profilemate calibrate` on this GPU machine writes it; \

@@ -132,6 +132,14 @@ impl FlagsView {
     }
 }
 
+/// An event of the calibrated context (only `Gpu` makes them).
+#[derive(Clone, Copy)]
+pub struct Event(sys::CUevent);
+
+/// An executable graph of the calibrated context (only `Gpu` makes them).
+#[derive(Clone, Copy)]
+pub struct GraphExec(sys::CUgraphExec);
+
 /// What the driver says about the device.
 #[derive(Debug, Clone)]
 pub struct DeviceInfo {
@@ -272,25 +280,27 @@ impl Gpu {
     }
 
     /// A new event with default flags (as PyTorch creates them: timing, spin-waited).
-    pub fn event(&self) -> Result<sys::CUevent, GpuError> {
+    pub fn event(&self) -> Result<Event, GpuError> {
         let mut ev = ptr::null_mut();
         // SAFETY: valid out-pointer.
         check("cuEventCreate", unsafe { sys::cuEventCreate(&mut ev, 0) })?;
-        Ok(ev)
+        Ok(Event(ev))
     }
 
     /// `cuEventRecord(ev, stream)`.
-    pub fn record(&self, ev: sys::CUevent) -> Result<(), GpuError> {
+    pub fn record(&self, ev: Event) -> Result<(), GpuError> {
         // SAFETY: an event of this context and its stream.
         check("cuEventRecord", unsafe {
-            sys::cuEventRecord(ev, self.stream)
+            sys::cuEventRecord(ev.0, self.stream)
         })
     }
 
     /// `cuEventSynchronize(ev)`.
-    pub fn wait_event(&self, ev: sys::CUevent) -> Result<(), GpuError> {
+    pub fn wait_event(&self, ev: Event) -> Result<(), GpuError> {
         // SAFETY: an event of this context.
-        check("cuEventSynchronize", unsafe { sys::cuEventSynchronize(ev) })
+        check("cuEventSynchronize", unsafe {
+            sys::cuEventSynchronize(ev.0)
+        })
     }
 
     /// `cuStreamSynchronize(stream)`.
@@ -302,7 +312,7 @@ impl Gpu {
     }
 
     /// Captures one spin kernel of `dur_ns` into a CUDA graph and instantiates it.
-    pub fn graph(&self, dur_ns: u64) -> Result<sys::CUgraphExec, GpuError> {
+    pub fn graph(&self, dur_ns: u64) -> Result<GraphExec, GpuError> {
         // SAFETY: capture on this context's stream; out-pointers to locals.
         unsafe {
             check(
@@ -324,15 +334,15 @@ impl Gpu {
                 "cuGraphInstantiateWithFlags",
                 sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0),
             )?;
-            Ok(exec)
+            Ok(GraphExec(exec))
         }
     }
 
     /// `cuGraphLaunch(exec, stream)`.
-    pub fn replay(&self, exec: sys::CUgraphExec) -> Result<(), GpuError> {
+    pub fn replay(&self, exec: GraphExec) -> Result<(), GpuError> {
         // SAFETY: an executable graph of this context.
         check("cuGraphLaunch", unsafe {
-            sys::cuGraphLaunch(exec, self.stream)
+            sys::cuGraphLaunch(exec.0, self.stream)
         })
     }
 }

@@ -184,10 +184,13 @@ impl Runner<'_> {
     }
 }
 
+/// (launch number, CLOCK_MONOTONIC ns when seen), in order.
+type Stamps = Vec<(u64, u64)>;
+
 /// A thread that spins reading the kernel's flags and stamps each new value.
 struct Poller {
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<(Vec<(u64, u64)>, Vec<(u64, u64)>)>,
+    handle: JoinHandle<(Stamps, Stamps)>,
 }
 
 impl Poller {
