@@ -257,6 +257,10 @@ fn calibration_lines(c: &profilemate::calibrate::Calibration) -> Vec<String> {
     ];
     for (name, v) in [
         ("event sync one step later", &w.event_sync_next_step),
+        (
+            "blocking-sync event one step later (not in all)",
+            &w.blocking_event_sync_next_step,
+        ),
         ("graph replay + event sync", &w.graph_replay),
         ("stream sync", &w.stream_sync),
     ] {

@@ -90,14 +90,20 @@ pub struct GpuIdentity {
 }
 
 /// Wake-up latency (the wait's return as the return probe sees it, minus the moment the GPU
-/// work ended) per synchronization pattern.
+/// work ended) per synchronization pattern. Events are created as PyTorch's
+/// `torch.cuda.Event()` creates them (timing disabled, spin-waited), except in
+/// `blocking_event_sync_next_step` (`Event(blocking=True)`: the waiter sleeps and is woken).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WakeUp {
-    /// All patterns together: the figures an attach uses.
+    /// The spin-waited patterns together (the events, graph and stream waits vLLM makes):
+    /// the figures an attach uses.
     pub all: Micros,
     /// `cuEventSynchronize` on the previous step's event after the next step was launched
     /// (vLLM's async scheduling).
     pub event_sync_next_step: Option<Micros>,
+    /// The same with blocking-sync events (kept apart from `all`).
+    #[serde(default)]
+    pub blocking_event_sync_next_step: Option<Micros>,
     /// A graph replay, then an event record and its synchronize.
     pub graph_replay: Option<Micros>,
     /// `cuStreamSynchronize` right after the launch.
@@ -313,6 +319,7 @@ pub(crate) mod tests {
             wake_up_us: WakeUp {
                 all: m(5.0),
                 event_sync_next_step: Some(m(5.0)),
+                blocking_event_sync_next_step: None,
                 graph_replay: Some(m(6.0)),
                 stream_sync: None,
             },

@@ -279,11 +279,17 @@ impl Gpu {
         })
     }
 
-    /// A new event with default flags (as PyTorch creates them: timing, spin-waited).
-    pub fn event(&self) -> Result<Event, GpuError> {
+    /// A new event as PyTorch's `torch.cuda.Event()` creates it (timing disabled, waited by
+    /// spinning); `blocking`: as `Event(blocking=True)` (the waiting thread sleeps).
+    pub fn event(&self, blocking: bool) -> Result<Event, GpuError> {
+        const DISABLE_TIMING: u32 = 2;
+        const BLOCKING_SYNC: u32 = 1;
+        let flags = DISABLE_TIMING | if blocking { BLOCKING_SYNC } else { 0 };
         let mut ev = ptr::null_mut();
         // SAFETY: valid out-pointer.
-        check("cuEventCreate", unsafe { sys::cuEventCreate(&mut ev, 0) })?;
+        check("cuEventCreate", unsafe {
+            sys::cuEventCreate(&mut ev, flags)
+        })?;
         Ok(Event(ev))
     }
 

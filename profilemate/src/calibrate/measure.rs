@@ -77,6 +77,7 @@ const RELIABLY_EXACT_PCT: f64 = 99.0;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Pattern {
     EventNextStep,
+    BlockingEventNextStep,
     GraphReplay,
     StreamSync,
     Sweep(usize),
@@ -111,9 +112,15 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
-    /// vLLM's async scheduling: launch step k, record its event, wait on step k-1's event.
-    fn event_next_step(&mut self, n: usize) -> Result<(), GpuError> {
-        let evs = [self.gpu.event()?, self.gpu.event()?];
+    /// vLLM's async scheduling: launch step k, record its event, wait on step k-1's event
+    /// (`blocking`: events that put the waiting thread to sleep).
+    fn event_next_step(&mut self, n: usize, blocking: bool) -> Result<(), GpuError> {
+        let pattern = if blocking {
+            Pattern::BlockingEventNextStep
+        } else {
+            Pattern::EventNextStep
+        };
+        let evs = [self.gpu.event(blocking)?, self.gpu.event(blocking)?];
         let mut prev = None;
         for k in 0..=n {
             self.gpu.launch(WAKE_KERNEL_NS)?;
@@ -122,7 +129,7 @@ impl Runner<'_> {
             if let Some(seq) = prev {
                 let wait = timed(|| self.gpu.wait_event(evs[(k + 1) % 2]))?;
                 self.samples.push(Sample {
-                    pattern: Pattern::EventNextStep,
+                    pattern,
                     seq,
                     wait,
                     wait_api: ApiId::cuEventSynchronize,
@@ -137,7 +144,7 @@ impl Runner<'_> {
     /// A graph replay, an event recorded after it, and the wait on that event.
     fn graph_replay(&mut self, n: usize) -> Result<(), GpuError> {
         let exec = self.gpu.graph(WAKE_KERNEL_NS)?;
-        let ev = self.gpu.event()?;
+        let ev = self.gpu.event(false)?;
         for _ in 0..n {
             let launch = timed(|| self.gpu.replay(exec))?;
             self.executed += 1;
@@ -156,7 +163,7 @@ impl Runner<'_> {
 
     /// A launch on an idle GPU and a stream synchronize (the sweep: an event wait instead).
     fn launch_and_wait(&mut self, pattern: Pattern, dur_ns: u64, n: usize) -> Result<(), GpuError> {
-        let ev = self.gpu.event()?;
+        let ev = self.gpu.event(false)?;
         for _ in 0..n {
             let launch = timed(|| self.gpu.launch(dur_ns))?;
             self.executed += 1;
@@ -292,7 +299,7 @@ fn per_call_ns(mut f: impl FnMut() -> Result<(), GpuError>) -> Result<f64, GpuEr
 
 /// (ns per `cuEventRecord`, ns per `cuEventSynchronize` of a finished event).
 fn call_costs(gpu: &Gpu) -> Result<(f64, f64), GpuError> {
-    let ev = gpu.event()?;
+    let ev = gpu.event(false)?;
     let record = per_call_ns(|| gpu.record(ev))?;
     gpu.wait_stream()?;
     let sync = per_call_ns(|| gpu.wait_event(ev))?;
@@ -372,7 +379,8 @@ pub fn run(opts: &Options) -> Result<Calibration, CalibrateError> {
 }
 
 fn run_patterns(r: &mut Runner<'_>, n: usize) -> Result<(), GpuError> {
-    r.event_next_step(n)?;
+    r.event_next_step(n, false)?;
+    r.event_next_step(n, true)?;
     r.graph_replay(n)?;
     r.launch_and_wait(Pattern::StreamSync, WAKE_KERNEL_NS, n)?;
     let per_point = (n / 5).max(20);
@@ -436,7 +444,9 @@ fn assemble(
     drops: u64,
     total: usize,
 ) -> Calibration {
-    let wake_patterns = |p: Pattern| !matches!(p, Pattern::Sweep(_));
+    // The waits as vLLM makes them by default (spin-waited events); blocking events apart.
+    let wake_patterns =
+        |p: Pattern| !matches!(p, Pattern::Sweep(_) | Pattern::BlockingEventNextStep);
     let launches: Vec<i64> = seen
         .iter()
         .filter(|s| wake_patterns(s.pattern))
@@ -472,6 +482,7 @@ fn assemble(
         wake_up_us: WakeUp {
             all: wake_of(seen, wake_patterns).unwrap_or(empty),
             event_sync_next_step: wake_of(seen, |p| p == Pattern::EventNextStep),
+            blocking_event_sync_next_step: wake_of(seen, |p| p == Pattern::BlockingEventNextStep),
             graph_replay: wake_of(seen, |p| p == Pattern::GraphReplay),
             stream_sync: wake_of(seen, |p| p == Pattern::StreamSync),
         },
