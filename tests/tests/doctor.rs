@@ -69,12 +69,13 @@ fn assert_no_failures(report: &Value, label: &str) {
     assert_eq!(report["fail"], 0, "{label}");
 }
 
-/// The Rust fixture on the fake CUDA libraries, loaded and waiting.
+/// The Rust fixture on the fake CUDA libraries, loaded and waiting (long enough for a doctor
+/// run on a loaded machine), then running a few steps.
 fn fixture(extra: &[&str]) -> Proc {
     let mut cmd = Command::new(fixture_bin());
     cmd.arg("--lib-dir")
         .arg(fake_cuda_dir())
-        .args(["--wait-after-load-ms", "3000", "--steps", "20"])
+        .args(["--wait-after-load-ms", "8000", "--steps", "20"])
         .args(extra)
         .env("FAKE_CUDA_LOG", "/dev/null");
     let mut p = Proc::spawn(&mut cmd);
@@ -145,12 +146,11 @@ fn a_python_target_with_usdt_notes_is_walkable() {
     cmd.arg(root().join("tests/scripts/fixture_loop.py"))
         .arg("--lib-dir")
         .arg(fake_cuda_dir())
-        .args(["--steps", "100000"])
+        .arg("--forever")
         .env("FAKE_CUDA_LOG", "/dev/null")
         .env("PYTHONUNBUFFERED", "1");
-    let target = Proc::spawn(&mut cmd);
-    // The fixture maps the fake libraries right at its start.
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut target = Proc::spawn(&mut cmd);
+    target.wait_line("ready");
     let (code, r) = doctor(&dir, &["--pid", &target.pid().to_string()]);
     assert_eq!(code, 0, "{r:#}");
     assert_no_failures(&r, test);
