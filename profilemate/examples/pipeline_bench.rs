@@ -116,6 +116,7 @@ fn main() {
             unix_t0_sec: 0.0,
         },
         0,
+        None,
     )
     .expect("profilers");
     let start = Instant::now();

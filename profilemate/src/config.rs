@@ -51,6 +51,8 @@ pub struct AttachConfig {
     /// Attach return probes even where seccomp may kill the target on them
     /// (`--allow-uretprobes`; see `preflight::return_probes`).
     pub allow_uretprobes: bool,
+    /// `--calibration FILE` (None: the default location, if a file is there).
+    pub calibration: Option<PathBuf>,
 }
 
 impl AttachConfig {

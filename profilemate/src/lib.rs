@@ -6,15 +6,17 @@
 //! output family) -> `output` (session directory, CSV/JSON writers, metadata).
 //! Side modules: `python` (the CPython reader: interpreter discovery, layouts, code objects)
 //! and `vllm` (versioned vLLM name tables). `session` wires them together for
-//! `profilemate attach`.
+//! `profilemate attach`; `doctor` checks beforehand whether an attach can work.
 
 // A failed terminal write must never end a session: every line goes through
 // `output::console`, which cannot panic (unit tests may still print their skips).
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
+pub mod calibrate;
 pub mod config;
 pub mod correlate;
 pub mod discovery;
+pub mod doctor;
 pub mod output;
 pub mod pipeline;
 pub mod preflight;

@@ -27,6 +27,14 @@ struct Cli {
 enum Command {
     /// Attach to a running process tree and record its CUDA activity until stopped.
     Attach(AttachArgs),
+    /// Check whether an attach can work here (kernel, privileges, output directory) and, with
+    /// --pid, on that process tree (CUDA libraries, Python, vLLM, seccomp, debug registers,
+    /// /metrics); nothing is attached to the target. Exit status 1 when any check fails.
+    Doctor(DoctorArgs),
+    /// On a GPU machine: run kernels of known length in the patterns vLLM uses while tracing
+    /// ourselves through the attach's probes, and write the machine's wake-up latency, launch
+    /// latency and probe costs to the calibration file attach reads.
+    Calibrate(CalibrateArgs),
     /// Print, as JSON, every vLLM name (module, class, function, attribute, enum value) this
     /// build reads, for checking against a vLLM release's source.
     VllmNames,
@@ -96,6 +104,42 @@ struct AttachArgs {
     /// target gets entry probes only).
     #[arg(long)]
     allow_uretprobes: bool,
+    /// The calibration file written by `profilemate calibrate` on this machine [default:
+    /// /var/lib/profilemate/calibration.json for root, else
+    /// $XDG_STATE_HOME/profilemate/calibration.json, used when present]; a file named here
+    /// must be valid or the session does not start.
+    #[arg(long, value_name = "FILE")]
+    calibration: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct CalibrateArgs {
+    /// The GPU (CUDA device ordinal) to calibrate.
+    #[arg(long, default_value_t = 0)]
+    device: u32,
+    /// Waits measured per pattern (each kernel length of the exactness sweep gets a fifth).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=100_000))]
+    samples: u64,
+    /// Where to write the calibration [default: where attach looks: /var/lib/profilemate/
+    /// calibration.json for root, else $XDG_STATE_HOME/profilemate/calibration.json].
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct DoctorArgs {
+    /// A pid of the server to check (its descendants too, as attach follows them).
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Check only the given pid, not its descendants.
+    #[arg(long)]
+    no_children: bool,
+    /// The output base directory to check [default: $VLLM_PROFILING_DIR or /tmp/vllm_profiling].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the report as JSON (one object: checks with group, name, pid, status, detail, fix).
+    #[arg(long)]
+    json: bool,
 }
 
 /// The longest `--duration`: a session is a profile, not a service; longer values are
@@ -148,12 +192,102 @@ fn attach(args: AttachArgs) -> Result<()> {
         state_hz: args.state_hz.min(1000),
         breakpoints: !args.no_breakpoints,
         allow_uretprobes: args.allow_uretprobes,
+        calibration: args.calibration,
     };
     let outcome = session::run(&cfg)?;
     match outcome.failure {
         Some(why) => anyhow::bail!("{why} (the session is in {})", outcome.dir.display()),
         None => Ok(()),
     }
+}
+
+/// Runs the doctor's checks and prints them; `Ok(false)` when a check failed.
+fn doctor(args: DoctorArgs) -> Result<bool> {
+    let report = profilemate::doctor::run(&profilemate::doctor::Options {
+        pid: args.pid,
+        children: !args.no_children,
+        out_dir: args.out.unwrap_or_else(AttachConfig::default_out_dir),
+    });
+    if args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        console::out_line(&json).context("cannot write the report to stdout")?;
+    } else {
+        for line in report.table() {
+            console::out_line(&line).context("cannot write the report to stdout")?;
+        }
+    }
+    Ok(!report.has_failures())
+}
+
+/// Measures, writes the calibration file, and prints its main figures.
+fn calibrate(args: CalibrateArgs) -> Result<()> {
+    let path = args
+        .out
+        .unwrap_or_else(profilemate::calibrate::default_path);
+    console::err_line(&format!(
+        "profilemate calibrate: device {}, {} waits per pattern; tracing ourselves with the attach's probes...",
+        args.device, args.samples
+    ));
+    let cal = profilemate::calibrate::run(&profilemate::calibrate::Options {
+        ordinal: args.device,
+        samples: usize::try_from(args.samples).unwrap_or(1000),
+    })?;
+    cal.save(&path)?;
+    for line in calibration_lines(&cal) {
+        console::out_line(&line).context("cannot write to stdout")?;
+    }
+    console::out_line(&format!("calibration: {}", path.display())).context("cannot write to stdout")
+}
+
+/// The figures of a calibration, one per line.
+fn calibration_lines(c: &profilemate::calibrate::Calibration) -> Vec<String> {
+    let m = |x: &profilemate::calibrate::file::Micros| {
+        format!(
+            "P50 {} / P95 {} / P99 {} µs (n={})",
+            x.p50, x.p95, x.p99, x.count
+        )
+    };
+    let w = &c.wake_up_us;
+    let mut lines = vec![
+        format!(
+            "gpu: {} (driver API {}, {})",
+            c.gpu.name, c.gpu.driver_api_version, c.gpu.driver_library
+        ),
+        format!("wake-up (wait return - GPU end), all: {}", m(&w.all)),
+    ];
+    for (name, v) in [
+        ("event sync one step later", &w.event_sync_next_step),
+        (
+            "blocking-sync event one step later (not in all)",
+            &w.blocking_event_sync_next_step,
+        ),
+        ("graph replay + event sync", &w.graph_replay),
+        ("stream sync", &w.stream_sync),
+    ] {
+        if let Some(v) = v {
+            lines.push(format!("  {name}: {}", m(v)));
+        }
+    }
+    let p = &c.probe_cost;
+    lines.extend([
+        format!("launch latency: {}", m(&c.launch_latency_us)),
+        format!(
+            "probe cost per hit: uprobe {} µs, uprobe+uretprobe {} µs, uretprobe {} µs, hw breakpoint {}",
+            p.uprobe_us,
+            p.uprobe_and_uretprobe_us,
+            p.uretprobe_us,
+            p.hw_breakpoint_us.map_or_else(
+                || format!("n/a ({})", p.hw_breakpoint_error.as_deref().unwrap_or("?")),
+                |v| format!("{v} µs")
+            )
+        ),
+        format!(
+            "smallest reliably exact wait: {}",
+            c.min_reliably_exact_wait_us
+                .map_or_else(|| "none in the sweep".to_owned(), |v| format!("{v} µs"))
+        ),
+    ]);
+    lines
 }
 
 /// Prints the vLLM names manifest as JSON.
@@ -166,11 +300,14 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Attach(a) => attach(a),
-        Command::VllmNames => vllm_names(),
+        Command::Attach(a) => attach(a).map(|()| true),
+        Command::Doctor(a) => doctor(a),
+        Command::Calibrate(a) => calibrate(a).map(|()| true),
+        Command::VllmNames => vllm_names().map(|()| true),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             console::err_line(&format!("error: {e:#}"));
             ExitCode::FAILURE

@@ -72,6 +72,23 @@ fn effective_caps() -> u64 {
         .unwrap_or(0)
 }
 
+/// Which of the capabilities that matter to ProfileMate (CAP_SYS_ADMIN, CAP_SYS_PTRACE,
+/// CAP_PERFMON, CAP_BPF) this process holds in its effective set.
+#[must_use]
+pub fn held_capabilities() -> Vec<&'static str> {
+    let caps = effective_caps();
+    [
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+        (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+        (CAP_BPF, "CAP_BPF"),
+    ]
+    .iter()
+    .filter(|(b, _)| caps & (1u64 << *b) != 0)
+    .map(|(_, n)| *n)
+    .collect()
+}
+
 /// Fails unless the process may load BPF programs, open uprobe perf events and read the
 /// target's memory maps.
 pub fn check_privileges() -> Result<(), PreflightError> {
@@ -81,17 +98,7 @@ pub fn check_privileges() -> Result<(), PreflightError> {
     if bpf_ok && (has(CAP_SYS_PTRACE) || has(CAP_SYS_ADMIN)) {
         return Ok(());
     }
-    let names = [
-        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
-        (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
-        (CAP_PERFMON, "CAP_PERFMON"),
-        (CAP_BPF, "CAP_BPF"),
-    ];
-    let have: Vec<&str> = names
-        .iter()
-        .filter(|(b, _)| has(*b))
-        .map(|(_, n)| *n)
-        .collect();
+    let have = held_capabilities();
     Err(PreflightError::NotPrivileged {
         have: if have.is_empty() {
             "none of them".to_owned()

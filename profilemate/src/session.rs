@@ -18,6 +18,7 @@ use profilemate_common::{python::usdt_probe, Library};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::{
+    calibrate::{self, attach::Resolution},
     config::AttachConfig,
     correlate::{python::PythonContext, Correlator},
     discovery::{self, MappedLibrary},
@@ -405,6 +406,13 @@ pub fn run(cfg: &AttachConfig) -> Result<SessionOutcome> {
     preflight::check_privileges()?;
     preflight::check_pid(cfg.pid)?;
     preflight::check_kernel()?;
+    // Before anything is attached: a calibration named on the command line must be good.
+    let calibration = calibrate::attach::resolve(cfg.calibration.as_deref())?;
+    if let Resolution::None(why) = &calibration {
+        if why.contains("set aside") {
+            crate::say!("warning: {why}");
+        }
+    }
     // One perf event fd per probe (~40 per process): lift the soft fd limit to the hard one.
     let nofile = nix::sys::resource::Resource::RLIMIT_NOFILE;
     if let Ok((soft, hard)) = nix::sys::resource::getrlimit(nofile) {
@@ -425,7 +433,7 @@ pub fn run(cfg: &AttachConfig) -> Result<SessionOutcome> {
             &cfg.out_dir,
             &start_wall.format("%Y%m%d_%H%M%S").to_string(),
         )?;
-        let result = run_session(cfg, &dir, start_wall, signals).await;
+        let result = run_session(cfg, &dir, start_wall, signals, &calibration).await;
         if result.is_err() {
             // Nothing was written: leave no empty session directory behind.
             let _ = std::fs::remove_dir(dir.path());
@@ -533,6 +541,7 @@ async fn run_session(
     dir: &SessionDir,
     start_wall: chrono::DateTime<chrono::Local>,
     mut signals: Signals,
+    calibration: &Resolution,
 ) -> Result<SessionOutcome> {
     let t0 = monotonic_ns();
     // Taken right after t0: the two clocks are paired to well under a millisecond.
@@ -623,7 +632,7 @@ async fn run_session(
         PythonContext::new(vllm::ops::VLLM_0_33),
         BatchReader::new(&vllm::batch::BATCH_0_33, &vllm::state::VLLM_0_33),
         py_rx,
-        profilers::default_set(dir, time, sample_hz)?,
+        profilers::default_set(dir, time, sample_hz, exact_bound(calibration))?,
     );
     // The reader only moves records from the ring into a bounded queue, so no work
     // downstream (target reads, symbolization, file writes) can make the kernel drop; the
@@ -783,6 +792,14 @@ async fn run_session(
         losses,
         notes: Vec::new(),
         failure: None,
+        calibration: match calibration {
+            Resolution::Used(u) => Some(u.as_ref().clone()),
+            Resolution::None(_) => None,
+        },
+        calibration_none: match calibration {
+            Resolution::Used(_) => None,
+            Resolution::None(why) => Some(why.clone()),
+        },
     };
     if matches!(stop, Stop::NothingAttached) {
         metadata.failure = Some(verdict::empty_session_cause(&metadata.probes));
@@ -847,6 +864,18 @@ async fn run_session(
     probes.detach_all();
     log::info!("detached {n} probes in {:?}", t.elapsed());
     Ok(outcome)
+}
+
+/// The bound forward_pass_summary.json states for exact rows, from the calibration used.
+fn exact_bound(calibration: &Resolution) -> Option<profilers::forward_pass::ExactBound> {
+    match calibration {
+        Resolution::Used(u) => Some(profilers::forward_pass::ExactBound {
+            calibration: u.path.clone(),
+            wake_up_p50_us: u.wake_up_us.p50,
+            completion_late_by_at_most_us: u.exact_completion_error_bound_us,
+        }),
+        Resolution::None(_) => None,
+    }
 }
 
 /// Records of every kind the kernel could not hand over (ring buffer full).

@@ -166,4 +166,9 @@ pub struct Metadata {
     /// Why the session recorded nothing, with the fix (absent when it recorded); the exit
     /// status is then non-zero.
     pub failure: Option<String>,
+    /// The calibration used (`profilemate calibrate`): its file and the figures taken from
+    /// it; null when none was used (`calibration_none` says why).
+    pub calibration: Option<crate::calibrate::attach::Used>,
+    /// Why no calibration was used.
+    pub calibration_none: Option<String>,
 }

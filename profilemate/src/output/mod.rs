@@ -357,6 +357,43 @@ fn open_dir(at: Option<&OwnedFd>, path: &Path) -> std::io::Result<OwnedFd> {
 }
 
 /// Why a symlinked `--out` is refused, naming where it points.
+/// What [`SessionDir::create`] would find at `base`, without creating anything: None when it
+/// does not exist yet (it would be created), its metadata when it exists and would be used.
+///
+/// # Errors
+///
+/// The same refusals `create` makes: a symbolic link, another user's directory, one writable
+/// by others without the sticky bit, or not a directory.
+pub fn inspect_base(base: &Path) -> Result<Option<std::fs::Metadata>, OutputError> {
+    let base_err = |why: String| OutputError::BaseDir {
+        path: base.to_owned(),
+        why,
+    };
+    let meta = match std::fs::symlink_metadata(base) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(base_err(format!("cannot inspect it: {e}"))),
+    };
+    if meta.file_type().is_symlink() {
+        return Err(base_err(symlink_refusal(base)));
+    }
+    if !meta.is_dir() {
+        return Err(base_err("it is not a directory".to_owned()));
+    }
+    if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+        return Err(base_err(
+            "it is writable by other users and has no sticky bit".into(),
+        ));
+    }
+    if !trusted_owner(meta.uid(), sudo_owner()) {
+        return Err(base_err(format!(
+            "it belongs to uid {}, neither root nor the invoking user",
+            meta.uid()
+        )));
+    }
+    Ok(Some(meta))
+}
+
 fn symlink_refusal(base: &Path) -> String {
     let to = std::fs::read_link(base).map_or_else(|_| "?".to_owned(), |t| t.display().to_string());
     format!(

@@ -22,12 +22,12 @@ use super::perf_link::{
 };
 
 /// `PERF_TYPE_BREAKPOINT`.
-const PERF_TYPE_BREAKPOINT: u32 = 5;
+pub const PERF_TYPE_BREAKPOINT: u32 = 5;
 /// `HW_BREAKPOINT_RW`: x86 has no read-only data breakpoints.
-const HW_BREAKPOINT_RW: u32 = 3;
+pub const HW_BREAKPOINT_RW: u32 = 3;
 /// `HW_BREAKPOINT_LEN_1`: the opcode byte only. Some builds load an instruction's opcode and
 /// its argument byte with two loads; watching both bytes would count such a fetch twice.
-const HW_BREAKPOINT_LEN_1: u64 = 1;
+pub const HW_BREAKPOINT_LEN_1: u64 = 1;
 /// Debug registers of one x86-64 thread.
 pub const MAX_WATCHED_PER_THREAD: usize = 4;
 
@@ -163,15 +163,10 @@ impl Breakpoints {
     }
 }
 
-/// Opens one breakpoint on `address` for thread `tid`, user mode only, with the program
-/// linked to it.
-fn open(
-    address: u64,
-    tid: u32,
-    prog: BorrowedFd<'_>,
-    slot: u64,
-) -> Result<PerfLink, PerfLinkError> {
-    let attr = PerfEventAttr {
+/// The attributes of a one-byte read/write breakpoint on `address`, user mode only.
+#[must_use]
+pub fn breakpoint_attr(address: u64) -> PerfEventAttr {
+    PerfEventAttr {
         kind: PERF_TYPE_BREAKPOINT,
         size: std::mem::size_of::<PerfEventAttr>() as u32,
         sample_period: 1,
@@ -180,12 +175,23 @@ fn open(
         config1: address,
         config2: HW_BREAKPOINT_LEN_1,
         ..PerfEventAttr::default()
-    };
-    open_linked(&attr, tid, prog, slot)
+    }
+}
+
+/// Opens one breakpoint on `address` for thread `tid`, user mode only, with the program
+/// linked to it.
+pub fn open(
+    address: u64,
+    tid: u32,
+    prog: BorrowedFd<'_>,
+    slot: u64,
+) -> Result<PerfLink, PerfLinkError> {
+    open_linked(&breakpoint_attr(address), tid, prog, slot)
 }
 
 /// A short cause for the report, naming the likely reason.
-fn cause(e: &PerfLinkError) -> String {
+#[must_use]
+pub fn cause(e: &PerfLinkError) -> String {
     match (e, e.errno()) {
         (PerfLinkError::Open(_), Some(libc::ENOSPC)) => {
             "no free debug register (a debugger or another tracer holds them)".to_owned()

@@ -488,6 +488,16 @@ impl Probes {
         Ok(())
     }
 
+    /// Opens a hardware breakpoint on `address` for thread `tid` with the breakpoint program
+    /// linked, as the watched functions get (`profilemate calibrate` times its hits).
+    pub fn breakpoint(&mut self, tid: u32, address: u64) -> Result<perf_link::PerfLink, String> {
+        let prog = typed_program::<PerfEvent>(&mut self.ebpf, BREAKPOINT_PROGRAM)
+            .map_err(|e| error_chain(&e))?;
+        let fd = prog.fd().map_err(|e| error_chain(&e))?;
+        breakpoints::open(address, tid, std::os::fd::AsFd::as_fd(fd), 0)
+            .map_err(|e| breakpoints::cause(&e))
+    }
+
     /// What the breakpoints of each process did.
     #[must_use]
     pub fn breakpoint_reports(&self) -> Vec<breakpoints::BreakpointReport> {

@@ -68,6 +68,9 @@ const _: () = assert!(std::mem::size_of::<PerfEventAttr>() == 112);
 pub const FLAG_EXCLUDE_KERNEL: u64 = 1 << 5;
 /// See `FLAG_EXCLUDE_KERNEL`.
 pub const FLAG_EXCLUDE_HV: u64 = 1 << 6;
+/// `perf_event_attr.disabled`: created but never scheduled in (a breakpoint so created
+/// reserves its debug-register slot without loading the register).
+pub const FLAG_DISABLED: u64 = 1;
 
 /// `union bpf_attr` for `BPF_LINK_CREATE` with a perf event target.
 #[repr(C)]
@@ -85,14 +88,10 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PERF_EVENT: u32 = 41;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
 
-/// Opens the event `attr` for `pid` (a process or a thread id; `cpu` -1: any) and links
-/// `prog` to it with `cookie`.
-pub fn open_linked(
-    attr: &PerfEventAttr,
-    pid: u32,
-    prog: BorrowedFd<'_>,
-    cookie: u64,
-) -> Result<PerfLink, PerfLinkError> {
+/// Opens the event `attr` for `pid` (a process or a thread id; on any CPU), with no program
+/// linked: closing the descriptor removes it. `profilemate doctor` uses it to try what the
+/// kernel allows.
+pub fn open_event(attr: &PerfEventAttr, pid: u32) -> Result<OwnedFd, PerfLinkError> {
     // SAFETY: perf_event_open reads `attr` (and what its config fields point to, alive for
     // the call) and returns a new descriptor or -1.
     let fd = unsafe {
@@ -109,7 +108,18 @@ pub fn open_linked(
         return Err(PerfLinkError::Open(std::io::Error::last_os_error()));
     }
     // SAFETY: a fresh descriptor owned by nothing else.
-    let perf = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Opens the event `attr` for `pid` (a process or a thread id; `cpu` -1: any) and links
+/// `prog` to it with `cookie`.
+pub fn open_linked(
+    attr: &PerfEventAttr,
+    pid: u32,
+    prog: BorrowedFd<'_>,
+    cookie: u64,
+) -> Result<PerfLink, PerfLinkError> {
+    let perf = open_event(attr, pid)?;
     let link_attr = LinkCreateAttr {
         prog_fd: prog.as_raw_fd() as u32,
         target_fd: perf.as_raw_fd() as u32,

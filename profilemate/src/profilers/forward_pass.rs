@@ -176,10 +176,26 @@ struct PhaseSummary {
     cpu_launch_ms: Option<LatencySummary>,
 }
 
+/// The calibrated error bound of exact completions (`profilemate calibrate` on this machine):
+/// an exact row's completion is its wait's return, which follows the GPU's end by the
+/// machine's wake-up latency.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExactBound {
+    /// The calibration file.
+    pub calibration: String,
+    /// Median wake-up latency there (µs).
+    pub wake_up_p50_us: f64,
+    /// The bound: an exact row's completion is at most this late (µs, the wake-up P99).
+    pub completion_late_by_at_most_us: f64,
+}
+
 #[derive(Serialize)]
 struct Summary {
     #[serde(flatten)]
     all: PhaseSummary,
+    /// The calibrated bound of exact rows' completion error (absent: no calibration; see
+    /// metadata.json `calibration_none`).
+    exact_completion_error: Option<ExactBound>,
     by_phase: BTreeMap<&'static str, PhaseSummary>,
     by_pid: BTreeMap<u32, PhaseSummary>,
     /// Steps whose vLLM batch (`SchedulerOutput`) was read: phase and batch columns filled.
@@ -202,6 +218,8 @@ pub struct ForwardPass {
     descriptors: HashMap<(u32, u32), VecDeque<GraphDescriptor>>,
     /// Steps whose batch was read.
     with_batch: u64,
+    /// The calibrated bound, when a calibration was used.
+    bound: Option<ExactBound>,
 }
 
 /// What a step row says about the Python code that launched it.
@@ -243,7 +261,11 @@ impl LaunchContext {
 
 impl ForwardPass {
     /// Opens forward_pass_timing.csv in `dir`.
-    pub fn new(dir: &SessionDir, time: TimeBase) -> Result<Self, OutputError> {
+    pub fn new(
+        dir: &SessionDir,
+        time: TimeBase,
+        bound: Option<ExactBound>,
+    ) -> Result<Self, OutputError> {
         Ok(Self {
             time,
             rows: dir.csv_sink("forward_pass_timing.csv", HEADER)?,
@@ -254,6 +276,7 @@ impl ForwardPass {
             batches: HashMap::new(),
             descriptors: HashMap::new(),
             with_batch: 0,
+            bound,
         })
     }
 
@@ -363,6 +386,7 @@ impl Profiler for ForwardPass {
         let rows = self.rows.finish()?;
         let summary = Summary {
             all: self.all.summary(),
+            exact_completion_error: self.bound.clone(),
             by_phase: self.by_phase.iter().map(|(k, v)| (*k, v.summary())).collect(),
             by_pid: self.by_pid.iter().map(|(k, v)| (*k, v.summary())).collect(),
             steps_with_batch: self.with_batch,

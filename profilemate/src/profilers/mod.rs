@@ -46,13 +46,15 @@ pub trait Profiler: Send {
 
 /// The default set, in output order, writing into `dir`.
 /// `sample_hz`: the Python sampling rate in use (0: off).
+/// `bound`: the calibrated error bound of exact completions, if a calibration was used.
 pub fn default_set(
     dir: &SessionDir,
     time: TimeBase,
     sample_hz: u64,
+    bound: Option<forward_pass::ExactBound>,
 ) -> Result<Vec<Box<dyn Profiler>>, OutputError> {
     Ok(vec![
-        Box::new(forward_pass::ForwardPass::new(dir, time)?),
+        Box::new(forward_pass::ForwardPass::new(dir, time, bound)?),
         Box::new(cuda_graphs::CudaGraphs::new(dir, time)?),
         Box::new(cuda_api::CudaApi::default()),
         Box::new(cpu_attribution::CpuAttribution::new(dir, time, sample_hz)?),
