@@ -558,7 +558,11 @@ fn vllm_verdict(seen: &Seen) -> Check {
 /// The API server's /metrics, read once (a GET, as any monitoring system makes).
 fn metrics(pids: &[u32], has_vllm: bool) -> Check {
     let name = "metrics_endpoint";
-    let found = vllm::metrics::scrape(pids, &mut HashMap::new());
+    let found = vllm::metrics::scrape(
+        pids,
+        &mut HashMap::new(),
+        &mut vllm::metrics::Ports::default(),
+    );
     match found.first() {
         Some(s) => Check::ok(
             Group::Target,
