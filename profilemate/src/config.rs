@@ -51,6 +51,8 @@ pub struct AttachConfig {
     /// Attach return probes even where seccomp may kill the target on them
     /// (`--allow-uretprobes`; see `preflight::return_probes`).
     pub allow_uretprobes: bool,
+    /// Write report.html, trace.json and cpu_profile.speedscope.json at the end.
+    pub report: bool,
 }
 
 impl AttachConfig {

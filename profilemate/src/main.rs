@@ -27,6 +27,10 @@ struct Cli {
 enum Command {
     /// Attach to a running process tree and record its CUDA activity until stopped.
     Attach(AttachArgs),
+    /// Write report.html (one self-contained page: plots, findings, losses, flame graph),
+    /// trace.json (Perfetto / chrome://tracing) and cpu_profile.speedscope.json from a
+    /// session directory (any one, also a copy from another machine).
+    Report(ReportArgs),
     /// Print, as JSON, every vLLM name (module, class, function, attribute, enum value) this
     /// build reads, for checking against a vLLM release's source.
     VllmNames,
@@ -96,6 +100,20 @@ struct AttachArgs {
     /// target gets entry probes only).
     #[arg(long)]
     allow_uretprobes: bool,
+    /// Do not write report.html, trace.json and cpu_profile.speedscope.json at the end
+    /// (`profilemate report DIR` writes them later).
+    #[arg(long)]
+    no_report: bool,
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// The session directory (session_YYYYmmdd_HHMMSS).
+    session_dir: PathBuf,
+    /// Where to write the page [default: SESSION_DIR/report.html]; trace.json and
+    /// cpu_profile.speedscope.json go beside it.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 /// The longest `--duration`: a session is a profile, not a service; longer values are
@@ -148,12 +166,27 @@ fn attach(args: AttachArgs) -> Result<()> {
         state_hz: args.state_hz.min(1000),
         breakpoints: !args.no_breakpoints,
         allow_uretprobes: args.allow_uretprobes,
+        report: !args.no_report,
     };
     let outcome = session::run(&cfg)?;
     match outcome.failure {
         Some(why) => anyhow::bail!("{why} (the session is in {})", outcome.dir.display()),
         None => Ok(()),
     }
+}
+
+/// `profilemate report`: writes the page, the trace and the speedscope file, and says where.
+fn report(args: &ReportArgs) -> Result<()> {
+    let w = profilemate::report::write_all(
+        &args.session_dir,
+        args.out.as_deref(),
+        profilemate::report::Create::Replace,
+    )?;
+    for line in profilemate::report::written_lines(&w) {
+        console::err_line(&line);
+    }
+    console::out_line(&format!("report: {}", w.report.display()))
+        .context("cannot write the report path to stdout")
 }
 
 /// Prints the vLLM names manifest as JSON.
@@ -167,6 +200,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Attach(a) => attach(a),
+        Command::Report(a) => report(&a),
         Command::VllmNames => vllm_names(),
     };
     match result {
