@@ -638,15 +638,14 @@ pub fn write_all(dir: &Path, report: Option<&Path>, how: Create) -> Result<Writt
         .filter(|p| !p.as_os_str().is_empty())
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let page = html::page(&model);
-    write_file(&report, page.as_bytes(), how)?;
+    write_file(&report, how, |w| Ok(w.write_all(page.as_bytes())?))?;
     let trace_path = beside.join(TRACE_FILE);
-    let trace = trace::to_json(&model)
-        .and_then(|bytes| write_file(&trace_path, &bytes, how))
+    let trace = write_file(&trace_path, how, |w| trace::write(&model, w))
         .map(|()| trace_path)
         .map_err(|e| format!("{e:#}"));
     let ss_path = beside.join(SPEEDSCOPE_FILE);
     let speedscope = speedscope::to_json(&model)
-        .and_then(|bytes| write_file(&ss_path, &bytes, how))
+        .and_then(|bytes| write_file(&ss_path, how, |w| Ok(w.write_all(&bytes)?)))
         .map(|()| ss_path)
         .map_err(|e| format!("{e:#}"));
     Ok(Written {
@@ -660,7 +659,11 @@ pub fn write_all(dir: &Path, report: Option<&Path>, how: Create) -> Result<Writt
 /// Writes `bytes` to `path`, never through a symbolic link: a new file (`O_EXCL`), or a
 /// temporary one renamed over the old (a rename replaces a link, it does not follow it).
 /// Under sudo the file goes to the invoking user, like the session's files.
-fn write_file(path: &Path, bytes: &[u8], how: Create) -> Result<()> {
+fn write_file(
+    path: &Path,
+    how: Create,
+    fill: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<()> {
     let target = match how {
         Create::New => path.to_path_buf(),
         Create::Replace => {
@@ -685,16 +688,17 @@ fn write_file(path: &Path, bytes: &[u8], how: Create) -> Result<()> {
             .with_context(|| format!("cannot create {}", target.display()));
     }
     // SAFETY: fd was just returned by open and is owned by nobody else.
-    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     if let (Ok(uid), Ok(gid)) = (std::env::var("SUDO_UID"), std::env::var("SUDO_GID")) {
         if let (Ok(uid), Ok(gid)) = (uid.parse(), gid.parse()) {
             let _ = std::os::unix::fs::fchown(&file, Some(uid), Some(gid));
         }
     }
-    let written = file.write_all(bytes).and_then(|()| file.flush());
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let written = fill(&mut w).and_then(|()| Ok(w.flush()?));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&target);
-        return Err(e).with_context(|| format!("cannot write {}", target.display()));
+        return Err(e.context(format!("cannot write {}", target.display())));
     }
     if how == Create::Replace {
         std::fs::rename(&target, path).with_context(|| {
@@ -739,9 +743,12 @@ mod tests {
         let victim = dir.join("victim");
         std::fs::write(&victim, "keep").expect("write");
         std::os::unix::fs::symlink(&victim, dir.join("report.html")).expect("symlink");
-        write_file(&dir.join("report.html"), b"new", Create::Replace).expect("write");
+        write_file(&dir.join("report.html"), Create::Replace, |w| {
+            Ok(w.write_all(b"new")?)
+        })
+        .expect("write");
         assert_eq!(std::fs::read_to_string(&victim).expect("read"), "keep");
-        assert!(write_file(&dir.join("victim"), b"x", Create::New).is_err());
+        assert!(write_file(&dir.join("victim"), Create::New, |_| Ok(())).is_err());
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

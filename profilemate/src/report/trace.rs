@@ -13,32 +13,93 @@
 //! to an overflow lane of the same track (upper-bound GPU spans overlap the next step's
 //! start under async scheduling).
 //!
-//! Owns: the event list and its lanes. Does not own: the files it reads (`Model`).
+//! Events are written as they are made; only a 32-byte key per span is kept (for its lane),
+//! so a 30-minute session (500k steps, ~250 MB of trace) needs tens of MB, not gigabytes.
+//!
+//! Owns: the events, their tracks and lanes. Does not own: the files it reads (`Model`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write,
+};
 
 use anyhow::Result;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::json;
 
 use super::{Completion, Method, Model};
 
 /// Synthetic track ids start here (above any Linux tid: pid_max is at most 2^22).
 const SYNTHETIC: u64 = 1 << 30;
 
-/// One complete span before lanes are assigned.
+/// What a span shows: the model row it comes from.
+#[derive(Clone, Copy)]
+enum Source {
+    /// `m.steps[i]` on a GPU track.
+    Gpu(u32),
+    /// `m.steps[i]`'s launch on its thread.
+    Launch(u32),
+    /// `m.gc[i]`.
+    Gc(u32),
+}
+
+/// A complete span before its lane is known.
 struct Span {
     pid: u32,
     track: u64,
-    name: String,
-    cat: &'static str,
     ts: f64,
     dur: f64,
-    args: Value,
+    source: Source,
 }
 
-/// The trace being built.
-struct Trace {
-    events: Vec<Value>,
+/// One trace event.
+#[derive(Serialize)]
+struct Ev<'a, A: Serialize> {
+    ph: &'static str,
+    name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    cat: &'static str,
+    ts: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dur: Option<f64>,
+    pid: u32,
+    tid: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s: Option<&'static str>,
+    args: A,
+}
+
+impl<'a, A: Serialize> Ev<'a, A> {
+    fn new(
+        ph: &'static str,
+        cat: &'static str,
+        name: &'a str,
+        ts: f64,
+        pid: u32,
+        tid: u64,
+        args: A,
+    ) -> Self {
+        Self {
+            ph,
+            name,
+            cat,
+            ts: us(ts),
+            dur: None,
+            pid,
+            tid,
+            id: None,
+            s: None,
+            args,
+        }
+    }
+}
+
+/// The trace being written.
+struct Trace<'w> {
+    out: &'w mut dyn Write,
+    events: usize,
     spans: Vec<Span>,
     /// (pid, track) -> name.
     tracks: BTreeMap<(u32, u64), String>,
@@ -51,15 +112,24 @@ fn us(sec: f64) -> f64 {
     (sec * 1e9).round() / 1e3
 }
 
-impl Trace {
-    fn new() -> Self {
+impl<'w> Trace<'w> {
+    fn new(out: &'w mut dyn Write) -> Self {
         Self {
-            events: Vec::new(),
+            out,
+            events: 0,
             spans: Vec::new(),
             tracks: BTreeMap::new(),
             named: HashMap::new(),
             next_synthetic: SYNTHETIC,
         }
+    }
+
+    fn emit<A: Serialize>(&mut self, e: &Ev<A>) -> Result<()> {
+        self.out
+            .write_all(if self.events == 0 { b"\n" } else { b",\n" })?;
+        serde_json::to_writer(&mut *self.out, e)?;
+        self.events += 1;
+        Ok(())
     }
 
     /// A named synthetic track of `pid`.
@@ -76,7 +146,7 @@ impl Trace {
 
     fn thread(&mut self, pid: u32, tid: u32, name: &str) {
         let e = self.tracks.entry((pid, u64::from(tid))).or_default();
-        if e.is_empty() || e.starts_with("thread ") {
+        if e.is_empty() || (e.starts_with("thread ") && !name.is_empty()) {
             *e = if name.is_empty() {
                 format!("thread {tid}")
             } else {
@@ -85,16 +155,8 @@ impl Trace {
         }
     }
 
-    fn span(&mut self, s: Span) {
-        self.spans.push(s);
-    }
-
-    fn instant(&mut self, pid: u32, tid: u64, name: String, cat: &str, t: f64, args: Value) {
-        self.events.push(json!({"ph": "i", "s": "t", "name": name, "cat": cat, "ts": us(t), "pid": pid, "tid": tid, "args": args}));
-    }
-
-    /// Assigns lanes (no partial overlap on a track) and emits the spans.
-    fn lay_out_spans(&mut self) {
+    /// Assigns lanes (no partial overlap on a track) and writes the spans.
+    fn write_spans(&mut self, m: &Model) -> Result<()> {
         let mut spans = std::mem::take(&mut self.spans);
         spans.sort_by(|a, b| {
             (a.pid, a.track)
@@ -103,32 +165,70 @@ impl Trace {
         });
         let mut lanes: HashMap<(u32, u64), Vec<(u64, f64)>> = HashMap::new();
         for s in spans {
-            let base = self
-                .tracks
-                .get(&(s.pid, s.track))
-                .cloned()
-                .unwrap_or_default();
             let free = lanes
                 .entry((s.pid, s.track))
                 .or_insert_with(|| vec![(s.track, f64::NEG_INFINITY)]);
-            let lane = match free.iter().position(|(_, end)| *end <= s.ts) {
-                Some(i) => i,
-                None => {
-                    let t = self.next_synthetic;
-                    self.next_synthetic += 1;
-                    self.tracks
-                        .insert((s.pid, t), format!("{base} (overlap {})", free.len()));
-                    free.push((t, f64::NEG_INFINITY));
-                    free.len() - 1
-                }
+            let lane = if let Some(i) = free.iter().position(|(_, end)| *end <= s.ts) {
+                i
+            } else {
+                let t = self.next_synthetic;
+                self.next_synthetic += 1;
+                let base = self
+                    .tracks
+                    .get(&(s.pid, s.track))
+                    .cloned()
+                    .unwrap_or_default();
+                self.tracks
+                    .insert((s.pid, t), format!("{base} (overlap {})", free.len()));
+                free.push((t, f64::NEG_INFINITY));
+                free.len() - 1
             };
             free[lane].1 = s.ts + s.dur;
             let tid = free[lane].0;
-            self.events.push(json!({"ph": "X", "name": s.name, "cat": s.cat, "ts": us(s.ts), "dur": us(s.dur), "pid": s.pid, "tid": tid, "args": s.args}));
+            self.write_span(m, &s, tid)?;
+        }
+        Ok(())
+    }
+
+    fn write_span(&mut self, m: &Model, s: &Span, tid: u64) -> Result<()> {
+        let x = |ev: &mut Ev<_>| ev.dur = Some(us(s.dur));
+        match s.source {
+            Source::Gpu(i) => {
+                let st = &m.steps[i as usize];
+                let kind = match st.completion {
+                    Completion::Exact => "exact",
+                    Completion::Bracketed => "bracketed",
+                    Completion::UpperBound => "upper_bound",
+                };
+                let name = format!("step {} {}", st.step, st.phase);
+                let mut ev = Ev::new(
+                    "X",
+                    "gpu",
+                    &name,
+                    s.ts,
+                    s.pid,
+                    tid,
+                    json!({"completion": kind, "lower_ms": st.lower_ms, "tokens": st.tokens}),
+                );
+                x(&mut ev);
+                self.emit(&ev)
+            }
+            Source::Launch(i) => {
+                let name = format!("launch {}", m.steps[i as usize].step);
+                let mut ev = Ev::new("X", "launch", &name, s.ts, s.pid, tid, json!({}));
+                x(&mut ev);
+                self.emit(&ev)
+            }
+            Source::Gc(i) => {
+                let name = format!("gc gen {}", m.gc[i as usize].generation);
+                let mut ev = Ev::new("X", "gc", &name, s.ts, s.pid, tid, json!({}));
+                x(&mut ev);
+                self.emit(&ev)
+            }
         }
     }
 
-    fn metadata(&mut self, m: &Model) {
+    fn metadata(&mut self, m: &Model) -> Result<()> {
         let mut names: BTreeMap<u32, String> = BTreeMap::new();
         for t in m.meta["targets"].as_array().into_iter().flatten() {
             if let Some(pid) = t["pid"].as_u64() {
@@ -141,122 +241,175 @@ impl Trace {
             names.entry(pid).or_insert_with(|| format!("pid {pid}"));
         }
         for (pid, name) in names {
-            self.events.push(json!({"ph": "M", "name": "process_name", "ts": 0, "pid": pid, "tid": 0, "args": {"name": name}}));
+            self.emit(&Ev::new(
+                "M",
+                "",
+                "process_name",
+                0.0,
+                pid,
+                0,
+                json!({"name": name}),
+            ))?;
         }
-        for (&(pid, tid), name) in &self.tracks {
+        let tracks = std::mem::take(&mut self.tracks);
+        for ((pid, tid), name) in tracks {
             // Synthetic tracks (GPU, scheduler) above the threads.
             let order = if tid >= SYNTHETIC {
                 tid - SYNTHETIC
             } else {
                 SYNTHETIC + tid
             };
-            self.events.push(json!({"ph": "M", "name": "thread_name", "ts": 0, "pid": pid, "tid": tid, "args": {"name": name}}));
-            self.events.push(json!({"ph": "M", "name": "thread_sort_index", "ts": 0, "pid": pid, "tid": tid, "args": {"sort_index": order}}));
+            self.emit(&Ev::new(
+                "M",
+                "",
+                "thread_name",
+                0.0,
+                pid,
+                tid,
+                json!({"name": name}),
+            ))?;
+            self.emit(&Ev::new(
+                "M",
+                "",
+                "thread_sort_index",
+                0.0,
+                pid,
+                tid,
+                json!({"sort_index": order}),
+            ))?;
         }
+        Ok(())
     }
 }
 
-fn steps(tr: &mut Trace, m: &Model) {
-    for s in &m.steps {
-        let (track_name, kind) = match s.completion {
-            Completion::Exact => ("GPU steps (exact completion)", "exact"),
-            Completion::Bracketed => ("GPU steps (completion bounded)", "bracketed"),
-            Completion::UpperBound => ("GPU steps (completion bounded)", "upper_bound"),
+fn steps(tr: &mut Trace, m: &Model) -> Result<()> {
+    for (i, s) in m.steps.iter().enumerate() {
+        let track_name = match s.completion {
+            Completion::Exact => "GPU steps (exact completion)",
+            Completion::Bracketed | Completion::UpperBound => "GPU steps (completion bounded)",
         };
         let gpu = tr.synthetic(s.pid, track_name);
-        tr.span(Span {
+        tr.spans.push(Span {
             pid: s.pid,
             track: gpu,
-            name: format!("step {} ({})", s.step, s.phase),
-            cat: "gpu",
             ts: s.gpu_start,
             dur: (s.completion_sec - s.gpu_start).max(0.0),
-            args: json!({"step": s.step, "completion": kind, "forward_time_ms": s.gpu_ms, "gpu_time_lower_ms": s.lower_ms, "gpu_done_before_wait": s.done_before_wait, "tokens": s.tokens}),
+            source: Source::Gpu(i as u32),
         });
         tr.thread(s.pid, s.tid, "");
-        tr.span(Span {
+        tr.spans.push(Span {
             pid: s.pid,
             track: u64::from(s.tid),
-            name: format!("launch step {}", s.step),
-            cat: "launch",
             ts: s.t,
             dur: s.launch_ms.max(0.0) / 1e3,
-            args: json!({"step": s.step, "graph_replays": s.graph_launches}),
+            source: Source::Launch(i as u32),
         });
     }
     for r in &m.replays {
         tr.thread(r.pid, r.tid, "");
-        tr.instant(
+        let name = format!("graph {}", r.graph);
+        let mut ev = Ev::new(
+            "i",
+            "graph_replay",
+            &name,
+            r.t,
             r.pid,
             u64::from(r.tid),
-            format!("graph {} replay", r.graph),
-            "graph_replay",
-            r.t,
-            json!({"graph_id": r.graph}),
+            json!({}),
         );
+        ev.s = Some("t");
+        tr.emit(&ev)?;
     }
+    Ok(())
 }
 
-/// A thread's step: its first sampled record, and the sampled ms per operation.
-type StepCpu = (f64, BTreeMap<u32, f64>);
-
-fn python(tr: &mut Trace, m: &Model) {
+fn python(tr: &mut Trace, m: &Model) -> Result<()> {
     for r in &m.cpu {
         tr.thread(r.pid, r.tid, m.name(r.thread));
     }
-    for g in &m.gc {
+    for (i, g) in m.gc.iter().enumerate() {
         tr.thread(g.pid, g.tid, "");
-        tr.span(Span {
+        tr.spans.push(Span {
             pid: g.pid,
             track: u64::from(g.tid),
-            name: format!("gc gen {}", g.generation),
-            cat: "gc",
             ts: g.t,
             dur: g.ms.max(0.0) / 1e3,
-            args: json!({"generation": g.generation, "duration_ms": g.ms}),
+            source: Source::Gc(i as u32),
         });
     }
-    // Sampled CPU time per operation per step: one counter per thread.
-    let mut per_step: BTreeMap<(u32, u32, u64), StepCpu> = BTreeMap::new();
-    let mut ops: BTreeMap<(u32, u32), Vec<u32>> = BTreeMap::new();
-    for r in m.cpu.iter().filter(|r| r.method == Method::Sampled) {
-        let Some(step) = r.step else { continue };
-        let e = per_step
-            .entry((r.pid, r.tid, step))
-            .or_insert((r.start, BTreeMap::new()));
-        e.0 = e.0.min(r.start);
-        *e.1.entry(r.op).or_default() += r.ms;
+    cpu_counters(tr, m)
+}
+
+/// Sampled CPU time per operation per step: one counter per thread, one event per step.
+fn cpu_counters(tr: &mut Trace, m: &Model) -> Result<()> {
+    let mut rows: Vec<u32> = (0..m.cpu.len() as u32)
+        .filter(|&i| {
+            m.cpu[i as usize].method == Method::Sampled && m.cpu[i as usize].step.is_some()
+        })
+        .collect();
+    let key = |i: &u32| {
+        let r = &m.cpu[*i as usize];
+        (r.pid, r.tid, r.step)
+    };
+    rows.sort_by_key(key);
+    let mut ops: HashMap<(u32, u32), Vec<u32>> = HashMap::new();
+    for &i in &rows {
+        let r = &m.cpu[i as usize];
         let known = ops.entry((r.pid, r.tid)).or_default();
         if !known.contains(&r.op) {
             known.push(r.op);
         }
     }
-    for ((pid, tid, _), (t, by_op)) in per_step {
-        let all = ops.get(&(pid, tid)).map_or(&[][..], Vec::as_slice);
-        let args: serde_json::Map<String, Value> = all
+    for group in rows.chunk_by(|a, b| key(a) == key(b)) {
+        let first = &m.cpu[group[0] as usize];
+        let t = group
+            .iter()
+            .map(|i| m.cpu[*i as usize].start)
+            .fold(f64::INFINITY, f64::min);
+        let all = ops
+            .get(&(first.pid, first.tid))
+            .map_or(&[][..], Vec::as_slice);
+        let args: serde_json::Map<String, serde_json::Value> = all
             .iter()
             .map(|op| {
-                (
-                    m.name(*op).to_owned(),
-                    json!(by_op.get(op).copied().unwrap_or(0.0)),
-                )
+                let ms: f64 = group
+                    .iter()
+                    .map(|i| &m.cpu[*i as usize])
+                    .filter(|r| r.op == *op)
+                    .map(|r| r.ms)
+                    .sum();
+                (m.name(*op).to_owned(), json!(ms))
             })
             .collect();
-        tr.events.push(json!({"ph": "C", "name": format!("CPU ms per step (sampled), thread {tid}"), "cat": "cpu", "ts": us(t), "pid": pid, "tid": tid, "args": args}));
+        let name = format!("CPU ms per step (sampled), thread {}", first.tid);
+        tr.emit(&Ev::new(
+            "C",
+            "cpu",
+            &name,
+            t,
+            first.pid,
+            u64::from(first.tid),
+            args,
+        ))?;
     }
+    Ok(())
 }
 
-fn scheduler(tr: &mut Trace, m: &Model) {
+fn scheduler(tr: &mut Trace, m: &Model) -> Result<()> {
     for p in &m.preemptions {
         let track = tr.synthetic(p.pid, "scheduler: preemptions");
-        tr.instant(
+        let name = format!("preempt {}", p.request);
+        let mut ev = Ev::new(
+            "i",
+            "preemption",
+            &name,
+            p.t,
             p.pid,
             track,
-            format!("preempt {}", p.request),
-            "preemption",
-            p.t,
             json!({"request_id": p.request, "reason": p.reason}),
         );
+        ev.s = Some("t");
+        tr.emit(&ev)?;
     }
     let end = m.duration();
     for (i, r) in m.requests.iter().enumerate() {
@@ -267,39 +420,55 @@ fn scheduler(tr: &mut Trace, m: &Model) {
             .or(r.finished)
             .unwrap_or(0.0);
         let stop = r.finished.unwrap_or(end).max(start);
-        let args = json!({"request_id": r.id, "arrival_sec": r.arrival, "first_scheduled_sec": r.first_scheduled, "finished_sec": r.finished, "final_status": r.status, "preemptions": r.preemptions});
         let name = format!("request {}", r.id);
-        tr.events.push(json!({"ph": "b", "name": name, "cat": "request", "id": i, "ts": us(start), "pid": r.pid, "tid": track, "args": args}));
-        tr.events.push(json!({"ph": "e", "name": name, "cat": "request", "id": i, "ts": us(stop), "pid": r.pid, "tid": track}));
+        let mut b = Ev::new(
+            "b",
+            "request",
+            &name,
+            start,
+            r.pid,
+            track,
+            json!({"first_scheduled_sec": r.first_scheduled, "finished_sec": r.finished, "final_status": r.status, "preemptions": r.preemptions}),
+        );
+        b.id = Some(i);
+        tr.emit(&b)?;
+        let mut e = Ev::new("e", "request", &name, stop, r.pid, track, json!({}));
+        e.id = Some(i);
+        tr.emit(&e)?;
     }
+    Ok(())
 }
 
-/// The trace of `m` as JSON bytes.
+/// Writes the trace of `m` to `out`.
+///
+/// # Errors
+///
+/// A write failed.
+pub fn write(m: &Model, out: &mut dyn Write) -> Result<()> {
+    out.write_all(b"{\"displayTimeUnit\":\"ms\",\"otherData\":")?;
+    serde_json::to_writer(
+        &mut *out,
+        &json!({"tracer": "profilemate", "version": crate::VERSION, "clock": "session seconds (metadata.json monotonic_start_ns = 0)", "start_time": m.meta["start_time"]}),
+    )?;
+    out.write_all(b",\"traceEvents\":[")?;
+    let mut tr = Trace::new(out);
+    steps(&mut tr, m)?;
+    python(&mut tr, m)?;
+    scheduler(&mut tr, m)?;
+    tr.write_spans(m)?;
+    tr.metadata(m)?;
+    tr.out.write_all(b"\n]}\n")?;
+    Ok(())
+}
+
+/// The trace of `m` as JSON bytes (tests).
 ///
 /// # Errors
 ///
 /// Serialization failed.
 pub fn to_json(m: &Model) -> Result<Vec<u8>> {
-    let mut tr = Trace::new();
-    steps(&mut tr, m);
-    python(&mut tr, m);
-    scheduler(&mut tr, m);
-    tr.lay_out_spans();
-    tr.metadata(m);
-    let mut out = Vec::with_capacity(tr.events.len() * 160);
-    out.extend_from_slice(b"{\"displayTimeUnit\":\"ms\",\"otherData\":");
-    serde_json::to_writer(
-        &mut out,
-        &json!({"tracer": "profilemate", "version": crate::VERSION, "clock": "session seconds (metadata.json monotonic_start_ns = 0)", "start_time": m.meta["start_time"]}),
-    )?;
-    out.extend_from_slice(b",\"traceEvents\":[\n");
-    for (i, e) in tr.events.iter().enumerate() {
-        if i > 0 {
-            out.extend_from_slice(b",\n");
-        }
-        serde_json::to_writer(&mut out, e)?;
-    }
-    out.extend_from_slice(b"\n]}\n");
+    let mut out = Vec::new();
+    write(m, &mut out)?;
     Ok(out)
 }
 
@@ -361,7 +530,8 @@ mod tests {
             }],
             ..Model::default()
         };
-        let v: Value = serde_json::from_slice(&to_json(&m).expect("json")).expect("parse");
+        let v: serde_json::Value =
+            serde_json::from_slice(&to_json(&m).expect("json")).expect("parse");
         let events = v["traceEvents"].as_array().expect("events");
         for e in events {
             for k in ["ph", "ts", "pid", "tid"] {
