@@ -414,11 +414,14 @@ fn scheduler(tr: &mut Trace, m: &Model) -> Result<()> {
     let end = m.duration();
     for (i, r) in m.requests.iter().enumerate() {
         let track = tr.synthetic(r.pid, "requests");
+        // A request that arrived before the attach starts at the session's start (its
+        // arrival is in the args): some viewers drop negative timestamps.
         let start = r
             .arrival
             .or(r.first_scheduled)
             .or(r.finished)
-            .unwrap_or(0.0);
+            .unwrap_or(0.0)
+            .max(0.0);
         let stop = r.finished.unwrap_or(end).max(start);
         let name = format!("request {}", r.id);
         let mut b = Ev::new(
@@ -428,7 +431,7 @@ fn scheduler(tr: &mut Trace, m: &Model) -> Result<()> {
             start,
             r.pid,
             track,
-            json!({"first_scheduled_sec": r.first_scheduled, "finished_sec": r.finished, "final_status": r.status, "preemptions": r.preemptions}),
+            json!({"arrival_sec": r.arrival, "first_scheduled_sec": r.first_scheduled, "finished_sec": r.finished, "final_status": r.status, "preemptions": r.preemptions}),
         );
         b.id = Some(i);
         tr.emit(&b)?;
