@@ -53,6 +53,8 @@ pub struct AttachConfig {
     pub allow_uretprobes: bool,
     /// `--calibration FILE` (None: the default location, if a file is there).
     pub calibration: Option<PathBuf>,
+    /// Write report.html, trace.json and cpu_profile.speedscope.json at the end.
+    pub report: bool,
 }
 
 impl AttachConfig {

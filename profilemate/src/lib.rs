@@ -4,7 +4,8 @@
 //! `discovery` (which processes and CUDA libraries) -> `probes` (load, attach, drain the ring
 //! buffer) -> `correlate` (calls -> steps, graphs, API statistics) -> `profilers` (one per
 //! output family) -> `output` (session directory, CSV/JSON writers, metadata).
-//! Side modules: `python` (the CPython reader: interpreter discovery, layouts, code objects)
+//! `report` reads a finished session directory back into the report page, trace and
+//! speedscope files. Side modules: `python` (the CPython reader: interpreter discovery, layouts, code objects)
 //! and `vllm` (versioned vLLM name tables). `session` wires them together for
 //! `profilemate attach`; `doctor` checks beforehand whether an attach can work.
 
@@ -23,6 +24,7 @@ pub mod preflight;
 pub mod probes;
 pub mod profilers;
 pub mod python;
+pub mod report;
 pub mod session;
 pub mod verdict;
 pub mod vllm;

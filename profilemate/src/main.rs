@@ -35,6 +35,10 @@ enum Command {
     /// ourselves through the attach's probes, and write the machine's wake-up latency, launch
     /// latency and probe costs to the calibration file attach reads.
     Calibrate(CalibrateArgs),
+    /// Write report.html (one self-contained page: plots, findings, losses, flame graph),
+    /// trace.json (Perfetto / chrome://tracing) and cpu_profile.speedscope.json from a
+    /// session directory (any one, also a copy from another machine).
+    Report(ReportArgs),
     /// Print, as JSON, every vLLM name (module, class, function, attribute, enum value) this
     /// build reads, for checking against a vLLM release's source.
     VllmNames,
@@ -110,6 +114,20 @@ struct AttachArgs {
     /// must be valid or the session does not start.
     #[arg(long, value_name = "FILE")]
     calibration: Option<PathBuf>,
+    /// Do not write report.html, trace.json and cpu_profile.speedscope.json at the end
+    /// (`profilemate report DIR` writes them later).
+    #[arg(long)]
+    no_report: bool,
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// The session directory (session_YYYYmmdd_HHMMSS).
+    session_dir: PathBuf,
+    /// Where to write the page [default: SESSION_DIR/report.html]; trace.json and
+    /// cpu_profile.speedscope.json go beside it.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -193,6 +211,7 @@ fn attach(args: AttachArgs) -> Result<()> {
         breakpoints: !args.no_breakpoints,
         allow_uretprobes: args.allow_uretprobes,
         calibration: args.calibration,
+        report: !args.no_report,
     };
     let outcome = session::run(&cfg)?;
     match outcome.failure {
@@ -290,6 +309,20 @@ fn calibration_lines(c: &profilemate::calibrate::Calibration) -> Vec<String> {
     lines
 }
 
+/// `profilemate report`: writes the page, the trace and the speedscope file, and says where.
+fn report(args: &ReportArgs) -> Result<()> {
+    let w = profilemate::report::write_all(
+        &args.session_dir,
+        args.out.as_deref(),
+        profilemate::report::Create::Replace,
+    )?;
+    for line in profilemate::report::written_lines(&w) {
+        console::err_line(&line);
+    }
+    console::out_line(&format!("report: {}", w.report.display()))
+        .context("cannot write the report path to stdout")
+}
+
 /// Prints the vLLM names manifest as JSON.
 fn vllm_names() -> Result<()> {
     let json = serde_json::to_string_pretty(&profilemate::vllm::names::manifest())?;
@@ -303,6 +336,7 @@ fn main() -> ExitCode {
         Command::Attach(a) => attach(a).map(|()| true),
         Command::Doctor(a) => doctor(a),
         Command::Calibrate(a) => calibrate(a).map(|()| true),
+        Command::Report(a) => report(&a).map(|()| true),
         Command::VllmNames => vllm_names().map(|()| true),
     };
     match result {

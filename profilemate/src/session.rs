@@ -863,6 +863,15 @@ async fn run_session(
     }
     probes.detach_all();
     log::info!("detached {n} probes in {:?}", t.elapsed());
+    // After the detach (the target runs unprobed meanwhile) and after every session file:
+    // a failure here is a warning, never a lost session or another exit status.
+    if cfg.report {
+        for line in crate::report::after_session(dir.path()) {
+            if !cfg.quiet || line.starts_with("warning") {
+                crate::say!("{line}");
+            }
+        }
+    }
     Ok(outcome)
 }
 

@@ -31,7 +31,8 @@ enum Cmd {
     /// Build everything: eBPF object, the profilemate binary, fake CUDA libraries, fixtures.
     Build,
     /// Run the whole test suite (unit, and end-to-end against the fake CUDA libraries; the
-    /// end-to-end tests need root and skip with a message otherwise).
+    /// end-to-end tests need root and skip with a message otherwise). Installs headless
+    /// Chromium (Debian's `chromium`) for the report test when missing.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
@@ -150,6 +151,49 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
+/// Headless Chromium for the report test (tests/tests/report.rs loads report.html in it).
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Installs Debian's `chromium` when it is missing (idempotent; about 155 MB). A failure is
+/// fatal in CI (CI=true), where the report test must run; elsewhere the test then skips with
+/// a message.
+fn ensure_chromium() -> Result<()> {
+    if Path::new(CHROMIUM).exists() {
+        eprintln!("setup: chromium already installed");
+        return Ok(());
+    }
+    let sudo: &[&str] = if is_root() { &[] } else { &["sudo", "-n"] };
+    let apt = |args: &[&str]| {
+        let mut all: Vec<&str> = sudo.to_vec();
+        all.push("apt-get");
+        all.extend_from_slice(args);
+        let mut c = Command::new(all[0]);
+        c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    let started = std::time::Instant::now();
+    let installed = run(&mut apt(&["update", "-q"]))
+        .and_then(|()| run(&mut apt(&["install", "-y", "-q", "chromium"])));
+    match installed {
+        Ok(()) => {
+            eprintln!(
+                "setup: chromium installed in {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            Err(e.context("cannot install chromium, which the report test needs in CI"))
+        }
+        Err(e) => {
+            eprintln!(
+                "setup: chromium not installed ({e:#}); the report test's browser part will skip"
+            );
+            Ok(())
+        }
+    }
+}
+
 fn dpkg_installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])
@@ -253,6 +297,11 @@ fn test(args: &[String]) -> Result<()> {
     // The real-vLLM tests run against a venv of the real package: built (or found up to
     // date) for the whole suite and for a filter that names them; any other filter uses one
     // already there. PROFILEMATE_REAL_VLLM_PYTHON, when set, is used as it is.
+    // The report test loads the page in headless Chromium: installed for the whole suite
+    // and for a filter that names it.
+    if args.is_empty() || args.iter().any(|a| a.contains("report")) {
+        ensure_chromium()?;
+    }
     let real_vllm = if let Some(p) = std::env::var_os("PROFILEMATE_REAL_VLLM_PYTHON") {
         Some(PathBuf::from(p))
     } else if args.is_empty() || args.iter().any(|a| a.contains("real_vllm")) {
