@@ -140,9 +140,13 @@ class Image:
         return a
 
 
-def object_image(minor):
+def object_image(minor, prefix=b""):
     m = Image()
-    m.alloc(16)  # nothing at BASE itself
+    if prefix:
+        at = m.alloc(len(prefix))
+        m.b[at - BASE:at - BASE + len(prefix)] = prefix
+    else:
+        m.alloc(16)  # nothing at BASE itself
     meta = m.alloc(400)
     types = {}
 
@@ -228,15 +232,25 @@ def object_seeds():
             suffix = "-cached" if cache else ""
             write("object_reader", f"py3{minor}-scheduler{suffix}.bin", head + body + mem.b)
     for minor, size, fields in [(13, 584, DEBUG_313), (14, 760, DEBUG_314)]:
-        raw = bytearray(size)
-        raw[:8] = b"xdebugpy"
-        struct.pack_into("<Q", raw, 8, 0x0300_00F0 | (minor << 16))
-        for at, v in fields:
-            struct.pack_into("<Q", raw, at, v)
+        raw = debug_offsets(minor, size, fields)
         # Layout 3 (from the debug offsets at the start of memory), bit 4 for 3.14: read
         # code objects at two addresses inside the struct.
         head = bytes([3 | (16 if minor == 14 else 0), 2]) + struct.pack("<BHBH", 2, 0, 2, 64)
-        write("object_reader", f"py3{minor}-debug-offsets.bin", head + bytes(raw))
+        write("object_reader", f"py3{minor}-debug-offsets.bin", head + raw)
+    # 3.13 objects read through a layout taken from the debug offsets in front of them, so
+    # the fuzzer varies the offsets (ob_type's, the str header's) under real objects.
+    mem, refs = object_image(13, debug_offsets(13, 584, DEBUG_313))
+    head = bytes([3, len(PROGRAM)])
+    write("object_reader", "py313-scheduler-via-debug-offsets.bin", head + ops(refs, PROGRAM) + mem.b)
+
+
+def debug_offsets(minor, size, fields):
+    raw = bytearray(size)
+    raw[:8] = b"xdebugpy"
+    struct.pack_into("<Q", raw, 8, 0x0300_00F0 | (minor << 16))
+    for at, v in fields:
+        struct.pack_into("<Q", raw, at, v)
+    return bytes(raw)
 
 
 # 3.13.0's _Py_DebugOffsets values (as in layout.rs's tests), by position in the struct.
