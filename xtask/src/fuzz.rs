@@ -187,7 +187,7 @@ fn run_target(bin_dir: &Path, target: &str, seconds: u64) -> Result<()> {
             .map_or("?".to_owned(), |v| v.trim().to_owned())
     };
     eprintln!(
-        "fuzz: {target}: {} executions, {} new coverage units, peak RSS {} MB",
+        "fuzz: {target}: {} executions, {} inputs of new coverage, peak RSS {} MB",
         stat("number_of_executed_units"),
         stat("new_units_added"),
         stat("peak_rss_mb"),
