@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_polls;
 mod demo;
+mod fuzz;
 mod real_vllm;
 
 #[derive(Parser)]
@@ -46,6 +47,9 @@ enum Cmd {
     },
     /// Throughput and overhead benchmarks (root); prints a table for docs/PERFORMANCE.md.
     Bench(bench::BenchArgs),
+    /// Build the libFuzzer targets of tests/fuzz and run each for a bounded time over a copy
+    /// of its committed corpus; fails on any crash, naming the input and how to reproduce it.
+    Fuzz(fuzz::FuzzArgs),
     /// Copy what a machine without cargo needs into DIR: the stripped `profilemate`, the
     /// fixture target and the fake CUDA libraries (the GPU scripts in tests/gpu use them).
     Bundle {
@@ -331,7 +335,35 @@ fn test(args: &[String]) -> Result<()> {
     run(Command::new("python3")
         .current_dir(root())
         .arg("tests/vllm_names/run.py")
-        .arg(release_dir().join("profilemate")))
+        .arg(release_dir().join("profilemate")))?;
+    ci_fuzz()
+}
+
+/// Seconds per fuzz target in CI: 4 targets x 45 s plus a cold instrumented build (~4-5 min
+/// on 2 cores) keep the step under 8 minutes.
+const CI_FUZZ_SECONDS: u64 = 45;
+
+/// In CI (`CI` set), every fuzz target for `PROFILEMATE_FUZZ_SECONDS` (default
+/// `CI_FUZZ_SECONDS`; 0 skips the step).
+fn ci_fuzz() -> Result<()> {
+    if std::env::var_os("CI").is_none_or(|v| v.is_empty() || v == "false") {
+        return Ok(());
+    }
+    let seconds = match std::env::var("PROFILEMATE_FUZZ_SECONDS") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("PROFILEMATE_FUZZ_SECONDS={v} is not a number of seconds"))?,
+        Err(_) => CI_FUZZ_SECONDS,
+    };
+    if seconds == 0 {
+        eprintln!("fuzz: skipped (PROFILEMATE_FUZZ_SECONDS=0)");
+        return Ok(());
+    }
+    fuzz::fuzz(&fuzz::FuzzArgs {
+        seconds,
+        targets: Vec::new(),
+    })
 }
 
 fn main() -> Result<()> {
@@ -348,6 +380,7 @@ fn main() -> Result<()> {
             build()?;
             demo::run(seconds)
         }
+        Cmd::Fuzz(args) => fuzz::fuzz(&args),
         Cmd::Bundle { dir } => {
             setup()?;
             build()?;

@@ -165,7 +165,13 @@ fn note_strings(desc: &[u8]) -> Option<(String, String, String)> {
 /// are returned with the error in place of their arguments.
 pub fn probes(path: &Path) -> Result<Vec<Result<UsdtProbe, UsdtError>>, UsdtError> {
     let map = map_file(path)?;
-    let elf = parse_elf(path, &map)?;
+    probes_in(path, &map)
+}
+
+/// `probes` over the bytes of an ELF file already read (`path` names it in errors only): the
+/// parsing of untrusted file contents, apart from the reading, so it can be fuzzed.
+pub fn probes_in(path: &Path, data: &[u8]) -> Result<Vec<Result<UsdtProbe, UsdtError>>, UsdtError> {
+    let elf = parse_elf(path, data)?;
     let Some(notes) = elf.section_by_name(".note.stapsdt") else {
         return Ok(Vec::new());
     };
@@ -282,6 +288,28 @@ mod tests {
         ] {
             assert!(parse_arg(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_probes_of_the_fuzz_seed_library_decode_with_their_semaphores() {
+        // tests/fuzz/seeds/probes.c, built with <sys/sdt.h> (the usdt_notes fuzz seed).
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fuzz/corpus/usdt_notes/libprobes-small.so");
+        let data = std::fs::read(&path).expect("the committed seed");
+        let all: Vec<UsdtProbe> = probes_in(&path, &data)
+            .expect("parses")
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .expect("every spec decodes");
+        let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["gc__start", "gc__done", "function__entry"]);
+        assert_eq!(all[0].offset, 0x308);
+        assert_eq!(all[0].semaphore_offset, Some(0x49c));
+        assert_eq!(
+            all[1].args[1].location,
+            ArgLocation::Memory { base: 96, disp: 12 }
+        );
+        assert_eq!(all[2].args[2].location, ArgLocation::Constant(5));
     }
 
     #[test]

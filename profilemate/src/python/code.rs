@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use super::{
     layout::PyLayout,
-    remote::{ReadError, RemoteMemory},
+    remote::{field, ReadError, RemoteMemory},
 };
 
 /// Longest string read from the target (characters); longer names are cut.
@@ -141,7 +141,8 @@ pub fn line_for(table: &[u8], first_line: i32, target: u32) -> Option<i32> {
                 true
             }
             10..=12 => {
-                line += i32::from(code) - 10;
+                // `co_firstlineno` comes from the target: a delta can go past i32::MAX.
+                line = line.checked_add(i32::from(code) - 10)?;
                 c.byte()?;
                 c.byte()?;
                 true
@@ -165,8 +166,8 @@ pub fn read_str(mem: &dyn RemoteMemory, layout: &PyLayout, addr: u64) -> Result<
     if addr == 0 {
         return Err(CodeError::BadString(addr));
     }
-    let len = mem.read_u64(addr + layout.unicode_length)?;
-    let state = mem.read_u32(addr + layout.unicode_state)?;
+    let len = mem.read_u64(field(addr, layout.unicode_length)?)?;
+    let state = mem.read_u32(field(addr, layout.unicode_state)?)?;
     let kind = (state >> 2) & 7;
     let compact = state & (1 << 5) != 0;
     let ascii = state & (1 << 6) != 0;
@@ -174,12 +175,12 @@ pub fn read_str(mem: &dyn RemoteMemory, layout: &PyLayout, addr: u64) -> Result<
         return Err(CodeError::BadString(addr));
     }
     let chars = len.min(MAX_STR_CHARS);
-    let data = addr
-        + if ascii {
-            layout.unicode_ascii_size
-        } else {
-            layout.unicode_compact_size
-        };
+    let header = if ascii {
+        layout.unicode_ascii_size
+    } else {
+        layout.unicode_compact_size
+    };
+    let data = field(addr, header)?;
     let mut buf = vec![0u8; (chars * u64::from(kind)) as usize];
     mem.read(data, &mut buf)?;
     let s: String = match kind {
@@ -203,12 +204,12 @@ pub fn read_str(mem: &dyn RemoteMemory, layout: &PyLayout, addr: u64) -> Result<
 
 /// Reads a `bytes` object, bounded.
 fn read_bytes(mem: &dyn RemoteMemory, layout: &PyLayout, addr: u64) -> Result<Vec<u8>, CodeError> {
-    let len = mem.read_u64(addr + layout.bytes_size)?;
+    let len = mem.read_u64(field(addr, layout.bytes_size)?)?;
     if len > MAX_LINETABLE {
         return Err(CodeError::BadString(addr));
     }
     let mut buf = vec![0u8; len as usize];
-    mem.read(addr + layout.bytes_data, &mut buf)?;
+    mem.read(field(addr, layout.bytes_data)?, &mut buf)?;
     Ok(buf)
 }
 
@@ -221,14 +222,15 @@ pub fn read_code(
     code_type: Option<u64>,
 ) -> Result<CodeInfo, CodeError> {
     if let Some(t) = code_type {
-        if mem.read_u64(addr + layout.object_type)? != t {
+        if mem.read_u64(field(addr, layout.object_type)?)? != t {
             return Err(CodeError::NotCode(addr));
         }
     }
-    let qualname = read_str(mem, layout, mem.read_u64(addr + layout.code_qualname)?)?;
-    let filename = read_str(mem, layout, mem.read_u64(addr + layout.code_filename)?)?;
-    let first_line = mem.read_i32(addr + layout.code_first_line)?;
-    let linetable = read_bytes(mem, layout, mem.read_u64(addr + layout.code_linetable)?)?;
+    let word = |offset| -> Result<u64, ReadError> { mem.read_u64(field(addr, offset)?) };
+    let qualname = read_str(mem, layout, word(layout.code_qualname)?)?;
+    let filename = read_str(mem, layout, word(layout.code_filename)?)?;
+    let first_line = mem.read_i32(field(addr, layout.code_first_line)?)?;
+    let linetable = read_bytes(mem, layout, word(layout.code_linetable)?)?;
     Ok(CodeInfo {
         qualname,
         filename,
@@ -368,6 +370,17 @@ mod tests {
     }
 
     #[test]
+    fn a_one_line_entry_past_i32_max_is_no_line_not_an_overflow() {
+        // Found by the line_table fuzz target: a first line near i32::MAX (read from the
+        // target's code object) and a one-line entry with delta +2 overflowed.
+        let table = [entry(12, 1), 0, 0];
+        assert_eq!(line_for(&table, i32::MAX - 1, 0), None);
+        assert_eq!(line_for(&table, i32::MAX - 2, 0), Some(i32::MAX));
+        let info = CodeInfo::new("f", "x.py", i32::MAX, table.to_vec());
+        assert_eq!(info.line(0), i32::MAX, "the first line stands in");
+    }
+
+    #[test]
     fn strings_of_each_kind_and_bad_ones() {
         use crate::python::{layout::PY312, remote::BufferMemory};
         let l = PY312;
@@ -398,6 +411,32 @@ mod tests {
         assert!(read_str(&mem, &l, base + 0x200).is_err());
         assert!(read_str(&mem, &l, 0).is_err());
         assert!(read_str(&mem, &l, 0x9999_0000).is_err());
+    }
+
+    /// Memory in which every address reads as data, so a wrapped address would be read.
+    struct Everywhere;
+
+    impl RemoteMemory for Everywhere {
+        fn read(&self, _addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+            buf.fill(0x41);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn fields_past_the_end_of_the_address_space_are_unreadable_not_wrapped() {
+        // Found by the object_reader fuzz target: `addr + offset` overflowed for str and code
+        // objects at corrupt addresses near u64::MAX (and wrapped to low memory in release).
+        let l = crate::python::layout::PY312;
+        let top = u64::MAX - 8;
+        assert!(matches!(
+            read_str(&Everywhere, &l, top),
+            Err(CodeError::Read(ReadError { addr, .. })) if addr == top
+        ));
+        assert!(matches!(
+            read_code(&Everywhere, &l, top, None),
+            Err(CodeError::Read(ReadError { addr, .. })) if addr == top
+        ));
     }
 
     /// Memory whose every read fails, as a live process's unmapped address or a gone process.

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::probes::symbols::{map_file, parse_elf, SymbolError};
 use layout::{LayoutError, PyLayout};
-use remote::{ProcessMemory, ReadError, RemoteMemory};
+use remote::{field, ProcessMemory, ReadError, RemoteMemory};
 
 /// Thread states visited when validating the thread list.
 const MAX_THREADS_CHECKED: usize = 1024;
@@ -135,14 +135,14 @@ impl Interpreter {
             .map(|(host, local)| (local, host))
             .collect();
         let mut out = Vec::new();
-        let mut tstate = mem.read_u64(self.main_interp + l.interp_threads_head)?;
+        let mut tstate = mem.read_u64(field(self.main_interp, l.interp_threads_head)?)?;
         let mut n = 0;
         while tstate != 0 && n < MAX_THREADS_CHECKED {
-            let native_tid = mem.read_u64(tstate + l.tstate_native_tid)?;
+            let native_tid = mem.read_u64(field(tstate, l.tstate_native_tid)?)?;
             if let Some(host) = local_to_host.get(&native_tid) {
                 out.push((*host, PyThreadRef { tstate, native_tid }));
             }
-            tstate = mem.read_u64(tstate + l.tstate_next)?;
+            tstate = mem.read_u64(field(tstate, l.tstate_next)?)?;
             n += 1;
         }
         Ok(out)
@@ -174,7 +174,8 @@ impl LiveFrame {
     pub fn locals(&self, mem: &dyn RemoteMemory, l: &layout::PyLayout) -> Vec<u64> {
         let n = self.nlocalsplus.min(MAX_LOCALS_READ) as usize;
         let mut buf = vec![0u8; n * 8];
-        if mem.read(self.frame + l.frame_localsplus, &mut buf).is_err() {
+        let read = field(self.frame, l.frame_localsplus).and_then(|at| mem.read(at, &mut buf));
+        if read.is_err() {
             return Vec::new();
         }
         buf.chunks_exact(8)
@@ -197,35 +198,38 @@ impl Interpreter {
     ) -> Vec<LiveFrame> {
         let l = &self.layout;
         let mut out = Vec::new();
-        let Ok(mut tstate) = mem.read_u64(self.main_interp + l.interp_threads_head) else {
+        // Every pointer here comes from the target: fields of a corrupt one are unreadable.
+        let u64_at = |base, offset| field(base, offset).and_then(|at| mem.read_u64(at));
+        let i32_at = |base, offset| field(base, offset).and_then(|at| mem.read_i32(at));
+        let Ok(mut tstate) = u64_at(self.main_interp, l.interp_threads_head) else {
             return out;
         };
         let mut threads = 0;
         while tstate != 0 && threads < MAX_THREADS_CHECKED {
             threads += 1;
-            let mut frame = mem.read_u64(tstate + l.tstate_frame).unwrap_or(0);
+            let mut frame = u64_at(tstate, l.tstate_frame).unwrap_or(0);
             if let Some(cf) = l.cframe_current_frame {
                 frame = if frame == 0 {
                     0
                 } else {
-                    mem.read_u64(frame + cf).unwrap_or(0)
+                    u64_at(frame, cf).unwrap_or(0)
                 };
             }
             for _ in 0..MAX_LIVE_FRAMES {
                 if frame == 0 {
                     break;
                 }
-                let owner = mem.read_u32(frame + l.frame_owner).map_or(0, |w| w as u8);
-                let code = mem.read_u64(frame + l.frame_code).unwrap_or(0) & l.code_pointer_mask;
+                let owner = field(frame, l.frame_owner)
+                    .and_then(|at| mem.read_u32(at))
+                    .map_or(0, |w| w as u8);
+                let code = u64_at(frame, l.frame_code).unwrap_or(0) & l.code_pointer_mask;
                 if code != 0 && l.owner_skip_min.is_none_or(|min| owner < min) {
-                    let first_line = mem.read_i32(code + l.code_first_line).unwrap_or(-1);
+                    let first_line = i32_at(code, l.code_first_line).unwrap_or(-1);
                     if let Ok(info) = codes.get(mem, l, self.code_type_addr, code, first_line) {
-                        let first_local = mem
-                            .read_u64(frame + l.frame_localsplus)
+                        let first_local = u64_at(frame, l.frame_localsplus)
                             .map_or(0, |v| v & l.code_pointer_mask);
                         // co_nlocalsplus follows co_firstlineno in 3.11-3.14.
-                        let nlocalsplus = mem
-                            .read_i32(code + l.code_first_line + 4)
+                        let nlocalsplus = i32_at(code, l.code_first_line + 4)
                             .ok()
                             .and_then(|n| u32::try_from(n).ok())
                             .unwrap_or(0);
@@ -238,12 +242,12 @@ impl Interpreter {
                         });
                     }
                 }
-                match mem.read_u64(frame + l.frame_previous) {
+                match u64_at(frame, l.frame_previous) {
                     Ok(p) => frame = p,
                     Err(_) => break,
                 }
             }
-            tstate = mem.read_u64(tstate + l.tstate_next).unwrap_or(0);
+            tstate = u64_at(tstate, l.tstate_next).unwrap_or(0);
         }
         out
     }
@@ -441,14 +445,18 @@ pub fn find(pid: u32) -> Result<Interpreter, PythonError> {
 
 /// The main interpreter: the one with id 0 in the interpreter list (the list's tail).
 fn main_interpreter(mem: &dyn RemoteMemory, l: &PyLayout, runtime: u64) -> Result<u64, String> {
-    let read = |a: u64| mem.read_u64(a).map_err(|e| e.to_string());
+    let read = |base: u64, offset: u64| {
+        field(base, offset)
+            .and_then(|at| mem.read_u64(at))
+            .map_err(|e| e.to_string())
+    };
     if let Some(main) = l.runtime_interpreters_main {
-        return match read(runtime + main)? {
+        return match read(runtime, main)? {
             0 => Err("no main interpreter (not initialized yet?)".to_owned()),
             interp => Ok(interp),
         };
     }
-    let mut interp = read(runtime + l.runtime_interpreters_head)?;
+    let mut interp = read(runtime, l.runtime_interpreters_head)?;
     if interp == 0 {
         return Err("the interpreter list is empty (not initialized yet?)".to_owned());
     }
@@ -456,10 +464,10 @@ fn main_interpreter(mem: &dyn RemoteMemory, l: &PyLayout, runtime: u64) -> Resul
         return Err("the layout locates no main interpreter".to_owned());
     };
     for _ in 0..64 {
-        if read(interp + id_off)? == 0 {
+        if read(interp, id_off)? == 0 {
             return Ok(interp);
         }
-        interp = read(interp + next_off)?;
+        interp = read(interp, next_off)?;
         if interp == 0 {
             break;
         }
@@ -475,21 +483,25 @@ fn validate_threads(
     interp: u64,
     tids: &[u64],
 ) -> Result<usize, String> {
-    let read = |a: u64| mem.read_u64(a).map_err(|e| e.to_string());
-    let mut tstate = read(interp + l.interp_threads_head)?;
+    let read = |base: u64, offset: u64| {
+        field(base, offset)
+            .and_then(|at| mem.read_u64(at))
+            .map_err(|e| e.to_string())
+    };
+    let mut tstate = read(interp, l.interp_threads_head)?;
     let mut n = 0;
     let mut known = 0;
     while tstate != 0 && n < MAX_THREADS_CHECKED {
-        if read(tstate + l.tstate_interp)? != interp {
+        if read(tstate, l.tstate_interp)? != interp {
             return Err(format!(
                 "thread state {tstate:#x} does not point back at interpreter {interp:#x}"
             ));
         }
-        if tids.contains(&read(tstate + l.tstate_native_tid)?) {
+        if tids.contains(&read(tstate, l.tstate_native_tid)?) {
             known += 1;
         }
         n += 1;
-        tstate = read(tstate + l.tstate_next)?;
+        tstate = read(tstate, l.tstate_next)?;
     }
     if n == 0 {
         return Err("the main interpreter has no thread states".to_owned());

@@ -12,7 +12,7 @@ use std::{
 use super::{
     code::read_str,
     layout::PyLayout,
-    remote::{ReadError, RemoteMemory},
+    remote::{field, ReadError, RemoteMemory},
 };
 
 /// Items read from one container at most.
@@ -308,6 +308,20 @@ impl<'a> Objects<'a> {
         Ok(self.mem.read_u64(addr)?)
     }
 
+    /// The word `offset` bytes into the object at `base` (a pointer read from the target: the
+    /// sum is checked, a corrupt pointer near the top of the address space is unreadable).
+    fn at(&self, base: u64, offset: u64) -> Result<u64, ObjectError> {
+        self.u64(field(base, offset)?)
+    }
+
+    /// The word `offset` bytes before the object at `obj` (the managed-dict words of 3.11+).
+    fn before(&self, obj: u64, offset: u64) -> Result<u64, ObjectError> {
+        self.u64(
+            obj.checked_sub(offset)
+                .ok_or(ObjectError::Implausible(obj))?,
+        )
+    }
+
     /// The object's type, after sanity checks of its header.
     pub fn type_of(&self, obj: u64) -> Result<u64, ObjectError> {
         if obj == 0 || !obj.is_multiple_of(8) {
@@ -319,7 +333,7 @@ impl<'a> Objects<'a> {
             self.mem.read(obj, &mut head)?;
             (word_at(&head, 0), word_at(&head, 8))
         } else {
-            (self.u64(obj)?, self.u64(obj + self.layout.object_type)?)
+            (self.u64(obj)?, self.at(obj, self.layout.object_type)?)
         };
         if refcnt == 0 || refcnt > MAX_REFCOUNT || ty == 0 || !ty.is_multiple_of(8) {
             return Err(ObjectError::Implausible(obj));
@@ -329,20 +343,22 @@ impl<'a> Objects<'a> {
 
     /// `tp_flags` of a type.
     pub fn type_flags(&self, ty: u64) -> Result<u64, ObjectError> {
-        self.u64(ty + TP_FLAGS)
+        self.at(ty, TP_FLAGS)
     }
 
     /// The type's `tp_name` (for heap types the bare class name).
     pub fn type_name(&self, obj: u64) -> Result<String, ObjectError> {
         let ty = self.type_of(obj)?;
-        let name = self.u64(ty + TP_NAME)?;
+        let name = self.at(ty, TP_NAME)?;
         let mut buf = [0u8; MAX_CSTR];
         // Names are short; read what is readable in two steps (a page end may follow).
         self.mem
             .read(name, &mut buf[..64])
             .map_err(ObjectError::Read)?;
         if !buf[..64].contains(&0) {
-            let _ = self.mem.read(name + 64, &mut buf[64..]);
+            if let Ok(rest) = field(name, 64) {
+                let _ = self.mem.read(rest, &mut buf[64..]);
+            }
         }
         let end = buf.iter().position(|&b| b == 0).unwrap_or(MAX_CSTR);
         Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
@@ -377,7 +393,13 @@ impl<'a> Objects<'a> {
         }
         let mut buf = [0u8; 40];
         self.mem.read(obj, &mut buf)?;
-        let word = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().unwrap_or([0; 8]));
+        // `object_type` comes from the target's debug offsets on 3.13+: outside the header
+        // read, the type reads as 0 (implausible).
+        let word = |i: usize| {
+            buf.get(i..i.saturating_add(8))
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+        };
         let (refcnt, ty) = (word(0), word(self.layout.object_type as usize));
         if refcnt == 0 || refcnt > MAX_REFCOUNT || ty == 0 || !ty.is_multiple_of(8) {
             return Err(ObjectError::Implausible(obj));
@@ -411,7 +433,7 @@ impl<'a> Objects<'a> {
     /// A float.
     pub fn float(&self, obj: u64) -> Result<f64, ObjectError> {
         self.expect(obj, &["float"], "float")?;
-        Ok(f64::from_bits(self.u64(obj + FLOAT_VALUE)?))
+        Ok(f64::from_bits(self.at(obj, FLOAT_VALUE)?))
     }
 
     /// A str (bounded, lossy).
@@ -423,7 +445,7 @@ impl<'a> Objects<'a> {
     /// The cached hash of a str (-1 as u64 when not computed yet): an identity check for
     /// strs remembered by address.
     pub fn str_hash(&self, obj: u64) -> Result<u64, ObjectError> {
-        self.u64(obj + STR_HASH)
+        self.at(obj, STR_HASH)
     }
 
     /// True for `None`.
@@ -434,7 +456,7 @@ impl<'a> Objects<'a> {
     /// Length of a list, tuple or deque (`ob_size`), or a dict (`ma_used`).
     pub fn len(&self, obj: u64) -> Result<u64, ObjectError> {
         let is_dict = self.type_flags(self.type_of(obj)?)? & FLAG_DICT_SUBCLASS != 0;
-        let n = self.u64(obj + if is_dict { DICT_USED } else { OB_SIZE })?;
+        let n = self.at(obj, if is_dict { DICT_USED } else { OB_SIZE })?;
         if n as usize > MAX_ITEMS * 100 {
             return Err(ObjectError::Implausible(obj));
         }
@@ -454,8 +476,8 @@ impl<'a> Objects<'a> {
     /// Items of a list (or list subclass), at most `max`.
     pub fn list_items(&self, obj: u64, max: usize) -> Result<Vec<u64>, ObjectError> {
         self.expect_flag(obj, FLAG_LIST_SUBCLASS, "list")?;
-        let n = self.u64(obj + OB_SIZE)?;
-        let array = self.u64(obj + ITEMS)?;
+        let n = self.at(obj, OB_SIZE)?;
+        let array = self.at(obj, ITEMS)?;
         if n > 0 && array == 0 {
             return Err(ObjectError::Implausible(obj));
         }
@@ -500,14 +522,14 @@ impl<'a> Objects<'a> {
                 break;
             }
             let mut buf = [0u8; 64];
-            let at = self.u64(ty + TP_NAME)?;
+            let at = self.at(ty, TP_NAME)?;
             if self.mem.read(at, &mut buf[..name.len() + 1]).is_ok()
                 && buf[..name.len()] == *name.as_bytes()
                 && buf[name.len()] == 0
             {
                 return Ok(());
             }
-            ty = self.u64(ty + TP_BASE)?;
+            ty = self.at(ty, TP_BASE)?;
         }
         Err(ObjectError::WrongType {
             expected,
@@ -518,24 +540,24 @@ impl<'a> Objects<'a> {
     /// Items of a tuple (or tuple subclass), at most `max`.
     pub fn tuple_items(&self, obj: u64, max: usize) -> Result<Vec<u64>, ObjectError> {
         self.expect_flag(obj, FLAG_TUPLE_SUBCLASS, "tuple")?;
-        let n = self.u64(obj + OB_SIZE)?;
-        self.items(obj + ITEMS, n, max)
+        let n = self.at(obj, OB_SIZE)?;
+        self.items(field(obj, ITEMS)?, n, max)
     }
 
     /// The entry table of a dict keys object (at most `max` entries), after sanity checks of
     /// its header.
     fn key_entries(&self, keys: u64, max: usize) -> Result<(KeyEntries, Vec<u8>), ObjectError> {
         let mut head = [0u8; 3];
-        self.mem.read(keys + KEYS_LOG2_SIZE, &mut head)?;
+        self.mem.read(field(keys, KEYS_LOG2_SIZE)?, &mut head)?;
         let (log2_size, log2_index_bytes, kind) = (head[0], head[1], head[2]);
-        let nentries = self.u64(keys + KEYS_NENTRIES)?;
+        let nentries = self.at(keys, KEYS_NENTRIES)?;
         if log2_size > 40 || log2_index_bytes > 43 || nentries > (1u64 << log2_size) {
             return Err(ObjectError::Implausible(keys));
         }
         // General entries are (hash, key, value); unicode-only ones (key, value).
         let (size, key_at) = if kind == 0 { (24, 8) } else { (16, 0) };
         let e = KeyEntries {
-            base: keys + KEYS_INDICES + (1u64 << log2_index_bytes),
+            base: field(keys, KEYS_INDICES + (1u64 << log2_index_bytes))?,
             size,
             key_at,
             nentries,
@@ -561,7 +583,7 @@ impl<'a> Objects<'a> {
             u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))
         };
         let split_values = match values {
-            Some(v) => Some(self.items(v + self.ol.values_array, n as u64, n)?),
+            Some(v) => Some(self.items(field(v, self.ol.values_array)?, n as u64, n)?),
             None => None,
         };
         let mut out = Vec::with_capacity(n);
@@ -587,7 +609,7 @@ impl<'a> Objects<'a> {
     /// Number of items of a set.
     pub fn set_len(&self, obj: u64) -> Result<u64, ObjectError> {
         self.expect_set(obj)?;
-        let used = self.u64(obj + SET_USED)?;
+        let used = self.at(obj, SET_USED)?;
         if used as usize > MAX_ITEMS * 100 {
             return Err(ObjectError::Implausible(obj));
         }
@@ -597,9 +619,10 @@ impl<'a> Objects<'a> {
     /// Items of a set, at most `max` (table order).
     pub fn set_items(&self, obj: u64, max: usize) -> Result<Vec<u64>, ObjectError> {
         self.expect_set(obj)?;
-        let used = self.u64(obj + SET_USED)?;
-        let mask = self.u64(obj + SET_MASK)?;
-        let table = self.u64(obj + SET_TABLE)?;
+        let used = self.at(obj, SET_USED)?;
+        let mask = self.at(obj, SET_MASK)?;
+        let table = self.at(obj, SET_TABLE)?;
+        // `mask + 1` cannot overflow below 2^32.
         if mask >= 1 << 32 || !(mask + 1).is_power_of_two() || used > mask + 1 || table == 0 {
             return Err(ObjectError::Implausible(obj));
         }
@@ -629,7 +652,7 @@ impl<'a> Objects<'a> {
     /// two reads of one address with equal tags saw the same unmodified dict.
     pub fn dict_version(&self, obj: u64) -> Result<u64, ObjectError> {
         self.expect_flag(obj, FLAG_DICT_SUBCLASS, "dict")?;
-        self.u64(obj + DICT_VERSION)
+        self.at(obj, DICT_VERSION)
     }
 
     /// The name of an `enum.Enum` member (`_name_`).
@@ -659,8 +682,8 @@ impl<'a> Objects<'a> {
     /// insertion even when a new key and value reuse a freed pair's addresses.
     pub fn dict_entries(&self, obj: u64, max: usize) -> Result<DictEntries, ObjectError> {
         self.expect_flag(obj, FLAG_DICT_SUBCLASS, "dict")?;
-        let keys = self.u64(obj + DICT_KEYS)?;
-        let values = self.u64(obj + DICT_VALUES)?;
+        let keys = self.at(obj, DICT_KEYS)?;
+        let values = self.at(obj, DICT_VALUES)?;
         let entries = self.keys_items(keys, (values != 0).then_some(values), max)?;
         Ok(DictEntries { keys, entries })
     }
@@ -694,7 +717,7 @@ impl<'a> Objects<'a> {
     ) -> Result<[Option<u64>; N], ObjectError> {
         self.expect_flag(dict, FLAG_DICT_SUBCLASS, "dict")?;
         let mut head = [0u8; 16];
-        self.mem.read(dict + DICT_KEYS, &mut head)?;
+        self.mem.read(field(dict, DICT_KEYS)?, &mut head)?;
         let word = |b: &[u8], i: usize| {
             u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))
         };
@@ -703,7 +726,7 @@ impl<'a> Objects<'a> {
         let n = buf.len() / e.size as usize;
         let split = match values {
             0 => None,
-            v => Some(self.items(v + self.ol.values_array, n as u64, n)?),
+            v => Some(self.items(field(v, self.ol.values_array)?, n as u64, n)?),
         };
         let k = e.key_at as usize / 8;
         let mut out = [None; N];
@@ -792,9 +815,9 @@ impl<'a> Objects<'a> {
                 return Ok(Some(v));
             }
         } else {
-            let off = self.u64(ty + TP_DICTOFFSET)? as i64;
+            let off = self.at(ty, TP_DICTOFFSET)? as i64;
             if off > 0 {
-                let dict = self.u64(obj.wrapping_add(off as u64))?;
+                let dict = self.at(obj, off as u64)?;
                 if dict != 0 {
                     if let Some(v) = self.dict_get(dict, name)? {
                         return Ok(Some(v));
@@ -863,9 +886,9 @@ impl<'a> Objects<'a> {
         let ty = self.type_of(obj)?;
         let flags = self.type_flags(ty)?;
         if flags & FLAG_MANAGED_DICT == 0 {
-            let off = self.u64(ty + TP_DICTOFFSET)? as i64;
+            let off = self.at(ty, TP_DICTOFFSET)? as i64;
             let dict = if off > 0 {
-                self.u64(obj.wrapping_add(off as u64))?
+                self.at(obj, off as u64)?
             } else {
                 0
             };
@@ -876,26 +899,27 @@ impl<'a> Objects<'a> {
             };
             return Ok((storage, ty));
         }
-        let word = self.u64(obj - 24)?;
+        let word = self.before(obj, 24)?;
         let values = match self.ol.managed {
             ManagedDict::Split311 if word != 0 => return Ok((Storage::Dict(word), ty)),
-            ManagedDict::Split311 => self.u64(obj - 32)?,
+            ManagedDict::Split311 => self.before(obj, 32)?,
             ManagedDict::Tagged312 if word & 1 == 0 && word != 0 => {
                 return Ok((Storage::Dict(word), ty))
             }
             ManagedDict::Tagged312 if word & 1 == 0 => 0,
-            ManagedDict::Tagged312 => word + 1,
+            // Odd: the values pointer minus 1 (u64::MAX is no pointer).
+            ManagedDict::Tagged312 => word.checked_add(1).unwrap_or(0),
             ManagedDict::Inline313 if word != 0 => return Ok((Storage::Dict(word), ty)),
             ManagedDict::Inline313 if flags & FLAG_INLINE_VALUES == 0 => 0,
-            ManagedDict::Inline313 => obj + self.u64(ty + TP_BASICSIZE)?,
+            ManagedDict::Inline313 => field(obj, self.at(ty, TP_BASICSIZE)?)?,
         };
-        let keys = self.u64(ty + self.ol.ht_cached_keys)?;
+        let keys = self.at(ty, self.ol.ht_cached_keys)?;
         if values == 0 || keys == 0 {
             return Ok((Storage::Other, ty));
         }
         let split = SplitValues {
             keys,
-            array: values + self.ol.values_array,
+            array: field(values, self.ol.values_array)?,
         };
         Ok((Storage::Split(split), ty))
     }
@@ -929,8 +953,8 @@ impl<'a> Objects<'a> {
             }
             // Only a managed dict's pointer is in the head the batch compares.
             Storage::Dict(dict) if managed && words[1] == dict => {
-                let keys = self.u64(dict + DICT_KEYS)?;
-                if self.u64(dict + DICT_VALUES)? != 0 {
+                let keys = self.at(dict, DICT_KEYS)?;
+                if self.at(dict, DICT_VALUES)? != 0 {
                     return Ok(None);
                 }
                 let (e, buf) = self.key_entries(keys, MAX_ITEMS)?;
@@ -977,7 +1001,7 @@ impl<'a> Objects<'a> {
             .borrow()
             .get(&keys)
             .and_then(|m| m.get(name).copied());
-        let nentries = self.u64(keys + KEYS_NENTRIES)?;
+        let nentries = self.at(keys, KEYS_NENTRIES)?;
         if missed == Some(nentries) {
             return Ok(None);
         }
@@ -996,21 +1020,21 @@ impl<'a> Objects<'a> {
         flags: u64,
         name: &str,
     ) -> Result<Option<u64>, ObjectError> {
-        let cached_keys = || self.u64(ty + self.ol.ht_cached_keys);
+        let cached_keys = || self.at(ty, self.ol.ht_cached_keys);
         let (dict, values) = match self.ol.managed {
-            ManagedDict::Split311 => (self.u64(obj - 24)?, self.u64(obj - 32)?),
+            ManagedDict::Split311 => (self.before(obj, 24)?, self.before(obj, 32)?),
             ManagedDict::Tagged312 => {
-                let w = self.u64(obj - 24)?;
+                let w = self.before(obj, 24)?;
                 if w & 1 == 1 {
-                    (0, w + 1)
+                    (0, w.checked_add(1).unwrap_or(0))
                 } else {
                     (w, 0)
                 }
             }
             ManagedDict::Inline313 => {
-                let dict = self.u64(obj - 24)?;
+                let dict = self.before(obj, 24)?;
                 let values = if dict == 0 && flags & FLAG_INLINE_VALUES != 0 {
-                    obj + self.u64(ty + TP_BASICSIZE)?
+                    field(obj, self.at(ty, TP_BASICSIZE)?)?
                 } else {
                     0
                 };
@@ -1028,7 +1052,7 @@ impl<'a> Objects<'a> {
             if self.cache.is_some() {
                 return Ok(match self.cached_position(keys, name)? {
                     Some((_, _, index)) => {
-                        let v = self.u64(values + self.ol.values_array + 8 * index)?;
+                        let v = self.at(values, self.ol.values_array + 8 * index)?;
                         (v != 0).then_some(v)
                     }
                     None => None,
@@ -1056,7 +1080,7 @@ impl<'a> Objects<'a> {
             let at = e.key_at as usize;
             let key = u64::from_le_bytes(entry[at..at + 8].try_into().unwrap_or([0; 8]));
             if key != 0 && read_str(self.mem, self.layout, key).is_ok_and(|s| s == name) {
-                let entry = e.base + i as u64 * e.size + e.key_at;
+                let entry = field(e.base, i as u64 * e.size + e.key_at)?;
                 return Ok(Some((entry, key, i as u64)));
             }
         }
@@ -1065,12 +1089,12 @@ impl<'a> Objects<'a> {
 
     /// `name` as the class `ty` resolves it: the first type dict of its MRO that has it.
     pub fn class_attr(&self, ty: u64, name: &str) -> Result<Option<u64>, ObjectError> {
-        let mro = self.u64(ty + TP_MRO)?;
+        let mro = self.at(ty, TP_MRO)?;
         if mro == 0 {
             return Ok(None);
         }
         for t in self.tuple_items(mro, 64)? {
-            let tdict = self.u64(t + TP_DICT)?;
+            let tdict = self.at(t, TP_DICT)?;
             if tdict == 0 {
                 continue;
             }
@@ -1087,7 +1111,7 @@ impl<'a> Objects<'a> {
         if self.type_name(func)? != "function" {
             return Ok(None);
         }
-        let code = self.u64(func + FUNC_CODE)?;
+        let code = self.at(func, FUNC_CODE)?;
         if code == 0 || self.type_name(code)? != "code" {
             return Err(ObjectError::Implausible(func));
         }
@@ -1102,12 +1126,12 @@ impl<'a> Objects<'a> {
         if self.type_name(descr)? != "member_descriptor" {
             return Ok(None);
         }
-        let def = self.u64(descr + MEMBER_DESCR_MEMBER)?;
-        let off = self.u64(def + MEMBER_DEF_OFFSET)?;
+        let def = self.at(descr, MEMBER_DESCR_MEMBER)?;
+        let off = self.at(def, MEMBER_DEF_OFFSET)?;
         if off == 0 || off > 1 << 20 {
             return Err(ObjectError::Implausible(descr));
         }
-        let v = self.u64(obj + off)?;
+        let v = self.at(obj, off)?;
         Ok((v != 0).then_some(v))
     }
 }
@@ -1146,7 +1170,83 @@ mod tests {
     };
 
     use super::*;
-    use crate::python::{self, remote::ProcessMemory};
+    use crate::python::{
+        self,
+        layout::PY312,
+        remote::{BufferMemory, ProcessMemory},
+    };
+
+    /// Memory in which every address reads as data: the word at each 8-byte step is `f` of
+    /// its address, so a wrapped address would be read rather than fail.
+    struct Words<F: Fn(u64) -> u64>(F);
+
+    impl<F: Fn(u64) -> u64> RemoteMemory for Words<F> {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+            for (i, chunk) in buf.chunks_mut(8).enumerate() {
+                let word = (self.0)(addr.wrapping_add(8 * i as u64)).to_le_bytes();
+                chunk.copy_from_slice(&word[..chunk.len()]);
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn managed_dict_words_below_address_24_are_implausible_not_wrapped() {
+        // Every word is 16 (a plausible refcount, an aligned type whose flags say "managed
+        // dict") but at the top of memory, where the words 24 and 32 bytes below object 16
+        // would wrap to: there a wrapped read would find no dict and go on to the class.
+        let mem = Words(|a| if a > u64::MAX - 64 { 0 } else { 16 });
+        for minor in [11, 12, 13] {
+            let ol = object_layout((3, minor)).expect("layout");
+            let o = Objects::new(&mem, &PY312, ol);
+            assert!(
+                matches!(o.attr(16, "x"), Err(ObjectError::Implausible(16))),
+                "3.{minor}"
+            );
+        }
+    }
+
+    #[test]
+    fn inline_values_past_the_end_of_the_address_space_are_unreadable_not_wrapped() {
+        // Found by the object_reader fuzz target: a 3.13 instance near the top of memory whose
+        // type claims a basic size that carries `obj + tp_basicsize` past u64::MAX.
+        const TY: u64 = 0x10_0000;
+        let obj = u64::MAX - 0xfff;
+        let mem = Words(|a| match a {
+            a if a == obj => 1,
+            a if a == obj + 8 => TY,
+            a if a == TY + TP_FLAGS => FLAG_MANAGED_DICT | FLAG_INLINE_VALUES,
+            a if a == TY + TP_BASICSIZE => 0x2000,
+            a if a == TY + 880 => 0x20_0000,
+            _ => 0,
+        });
+        let o = Objects::new(&mem, &PY312, object_layout((3, 13)).expect("layout"));
+        assert!(matches!(
+            o.attr(obj, "x"),
+            Err(ObjectError::Read(ReadError { addr, .. })) if addr == obj
+        ));
+    }
+
+    #[test]
+    fn an_ob_type_offset_outside_the_int_header_is_implausible_not_a_panic() {
+        // 3.13+ take `ob_type`'s offset from the target's debug offsets (up to 0xffff): one
+        // past the 40 bytes `int` reads at once indexed out of its buffer.
+        let layout = PyLayout {
+            object_type: 64,
+            ..PY312
+        };
+        let mut bytes = vec![8; 0x100];
+        bytes[..8].copy_from_slice(&1u64.to_le_bytes());
+        let mem = BufferMemory {
+            base: 0x1000,
+            bytes,
+        };
+        let o = Objects::new(&mem, &layout, object_layout((3, 13)).expect("layout"));
+        assert!(matches!(
+            o.int(0x1000),
+            Err(ObjectError::Implausible(0x1000))
+        ));
+    }
 
     const SCRIPT: &str = r#"
 import collections, dataclasses, enum, json, sys

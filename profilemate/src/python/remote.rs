@@ -25,6 +25,14 @@ impl ReadError {
     }
 }
 
+/// The address `offset` bytes into the object at `base`. `base` is a pointer read from the
+/// target: a corrupt one near the top of the address space would overflow the sum, and such
+/// a field is as unreadable as unmapped memory (the error names the span past `base`).
+pub fn field(base: u64, offset: u64) -> Result<u64, ReadError> {
+    base.checked_add(offset)
+        .ok_or_else(|| ReadError::at(base, usize::try_from(offset).unwrap_or(usize::MAX)))
+}
+
 /// Read-only memory of one process.
 pub trait RemoteMemory {
     /// Fills `buf` from `addr`; all or nothing.

@@ -11,7 +11,7 @@ use super::requests::{RequestPoll, RequestTracker};
 use crate::python::{
     code::CodeCache,
     objects::{object_layout, AttrCache, ObjectError, Objects},
-    remote::{ProcessMemory, RemoteMemory},
+    remote::{field, ProcessMemory, RemoteMemory},
     Interpreter,
 };
 
@@ -291,7 +291,7 @@ impl StatePoller {
         let code = o.function_code(func).ok()??;
         let first_line = self
             .mem
-            .read_i32(code + self.interp.layout.code_first_line)
+            .read_i32(field(code, self.interp.layout.code_first_line).ok()?)
             .ok()?;
         let layout = &self.interp.layout;
         let info = self
