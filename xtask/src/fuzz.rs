@@ -124,15 +124,7 @@ fn ensure_cxx() -> Result<()> {
         return Ok(());
     }
     eprintln!("fuzz: no C++ compiler; installing g++");
-    let sudo: &[&str] = if crate::is_root() { &[] } else { &["sudo"] };
-    let apt = |args: &[&str]| {
-        let mut all: Vec<&str> = sudo.to_vec();
-        all.push("apt-get");
-        all.extend_from_slice(args);
-        let mut c = Command::new(all[0]);
-        c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
-        c
-    };
+    let apt = crate::apt;
     run(&mut apt(&["update", "-q"]))?;
     run(&mut apt(&[
         "install",

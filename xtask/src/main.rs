@@ -79,6 +79,19 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// `apt-get ARGS`, non-interactive, through sudo when we are not root.
+pub fn apt(args: &[&str]) -> Command {
+    let mut c = if is_root() {
+        Command::new("apt-get")
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("apt-get");
+        c
+    };
+    c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+    c
+}
+
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"];
 
@@ -91,15 +104,6 @@ fn setup() -> Result<()> {
     if missing.is_empty() {
         eprintln!("setup: {} already installed", APT_PACKAGES.join(", "));
     } else {
-        let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
-        let apt = |args: &[&str]| {
-            let mut all: Vec<&str> = sudo.to_vec();
-            all.push("apt-get");
-            all.extend_from_slice(args);
-            let mut c = Command::new(all[0]);
-            c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
-            c
-        };
         run(&mut apt(&["update", "-q"]))?;
         let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
         args.extend(missing.iter());
@@ -166,15 +170,6 @@ fn ensure_chromium() -> Result<()> {
         eprintln!("setup: chromium already installed");
         return Ok(());
     }
-    let sudo: &[&str] = if is_root() { &[] } else { &["sudo", "-n"] };
-    let apt = |args: &[&str]| {
-        let mut all: Vec<&str> = sudo.to_vec();
-        all.push("apt-get");
-        all.extend_from_slice(args);
-        let mut c = Command::new(all[0]);
-        c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
-        c
-    };
     let started = std::time::Instant::now();
     let installed = run(&mut apt(&["update", "-q"]))
         .and_then(|()| run(&mut apt(&["install", "-y", "-q", "chromium"])));
