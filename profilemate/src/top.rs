@@ -112,12 +112,9 @@ pub fn run(mut cfg: AttachConfig, keep: bool) -> Result<()> {
     if let Some(s) = &scratch {
         let _ = std::fs::remove_dir_all(s);
     }
+    // With --out the session printed its path, as attach does.
     let outcome = outcome?;
     viewed?;
-    if keep {
-        console::out_line(&format!("session: {}", outcome.dir.display()))
-            .context("cannot print the session path")?;
-    }
     match outcome.failure {
         Some(why) => anyhow::bail!("{why}"),
         None => Ok(()),

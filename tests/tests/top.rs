@@ -213,9 +213,8 @@ fn top_in_tmux_shows_steps_and_queues_and_q_detaches_cleanly() {
     assert_nothing_written(&label, &out, &tmp);
 }
 
-#[test]
-fn top_on_a_pipe_prints_a_block_per_second_and_sigterm_detaches() {
-    let test = "top_on_a_pipe_prints_a_block_per_second_and_sigterm_detaches";
+/// `profilemate top` with stdout on a pipe until SIGTERM; with `keep`, `--out` is given.
+fn on_a_pipe(test: &str, keep: bool) {
     let _g = serial();
     if !can_attach(test) {
         return;
@@ -224,16 +223,19 @@ fn top_on_a_pipe_prints_a_block_per_second_and_sigterm_detaches() {
         eprintln!("SKIPPED {test}: no CPython 3.11-3.13 found");
         return;
     }
-    let dir = scratch("top-pipe");
+    let dir = scratch(test);
     let (label, mut target) = start_target(&dir);
     let (out, tmp) = (dir.join("out"), dir.join("tmp"));
     std::fs::create_dir_all(&tmp).expect("tmp");
-    let mut top = Proc::spawn(
-        Command::new(profilemate_bin())
-            .args(["top", "--pid", &target.proc.pid().to_string()])
-            .env("VLLM_PROFILING_DIR", &out)
-            .env("TMPDIR", &tmp),
-    );
+    let mut cmd = Command::new(profilemate_bin());
+    cmd.args(["top", "--pid", &target.proc.pid().to_string()])
+        .env("TMPDIR", &tmp);
+    if keep {
+        cmd.arg("--out").arg(&out);
+    } else {
+        cmd.env("VLLM_PROFILING_DIR", &out);
+    }
+    let mut top = Proc::spawn(&mut cmd);
     let started = Instant::now();
     loop {
         let line = top.wait_line("steps: ");
@@ -257,17 +259,54 @@ fn top_on_a_pipe_prints_a_block_per_second_and_sigterm_detaches() {
     assert!(blocks >= 2, "{label}: {:?}", top.lines);
     top.signal(libc::SIGTERM);
     assert_eq!(
-        top.wait_exit(Duration::from_secs(8)),
+        top.wait_exit(Duration::from_secs(if keep { 30 } else { 8 })),
         0,
         "{label}: top's exit status after SIGTERM: {:?}",
         top.rest()
     );
-    assert!(
-        !top.rest().iter().any(|l| l.starts_with("session:")),
-        "{label}: a session path was printed without --out"
-    );
+    let paths: Vec<String> = top
+        .rest()
+        .iter()
+        .filter_map(|l| l.strip_prefix("session: ").map(str::to_owned))
+        .collect();
     assert_target_runs(&label, &mut target);
-    assert_nothing_written(&label, &out, &tmp);
+    if keep {
+        // Written as attach writes it, its path printed once.
+        assert_eq!(paths.len(), 1, "{label}: {:?}", top.lines);
+        let session = PathBuf::from(&paths[0]);
+        assert!(session.starts_with(&out), "{label}: {}", session.display());
+        for f in ["metadata.json", "forward_pass_timing.csv", "report.html"] {
+            assert!(session.join(f).exists(), "{label}: {f} missing");
+        }
+        let rows = std::fs::read_to_string(session.join("forward_pass_timing.csv"))
+            .unwrap_or_default()
+            .lines()
+            .count();
+        assert!(rows > 1, "{label}: no steps written");
+        assert!(
+            std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_none()),
+            "{label}: files left in TMPDIR"
+        );
+    } else {
+        assert!(
+            paths.is_empty(),
+            "{label}: a session path was printed without --out"
+        );
+        assert_nothing_written(&label, &out, &tmp);
+    }
+}
+
+#[test]
+fn top_on_a_pipe_prints_a_block_per_second_and_sigterm_detaches() {
+    on_a_pipe(
+        "top_on_a_pipe_prints_a_block_per_second_and_sigterm_detaches",
+        false,
+    );
+}
+
+#[test]
+fn top_with_out_writes_the_session_as_attach_does() {
+    on_a_pipe("top_with_out_writes_the_session_as_attach_does", true);
 }
 
 #[test]

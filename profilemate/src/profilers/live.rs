@@ -100,7 +100,8 @@ pub struct Snapshot {
     pub samples: usize,
     /// (operation, share of samples in %), largest first.
     pub ops: Vec<(String, f64)>,
-    /// (innermost Python function, share of samples in %), largest first.
+    /// (innermost Python function with its file's name, share of samples in %), largest
+    /// first.
     pub functions: Vec<(String, f64)>,
     /// Records the kernel dropped since the start.
     pub kernel_drops: u64,
@@ -197,9 +198,13 @@ impl LiveStats {
             Correlated::PyStack(st)
                 if matches!(st.reason, crate::probes::drain::StackReason::Sample) =>
             {
+                // py-spy top's "function (file)": the innermost frame, where the CPU was.
                 let func: Arc<str> = st.frames.first().map_or_else(
                     || Arc::from("<no frame>"),
-                    |f| Arc::from(f.code.qualname.as_str()),
+                    |f| {
+                        let file = f.code.filename.rsplit('/').next().unwrap_or_default();
+                        Arc::from(format!("{} ({file})", f.code.qualname))
+                    },
                 );
                 if self.samples.len() >= MAX_SAMPLES {
                     self.samples.pop_front();
