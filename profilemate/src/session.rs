@@ -409,7 +409,8 @@ pub struct LiveHook {
     pub stats: std::sync::Arc<std::sync::Mutex<profilers::live::LiveStats>>,
     /// Notified to stop the session.
     pub quit: std::sync::Arc<tokio::sync::Notify>,
-    /// The session directory is a scratch one the caller removes: its path is not printed.
+    /// The session directory is a scratch one the caller removes: its path is not printed,
+    /// and only the live profiler runs (no row files are streamed into it).
     pub scratch_dir: bool,
 }
 
@@ -650,7 +651,13 @@ async fn run_session(
         (0, None)
     };
     let sample_hz = if sampled_cpus > 0 { cfg.sample_hz } else { 0 };
-    let mut profilers = profilers::default_set(dir, time, sample_hz, exact_bound(calibration))?;
+    // A scratch session (top without --out) streams no row files: only metadata.json is
+    // written, at the end, so a long live view does not fill the disk.
+    let mut profilers = if live.is_some_and(|h| h.scratch_dir) {
+        Vec::new()
+    } else {
+        profilers::default_set(dir, time, sample_hz, exact_bound(calibration))?
+    };
     if let Some(h) = live {
         profilers.push(Box::new(profilers::live::Live(h.stats.clone())));
     }
