@@ -115,6 +115,10 @@ pub fn run(mut cfg: AttachConfig, keep: bool) -> Result<()> {
     // With --out the session printed its path, as attach does.
     let outcome = outcome?;
     viewed?;
+    // Why it stopped (q, a signal, the target exiting), once the screen is back.
+    if let Some(line) = outcome.summary.first() {
+        crate::say!("profilemate top: {line}");
+    }
     match outcome.failure {
         Some(why) => anyhow::bail!("{why}"),
         None => Ok(()),

@@ -307,7 +307,7 @@ impl Snapshot {
     #[must_use]
     pub fn lines(&self) -> Vec<String> {
         let mut out = vec![format!(
-            "steps: {} total, {:.1}/s over {:.0} s; exact completions: {}",
+            "steps: {} total, {:.1}/s over {:.0} s; exact completions: {} (GPU time of the others is an upper bound)",
             self.steps_total,
             self.steps_per_s,
             self.window_s,
