@@ -45,6 +45,7 @@ struct TerminalGuard;
 impl TerminalGuard {
     fn enter() -> Result<Self> {
         enable_raw_mode().context("cannot put the terminal in raw mode")?;
+        console::hold_err();
         let guard = Self;
         execute!(std::io::stdout(), EnterAlternateScreen)
             .context("cannot enter the alternate screen")?;
@@ -56,6 +57,8 @@ impl Drop for TerminalGuard {
     fn drop(&mut self) {
         let _ = execute!(std::io::stdout(), LeaveAlternateScreen);
         let _ = disable_raw_mode();
+        // The warnings said meanwhile, now that they cannot scribble over the view.
+        console::release_err();
     }
 }
 
@@ -184,6 +187,9 @@ fn terminal_view(
                     .collect();
                 text.push(Line::from(""));
                 text.push(Line::from(status));
+                if let Some(w) = console::last_held_err() {
+                    text.push(Line::from(w));
+                }
                 let block = Block::default().borders(Borders::ALL).title(title);
                 f.render_widget(Paragraph::new(text).block(block), f.area());
             })
