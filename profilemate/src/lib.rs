@@ -7,7 +7,7 @@
 //! `report` reads a finished session directory back into the report page, trace and
 //! speedscope files. Side modules: `python` (the CPython reader: interpreter discovery, layouts, code objects)
 //! and `vllm` (versioned vLLM name tables). `session` wires them together for
-//! `profilemate attach`; `doctor` checks beforehand whether an attach can work.
+//! `profilemate attach` (and `top`, its live view); `doctor` checks beforehand whether an attach can work.
 
 // A failed terminal write must never end a session: every line goes through
 // `output::console`, which cannot panic (unit tests may still print their skips).
@@ -26,6 +26,7 @@ pub mod profilers;
 pub mod python;
 pub mod report;
 pub mod session;
+pub mod top;
 pub mod verdict;
 pub mod vllm;
 

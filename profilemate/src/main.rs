@@ -27,6 +27,10 @@ struct Cli {
 enum Command {
     /// Attach to a running process tree and record its CUDA activity until stopped.
     Attach(AttachArgs),
+    /// A live view of a running server (steps/s, GPU time by phase, batches, queues, KV cache,
+    /// top operations and functions), refreshed every second; q or Ctrl-C detaches. Nothing
+    /// is written unless --out is given. Without a terminal, prints a text block per second.
+    Top(TopArgs),
     /// Check whether an attach can work here (kernel, privileges, output directory) and, with
     /// --pid, on that process tree (CUDA libraries, Python, vLLM, seccomp, debug registers,
     /// /metrics); nothing is attached to the target. Exit status 1 when any check fails.
@@ -118,6 +122,30 @@ struct AttachArgs {
     /// (`profilemate report DIR` writes them later).
     #[arg(long)]
     no_report: bool,
+}
+
+#[derive(clap::Args)]
+struct TopArgs {
+    /// Any pid of the server (its descendants are followed, as by attach).
+    #[arg(long)]
+    pid: u32,
+    /// Also write the session into this base directory, as attach does (default: nothing is
+    /// written).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Watch only the given pid, not its descendants.
+    #[arg(long)]
+    no_children: bool,
+    /// Python stack samples per second of CPU time of each target thread; 0 turns the
+    /// operation and function tables off.
+    #[arg(long, default_value_t = 199, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    sample_hz: u64,
+    /// Polls per second of vLLM's scheduler state (queues, KV cache); 0 turns them off.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    state_hz: u64,
+    /// The calibration file (as for attach).
+    #[arg(long, value_name = "FILE")]
+    calibration: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -218,6 +246,33 @@ fn attach(args: AttachArgs) -> Result<()> {
         Some(why) => anyhow::bail!("{why} (the session is in {})", outcome.dir.display()),
         None => Ok(()),
     }
+}
+
+/// `profilemate top`: attach's session with attach's defaults, viewed live.
+fn top(args: TopArgs) -> Result<()> {
+    let keep = args.out.is_some();
+    let cfg = AttachConfig {
+        pid: args.pid,
+        duration: None,
+        out_dir: args.out.unwrap_or_else(AttachConfig::default_out_dir),
+        timing: TimingMode::Events,
+        follow_children: !args.no_children,
+        kernels: false,
+        driver_twins: false,
+        wait: false,
+        rescan_interval: Duration::from_millis(500),
+        ring_bytes: 32 << 20,
+        queue_bytes: 1024 << 20,
+        quiet: true,
+        sample_hz: args.sample_hz,
+        cuda_stacks: profilemate::probes::CudaStacks::Boundaries,
+        state_hz: args.state_hz,
+        breakpoints: true,
+        allow_uretprobes: false,
+        calibration: args.calibration,
+        report: true,
+    };
+    profilemate::top::run(cfg, keep)
 }
 
 /// Runs the doctor's checks and prints them; `Ok(false)` when a check failed.
@@ -334,6 +389,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Attach(a) => attach(a).map(|()| true),
+        Command::Top(a) => top(a).map(|()| true),
         Command::Doctor(a) => doctor(a),
         Command::Calibrate(a) => calibrate(a).map(|()| true),
         Command::Report(a) => report(&a).map(|()| true),

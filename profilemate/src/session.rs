@@ -401,8 +401,26 @@ impl Targets {
     }
 }
 
+/// What `profilemate top` hands a session: the live statistics it reads, and how it asks
+/// the session to stop (q in the view).
+pub struct LiveHook {
+    /// Fed by a [`profilers::live::Live`] profiler added to the session's set, and by the
+    /// main loop (kernel drops, backlog) at each rescan.
+    pub stats: std::sync::Arc<std::sync::Mutex<profilers::live::LiveStats>>,
+    /// Notified to stop the session.
+    pub quit: std::sync::Arc<tokio::sync::Notify>,
+    /// The session directory is a scratch one the caller removes: its path is not printed,
+    /// and only the live profiler runs (no row files are streamed into it).
+    pub scratch_dir: bool,
+}
+
 /// Runs a whole session.
 pub fn run(cfg: &AttachConfig) -> Result<SessionOutcome> {
+    run_live(cfg, None)
+}
+
+/// Runs a whole session, feeding `live` (`profilemate top`) when given.
+pub fn run_live(cfg: &AttachConfig, live: Option<&LiveHook>) -> Result<SessionOutcome> {
     preflight::check_privileges()?;
     preflight::check_pid(cfg.pid)?;
     preflight::check_kernel()?;
@@ -433,7 +451,7 @@ pub fn run(cfg: &AttachConfig) -> Result<SessionOutcome> {
             &cfg.out_dir,
             &start_wall.format("%Y%m%d_%H%M%S").to_string(),
         )?;
-        let result = run_session(cfg, &dir, start_wall, signals, &calibration).await;
+        let result = run_session(cfg, &dir, start_wall, signals, &calibration, live).await;
         if result.is_err() {
             // Nothing was written: leave no empty session directory behind.
             let _ = std::fs::remove_dir(dir.path());
@@ -504,6 +522,8 @@ enum Stop {
     Terminate,
     Hangup,
     Quit,
+    /// q or Ctrl-C in `profilemate top`.
+    Viewer,
     TargetsExited,
     /// The reader or pipeline thread ended on its own (a panic).
     PipelineEnded,
@@ -516,7 +536,9 @@ impl Stop {
     fn grace(&self) -> Duration {
         match self {
             Self::Duration => DURATION_GRACE,
-            Self::Interrupt | Self::Terminate | Self::Hangup | Self::Quit => SIGNAL_GRACE,
+            Self::Interrupt | Self::Terminate | Self::Hangup | Self::Quit | Self::Viewer => {
+                SIGNAL_GRACE
+            }
             Self::TargetsExited | Self::PipelineEnded => EXIT_GRACE,
             Self::NothingAttached => Duration::ZERO,
         }
@@ -529,6 +551,7 @@ impl Stop {
             Self::Terminate => "terminated (SIGTERM)",
             Self::Hangup => "hung up (SIGHUP)",
             Self::Quit => "quit (SIGQUIT)",
+            Self::Viewer => "quit from the live view",
             Self::TargetsExited => "all target processes exited",
             Self::PipelineEnded => "the pipeline thread ended early",
             Self::NothingAttached => "no probe could be attached",
@@ -542,6 +565,7 @@ async fn run_session(
     start_wall: chrono::DateTime<chrono::Local>,
     mut signals: Signals,
     calibration: &Resolution,
+    live: Option<&LiveHook>,
 ) -> Result<SessionOutcome> {
     let t0 = monotonic_ns();
     // Taken right after t0: the two clocks are paired to well under a millisecond.
@@ -627,17 +651,28 @@ async fn run_session(
         (0, None)
     };
     let sample_hz = if sampled_cpus > 0 { cfg.sample_hz } else { 0 };
+    // A scratch session (top without --out) streams no row files: only metadata.json is
+    // written, at the end, so a long live view does not fill the disk.
+    let mut profilers = if live.is_some_and(|h| h.scratch_dir) {
+        Vec::new()
+    } else {
+        profilers::default_set(dir, time, sample_hz, exact_bound(calibration))?
+    };
+    if let Some(h) = live {
+        profilers.push(Box::new(profilers::live::Live(h.stats.clone())));
+    }
     let pipeline = Pipeline::new(
         Correlator::new(cfg.timing, cfg.kernels),
         PythonContext::new(vllm::ops::VLLM_0_33),
         BatchReader::new(&vllm::batch::BATCH_0_33, &vllm::state::VLLM_0_33),
         py_rx,
-        profilers::default_set(dir, time, sample_hz, exact_bound(calibration))?,
+        profilers,
     );
     // The reader only moves records from the ring into a bounded queue, so no work
     // downstream (target reads, symbolization, file writes) can make the kernel drop; the
     // pipeline processes the queue at its own pace.
     let budget = StopBudget::default();
+    let live_gauge = gauge.clone();
     let pipeline_thread = pipeline
         .spawn(batch_rx, gauge, budget.clone())
         .context("cannot start the pipeline thread")?;
@@ -680,6 +715,13 @@ async fn run_session(
                 if ms > 100.0 && main_loop.slow_rescans.len() < 32 {
                     main_loop.slow_rescans.push((time.sec(monotonic_ns()), ms));
                 }
+                if let Some(h) = live {
+                    let drops = probes.counters().map(|k| kernel_drops(&k));
+                    if let Ok(mut s) = h.stats.lock() {
+                        s.kernel_drops = drops.unwrap_or(s.kernel_drops);
+                        s.queued_bytes = live_gauge.queued();
+                    }
+                }
                 if targets.all_exited() {
                     break Stop::TargetsExited;
                 }
@@ -689,6 +731,7 @@ async fn run_session(
             }
             _ = arm_tick.tick() => targets.arm_watched_functions(&mut probes),
             stop = signals.recv() => break stop,
+            () = async { match live { Some(h) => h.quit.notified().await, None => std::future::pending().await } } => break Stop::Viewer,
             () = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break Stop::Duration,
         }
     };
@@ -850,7 +893,12 @@ async fn run_session(
     }
     // The path is the one line a script reads; the session is complete whether or not it can
     // be printed.
-    if let Err(e) = console::out_line(&format!("session: {}", outcome.dir.display())) {
+    let printed = if live.is_some_and(|h| h.scratch_dir) {
+        Ok(())
+    } else {
+        console::out_line(&format!("session: {}", outcome.dir.display()))
+    };
+    if let Err(e) = printed {
         crate::say!(
             "warning: cannot print the session path to stdout ({e}); the session is in {}",
             outcome.dir.display()

@@ -161,33 +161,33 @@ fn setup() -> Result<()> {
 
 /// Headless Chromium for the report test (tests/tests/report.rs loads report.html in it).
 const CHROMIUM: &str = "/usr/bin/chromium";
+/// tmux for the live view test (tests/tests/top.rs runs `profilemate top` in a tmux pane).
+const TMUX: &str = "/usr/bin/tmux";
 
-/// Installs Debian's `chromium` when it is missing (idempotent; about 155 MB). A failure is
-/// fatal in CI (CI=true), where the report test must run; elsewhere the test then skips with
-/// a message.
-fn ensure_chromium() -> Result<()> {
-    if Path::new(CHROMIUM).exists() {
-        eprintln!("setup: chromium already installed");
+/// Installs Debian's `package` when `binary` is missing (idempotent), for the tests named
+/// `test`. A failure is fatal in CI (CI=true), where those tests must run; elsewhere they
+/// then skip with a message.
+fn ensure_test_package(binary: &str, package: &str, test: &str) -> Result<()> {
+    if Path::new(binary).exists() {
+        eprintln!("setup: {package} already installed");
         return Ok(());
     }
     let started = std::time::Instant::now();
     let installed = run(&mut apt(&["update", "-q"]))
-        .and_then(|()| run(&mut apt(&["install", "-y", "-q", "chromium"])));
+        .and_then(|()| run(&mut apt(&["install", "-y", "-q", package])));
     match installed {
         Ok(()) => {
             eprintln!(
-                "setup: chromium installed in {:.0} s",
+                "setup: {package} installed in {:.0} s",
                 started.elapsed().as_secs_f64()
             );
             Ok(())
         }
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            Err(e.context("cannot install chromium, which the report test needs in CI"))
-        }
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => Err(e.context(format!(
+            "cannot install {package}, which the {test} test needs in CI"
+        ))),
         Err(e) => {
-            eprintln!(
-                "setup: chromium not installed ({e:#}); the report test's browser part will skip"
-            );
+            eprintln!("setup: {package} not installed ({e:#}); the {test} test will skip");
             Ok(())
         }
     }
@@ -296,10 +296,14 @@ fn test(args: &[String]) -> Result<()> {
     // The real-vLLM tests run against a venv of the real package: built (or found up to
     // date) for the whole suite and for a filter that names them; any other filter uses one
     // already there. PROFILEMATE_REAL_VLLM_PYTHON, when set, is used as it is.
-    // The report test loads the page in headless Chromium: installed for the whole suite
-    // and for a filter that names it.
+    // The report test loads the page in headless Chromium, the top test runs in tmux: each
+    // installed for the whole suite and for a filter that names its test.
     if args.is_empty() || args.iter().any(|a| a.contains("report")) {
-        ensure_chromium()?;
+        // About 155 MB.
+        ensure_test_package(CHROMIUM, "chromium", "report")?;
+    }
+    if args.is_empty() || args.iter().any(|a| a.contains("top")) {
+        ensure_test_package(TMUX, "tmux", "top")?;
     }
     let real_vllm = if let Some(p) = std::env::var_os("PROFILEMATE_REAL_VLLM_PYTHON") {
         Some(PathBuf::from(p))

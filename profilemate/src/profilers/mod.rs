@@ -9,6 +9,7 @@ pub mod encoder_decoder;
 pub mod forward_pass;
 pub mod gc_pauses;
 pub mod kv_cache;
+pub mod live;
 pub mod moe;
 pub mod preemptions;
 
