@@ -94,11 +94,7 @@ impl Check {
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
-        Self {
-            status: Status::Warn,
-            fix: Some(fix.into()),
-            ..Self::ok(group, name, detail)
-        }
+        Self::ok(group, name, detail).with_fix(Status::Warn, fix)
     }
 
     /// A FAIL line with its fix.
@@ -109,10 +105,15 @@ impl Check {
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
+        Self::ok(group, name, detail).with_fix(Status::Fail, fix)
+    }
+
+    /// The same line with `status` and its fix.
+    fn with_fix(self, status: Status, fix: impl Into<String>) -> Self {
         Self {
-            status: Status::Fail,
+            status,
             fix: Some(fix.into()),
-            ..Self::ok(group, name, detail)
+            ..self
         }
     }
 
