@@ -106,8 +106,9 @@ struct BlockLayout {
 /// A block seen cached.
 #[derive(Debug, Clone)]
 struct Cached {
-    /// (key, key hash) of its entries at the last map read.
-    keys: Vec<(u64, u64)>,
+    /// Its entries' keys at the last map read: the key's hash (equal keys may be distinct
+    /// bytes objects), or the key's address where the dict stores no hash.
+    keys: Vec<u64>,
     born_ns: Option<u64>,
     born_after_ns: u64,
     last_used_ns: Option<u64>,
@@ -196,11 +197,19 @@ impl BlockTracker {
         // in between.
         let resized = self.head.is_none_or(|(_, _, keys)| keys != slots.keys);
         let from = if resized { 0 } else { self.nentries };
+        // A deleted slot keeps its hash: one whose key is cached again (vLLM pops a
+        // duplicated hash and puts the rest of its blocks back) is not an eviction.
+        let live: std::collections::HashSet<u64> = slots
+            .slots
+            .iter()
+            .filter(|(_, key, _)| *key != 0)
+            .map(|(hash, _, _)| *hash)
+            .collect();
         let deleted = slots
             .slots
             .iter()
             .skip(from)
-            .filter(|(_, key, _)| *key == 0)
+            .filter(|(hash, key, _)| *key == 0 && (*hash == 0 || !live.contains(hash)))
             .count() as u64;
         let after = self.last_map_ns.unwrap_or(0);
         let mut born = Vec::new();
@@ -292,22 +301,22 @@ impl BlockTracker {
         Ok(None)
     }
 
-    /// The blocks of the live slots, with their (key, hash) pairs. A value is a block, or
+    /// The blocks of the live slots, with their keys (see `Cached::keys`). A value is a block, or
     /// a dict of duplicates `{block_id: block}`.
     fn present(
         &mut self,
         o: &Objects<'_>,
         n: &StateNames,
         slots: &DictSlots,
-    ) -> Result<HashMap<u64, Vec<(u64, u64)>>, StateError> {
-        let mut present: HashMap<u64, Vec<(u64, u64)>> =
-            HashMap::with_capacity(slots.used as usize);
+    ) -> Result<HashMap<u64, Vec<u64>>, StateError> {
+        let mut present: HashMap<u64, Vec<u64>> = HashMap::with_capacity(slots.used as usize);
         for &(hash, key, value) in &slots.slots {
             if key == 0 || value == 0 {
                 continue;
             }
+            let id = if hash == 0 { key } else { hash };
             if self.ids.contains_key(&value) || self.cached.contains_key(&value) {
-                present.entry(value).or_default().push((key, hash));
+                present.entry(value).or_default().push(id);
                 continue;
             }
             let ty = o.type_of(value)?;
@@ -333,11 +342,11 @@ impl BlockTracker {
                 },
             };
             if ty == layout.ty {
-                present.entry(value).or_default().push((key, hash));
+                present.entry(value).or_default().push(id);
             } else if o.dict_version(value).is_ok() {
                 for (_, b) in o.dict_items(value, MAX_DUPLICATES)? {
                     if self.layout.is_some_and(|l| o.type_of(b).ok() == Some(l.ty)) {
-                        present.entry(b).or_default().push((key, hash));
+                        present.entry(b).or_default().push(id);
                     }
                 }
             }
@@ -379,6 +388,7 @@ impl BlockTracker {
             return;
         };
         let mut order: Vec<u64> = first.to_vec();
+        let first: std::collections::HashSet<u64> = first.iter().copied().collect();
         let mut rest = Vec::new();
         for (block, c) in &self.cached {
             if first.contains(block) {
@@ -444,5 +454,277 @@ impl BlockTracker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against live CPython processes (3.11 and the pyenv versions present): a block pool of
+    //! vLLM's shape (a `__slots__` dataclass `KVCacheBlock`, a `BlockHashToBlockMap` whose
+    //! `_cache` maps bytes keys to blocks or to `{block_id: block}`), changed by the test
+    //! between two polls, so that every birth, use and eviction lies between known polls.
+    use std::{
+        collections::{BTreeMap, BTreeSet},
+        io::{BufRead, BufReader, Write},
+        process::{Child, ChildStdin, Command, Stdio},
+    };
+
+    use super::*;
+    use crate::{
+        python::{self, objects::object_layout, remote::ProcessMemory},
+        vllm::state::VLLM_0_33,
+    };
+
+    const SCRIPT: &str = r#"
+import dataclasses, json, sys
+@dataclasses.dataclass(slots=True)
+class KVCacheBlock:
+    block_id: int
+    ref_cnt: int = 0
+    _block_hash: bytes | None = None
+    prev_free_block: object = None
+    next_free_block: object = None
+    is_null: bool = False
+class BlockHashToBlockMap:
+    def __init__(self):
+        self._cache = {}
+class BlockPool:
+    def __init__(self, n):
+        self.blocks = [KVCacheBlock(i) for i in range(n)]
+        self.cached_block_hash_to_block = BlockHashToBlockMap()
+pool = BlockPool(int(sys.argv[1]))
+def key(k):
+    return k.to_bytes(32, "big") + bytes(4)
+def cache(i, k, ref):
+    b = pool.blocks[i]
+    b.ref_cnt += ref
+    b._block_hash = key(k)
+    c = pool.cached_block_hash_to_block._cache
+    old = c.get(b._block_hash)
+    if old is None:
+        c[b._block_hash] = b
+    elif isinstance(old, KVCacheBlock):
+        c[b._block_hash] = {old.block_id: old, b.block_id: b}
+    else:
+        old[b.block_id] = b
+def evict(i):
+    b = pool.blocks[i]
+    c = pool.cached_block_hash_to_block._cache
+    v = c.pop(b._block_hash)
+    if isinstance(v, dict):
+        v.pop(i)
+        if v:
+            c[b._block_hash] = v
+    b._block_hash = None
+print(json.dumps({"pool": id(pool)}), flush=True)
+for line in sys.stdin:
+    for op in json.loads(line):
+        if op[0] == "cache":
+            cache(op[1], op[2], op[3])
+        elif op[0] == "bulk":
+            for i in range(op[1], op[2]):
+                cache(i, 1_000_000 + i, 0)
+        elif op[0] == "free":
+            pool.blocks[op[1]].ref_cnt -= 1
+        elif op[0] == "use":
+            pool.blocks[op[1]].ref_cnt += 1
+        elif op[0] == "evict":
+            evict(op[1])
+        elif op[0] == "reset":
+            pool.cached_block_hash_to_block = BlockHashToBlockMap()
+            for b in pool.blocks:
+                b._block_hash = None
+    print("ok", flush=True)
+"#;
+
+    struct Target {
+        child: Child,
+        stdin: ChildStdin,
+        lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    }
+
+    impl Target {
+        fn spawn(py: &std::path::Path, blocks: usize) -> (Self, u64) {
+            let mut child = Command::new(py)
+                .args(["-c", SCRIPT, &blocks.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn python");
+            let stdin = child.stdin.take().expect("stdin");
+            let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+            let first: serde_json::Value =
+                serde_json::from_str(&lines.next().expect("line").expect("read")).expect("json");
+            let pool = first["pool"].as_u64().expect("pool");
+            (
+                Self {
+                    child,
+                    stdin,
+                    lines,
+                },
+                pool,
+            )
+        }
+
+        fn ops(&mut self, ops: serde_json::Value) {
+            writeln!(self.stdin, "{ops}").expect("write");
+            assert_eq!(self.lines.next().expect("line").expect("read"), "ok");
+        }
+    }
+
+    impl Drop for Target {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn ids(p: &BlockPoll) -> BTreeSet<i64> {
+        p.evictions.iter().filter_map(|e| e.block_id).collect()
+    }
+
+    #[test]
+    fn evictions_lifetimes_and_unseen_blocks_are_exact_between_polls() {
+        let pythons = crate::python::objects::tests_support::interpreters();
+        if pythons.is_empty() {
+            eprintln!("SKIP: no CPython 3.11-3.13 installed");
+            return;
+        }
+        for py in pythons {
+            check(&py);
+            check_bounded_cost(&py);
+        }
+    }
+
+    fn check(py: &std::path::Path) {
+        use serde_json::json;
+        let (mut t, pool) = Target::spawn(py, 64);
+        assert!(
+            MAX_SLOTS >= 64 && IDS_PER_POLL >= 64,
+            "the small pool is read whole"
+        );
+        let interp = python::find(t.child.id()).expect("interpreter");
+        let ol = object_layout(interp.layout.version).expect("object layout");
+        let mem = ProcessMemory::new(t.child.id());
+        let cache = crate::python::objects::AttrCache::default();
+        let o = Objects::new(&mem, &interp.layout, ol).with_cache(&cache);
+        let mut tr = BlockTracker::default();
+        let name = py.display();
+        // Cached before the first poll: evicted later without a birth. Blocks 20-44 make the
+        // dict's table large enough that the slots below are appended without a resize.
+        t.ops(json!([
+            ["cache", 1, 1, 0],
+            ["cache", 2, 2, 1],
+            ["bulk", 20, 45]
+        ]));
+        let p0 = tr.poll(&o, &VLLM_0_33, pool).expect("poll");
+        assert_eq!((p0.cached, p0.born, p0.unseen), (27, 27, 0), "{name}");
+        // Blocks 3-5 cached in use (two of them under one hash: a duplicate), 1 evicted.
+        t.ops(json!([
+            ["cache", 3, 3, 1],
+            ["cache", 4, 4, 1],
+            ["cache", 5, 4, 1],
+            ["evict", 1]
+        ]));
+        let p1 = tr.poll(&o, &VLLM_0_33, pool).expect("poll");
+        assert_eq!(ids(&p1), BTreeSet::from([1]), "{name}");
+        assert_eq!(p1.evictions[0].born_ns, None, "{name}");
+        assert_eq!((p1.cached, p1.born), (29, 3), "{name}");
+        // Nothing changed: the map's entries are not read again.
+        let p2 = tr.poll(&o, &VLLM_0_33, pool).expect("poll");
+        assert!(
+            p2.map_unchanged && p2.slots_read == 0 && p2.evictions.is_empty(),
+            "{name}"
+        );
+        // 3 and 4 freed; 6 cached and evicted between two polls (unseen); 5 evicted from
+        // its duplicate hash while in use.
+        t.ops(json!([
+            ["free", 3],
+            ["free", 4],
+            ["cache", 6, 6, 0],
+            ["evict", 6],
+            ["evict", 5]
+        ]));
+        let p3 = tr.poll(&o, &VLLM_0_33, pool).expect("poll");
+        assert_eq!(ids(&p3), BTreeSet::from([5]), "{name}");
+        assert_eq!((p3.unseen, p3.unseen_is_lower_bound), (1, false), "{name}");
+        let e5 = &p3.evictions[0];
+        assert_eq!(e5.born_ns, Some(p1.ts_ns), "{name}");
+        assert_eq!(e5.born_after_ns, p0.ts_ns, "{name}");
+        assert_eq!(e5.evicted_after_ns, p2.ts_ns, "{name}");
+        assert_eq!(e5.evicted_ns, p3.ts_ns, "{name}");
+        // In use at every read until evicted: its use lasts until the eviction's poll.
+        assert!(
+            e5.last_used_ns
+                .is_some_and(|u| u > p2.ts_ns && u < p3.ts_ns),
+            "{e5:?}"
+        );
+        // 3 evicted and cached again under another hash between two polls; 4 evicted.
+        t.ops(json!([["evict", 3], ["cache", 3, 30, 1], ["evict", 4]]));
+        let p4 = tr.poll(&o, &VLLM_0_33, pool).expect("poll");
+        assert_eq!(ids(&p4), BTreeSet::from([3, 4]), "{name}");
+        let by: BTreeMap<i64, &BlockEviction> = p4
+            .evictions
+            .iter()
+            .filter_map(|e| Some((e.block_id?, e)))
+            .collect();
+        assert!(by[&3].rehashed && !by[&4].rehashed, "{name}");
+        for e in by.values() {
+            assert_eq!(e.born_ns, Some(p1.ts_ns), "{name}");
+            assert_eq!(
+                (e.evicted_after_ns, e.evicted_ns),
+                (p3.ts_ns, p4.ts_ns),
+                "{name}"
+            );
+            // Freed between p2 and p3: last seen in use at p2's read, free at p3's.
+            let (used, until) = (e.last_used_ns.expect("used"), e.last_used_until_ns);
+            assert!(used > p2.ts_ns && used < p3.ts_ns, "{name}: {e:?}");
+            assert!(until > p3.ts_ns && until < p4.ts_ns, "{name}: {e:?}");
+        }
+        // A reset: the blocks leave without eviction rows; a block cached after it is born
+        // after the poll before.
+        t.ops(json!([["reset"], ["cache", 7, 7, 1]]));
+        let p5 = tr.poll(&o, &VLLM_0_33, pool).expect("poll");
+        assert!(p5.reset && p5.evictions.is_empty(), "{name}: {p5:?}");
+        assert_eq!((p5.cached, p5.born), (1, 1), "{name}");
+        t.ops(json!([["free", 7], ["evict", 7]]));
+        let p6 = tr.poll(&o, &VLLM_0_33, pool).expect("poll");
+        assert_eq!(ids(&p6), BTreeSet::from([7]), "{name}");
+        assert_eq!(p6.evictions[0].born_ns, Some(p5.ts_ns), "{name}");
+        assert_eq!(p6.evictions[0].born_after_ns, p4.ts_ns, "{name}");
+    }
+
+    /// A production-size pool: each poll reads at most `REFS_PER_POLL` ref counts and
+    /// every cached block's in turn; an unchanged map is not read again.
+    fn check_bounded_cost(py: &std::path::Path) {
+        use serde_json::json;
+        let blocks = 40_000;
+        let (mut t, pool) = Target::spawn(py, blocks + 1);
+        let interp = python::find(t.child.id()).expect("interpreter");
+        let ol = object_layout(interp.layout.version).expect("object layout");
+        let mem = ProcessMemory::new(t.child.id());
+        let cache = crate::python::objects::AttrCache::default();
+        let o = Objects::new(&mem, &interp.layout, ol).with_cache(&cache);
+        let mut tr = BlockTracker::default();
+        t.ops(json!([["bulk", 1, blocks + 1]]));
+        let first = tr.poll(&o, &VLLM_0_33, pool).expect("poll");
+        assert_eq!(first.cached, blocks as u64);
+        assert_eq!(first.refs_read, REFS_PER_POLL as u64);
+        assert_eq!(first.refs_deferred, (blocks - REFS_PER_POLL) as u64);
+        // Block 1 taken by a request and evicted two polls later: seen in use by a read.
+        t.ops(json!([["use", 40_000]]));
+        let mut read = first.refs_read;
+        for _ in 0..blocks.div_ceil(REFS_PER_POLL) {
+            let p = tr.poll(&o, &VLLM_0_33, pool).expect("poll");
+            assert!(p.map_unchanged && p.slots_read == 0, "{p:?}");
+            assert!(p.refs_read <= REFS_PER_POLL as u64);
+            read += p.refs_read;
+        }
+        assert!(read >= blocks as u64 + 1);
+        t.ops(json!([["free", 40_000], ["evict", 40_000]]));
+        let p = tr.poll(&o, &VLLM_0_33, pool).expect("poll");
+        assert_eq!(ids(&p), BTreeSet::from([40_000]));
+        assert!(p.evictions[0].last_used_ns.is_some(), "{p:?}");
+        assert!(p.slots_read as usize <= MAX_SLOTS);
     }
 }
