@@ -770,19 +770,36 @@ fn vllm_batches_preemptions_requests_and_graphs_match_ground_truth() {
         .filter(|b| u(b, "encoder_inputs") > 0)
         .count() as u64;
     assert_eq!(ed["steps_with_encoder"].as_u64(), Some(enc), "{ed}");
+    // The reset and the evictions: one row per evicted block whose caching was seen, each
+    // a true eviction of that block no later than its row and within its resolution.
     let ev = run.session.csv("kv_cache_evictions.csv");
-    assert_eq!(
-        ev.iter()
-            .filter(|e| e["prefix_cache_reset"] == "true")
-            .count(),
-        1
-    );
-    let evicted: f64 = ev.iter().map(|e| col(e, "evicted_blocks_min")).sum();
-    let truth_evicted: u64 = truth_of(&dir, "evict").iter().map(|e| u(e, "blocks")).sum();
-    assert!(
-        evicted <= truth_evicted as f64,
-        "{evicted} > {truth_evicted}"
-    );
+    let es = run.session.json("kv_cache_evictions_summary.json");
+    let resets: u64 = es["processes"].as_array().map_or(0, |p| {
+        p.iter()
+            .filter_map(|p| p["prefix_cache_resets"].as_u64())
+            .sum()
+    });
+    assert_eq!(resets, 1, "{es}");
+    let truth_ev = truth_of(&dir, "evict");
+    let truth_evicted: u64 = truth_ev.iter().map(|e| u(e, "blocks")).sum();
+    let evicted = ev.len() as u64;
+    assert!(evicted <= truth_evicted, "{evicted} > {truth_evicted}");
+    for e in &ev {
+        let at = t0 as f64 + col(e, "timestamp_sec") * 1e9;
+        let res = col(e, "resolution_sec") * 1e9;
+        let block = col(e, "block_id");
+        assert!(
+            truth_ev.iter().any(|t| {
+                let ts = t["ts_ns"].as_f64().unwrap_or(0.0);
+                ts <= at + 1e6
+                    && ts >= at - res - 1e6
+                    && t["block_ids"]
+                        .as_array()
+                        .is_some_and(|ids| ids.iter().any(|i| i.as_f64() == Some(block)))
+            }),
+            "{label}: eviction row {e:?} matches no eviction of the fixture"
+        );
+    }
     let m = &md["vllm_metrics"];
     assert_eq!(
         m["server_preemptions"].as_f64(),
@@ -856,6 +873,26 @@ fn check_seed_one_liners(label: &str, session: &Session) {
         total,
         graphs.iter().map(|g| col(g, "replay_count")).sum::<f64>()
     );
+    // Seed 003: "blocks evicted quickly" (column 2 = lifetime_sec).
+    let evictions = session.csv("kv_cache_evictions.csv");
+    let quick = sh(
+        "awk -F',' 'NR>1 && $2<10 {count++} END {print count \" blocks evicted quickly\"}' kv_cache_evictions.csv",
+    );
+    let want = evictions
+        .iter()
+        .filter(|e| col(e, "lifetime_sec") < 10.0)
+        .count();
+    let got: usize = quick
+        .strip_suffix("blocks evicted quickly")
+        .map(str::trim)
+        .map_or(usize::MAX, |n| {
+            if n.is_empty() {
+                0
+            } else {
+                n.parse().unwrap_or(usize::MAX)
+            }
+        });
+    assert_eq!(got, want, "{label}: `{quick}`");
     // Seed 003: "graphs by token count" (column 2 = num_tokens).
     let tokens = sh("cut -d',' -f2 cuda_graph_usage.csv | tail -n +2 | LC_ALL=C sort");
     let mut want: Vec<String> = graphs.iter().map(|g| g["num_tokens"].clone()).collect();
