@@ -813,6 +813,17 @@ fn vllm_batches_preemptions_requests_and_graphs_match_ground_truth() {
     );
     let moe = run.session.json("moe_summary.json");
     assert_eq!(moe["expert_routing_observable"], false);
+    assert_eq!(
+        moe["files_without_rows"].as_array().map(Vec::len),
+        Some(8),
+        "{moe}"
+    );
+    assert!(
+        moe["routing_sources"][0]["what_would_be_read"]
+            .as_str()
+            .is_some_and(|w| w.contains("aux_output_connector")),
+        "{moe}"
+    );
     check_seed_one_liners(&label, &run.session);
 }
 
@@ -893,6 +904,40 @@ fn check_seed_one_liners(label: &str, session: &Session) {
             }
         });
     assert_eq!(got, want, "{label}: `{quick}`");
+    // Seed 003's MoE analyses, run in `moe_expert_tracking/` as written: the files exist with
+    // the seed's headers (also beside the others) and, routing being unobservable here, no
+    // rows.
+    for (name, header) in [
+        (
+            "moe_expert_activations.csv",
+            "layer_idx,expert_id,activation_count,percentage",
+        ),
+        (
+            "moe_expert_coselection.csv",
+            "layer_idx,expert_id_1,expert_id_2,coselection_count",
+        ),
+        ("moe_routing_weights_hist.csv", "weight,count,layer_idx"),
+        (
+            "moe_load_imbalance.csv",
+            "layer_idx,timestamp_sec,std_dev,max_min_ratio",
+        ),
+    ] {
+        for at in [".", "moe_expert_tracking"] {
+            let text = std::fs::read_to_string(session.dir.join(at).join(name))
+                .unwrap_or_else(|e| panic!("{label}: {at}/{name}: {e}"));
+            assert_eq!(text, format!("{header}\n"), "{label}: {at}/{name}");
+        }
+    }
+    assert_eq!(
+        sh("cd moe_expert_tracking/ && awk -F',' 'NR>1 {print $1}' moe_expert_activations.csv | sort -u | wc -l"),
+        "0",
+        "{label}"
+    );
+    assert_eq!(
+        sh("cd moe_expert_tracking/ && head -20 moe_expert_coselection.csv"),
+        "layer_idx,expert_id_1,expert_id_2,coselection_count",
+        "{label}"
+    );
     // Seed 003: "graphs by token count" (column 2 = num_tokens).
     let tokens = sh("cut -d',' -f2 cuda_graph_usage.csv | tail -n +2 | LC_ALL=C sort");
     let mut want: Vec<String> = graphs.iter().map(|g| g["num_tokens"].clone()).collect();
