@@ -284,7 +284,6 @@ impl BlockTracker {
     /// The dict's slots, read while its head stayed the same (twice at most), and the time
     /// between the two head reads (the slots held then). None: changed during both reads.
     /// The inner None: too many slots.
-    #[expect(clippy::type_complexity, reason = "private, documented above")]
     fn read_slots(
         o: &Objects<'_>,
         dict: u64,
@@ -599,10 +598,7 @@ for line in sys.stdin:
     fn check(py: &std::path::Path) {
         use serde_json::json;
         let (mut t, pool) = Target::spawn(py, 64);
-        assert!(
-            MAX_SLOTS >= 64 && IDS_PER_POLL >= 64,
-            "the small pool is read whole"
-        );
+        const { assert!(MAX_SLOTS >= 64 && IDS_PER_POLL >= 64) };
         let interp = python::find(t.child.id()).expect("interpreter");
         let ol = object_layout(interp.layout.version).expect("object layout");
         let mem = ProcessMemory::new(t.child.id());
@@ -720,7 +716,7 @@ for line in sys.stdin:
             assert!(p.refs_read <= REFS_PER_POLL as u64);
             read += p.refs_read;
         }
-        assert!(read >= blocks as u64 + 1);
+        assert!(read > blocks as u64);
         t.ops(json!([["free", 40_000], ["evict", 40_000]]));
         let p = tr.poll(&o, &VLLM_0_33, pool).expect("poll");
         assert_eq!(ids(&p), BTreeSet::from([40_000]));
