@@ -8,12 +8,15 @@
 //! (`profilers::kv_cache`).
 //!
 //! Cost, bounded whatever the pool's size: one read of the dict's head per poll; when it
-//! changed, one read of its entry table (24 bytes per slot, at most `MAX_SLOTS`); one
-//! batched read of at most `REFS_PER_POLL` `ref_cnt` pointers (the blocks cached now,
-//! those in use at their last read first, the rest in turn); `block_id` read once per
-//! block object (vLLM allocates every block at start and never frees one). An unchanged
-//! `ref_cnt` pointer needs no decoding: CPython keeps one `0` object, so `ref_cnt == 0` is
-//! one pointer comparison.
+//! changed, one read of its entry table (24 bytes per slot, at most `MAX_SLOTS`), compared
+//! slot by slot with the previous read (a keys object's slots are only appended: only new
+//! and changed slots are looked at); one batched read of at most `REFS_PER_POLL`
+//! `ref_cnt` pointers (the blocks in use at their last read first, the rest in turn),
+//! merged into page-sized ranges; `block_id` read once per block object (vLLM allocates
+//! every block at start and never frees one). An unchanged `ref_cnt` pointer needs no
+//! decoding: CPython keeps one `0` object, so `ref_cnt == 0` is one pointer comparison.
+//! 100,000 cached blocks: 2-3 ms of CPU a poll, 4-7 ms when the map changed
+//! (docs/OUTPUTS.md).
 //!
 //! Resolution: a birth and an eviction are known to lie between two polls of the map;
 //! the end of a block's last use between its last read in use and its next read (or its
@@ -21,7 +24,7 @@
 //! are appended until a resize, so the slots inserted since the previous poll and already
 //! deleted count those exactly (a lower bound when the table was resized in between).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -35,6 +38,47 @@ pub const MAX_SLOTS: usize = 1 << 18;
 pub const REFS_PER_POLL: usize = 16_384;
 /// `block_id`s decoded per poll at most (evicted blocks first).
 pub const IDS_PER_POLL: usize = 2_048;
+/// `ob_type`'s offset in an object (CPython 3.11-3.13, x86-64).
+const OB_TYPE: u64 = 8;
+/// A merged range is at most one page...
+const SPAN_MAX: u64 = 4096;
+/// ...and merges words less than this apart (vLLM allocates its blocks in one go, a few
+/// dozen to a page).
+const SPAN_GAP: u64 = 512;
+
+/// (address, length) ranges for `RemoteMemory::read_many`.
+type Ranges = Vec<(u64, usize)>;
+
+/// The ranges that read the word at `offset` of each object of `sorted` (ascending),
+/// merged where they lie close together, and where each word is: (range, byte offset in
+/// the buffer `read_many` fills).
+fn spans(sorted: &[u64], offset: u64) -> (Ranges, Vec<(usize, usize)>) {
+    let mut spans: Vec<(u64, usize)> = Vec::new();
+    let mut at = Vec::with_capacity(sorted.len());
+    let mut base = 0usize;
+    for &obj in sorted {
+        let w = obj.wrapping_add(offset);
+        match spans.last_mut() {
+            Some((start, len))
+                if w >= *start + *len as u64
+                    && w + 8 - *start <= SPAN_MAX
+                    && w - (*start + *len as u64) < SPAN_GAP =>
+            {
+                *len = (w + 8 - *start) as usize;
+            }
+            _ => {
+                if let Some((_, len)) = spans.last() {
+                    base += len;
+                }
+                spans.push((w, 8));
+            }
+        }
+        let (start, _) = spans[spans.len() - 1];
+        at.push((spans.len() - 1, base + (w - start) as usize));
+    }
+    (spans, at)
+}
+
 /// Blocks under one duplicated hash read at most.
 const MAX_DUPLICATES: usize = 64;
 
@@ -106,14 +150,20 @@ struct BlockLayout {
 /// A block seen cached.
 #[derive(Debug, Clone)]
 struct Cached {
-    /// Its entries' keys at the last map read: the key's hash (equal keys may be distinct
-    /// bytes objects), or the key's address where the dict stores no hash.
+    /// Its entries' keys: the key's hash (equal keys may be distinct bytes objects), or the
+    /// key's address where the dict stores no hash.
     keys: Vec<u64>,
     born_ns: Option<u64>,
     born_after_ns: u64,
     last_used_ns: Option<u64>,
     last_used_until_ns: Option<u64>,
-    last_map_ns: u64,
+}
+
+/// One entry slot as last read: its value and key id (0: deleted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    value: u64,
+    key: u64,
 }
 
 /// Follows one block pool's cached blocks.
@@ -122,17 +172,32 @@ pub struct BlockTracker {
     /// The cache map object (a new one after every reset) and the dict that holds it.
     map: u64,
     dict: u64,
-    /// (used, version, keys) at the last consistent read, and the slots then.
+    /// (used, version, keys) at the last consistent read.
     head: Option<(u64, u64, u64)>,
-    nentries: usize,
+    /// The slots at the last read, by position (a keys object's slots are only appended,
+    /// and only a deletion or a value change alters one: the next read compares).
+    slots: Vec<Slot>,
+    /// Blocks of slots whose value is a dict of duplicates, by position.
+    duplicates: HashMap<usize, Vec<u64>>,
     cached: HashMap<u64, Cached>,
+    /// Cached blocks in use (`ref_cnt > 0`) at their last read.
+    in_use: HashSet<u64>,
     ids: HashMap<u64, i64>,
     layout: Option<BlockLayout>,
     /// The pointer of the int `0` (`ref_cnt` of a free block).
     zero: Option<u64>,
+    /// Where the round-robin `ref_cnt` reads continue (a slot position).
     cursor: usize,
     /// The previous poll that read the map consistently.
     last_map_ns: Option<u64>,
+}
+
+/// What a poll changed, before it is reported.
+#[derive(Default)]
+struct Diff {
+    /// Blocks that lost a key, with their keys before.
+    touched: HashMap<u64, Vec<u64>>,
+    born: Vec<u64>,
 }
 
 impl BlockTracker {
@@ -161,8 +226,10 @@ impl BlockTracker {
         if self.map != 0 && (map != self.map || dict != self.dict) {
             poll.reset = true;
             self.cached.clear();
+            self.in_use.clear();
+            self.slots.clear();
+            self.duplicates.clear();
             self.head = None;
-            self.nentries = 0;
         }
         let first = self.map == 0;
         self.map = map;
@@ -172,9 +239,6 @@ impl BlockTracker {
             poll.map_unchanged = true;
             poll.ts_ns = crate::output::monotonic_ns();
             poll.cached = self.cached.len() as u64;
-            for c in self.cached.values_mut() {
-                c.last_map_ns = poll.ts_ns;
-            }
             self.last_map_ns = Some(poll.ts_ns);
             self.read_refs(o, &[], &mut poll);
             return Ok(poll);
@@ -192,82 +256,100 @@ impl BlockTracker {
             return Ok(poll);
         };
         poll.slots_read = slots.slots.len() as u64;
-        let present = self.present(o, n, &slots)?;
-        // Slots appended since the previous read and already deleted: cached and evicted
-        // in between.
+        self.learn_layout(o, n, &slots)?;
+        // Same keys object: its first slots are the ones read before (compare them);
+        // otherwise (first read, reset, resize) every slot is compared with nothing.
         let resized = self.head.is_none_or(|(_, _, keys)| keys != slots.keys);
-        let from = if resized { 0 } else { self.nentries };
-        // A deleted slot keeps its hash: one whose key is cached again (vLLM pops a
-        // duplicated hash and puts the rest of its blocks back) is not an eviction.
-        let live: std::collections::HashSet<u64> = slots
-            .slots
-            .iter()
-            .filter(|(_, key, _)| *key != 0)
-            .map(|(hash, _, _)| *hash)
-            .collect();
-        let deleted = slots
-            .slots
-            .iter()
-            .skip(from)
-            .filter(|(hash, key, _)| *key == 0 && (*hash == 0 || !live.contains(hash)))
-            .count() as u64;
+        if resized {
+            self.slots.clear();
+            self.duplicates.clear();
+        }
+        let from = self.slots.len();
         let after = self.last_map_ns.unwrap_or(0);
-        let mut born = Vec::new();
-        let mut evicted = Vec::new();
-        for (block, keys) in &present {
-            match self.cached.get_mut(block) {
-                Some(c) if c.keys.iter().any(|k| keys.contains(k)) => {
-                    c.keys.clone_from(keys);
-                    c.last_map_ns = ts;
-                }
-                Some(_) => {
-                    evicted.push((*block, true));
-                    born.push(*block);
-                }
-                None => born.push(*block),
+        let mut diff = Diff::default();
+        if resized {
+            // A new table: every block's keys are read again from it.
+            for (b, c) in &mut self.cached {
+                diff.touched.insert(*b, std::mem::take(&mut c.keys));
             }
         }
-        for block in self.cached.keys() {
-            if !present.contains_key(block) {
-                evicted.push((*block, false));
-            }
-        }
-        self.decode_ids(o, evicted.iter().map(|e| e.0).chain(born.iter().copied()));
-        for (block, rehashed) in evicted {
-            let Some(c) = self.cached.remove(&block) else {
+        let now: Vec<Slot> = slots
+            .slots
+            .iter()
+            .map(|&(hash, key, value)| {
+                let live = key != 0 && value != 0;
+                Slot {
+                    value: if live { value } else { 0 },
+                    key: if !live {
+                        0
+                    } else if hash == 0 {
+                        key
+                    } else {
+                        hash
+                    },
+                }
+            })
+            .collect();
+        let types = self.prefetch_types(o, &now);
+        let mut dups = HashMap::default();
+        for (pos, &slot) in now.iter().enumerate() {
+            let (live, value) = (slot.value != 0, slot.value);
+            let before = self.slots.get(pos).copied();
+            if before == Some(slot) {
+                // The same dict of duplicates may hold other blocks now.
+                if let Some(old) = self.duplicates.remove(&pos) {
+                    let blocks = self.blocks_of(o, value)?;
+                    for &b in old.iter().filter(|b| !blocks.contains(b)) {
+                        self.drop_key(b, slot.key, &mut diff);
+                    }
+                    for &b in blocks.iter().filter(|b| !old.contains(b)) {
+                        self.add_key(b, slot.key, first, ts, after, &mut diff);
+                    }
+                    dups.insert(pos, blocks);
+                }
                 continue;
-            };
-            poll.evictions.push(BlockEviction {
-                block_id: self.ids.get(&block).copied(),
-                born_ns: c.born_ns,
-                born_after_ns: c.born_after_ns,
-                last_used_ns: c.last_used_ns.or(c.born_ns),
-                last_used_until_ns: c.last_used_until_ns.unwrap_or(ts),
-                evicted_ns: ts,
-                evicted_after_ns: c.last_map_ns,
-                rehashed,
-            });
+            }
+            if let Some(old) = before.filter(|s| s.value != 0) {
+                let blocks = self
+                    .duplicates
+                    .remove(&pos)
+                    .unwrap_or_else(|| vec![old.value]);
+                for b in blocks {
+                    self.drop_key(b, old.key, &mut diff);
+                }
+            }
+            if live {
+                let blocks = match types.get(&value) {
+                    Some(&ty) if self.layout.is_some_and(|l| l.ty == ty) => vec![value],
+                    _ => self.blocks_of(o, value)?,
+                };
+                for &b in &blocks {
+                    self.add_key(b, slot.key, first, ts, after, &mut diff);
+                }
+                if blocks.len() != 1 || blocks[0] != value {
+                    dups.insert(pos, blocks);
+                }
+            }
         }
-        poll.born = born.len() as u64;
-        for block in &born {
-            let keys = present.get(block).cloned().unwrap_or_default();
-            self.cached.insert(
-                *block,
-                Cached {
-                    keys,
-                    born_ns: (!first).then_some(ts),
-                    born_after_ns: after,
-                    last_used_ns: None,
-                    last_used_until_ns: None,
-                    last_map_ns: ts,
-                },
-            );
-        }
-        if !first {
+        // Slots appended since the previous read and already deleted: cached and evicted in
+        // between; a deleted slot keeps its hash, and one whose key was put back later (vLLM
+        // pops a duplicated hash and reinserts the rest of its blocks) is no eviction.
+        let tail_live: HashSet<u64> = now[from.min(now.len())..]
+            .iter()
+            .filter(|s| s.value != 0)
+            .map(|s| s.key)
+            .collect();
+        let deleted = slots.slots[from.min(slots.slots.len())..]
+            .iter()
+            .filter(|(hash, key, _)| *key == 0 && (*hash == 0 || !tail_live.contains(hash)))
+            .count() as u64;
+        self.slots = now;
+        self.duplicates = dups;
+        self.report(o, &mut diff, ts, &mut poll);
+        if !first && !poll.reset {
             if resized {
                 // Deleted slots of a new table: removals since the resize, seen or not.
-                let seen = poll.evictions.len() as u64;
-                poll.unseen = deleted.saturating_sub(seen);
+                poll.unseen = deleted.saturating_sub(poll.evictions.len() as u64);
                 poll.unseen_is_lower_bound = true;
             } else {
                 poll.unseen = deleted;
@@ -275,10 +357,95 @@ impl BlockTracker {
         }
         poll.cached = self.cached.len() as u64;
         self.head = Some((slots.used, slots.version, slots.keys));
-        self.nentries = slots.slots.len();
         self.last_map_ns = Some(ts);
-        self.read_refs(o, &born, &mut poll);
+        self.read_refs(o, &diff.born, &mut poll);
         Ok(poll)
+    }
+
+    /// The block's key `key` left the map.
+    fn drop_key(&mut self, block: u64, key: u64, diff: &mut Diff) {
+        if let Some(c) = self.cached.get_mut(&block) {
+            diff.touched.entry(block).or_insert_with(|| c.keys.clone());
+            if let Some(i) = c.keys.iter().position(|k| *k == key) {
+                c.keys.swap_remove(i);
+            }
+        }
+    }
+
+    /// The block is in the map under `key`: a birth when it was not cached.
+    fn add_key(&mut self, block: u64, key: u64, first: bool, ts: u64, after: u64, diff: &mut Diff) {
+        match self.cached.get_mut(&block) {
+            Some(c) => {
+                if !c.keys.contains(&key) {
+                    c.keys.push(key);
+                }
+            }
+            None => {
+                diff.born.push(block);
+                self.cached.insert(
+                    block,
+                    Cached {
+                        keys: vec![key],
+                        born_ns: (!first).then_some(ts),
+                        born_after_ns: after,
+                        last_used_ns: None,
+                        last_used_until_ns: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Turns the blocks that lost keys into evictions: those left with none (`gone`) and
+    /// those whose keys are all new (`recached`: evicted and cached again in between).
+    fn report(&mut self, o: &Objects<'_>, diff: &mut Diff, ts: u64, poll: &mut BlockPoll) {
+        let mut evicted = Vec::new();
+        for (block, before) in &diff.touched {
+            let Some(c) = self.cached.get(block) else {
+                continue;
+            };
+            if c.keys.is_empty() {
+                evicted.push((*block, false));
+            } else if !c.keys.iter().any(|k| before.contains(k)) {
+                evicted.push((*block, true));
+            }
+        }
+        evicted.sort_unstable();
+        self.decode_ids(
+            o,
+            evicted.iter().map(|e| e.0).chain(diff.born.iter().copied()),
+        );
+        let after = self.last_map_ns.unwrap_or(0);
+        for (block, rehashed) in evicted {
+            let Some(c) = self.cached.remove(&block) else {
+                continue;
+            };
+            self.in_use.remove(&block);
+            poll.evictions.push(BlockEviction {
+                block_id: self.ids.get(&block).copied(),
+                born_ns: c.born_ns,
+                born_after_ns: c.born_after_ns,
+                last_used_ns: c.last_used_ns.or(c.born_ns),
+                last_used_until_ns: c.last_used_until_ns.unwrap_or(ts),
+                evicted_ns: ts,
+                evicted_after_ns: after,
+                rehashed,
+            });
+            if rehashed {
+                diff.born.push(block);
+                self.cached.insert(
+                    block,
+                    Cached {
+                        keys: c.keys,
+                        born_ns: Some(ts),
+                        born_after_ns: after,
+                        last_used_ns: None,
+                        last_used_until_ns: None,
+                    },
+                );
+            }
+        }
+        poll.born = diff.born.len() as u64;
     }
 
     /// The dict's slots, read while its head stayed the same (twice at most), and the time
@@ -300,57 +467,93 @@ impl BlockTracker {
         Ok(None)
     }
 
-    /// The blocks of the live slots, with their keys (see `Cached::keys`). A value is a block, or
-    /// a dict of duplicates `{block_id: block}`.
-    fn present(
+    /// Learns where a `KVCacheBlock`'s fields are, from the first block value.
+    fn learn_layout(
         &mut self,
         o: &Objects<'_>,
         n: &StateNames,
         slots: &DictSlots,
-    ) -> Result<HashMap<u64, Vec<u64>>, StateError> {
-        let mut present: HashMap<u64, Vec<u64>> = HashMap::with_capacity(slots.used as usize);
-        for &(hash, key, value) in &slots.slots {
-            if key == 0 || value == 0 {
-                continue;
+    ) -> Result<(), StateError> {
+        if self.layout.is_some() {
+            return Ok(());
+        }
+        for &(_, _, value) in slots.slots.iter().filter(|s| s.1 != 0 && s.2 != 0) {
+            let mut value = value;
+            if o.dict_version(value).is_ok() {
+                match o.dict_items(value, 1)?.first() {
+                    Some(&(_, b)) => value = b,
+                    None => continue,
+                }
             }
-            let id = if hash == 0 { key } else { hash };
-            if self.ids.contains_key(&value) || self.cached.contains_key(&value) {
-                present.entry(value).or_default().push(id);
+            if o.type_name(value)? != n.block_type {
                 continue;
             }
             let ty = o.type_of(value)?;
-            let layout = match self.layout {
-                Some(l) => l,
-                None if o.type_name(value)? == n.block_type => {
-                    let slot = |name: &'static str| -> Result<u64, StateError> {
-                        o.slot_offset(ty, name)?
-                            .ok_or(StateError::MissingName(name, "KV cache block (a slot)"))
-                    };
-                    let l = BlockLayout {
-                        ty,
-                        block_id: slot(n.block_id)?,
-                        ref_cnt: slot(n.ref_cnt)?,
-                    };
-                    self.layout = Some(l);
-                    l
-                }
-                None => BlockLayout {
-                    ty: 0,
-                    block_id: 0,
-                    ref_cnt: 0,
-                },
+            let slot = |name: &'static str| -> Result<u64, StateError> {
+                o.slot_offset(ty, name)?
+                    .ok_or(StateError::MissingName(name, "KV cache block (a slot)"))
             };
-            if ty == layout.ty {
-                present.entry(value).or_default().push(id);
-            } else if o.dict_version(value).is_ok() {
-                for (_, b) in o.dict_items(value, MAX_DUPLICATES)? {
-                    if self.layout.is_some_and(|l| o.type_of(b).ok() == Some(l.ty)) {
-                        present.entry(b).or_default().push(id);
-                    }
-                }
-            }
+            self.layout = Some(BlockLayout {
+                ty,
+                block_id: slot(n.block_id)?,
+                ref_cnt: slot(n.ref_cnt)?,
+            });
+            return Ok(());
         }
-        Ok(present)
+        Ok(())
+    }
+
+    /// The types of the live values not known as blocks yet, in one batched read (a first
+    /// poll meets every cached block at once). A value whose type is not the block type
+    /// is looked at again one by one (`blocks_of`), so a wrong guess only costs time.
+    fn prefetch_types(&self, o: &Objects<'_>, now: &[Slot]) -> HashMap<u64, u64> {
+        let mut values: Vec<u64> = now
+            .iter()
+            .enumerate()
+            .filter(|&(pos, s)| s.value != 0 && self.slots.get(pos) != Some(s))
+            .map(|(_, s)| s.value)
+            .filter(|v| !self.ids.contains_key(v) && !self.cached.contains_key(v))
+            .collect();
+        values.sort_unstable();
+        values.dedup();
+        let (spans, at) = spans(&values, OB_TYPE);
+        let mut buf = vec![0u8; spans.iter().map(|s| s.1).sum()];
+        let ok = o.memory().read_many(&spans, &mut buf);
+        values
+            .iter()
+            .zip(at)
+            .filter_map(|(&v, (span, off))| {
+                let w = buf.get(off..off + 8)?.try_into().ok()?;
+                ok.get(span)
+                    .copied()
+                    .unwrap_or(false)
+                    .then(|| (v, u64::from_le_bytes(w)))
+            })
+            .collect()
+    }
+
+    /// The blocks a cache value holds: itself, or the blocks of a dict of duplicates
+    /// `{block_id: block}`. A known block needs no read (vLLM never frees one).
+    fn blocks_of(&self, o: &Objects<'_>, value: u64) -> Result<Vec<u64>, StateError> {
+        if self.ids.contains_key(&value) || self.cached.contains_key(&value) {
+            return Ok(vec![value]);
+        }
+        let Some(l) = self.layout else {
+            return Ok(Vec::new());
+        };
+        let ty = o.type_of(value)?;
+        if ty == l.ty {
+            return Ok(vec![value]);
+        }
+        if o.dict_version(value).is_ok() {
+            return Ok(o
+                .dict_items(value, MAX_DUPLICATES)?
+                .into_iter()
+                .map(|(_, b)| b)
+                .filter(|&b| o.type_of(b).ok() == Some(l.ty))
+                .collect());
+        }
+        Ok(Vec::new())
     }
 
     /// Decodes the `block_id` of blocks not known yet (a bounded number per poll).
@@ -381,51 +584,58 @@ impl BlockTracker {
     }
 
     /// Reads the `ref_cnt` of the cached blocks: `first` (new this poll), those in use at
-    /// their last read, then the others in turn, `REFS_PER_POLL` at most, in one batch.
+    /// their last read, then the others in slot order from where the last poll stopped,
+    /// `REFS_PER_POLL` at most, in one batch whose ranges are merged where blocks lie
+    /// close together (vLLM allocates its blocks in one go: they fill whole pages).
     fn read_refs(&mut self, o: &Objects<'_>, first: &[u64], poll: &mut BlockPoll) {
         let Some(l) = self.layout else {
             return;
         };
-        let mut order: Vec<u64> = first.to_vec();
-        let first: std::collections::HashSet<u64> = first.iter().copied().collect();
-        let mut rest = Vec::new();
-        for (block, c) in &self.cached {
-            if first.contains(block) {
+        let mut chosen: HashSet<u64> = HashSet::default();
+        chosen.extend(first.iter().take(REFS_PER_POLL));
+        for b in &self.in_use {
+            if chosen.len() >= REFS_PER_POLL {
+                break;
+            }
+            chosen.insert(*b);
+        }
+        let n = self.slots.len();
+        let mut steps = 0;
+        while chosen.len() < REFS_PER_POLL.min(self.cached.len()) && steps < n {
+            let pos = (self.cursor + steps) % n;
+            steps += 1;
+            let v = self.slots[pos].value;
+            if v == 0 {
                 continue;
             }
-            if c.last_used_ns.is_some() && c.last_used_until_ns.is_none() {
-                order.push(*block);
-            } else {
-                rest.push(*block);
+            match self.duplicates.get(&pos) {
+                Some(blocks) => chosen.extend(blocks),
+                None => {
+                    chosen.insert(v);
+                }
             }
         }
-        order.truncate(REFS_PER_POLL);
-        let room = REFS_PER_POLL - order.len();
-        if !rest.is_empty() && room > 0 {
-            // Hash-map order is stable between polls without inserts; sorting makes the turn
-            // independent of it.
-            rest.sort_unstable();
-            let start = self.cursor % rest.len();
-            let take = room.min(rest.len());
-            order.extend(rest.iter().cycle().skip(start).take(take));
-            self.cursor = start + take;
-        }
-        poll.refs_deferred = (self.cached.len() - order.len().min(self.cached.len())) as u64;
-        let ranges: Vec<(u64, usize)> = order
-            .iter()
-            .map(|b| (b.wrapping_add(l.ref_cnt), 8))
+        self.cursor = if n == 0 { 0 } else { (self.cursor + steps) % n };
+        let mut order: Vec<u64> = chosen
+            .into_iter()
+            .filter(|b| self.cached.contains_key(b))
             .collect();
-        let mut buf = vec![0u8; ranges.len() * 8];
-        let ok = o.memory().read_many(&ranges, &mut buf);
+        order.sort_unstable();
+        poll.refs_deferred = (self.cached.len().saturating_sub(order.len())) as u64;
+        let (spans, at) = spans(&order, l.ref_cnt);
+        let total = spans.iter().map(|s| s.1).sum();
+        let mut buf = vec![0u8; total];
+        let ok = o.memory().read_many(&spans, &mut buf);
         let ts = crate::output::monotonic_ns();
-        let mut decoded: HashMap<u64, bool> = HashMap::new();
-        for (i, block) in order.iter().enumerate() {
-            if !ok.get(i).copied().unwrap_or(false) {
+        let mut decoded: HashMap<u64, bool> = HashMap::default();
+        for (block, (span, off)) in order.into_iter().zip(at) {
+            if !ok.get(span).copied().unwrap_or(false) {
                 continue;
             }
-            let p = buf[i * 8..i * 8 + 8]
-                .try_into()
-                .map_or(0, u64::from_le_bytes);
+            let Some(p) = buf.get(off..off + 8).and_then(|w| w.try_into().ok()) else {
+                continue;
+            };
+            let p = u64::from_le_bytes(p);
             let in_use = if self.zero == Some(p) {
                 false
             } else if self.zero.is_some() {
@@ -441,15 +651,17 @@ impl BlockTracker {
                 v != 0
             };
             poll.refs_read += 1;
-            if let Some(c) = self.cached.get_mut(block) {
+            if let Some(c) = self.cached.get_mut(&block) {
                 if in_use {
                     c.last_used_ns = Some(ts);
                     c.last_used_until_ns = None;
-                } else if c.last_used_ns.is_some() && c.last_used_until_ns.is_none() {
-                    c.last_used_until_ns = Some(ts);
-                } else if c.last_used_ns.is_none() && c.last_used_until_ns.is_none() {
-                    // Never seen in use: its use ended before this read.
-                    c.last_used_until_ns = Some(ts);
+                    self.in_use.insert(block);
+                } else {
+                    self.in_use.remove(&block);
+                    if c.last_used_until_ns.is_none() {
+                        // Its use (or, never seen in use, its caching) ended before now.
+                        c.last_used_until_ns = Some(ts);
+                    }
                 }
             }
         }
@@ -688,6 +900,47 @@ for line in sys.stdin:
         assert_eq!(ids(&p6), BTreeSet::from([7]), "{name}");
         assert_eq!(p6.evictions[0].born_ns, Some(p5.ts_ns), "{name}");
         assert_eq!(p6.evictions[0].born_after_ns, p4.ts_ns, "{name}");
+    }
+
+    #[test]
+    #[ignore = "a measurement, not a check: cargo test --release -- --ignored --nocapture"]
+    fn measure_poll_cost_of_a_100k_block_pool() {
+        use serde_json::json;
+        let py = std::path::Path::new("/usr/bin/python3.11");
+        let blocks = 100_000;
+        let (mut t, pool) = Target::spawn(py, blocks + 1);
+        let interp = python::find(t.child.id()).expect("interpreter");
+        let ol = object_layout(interp.layout.version).expect("object layout");
+        let mem = ProcessMemory::new(t.child.id());
+        let cache = crate::python::objects::AttrCache::default();
+        let o = Objects::new(&mem, &interp.layout, ol).with_cache(&cache);
+        let mut tr = BlockTracker::default();
+        t.ops(json!([["bulk", 1, blocks + 1]]));
+        let cpu = || {
+            nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+                .map_or(0.0, |t| t.tv_sec() as f64 * 1e3 + t.tv_nsec() as f64 / 1e6)
+        };
+        let timed = |what: &str, tr: &mut BlockTracker| {
+            let (w, c) = (std::time::Instant::now(), cpu());
+            let p = tr.poll(&o, &VLLM_0_33, pool).expect("poll");
+            eprintln!(
+                "{what}: wall {:.2} ms, cpu {:.2} ms; slots {} refs {} deferred {} cached {}",
+                w.elapsed().as_secs_f64() * 1e3,
+                cpu() - c,
+                p.slots_read,
+                p.refs_read,
+                p.refs_deferred,
+                p.cached
+            );
+        };
+        timed("first poll (learning)", &mut tr);
+        for _ in 0..3 {
+            timed("unchanged map", &mut tr);
+        }
+        for k in 0..3 {
+            t.ops(json!([["evict", 100 + k], ["use", 200 + k]]));
+            timed("changed map", &mut tr);
+        }
     }
 
     /// A production-size pool: each poll reads at most `REFS_PER_POLL` ref counts and
