@@ -259,20 +259,7 @@ impl BlockTracker {
         self.learn_layout(o, n, &slots)?;
         // Same keys object: its first slots are the ones read before (compare them);
         // otherwise (first read, reset, resize) every slot is compared with nothing.
-        let resized = self.head.is_none_or(|(_, _, keys)| keys != slots.keys);
-        if resized {
-            self.slots.clear();
-            self.duplicates.clear();
-        }
-        let from = self.slots.len();
-        let after = self.last_map_ns.unwrap_or(0);
-        let mut diff = Diff::default();
-        if resized {
-            // A new table: every block's keys are read again from it.
-            for (b, c) in &mut self.cached {
-                diff.touched.insert(*b, std::mem::take(&mut c.keys));
-            }
-        }
+        let new_keys = self.head.is_none_or(|(_, _, keys)| keys != slots.keys);
         let now: Vec<Slot> = slots
             .slots
             .iter()
@@ -290,15 +277,45 @@ impl BlockTracker {
                 }
             })
             .collect();
-        let types = self.prefetch_types(o, &now);
+        // The slots read before are still these (the same table, only appended to and
+        // deleted from) when each kept its key or was deleted, and none came back. A new
+        // table with another address is compacted in insertion order: when its first slots
+        // agree they are the same entries. The address alone proves nothing: a freed keys
+        // object's address is soon reused (CPython keeps a free list of small ones).
+        let resized = self.head.is_none()
+            || now.len() < self.slots.len()
+            || self.slots.iter().zip(&now).any(|(a, b)| {
+                (a.key == 0 && b.key != 0) || (a.key != 0 && b.key != 0 && a.key != b.key)
+            });
+        // Every read first: a value that cannot be read (freed under the read) makes the
+        // poll torn before anything is changed, so the next poll compares with this one's
+        // predecessor and misses nothing.
+        let Some(resolved) = self.resolve(o, &now, resized) else {
+            poll.torn = true;
+            return Ok(poll);
+        };
+        if resized {
+            self.slots.clear();
+            self.duplicates.clear();
+        }
+        let from = self.slots.len();
+        let after = self.last_map_ns.unwrap_or(0);
+        let mut diff = Diff::default();
+        if resized {
+            // A new table: every block's keys are read again from it.
+            for (b, c) in &mut self.cached {
+                diff.touched.insert(*b, std::mem::take(&mut c.keys));
+            }
+        }
         let mut dups = HashMap::default();
+        let blocks_of = |v: u64| resolved.get(&v).cloned().unwrap_or_else(|| vec![v]);
         for (pos, &slot) in now.iter().enumerate() {
             let (live, value) = (slot.value != 0, slot.value);
             let before = self.slots.get(pos).copied();
             if before == Some(slot) {
                 // The same dict of duplicates may hold other blocks now.
                 if let Some(old) = self.duplicates.remove(&pos) {
-                    let blocks = self.blocks_of(o, value)?;
+                    let blocks = blocks_of(value);
                     for &b in old.iter().filter(|b| !blocks.contains(b)) {
                         self.drop_key(b, slot.key, &mut diff);
                     }
@@ -319,10 +336,7 @@ impl BlockTracker {
                 }
             }
             if live {
-                let blocks = match types.get(&value) {
-                    Some(&ty) if self.layout.is_some_and(|l| l.ty == ty) => vec![value],
-                    _ => self.blocks_of(o, value)?,
-                };
+                let blocks = blocks_of(value);
                 for &b in &blocks {
                     self.add_key(b, slot.key, first, ts, after, &mut diff);
                 }
@@ -352,7 +366,9 @@ impl BlockTracker {
                 poll.unseen = deleted.saturating_sub(poll.evictions.len() as u64);
                 poll.unseen_is_lower_bound = true;
             } else {
+                // New slots already deleted; a resize in between dropped some (a bound).
                 poll.unseen = deleted;
+                poll.unseen_is_lower_bound = new_keys;
             }
         }
         poll.cached = self.cached.len() as u64;
@@ -503,14 +519,43 @@ impl BlockTracker {
         Ok(())
     }
 
+    /// The blocks of every value the diff will look at (new or changed slots, and dicts of
+    /// duplicates, which change inside): None when one could not be read. A value absent
+    /// from the map is a known block (itself).
+    fn resolve(
+        &self,
+        o: &Objects<'_>,
+        now: &[Slot],
+        resized: bool,
+    ) -> Option<HashMap<u64, Vec<u64>>> {
+        let prev: &[Slot] = if resized { &[] } else { &self.slots };
+        let types = self.prefetch_types(o, now, prev);
+        let mut resolved: HashMap<u64, Vec<u64>> = HashMap::default();
+        for (pos, slot) in now.iter().enumerate() {
+            let v = slot.value;
+            let dup = !resized && self.duplicates.contains_key(&pos);
+            if v == 0 || (prev.get(pos) == Some(slot) && !dup) || resolved.contains_key(&v) {
+                continue;
+            }
+            let blocks = match types.get(&v) {
+                Some(&ty) if self.layout.is_some_and(|l| l.ty == ty) => vec![v],
+                _ => self.blocks_of(o, v).ok()?,
+            };
+            if blocks.len() != 1 || blocks[0] != v {
+                resolved.insert(v, blocks);
+            }
+        }
+        Some(resolved)
+    }
+
     /// The types of the live values not known as blocks yet, in one batched read (a first
     /// poll meets every cached block at once). A value whose type is not the block type
     /// is looked at again one by one (`blocks_of`), so a wrong guess only costs time.
-    fn prefetch_types(&self, o: &Objects<'_>, now: &[Slot]) -> HashMap<u64, u64> {
+    fn prefetch_types(&self, o: &Objects<'_>, now: &[Slot], prev: &[Slot]) -> HashMap<u64, u64> {
         let mut values: Vec<u64> = now
             .iter()
             .enumerate()
-            .filter(|&(pos, s)| s.value != 0 && self.slots.get(pos) != Some(s))
+            .filter(|&(pos, s)| s.value != 0 && prev.get(pos) != Some(s))
             .map(|(_, s)| s.value)
             .filter(|v| !self.ids.contains_key(v) && !self.cached.contains_key(v))
             .collect();
@@ -803,6 +848,7 @@ for line in sys.stdin:
         }
         for py in pythons {
             check(&py);
+            check_churn(&py);
             check_bounded_cost(&py);
         }
     }
@@ -940,6 +986,67 @@ for line in sys.stdin:
         for k in 0..3 {
             t.ops(json!([["evict", 100 + k], ["use", 200 + k]]));
             timed("changed map", &mut tr);
+        }
+    }
+
+    /// Random churn like the fixture's (a small cache, its oldest blocks evicted, blocks
+    /// reused under new keys between two polls, the dict resized now and then): each poll
+    /// reports exactly the blocks whose key left the map since the previous one.
+    fn check_churn(py: &std::path::Path) {
+        use serde_json::json;
+        let (mut t, pool) = Target::spawn(py, 64);
+        let interp = python::find(t.child.id()).expect("interpreter");
+        let ol = object_layout(interp.layout.version).expect("object layout");
+        let mem = ProcessMemory::new(t.child.id());
+        let cache = crate::python::objects::AttrCache::default();
+        let o = Objects::new(&mem, &interp.layout, ol).with_cache(&cache);
+        let mut tr = BlockTracker::default();
+        let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        // block -> key now; the keys at the previous poll.
+        let mut keys: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut next_key = 1000;
+        let _ = tr.poll(&o, &VLLM_0_33, pool).expect("poll");
+        let mut polled = keys.clone();
+        // Insertion order, for evicting the oldest (the fixture's and vLLM's LRU).
+        let mut order: Vec<u64> = Vec::new();
+        let mut free: std::collections::VecDeque<u64> = (1..64).collect();
+        for round in 0..300 {
+            let mut ops = Vec::new();
+            for _ in 0..(next() % 12) {
+                if next() % 2 == 0 && !order.is_empty() {
+                    let n = 1 + (next() % 6) as usize;
+                    for b in order.drain(..n.min(order.len())) {
+                        keys.remove(&b);
+                        free.push_back(b);
+                        ops.push(json!(["evict", b]));
+                    }
+                } else if let Some(b) = free.pop_front() {
+                    keys.insert(b, next_key);
+                    order.push(b);
+                    ops.push(json!(["cache", b, next_key, 0]));
+                    next_key += 1;
+                }
+            }
+            t.ops(json!(ops));
+            let p = tr.poll(&o, &VLLM_0_33, pool).expect("poll");
+            let want: BTreeSet<i64> = polled
+                .iter()
+                .filter(|(b, k)| keys.get(b) != Some(k))
+                .map(|(b, _)| *b as i64)
+                .collect();
+            assert_eq!(ids(&p), want, "{}: round {round}: {p:?}", py.display());
+            for e in &p.evictions {
+                let b = e.block_id.expect("id") as u64;
+                assert_eq!(e.rehashed, keys.contains_key(&b), "round {round}: {e:?}");
+            }
+            assert_eq!(p.cached as usize, keys.len(), "round {round}");
+            polled = keys.clone();
         }
     }
 
