@@ -284,9 +284,11 @@ impl BlockTracker {
         // object's address is soon reused (CPython keeps a free list of small ones).
         let resized = self.head.is_none()
             || now.len() < self.slots.len()
-            || self.slots.iter().zip(&now).any(|(a, b)| {
-                (a.key == 0 && b.key != 0) || (a.key != 0 && b.key != 0 && a.key != b.key)
-            });
+            || self
+                .slots
+                .iter()
+                .zip(&now)
+                .any(|(a, b)| b.key != 0 && a.key != b.key);
         // Every read first: a value that cannot be read (freed under the read) makes the
         // poll torn before anything is changed, so the next poll compares with this one's
         // predecessor and misses nothing.
