@@ -49,6 +49,8 @@ pub enum PyUpdate {
     State(StateSnapshot),
     /// A request-table poll.
     Requests(Box<RequestPoll>),
+    /// A poll of the prefix-cached KV blocks.
+    Blocks(Box<crate::vllm::blocks::BlockPoll>),
 }
 
 /// How long the pipeline waits for a batch before it looks at its updates again.
@@ -344,6 +346,7 @@ fn apply_updates(
                 emit(Correlated::VllmState(snap));
             }
             PyUpdate::Requests(poll) => emit(Correlated::Requests(poll)),
+            PyUpdate::Blocks(poll) => emit(Correlated::Blocks(poll)),
         }
     }
 }

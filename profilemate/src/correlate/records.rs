@@ -193,6 +193,8 @@ pub enum Correlated {
     VllmState(crate::vllm::state::StateSnapshot),
     /// A poll of every request of vLLM's scheduler.
     Requests(Box<crate::vllm::requests::RequestPoll>),
+    /// A poll of the prefix-cached KV blocks (evictions seen since the previous one).
+    Blocks(Box<crate::vllm::blocks::BlockPoll>),
     /// The batch a step was launched with (its `SchedulerOutput`).
     Batch(Box<crate::vllm::batch::StepBatch>),
     /// The CUDA graph descriptor a replay used.

@@ -164,6 +164,9 @@ fn attributes() -> Vec<AttributeName> {
         out.push(attr(pool, "BlockPool", a));
     }
     out.push(attr(pool, "BlockHashToBlockMap", s.prefix_cache_dict));
+    for a in [s.block_id, s.ref_cnt] {
+        out.push(attr("vllm/v1/core/kv_cache_utils.py", s.block_type, a));
+    }
     out.push(attr(
         "vllm/v1/core/kv_cache_utils.py",
         "FreeKVCacheBlockQueue",
