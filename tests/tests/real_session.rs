@@ -116,8 +116,8 @@ fn extract(test: &str) -> PathBuf {
 }
 
 #[test]
-fn seed_analyses_and_report_page_on_a_real_vllm_session() {
-    let test = "seed_analyses_and_report_page_on_a_real_vllm_session";
+fn real_session_seed_analyses_and_report_page() {
+    let test = "real_session_seed_analyses_and_report_page";
     let session = Session {
         dir: extract("real-session"),
     };

@@ -316,9 +316,11 @@ fn test(args: &[String]) -> Result<()> {
         ensure_test_package(TMUX, "tmux", "top")?;
     }
     if args.is_empty()
-        || args
-            .iter()
-            .any(|a| a.contains("real_session") || a.contains("python") || a.contains("seed"))
+        || args.iter().any(|a| {
+            ["real_session", "python", "seed", "vllm_batches"]
+                .iter()
+                .any(|t| a.contains(t))
+        })
     {
         ensure_test_package(PANDAS, "python3-pandas", "real_session")?;
         ensure_test_package(MATPLOTLIB, "python3-matplotlib", "real_session")?;
