@@ -2,6 +2,9 @@
 //! targets that are killed on drop, running `profilemate attach`, and reading the fake CUDA
 //! ground-truth log and the session files.
 
+pub mod report_page;
+pub mod seeds;
+
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader},

@@ -16,7 +16,9 @@ use std::{collections::HashMap, path::Path, time::Duration};
 
 use profilemate_tests::{
     assert_scheduler_methods_watched, can_attach, check_request_lifecycles, col, py_truth, pythons,
-    scratch, serial, truth_lines, PyTruthLine, Session, Target, Tracer,
+    scratch,
+    seeds::{check_seed_one_liners, check_seed_pandas_snippets, pandas_python},
+    serial, truth_lines, PyTruthLine, Session, Target, Tracer,
 };
 
 /// The budgeted operations: fixture function -> the operation ProfileMate must report.
@@ -824,125 +826,10 @@ fn vllm_batches_preemptions_requests_and_graphs_match_ground_truth() {
             .is_some_and(|w| w.contains("aux_output_connector")),
         "{moe}"
     );
-    check_seed_one_liners(&label, &run.session);
-}
-
-/// The seeds' shell analyses, unchanged, on the session's files: they index columns by
-/// position, so each must give what the file says by column name.
-fn check_seed_one_liners(label: &str, session: &Session) {
-    let sh = |cmd: &str| -> String {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .current_dir(&session.dir)
-            .output()
-            .expect("sh");
-        assert!(out.status.success(), "{label}: `{cmd}` failed");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    let kv = session.csv("kv_cache_usage.csv");
-    let usage: Vec<f64> = kv.iter().map(|r| col(r, "usage_pct")).collect();
-    assert!(!usage.is_empty(), "{label}: no KV rows");
-    // Seed 003: "Average KV cache usage".
-    let mean: f64 =
-        sh("awk -F',' 'NR>1 {sum+=$2; count++} END {print sum/count}' kv_cache_usage.csv")
-            .parse()
-            .expect("a mean");
-    let want = usage.iter().sum::<f64>() / usage.len() as f64;
-    assert!(
-        (mean - want).abs() < 1e-3 * want.max(1.0),
-        "{label}: mean {mean} vs {want}"
-    );
-    // Seed 003: "Peak KV cache usage" (the usage column of the first line).
-    let peak = sh("sort -t',' -k2 -rn kv_cache_usage.csv | head -1");
-    let peak: f64 = peak
-        .split(',')
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("a peak");
-    assert_eq!(
-        peak,
-        usage.iter().copied().fold(f64::MIN, f64::max),
-        "{label}"
-    );
-    // Seed 003: "Most used graphs" (column 6 = replay_count) and "total graph replays".
-    let graphs = session.csv("cuda_graph_usage.csv");
-    let top = sh("sort -t',' -k6 -rn cuda_graph_usage.csv | head -1");
-    let max = graphs
-        .iter()
-        .map(|g| col(g, "replay_count"))
-        .fold(0.0, f64::max);
-    assert_eq!(
-        top.split(',').nth(5).and_then(|v| v.parse().ok()),
-        Some(max),
-        "{label}"
-    );
-    let total: f64 = sh("awk -F',' 'NR>1 {sum+=$6} END {print sum}' cuda_graph_usage.csv")
-        .parse()
-        .expect("a total");
-    assert_eq!(
-        total,
-        graphs.iter().map(|g| col(g, "replay_count")).sum::<f64>()
-    );
-    // Seed 003: "blocks evicted quickly" (column 2 = lifetime_sec).
-    let evictions = session.csv("kv_cache_evictions.csv");
-    let quick = sh(
-        "awk -F',' 'NR>1 && $2<10 {count++} END {print count \" blocks evicted quickly\"}' kv_cache_evictions.csv",
-    );
-    let want = evictions
-        .iter()
-        .filter(|e| col(e, "lifetime_sec") < 10.0)
-        .count();
-    let got: usize = quick
-        .strip_suffix("blocks evicted quickly")
-        .map(str::trim)
-        .map_or(usize::MAX, |n| {
-            if n.is_empty() {
-                0
-            } else {
-                n.parse().unwrap_or(usize::MAX)
-            }
-        });
-    assert_eq!(got, want, "{label}: `{quick}`");
-    // Seed 003's MoE analyses, run in `moe_expert_tracking/` as written: the files exist with
-    // the seed's headers (also beside the others) and, routing being unobservable here, no
-    // rows.
-    for (name, header) in [
-        (
-            "moe_expert_activations.csv",
-            "layer_idx,expert_id,activation_count,percentage",
-        ),
-        (
-            "moe_expert_coselection.csv",
-            "layer_idx,expert_id_1,expert_id_2,coselection_count",
-        ),
-        ("moe_routing_weights_hist.csv", "weight,count,layer_idx"),
-        (
-            "moe_load_imbalance.csv",
-            "layer_idx,timestamp_sec,std_dev,max_min_ratio",
-        ),
-    ] {
-        for at in [".", "moe_expert_tracking"] {
-            let text = std::fs::read_to_string(session.dir.join(at).join(name))
-                .unwrap_or_else(|e| panic!("{label}: {at}/{name}: {e}"));
-            assert_eq!(text, format!("{header}\n"), "{label}: {at}/{name}");
-        }
+    check_seed_one_liners(&label, &run.session, &[]);
+    if let Some(python) = pandas_python(&label) {
+        check_seed_pandas_snippets(&label, &run.session, &python);
     }
-    assert_eq!(
-        sh("cd moe_expert_tracking/ && awk -F',' 'NR>1 {print $1}' moe_expert_activations.csv | sort -u | wc -l"),
-        "0",
-        "{label}"
-    );
-    assert_eq!(
-        sh("cd moe_expert_tracking/ && head -20 moe_expert_coselection.csv"),
-        "layer_idx,expert_id_1,expert_id_2,coselection_count",
-        "{label}"
-    );
-    // Seed 003: "graphs by token count" (column 2 = num_tokens).
-    let tokens = sh("cut -d',' -f2 cuda_graph_usage.csv | tail -n +2 | LC_ALL=C sort");
-    let mut want: Vec<String> = graphs.iter().map(|g| g["num_tokens"].clone()).collect();
-    want.sort();
-    assert_eq!(tokens, want.join("\n").trim(), "{label}");
 }
 
 /// Preemptions and arrivals seen by the hardware breakpoints on the scheduler's methods:

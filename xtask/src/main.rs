@@ -33,7 +33,8 @@ enum Cmd {
     Build,
     /// Run the whole test suite (unit, and end-to-end against the fake CUDA libraries; the
     /// end-to-end tests need root and skip with a message otherwise). Installs headless
-    /// Chromium (Debian's `chromium`) for the report test when missing.
+    /// Chromium (Debian's `chromium`) for the report tests, and Debian's python3-pandas and
+    /// python3-matplotlib for the seeds' Python analyses, when missing.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
@@ -163,6 +164,10 @@ fn setup() -> Result<()> {
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// tmux for the live view test (tests/tests/top.rs runs `profilemate top` in a tmux pane).
 const TMUX: &str = "/usr/bin/tmux";
+/// pandas and matplotlib for Debian's python3, which run the seeds' Python analyses
+/// unchanged on sessions (tests/src/seeds.rs; tests/tests/real_session.rs and python.rs).
+const PANDAS: &str = "/usr/lib/python3/dist-packages/pandas/__init__.py";
+const MATPLOTLIB: &str = "/usr/lib/python3/dist-packages/matplotlib/__init__.py";
 
 /// Installs Debian's `package` when `binary` is missing (idempotent), for the tests named
 /// `test`. A failure is fatal in CI (CI=true), where those tests must run; elsewhere they
@@ -296,14 +301,29 @@ fn test(args: &[String]) -> Result<()> {
     // The real-vLLM tests run against a venv of the real package: built (or found up to
     // date) for the whole suite and for a filter that names them; any other filter uses one
     // already there. PROFILEMATE_REAL_VLLM_PYTHON, when set, is used as it is.
-    // The report test loads the page in headless Chromium, the top test runs in tmux: each
-    // installed for the whole suite and for a filter that names its test.
-    if args.is_empty() || args.iter().any(|a| a.contains("report")) {
+    // The report tests load the page in headless Chromium, the top test runs in tmux, the
+    // seeds' Python analyses need pandas and matplotlib: each installed for the whole suite
+    // and for a filter that names its test.
+    if args.is_empty()
+        || args
+            .iter()
+            .any(|a| a.contains("report") || a.contains("real_session"))
+    {
         // About 155 MB.
         ensure_test_package(CHROMIUM, "chromium", "report")?;
     }
     if args.is_empty() || args.iter().any(|a| a.contains("top")) {
         ensure_test_package(TMUX, "tmux", "top")?;
+    }
+    if args.is_empty()
+        || args.iter().any(|a| {
+            ["real_session", "python", "seed", "vllm_batches"]
+                .iter()
+                .any(|t| a.contains(t))
+        })
+    {
+        ensure_test_package(PANDAS, "python3-pandas", "real_session")?;
+        ensure_test_package(MATPLOTLIB, "python3-matplotlib", "real_session")?;
     }
     let real_vllm = if let Some(p) = std::env::var_os("PROFILEMATE_REAL_VLLM_PYTHON") {
         Some(PathBuf::from(p))
