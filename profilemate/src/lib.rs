@@ -18,6 +18,7 @@ pub mod config;
 pub mod correlate;
 pub mod discovery;
 pub mod doctor;
+pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod preflight;

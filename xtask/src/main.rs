@@ -14,6 +14,7 @@ mod bench;
 mod bench_polls;
 mod demo;
 mod fuzz;
+mod modgraph;
 mod real_vllm;
 
 #[derive(Parser)]
@@ -56,6 +57,9 @@ enum Cmd {
         /// Destination directory.
         dir: PathBuf,
     },
+    /// Print the profilemate crate's module graph by layer and its longest functions; fail on
+    /// an import circle between top-level modules or a production function over 100 lines.
+    Modgraph,
 }
 
 /// Repository root.
@@ -380,6 +384,7 @@ fn main() -> Result<()> {
             demo::run(seconds)
         }
         Cmd::Fuzz(args) => fuzz::fuzz(&args),
+        Cmd::Modgraph => modgraph::run(),
         Cmd::Bundle { dir } => {
             setup()?;
             build()?;

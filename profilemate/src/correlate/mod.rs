@@ -14,7 +14,7 @@
 //!    stack walked at an event record tells the step machine which vLLM function recorded it.
 
 pub mod python;
-mod records;
+
 mod steps;
 
 use std::collections::HashMap;
@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use profilemate_common::{ApiId, Library, OpClass};
 use serde::Serialize;
 
-pub use records::{
+pub use crate::model::records::{
     ApiCall, Completion, Correlated, GcPause, GraphCapture, GraphInstantiation, GraphReplay,
     PyFrameInfo, PyStack, Step,
 };

@@ -10,7 +10,7 @@ use std::{collections::HashMap, sync::Arc};
 use profilemate_common::python::{stack_flags, usdt_probe};
 use serde::Serialize;
 
-use super::records::{Correlated, GcPause, PyFrameInfo, PyStack};
+use crate::model::records::{Correlated, GcPause, PyFrameInfo, PyStack};
 use crate::{
     probes::drain::{StackEvent, StackReason, UsdtEvent},
     python::{

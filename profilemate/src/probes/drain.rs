@@ -6,6 +6,8 @@ use profilemate_common::{
     record_kind, ApiId, CudaCallRecord, FLAG_OUT_VALID,
 };
 
+pub use crate::model::stack::StackReason;
+
 /// What happened at a probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallPhase {
@@ -36,17 +38,6 @@ pub struct CallEvent {
     pub api: ApiId,
     /// Entry or return.
     pub phase: CallPhase,
-}
-
-/// Why a Python stack was walked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StackReason {
-    /// A sampling tick.
-    Sample,
-    /// Entry of this CUDA API.
-    CudaCall(ApiId),
-    /// Entry of the watched Python function of this slot (a hardware breakpoint hit).
-    Breakpoint(u16),
 }
 
 /// One walked Python stack (frames innermost first, not yet symbolized).

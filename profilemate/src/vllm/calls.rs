@@ -15,6 +15,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+pub use crate::model::scheduler::{CallRole, SchedulerCall};
+
 use super::state::StrCache;
 use crate::{
     correlate::PyStack,
@@ -26,21 +28,6 @@ use crate::{
         Interpreter,
     },
 };
-
-/// What a watched method's entry means.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CallRole {
-    /// `Scheduler.schedule`: a step is being scheduled.
-    Schedule,
-    /// `Scheduler.update_from_output(scheduler_output, model_runner_output)`: a step's
-    /// output is processed.
-    UpdateFromOutput,
-    /// `Scheduler._preempt_request(request, ...)`.
-    Preempt,
-    /// `Scheduler.add_request(request)`.
-    AddRequest,
-}
 
 /// The watched methods of one vLLM version range.
 #[derive(Debug)]
@@ -145,25 +132,6 @@ pub struct FunctionWatch {
 /// `schedule` of `Scheduler.schedule`.
 fn method_of(qualname: &str) -> &str {
     qualname.rsplit('.').next().unwrap_or(qualname)
-}
-
-/// One watched call.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SchedulerCall {
-    /// Process.
-    pub pid: u32,
-    /// Thread.
-    pub tid: u32,
-    /// When the function was entered (CLOCK_MONOTONIC ns).
-    pub ts_ns: u64,
-    /// What was called.
-    pub role: CallRole,
-    /// The request of a preemption or an arrival.
-    pub request_id: Option<String>,
-    /// Why a request was preempted (from the caller).
-    pub reason: Option<&'static str>,
-    /// `Request.arrival_time` of an arrival (`time.time()` seconds).
-    pub arrival_time: Option<f64>,
 }
 
 /// Counts for metadata.json.

@@ -5,7 +5,7 @@
 //! Names come from one table per vLLM version range; a name the target's vLLM lacks makes
 //! that value absent (with the missing name reported), never a guess.
 
-use serde::Serialize;
+pub use crate::model::scheduler::StateSnapshot;
 
 use super::requests::{RequestPoll, RequestTracker};
 use crate::python::{
@@ -131,52 +131,6 @@ pub static VLLM_0_33: StateNames = StateNames {
         ],
     },
 };
-
-/// One poll of the scheduler.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct StateSnapshot {
-    /// Process.
-    pub pid: u32,
-    /// CLOCK_MONOTONIC ns when read.
-    pub ts_ns: u64,
-    /// Address of the scheduler object (for per-step reads of the same process).
-    #[serde(skip)]
-    pub scheduler: u64,
-    /// `len(scheduler.running)`.
-    pub running: Option<u64>,
-    /// `len(scheduler.waiting)`.
-    pub waiting: Option<u64>,
-    /// `len(scheduler.requests)`.
-    pub requests: Option<u64>,
-    /// `block_pool.num_gpu_blocks`.
-    pub total_blocks: Option<u64>,
-    /// `block_pool.free_block_queue.num_free_blocks`.
-    pub free_blocks: Option<u64>,
-    /// `scheduler.current_step` (schedule() calls so far).
-    pub current_step: Option<u64>,
-    /// `scheduler.max_num_running_reqs` (max_num_seqs).
-    pub max_num_seqs: Option<u64>,
-    /// `scheduler.max_num_scheduled_tokens`.
-    pub max_num_scheduled_tokens: Option<u64>,
-    /// Address of the prefix cache map (a new one after every prefix cache reset).
-    #[serde(skip)]
-    pub prefix_cache_map: Option<u64>,
-    /// Cached blocks in the prefix cache map.
-    pub cached_blocks: Option<u64>,
-}
-
-impl StateSnapshot {
-    /// KV cache usage in percent, as vLLM computes it (`1 - free / (total - 1)`: block 0 is
-    /// the reserved null block).
-    #[must_use]
-    pub fn kv_usage_pct(&self) -> Option<f64> {
-        let (total, free) = (self.total_blocks?, self.free_blocks?);
-        if total < 2 {
-            return None;
-        }
-        Some(100.0 * (1.0 - free as f64 / (total - 1) as f64))
-    }
-}
 
 /// Why a poll found nothing.
 #[derive(Debug, thiserror::Error)]
