@@ -10,11 +10,12 @@
 //! `profilemate attach` (and `top`, its live view); `doctor` checks beforehand whether an attach can work.
 
 // A failed terminal write must never end a session: every line goes through
-// `output::console`, which cannot panic (unit tests may still print their skips).
+// `console`, which cannot panic (unit tests may still print their skips).
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod calibrate;
 pub mod config;
+pub mod console;
 pub mod correlate;
 pub mod discovery;
 pub mod doctor;

@@ -18,38 +18,18 @@ use std::{
 
 use serde::Serialize;
 
+pub use crate::vllm::watcher::PyUpdate;
 use crate::{
     correlate::{python::PythonContext, Correlated, Correlator},
-    output::monotonic_ns,
+    model::monotonic_ns,
     probes::{
         drain::{Record, StackReason},
         reader::{Batch, KindCounts, QueueGauge},
     },
     profilers::Profiler,
     python::Interpreter,
-    vllm::{
-        batch::{BatchReader, DelayPercentiles},
-        requests::RequestPoll,
-        state::StateSnapshot,
-    },
+    vllm::batch::{BatchReader, DelayPercentiles},
 };
-
-/// Interpreter changes and scheduler polls sent from the session's main loop.
-pub enum PyUpdate {
-    /// A process's interpreter was found.
-    Add(Box<Interpreter>),
-    /// A process exited; `noticed_ns`: when the main loop saw it gone (CLOCK_MONOTONIC).
-    Remove {
-        /// The process.
-        pid: u32,
-        /// When its exit was noticed.
-        noticed_ns: u64,
-    },
-    /// A scheduler poll.
-    State(StateSnapshot),
-    /// A request-table poll.
-    Requests(Box<RequestPoll>),
-}
 
 /// How long the pipeline waits for a batch before it looks at its updates again.
 const IDLE_TICK: Duration = Duration::from_millis(4);

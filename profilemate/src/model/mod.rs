@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod clock;
 pub mod code;
+pub mod losses;
 pub mod ops;
 pub mod records;
 pub mod scheduler;
@@ -17,6 +18,7 @@ pub mod stack;
 pub use batch::{GraphDescriptor, NewRequest, Phase, StepBatch};
 pub use clock::{monotonic_ns, ms, TimeBase};
 pub use code::CodeInfo;
+pub use losses::{GcLost, Lost};
 pub use ops::{FrameName, Operation};
 pub use records::{
     ApiCall, Completion, Correlated, GcPause, GraphCapture, GraphInstantiation, GraphReplay,

@@ -6,10 +6,8 @@
 //! latency summaries. Does not own: which files exist (each profiler names its own).
 
 pub mod cells;
-pub mod console;
+pub use crate::console;
 pub mod folded;
-pub mod losses;
-pub mod metadata;
 pub mod summary;
 
 use std::{

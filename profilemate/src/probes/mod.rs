@@ -50,18 +50,7 @@ const SAMPLE_PROGRAM: &str = "py_sample";
 const USDT_PROGRAM: &str = "usdt_hit";
 const BREAKPOINT_PROGRAM: &str = "py_breakpoint";
 
-/// At which CUDA calls the Python stack is walked (`--cuda-stacks`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum CudaStacks {
-    /// Step boundaries: graph launches, event records and waits, stream/device syncs,
-    /// copies, graph capture and instantiation, and the first kernel launch after one of those.
-    Boundaries,
-    /// Every probed call.
-    All,
-    /// None (sampling only).
-    None,
-}
+pub use crate::config::CudaStacks;
 
 impl CudaStacks {
     /// The `CUDA_STACKS` value of `api` under this policy; `driver_twins`: both levels of an

@@ -8,9 +8,8 @@ use serde::Serialize;
 use super::Profiler;
 use crate::{
     correlate::{Correlated, GcPause},
+    model::{GcLost, Lost},
     output::{
-        losses::GcLost,
-        metadata::LossReport,
         ms,
         summary::{Latency, LatencySummary},
         CsvSink, OutputError, SessionDir, TimeBase,
@@ -126,8 +125,8 @@ impl Profiler for GcPauses {
         self.by_pid.entry(g.pid).or_default().add(g);
     }
 
-    fn losses(&mut self, losses: &LossReport) {
-        self.lost = GcLost::of(losses);
+    fn losses(&mut self, lost: &Lost) {
+        self.lost = lost.gc;
     }
 
     fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
@@ -155,8 +154,13 @@ impl Profiler for GcPauses {
 mod tests {
     use super::*;
     use crate::{
-        correlate::CorrelatorStats, output::metadata::MainLoopStats, pipeline::PipelineStats,
+        correlate::CorrelatorStats,
+        pipeline::PipelineStats,
         probes::reader::ReaderStats,
+        session::{
+            losses::gc_lost,
+            metadata::{LossReport, MainLoopStats},
+        },
     };
 
     #[test]
@@ -182,7 +186,9 @@ mod tests {
         losses.kernel.usdt_ring_full_drops = 3;
         losses.reader.queue_full_drops.usdt = 2;
         losses.pipeline.unprocessed_at_stop.usdt = 1;
-        p.losses(&losses);
+        p.losses(&Lost {
+            gc: gc_lost(&losses),
+        });
         p.finish(&dir).expect("finish");
         let text = std::fs::read_to_string(dir.path().join("gc_summary.json")).expect("read");
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");

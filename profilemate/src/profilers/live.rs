@@ -195,9 +195,7 @@ impl LiveStats {
                 });
                 self.steps_total += 1;
             }
-            Correlated::PyStack(st)
-                if matches!(st.reason, crate::probes::drain::StackReason::Sample) =>
-            {
+            Correlated::PyStack(st) if matches!(st.reason, crate::model::StackReason::Sample) => {
                 // py-spy top's "function (file)": the innermost frame, where the CPU was.
                 let func: Arc<str> = st.frames.first().map_or_else(
                     || Arc::from("<no frame>"),

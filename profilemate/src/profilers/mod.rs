@@ -15,7 +15,8 @@ pub mod preemptions;
 
 use crate::{
     correlate::Correlated,
-    output::{metadata::LossReport, OutputError, SessionDir, TimeBase},
+    model::Lost,
+    output::{OutputError, SessionDir, TimeBase},
 };
 
 /// Pushes `item` onto `key`'s queue, keeping the newest `max` (records kept per thread
@@ -40,7 +41,7 @@ pub trait Profiler: Send {
     fn consume(&mut self, record: &Correlated);
     /// Told, right before `finish`, what the session lost on the way (so a summary can say
     /// what it lacks). Most profilers need not know.
-    fn losses(&mut self, _losses: &LossReport) {}
+    fn losses(&mut self, _lost: &Lost) {}
     /// Completes this profiler's files; returns their names.
     fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError>;
 }

@@ -21,8 +21,7 @@ use super::{
 };
 pub use crate::model::batch::{GraphDescriptor, NewRequest, Phase, StepBatch};
 use crate::{
-    correlate::{Correlated, PyFrameInfo, PyStack},
-    probes::drain::StackReason,
+    model::{Correlated, PyFrameInfo, PyStack, StackReason},
     python::{
         objects::{object_layout, AttrCache, ObjectError, Objects, MAX_ITEMS},
         remote::ProcessMemory,
@@ -327,7 +326,7 @@ impl BatchReader {
         let ends = |q: &str, set: &[&str]| set.iter().any(|s| q.ends_with(s));
         let carries_output =
             |f: &&PyFrameInfo| f.arg1 != 0 && ends(&f.code.qualname, names.output_frames);
-        let delay = crate::output::monotonic_ns().saturating_sub(st.ts_ns);
+        let delay = crate::model::monotonic_ns().saturating_sub(st.ts_ns);
         let pipelined = st
             .frames
             .iter()

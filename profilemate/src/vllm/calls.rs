@@ -19,8 +19,8 @@ pub use crate::model::scheduler::{CallRole, SchedulerCall};
 
 use super::state::StrCache;
 use crate::{
-    correlate::PyStack,
-    probes::{breakpoints::WatchedFunction, drain::StackReason},
+    model::{PyStack, StackReason},
+    probes::breakpoints::WatchedFunction,
     python::{
         code::read_code,
         objects::{ObjectError, Objects},

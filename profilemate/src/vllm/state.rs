@@ -407,7 +407,7 @@ impl StatePoller {
             ..snap
         };
         let reqs = if requests {
-            let ts_ns = crate::output::monotonic_ns();
+            let ts_ns = crate::model::monotonic_ns();
             let r = tracker.poll(&o, names, scheduler)?;
             Some(RequestPoll {
                 pid: interp.pid,
@@ -467,12 +467,12 @@ pub fn read_snapshot(
     n: &StateNames,
     scheduler: u64,
 ) -> Result<StateSnapshot, StateError> {
-    let mut start = crate::output::monotonic_ns();
+    let mut start = crate::model::monotonic_ns();
     let mut previous = read_scheduler_again(o, n, scheduler)?;
     for _ in 0..MAX_READ_ATTEMPTS {
-        let ts_ns = crate::output::monotonic_ns();
+        let ts_ns = crate::model::monotonic_ns();
         let again = read_scheduler_again(o, n, scheduler)?;
-        let end = crate::output::monotonic_ns();
+        let end = crate::model::monotonic_ns();
         if let (Some(a), Some(b)) = (&previous, &again) {
             if a == b && end.saturating_sub(start) <= MAX_READ_SPAN_NS {
                 return Ok(StateSnapshot { ts_ns, ..*b });

@@ -23,7 +23,7 @@ use super::{
     state::{StateNames, StatePoller, StateSnapshot},
     version::{self, VllmVersion},
 };
-use crate::{pipeline::PyUpdate, python::Interpreter};
+use crate::{model::RequestPoll, python::Interpreter};
 
 /// How often /metrics is read (for the end-of-session cross-check).
 const METRICS_PERIOD: Duration = Duration::from_secs(1);
@@ -31,6 +31,24 @@ const METRICS_PERIOD: Duration = Duration::from_secs(1);
 const SLICE: Duration = Duration::from_millis(20);
 /// How long `stop` waits for a read in progress before it reports without it.
 const STOP_WAIT: Duration = Duration::from_millis(300);
+
+/// What the pipeline learns beside the records: interpreters found and gone (from the main
+/// loop), scheduler and request polls (from the watcher).
+pub enum PyUpdate {
+    /// A process's interpreter was found.
+    Add(Box<Interpreter>),
+    /// A process exited; `noticed_ns`: when the main loop saw it gone (CLOCK_MONOTONIC).
+    Remove {
+        /// The process.
+        pid: u32,
+        /// When its exit was noticed.
+        noticed_ns: u64,
+    },
+    /// A scheduler poll.
+    State(StateSnapshot),
+    /// A request-table poll.
+    Requests(Box<RequestPoll>),
+}
 
 /// What the main loop tells the watcher.
 pub enum WatchCommand {

@@ -17,19 +17,21 @@ use anyhow::{bail, Context, Result};
 use profilemate_common::{python::usdt_probe, Library};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+pub mod losses;
+pub mod metadata;
+
+use self::metadata::{
+    BreakpointSection, LossReport, MainLoopStats, Metadata, PythonRecord, PythonReport,
+    TargetRecord,
+};
 use crate::{
     calibrate::{self, attach::Resolution},
     config::AttachConfig,
+    console,
     correlate::{python::PythonContext, Correlator},
     discovery::{self, MappedLibrary},
-    output::{
-        console, losses,
-        metadata::{
-            BreakpointSection, LossReport, MainLoopStats, Metadata, PythonRecord, PythonReport,
-            TargetRecord,
-        },
-        monotonic_ns, SessionDir, TimeBase,
-    },
+    model::{monotonic_ns, Lost, TimeBase},
+    output::SessionDir,
     pipeline::{Pipeline, PyUpdate, StopBudget},
     preflight,
     probes::{
@@ -776,9 +778,12 @@ async fn run_session(
         metrics_scrape_ms_max: watch.scrape_ms_max,
         correlator: correlator.stats.clone(),
     };
+    let lost = Lost {
+        gc: losses::gc_lost(&losses),
+    };
     let mut files = Vec::new();
     for p in &mut profilers {
-        p.losses(&losses);
+        p.losses(&lost);
         files.extend(p.finish(dir)?);
     }
     let steps = count_rows(dir, "forward_pass_timing.csv");
