@@ -338,11 +338,8 @@ mod tests {
         let (_tx, rx) = mpsc::channel();
         Pipeline::new(
             Correlator::new(crate::config::TimingMode::Events, false),
-            PythonContext::new(crate::vllm::ops::VLLM_0_33),
-            BatchReader::new(
-                &crate::vllm::batch::BATCH_0_33,
-                &crate::vllm::state::VLLM_0_33,
-            ),
+            PythonContext::new(crate::vllm::v0_33::OPS),
+            BatchReader::new(&crate::vllm::v0_33::BUNDLE),
             rx,
             Vec::new(),
         )

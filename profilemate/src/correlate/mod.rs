@@ -31,7 +31,10 @@ pub use steps::{BLOCKED_THRESHOLD_NS, BRACKET_NS};
 use crate::{
     config::TimingMode,
     probes::drain::{CallEvent, CallPhase, StackReason},
-    vllm::events::{classify_record, EventRole, EventRule, EVENT_ROLES_0_26_TO_0_33},
+    vllm::{
+        bundle,
+        events::{classify_record, EventRole, EventRule},
+    },
 };
 use steps::{EventMark, StepMachine, WaitCall, Work, NOT_READY};
 
@@ -189,7 +192,7 @@ impl Correlator {
         Self {
             timing,
             kernels,
-            event_roles: EVENT_ROLES_0_26_TO_0_33,
+            event_roles: bundle::session_default().events,
             procs: HashMap::new(),
             stats: CorrelatorStats::default(),
         }

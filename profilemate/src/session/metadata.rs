@@ -21,6 +21,9 @@ pub struct PythonRecord {
     pub interpreter: Option<Interpreter>,
     /// Whether ProfileMate's tests cover this version's layout.
     pub tested: Option<bool>,
+    /// Whether this version's objects are read (its row in `python::versions` has an object
+    /// layout): without, the vLLM scheduler and batch reads stay off for the process.
+    pub objects: Option<bool>,
     /// Why it is not walked.
     pub reason: Option<String>,
 }
@@ -42,6 +45,9 @@ pub struct PythonReport {
     pub usdt: Vec<UsdtReport>,
     /// Walk and symbolization counters.
     pub stats: PythonStats,
+    /// The vLLM name bundle used (`vllm::bundle`; each process's own version and the bundle
+    /// that fits it are in `vllm_state`).
+    pub vllm_bundle: &'static str,
     /// Per-step `SchedulerOutput` and graph descriptor reads.
     pub vllm_batches: crate::vllm::batch::BatchStats,
     /// Scheduler-state polls per process.

@@ -211,6 +211,7 @@ impl Targets {
                     status,
                     interpreter: None,
                     tested: None,
+                    objects: None,
                     reason: Some(crate::probes::error_chain(&e)),
                 });
                 return;
@@ -226,6 +227,7 @@ impl Targets {
                 status: "unsupported",
                 interpreter: Some(interp),
                 tested: None,
+                objects: None,
                 reason: Some(format!("cannot configure the walker: {e}")),
             });
             return;
@@ -288,6 +290,7 @@ impl Targets {
             status: "walking",
             interpreter: Some(interp.clone()),
             tested: Some(tested),
+            objects: Some(python::objects::object_layout(interp.layout.version).is_some()),
             reason: None,
         });
         let _ = self
@@ -608,10 +611,12 @@ async fn run_session(
     if targets.procs.is_empty() {
         bail!(preflight::PreflightError::NoSuchProcess { pid: cfg.pid });
     }
+    // The vLLM names: chosen once, before any target's version is read.
+    let bundle = vllm::bundle::session_default();
     let watcher = Watcher::spawn(
         watch_rx,
         cfg.state_hz,
-        &vllm::state::VLLM_0_33,
+        bundle,
         py_tx,
         cfg.breakpoints.then_some(functions_tx),
     )
@@ -664,9 +669,9 @@ async fn run_session(
         profilers.push(Box::new(profilers::live::Live(h.stats.clone())));
     }
     let pipeline = Pipeline::new(
-        Correlator::new(cfg.timing, cfg.kernels),
-        PythonContext::new(vllm::ops::VLLM_0_33),
-        BatchReader::new(&vllm::batch::BATCH_0_33, &vllm::state::VLLM_0_33),
+        Correlator::new(cfg.timing, cfg.kernels).with_event_roles(bundle.events),
+        PythonContext::new(bundle.ops),
+        BatchReader::new(bundle),
         py_rx,
         profilers,
     );
@@ -827,6 +832,7 @@ async fn run_session(
                 .collect(),
             usdt: std::mem::take(&mut probes.usdt_report),
             stats: python_ctx.final_stats(),
+            vllm_bundle: bundle.name,
             vllm_batches: batches.final_stats(),
             vllm_state: watch.state.clone(),
             breakpoints: BreakpointSection {

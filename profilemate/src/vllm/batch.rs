@@ -16,7 +16,8 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use super::{
-    calls::{CallNames, CallReader, CallStats, CALLS_0_33},
+    bundle::Bundle,
+    calls::{CallNames, CallReader, CallStats},
     state::{read_snapshot, StateError, StateNames, StateSnapshot, StrCache},
 };
 pub use crate::model::batch::{GraphDescriptor, NewRequest, Phase, StepBatch};
@@ -95,35 +96,6 @@ pub struct BatchNames {
     /// See `desc_mode`.
     pub desc_loras: &'static str,
 }
-
-/// vLLM 0.26-0.33 (V1 engine, model runner V2 and V1; the names are the same in every
-/// release of the range: docs/VLLM_VERSIONS.md).
-pub static BATCH_0_33: BatchNames = BatchNames {
-    versions: super::version::BUNDLE,
-    output_frames: &[".execute_model", "Scheduler.update_from_output"],
-    pipelined_step_frames: &["EngineCore.step_with_batch_queue"],
-    output_type: "SchedulerOutput",
-    total_num_scheduled_tokens: "total_num_scheduled_tokens",
-    num_scheduled_tokens: "num_scheduled_tokens",
-    scheduled_new_reqs: "scheduled_new_reqs",
-    scheduled_cached_reqs: "scheduled_cached_reqs",
-    scheduled_spec_decode_tokens: "scheduled_spec_decode_tokens",
-    scheduled_encoder_inputs: "scheduled_encoder_inputs",
-    preempted_req_ids: "preempted_req_ids",
-    finished_req_ids: "finished_req_ids",
-    new_req_id: "req_id",
-    new_req_prompt: "prompt_token_ids",
-    cached_req_ids: "req_ids",
-    resumed_req_ids: "resumed_req_ids",
-    num_output_tokens: "num_output_tokens",
-    descriptor_frames: &[".run_fullgraph"],
-    descriptor_types: &["BatchExecutionDescriptor", "BatchDescriptor"],
-    desc_mode: "cg_mode",
-    desc_num_tokens: "num_tokens",
-    desc_num_reqs: "num_reqs",
-    desc_uniform: "uniform_token_count",
-    desc_loras: "num_active_loras",
-};
 
 /// Counts of the per-step reads, for metadata.json.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
@@ -247,11 +219,11 @@ enum ReadFailure {
 impl BatchReader {
     /// A reader using `names` for outputs and `state` for the scheduler side.
     #[must_use]
-    pub fn new(names: &'static BatchNames, state: &'static StateNames) -> Self {
+    pub fn new(bundle: &'static Bundle) -> Self {
         Self {
-            names,
-            state,
-            calls_names: &CALLS_0_33,
+            names: bundle.batch,
+            state: bundle.state,
+            calls_names: bundle.calls,
             procs: HashMap::new(),
             calls: CallReader::default(),
             // 3 significant digits; auto-resizing, so any delay fits.

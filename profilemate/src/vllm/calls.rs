@@ -49,24 +49,6 @@ pub struct CallNames {
     pub arrival_time: &'static str,
 }
 
-/// vLLM 0.26-0.33 (the same names in every release of the range: docs/VLLM_VERSIONS.md).
-pub static CALLS_0_33: CallNames = CallNames {
-    versions: super::version::BUNDLE,
-    watched: &[
-        ("Scheduler._preempt_request", CallRole::Preempt),
-        ("Scheduler.add_request", CallRole::AddRequest),
-        ("Scheduler.update_from_output", CallRole::UpdateFromOutput),
-        ("Scheduler.schedule", CallRole::Schedule),
-    ],
-    preempt_callers: &[
-        (".schedule", "kv_cache_exhausted"),
-        (".reset_prefix_cache", "cache_reset"),
-    ],
-    request_type: "Request",
-    request_id: "request_id",
-    arrival_time: "arrival_time",
-};
-
 /// Why the functions could not be found.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {

@@ -471,7 +471,7 @@ mod tests {
     use super::*;
     use crate::{
         python::{self, objects::object_layout, remote::ProcessMemory},
-        vllm::state::VLLM_0_33,
+        vllm::v0_33::STATE as VLLM_0_33,
     };
 
     const SCRIPT: &str = r#"

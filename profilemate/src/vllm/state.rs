@@ -78,60 +78,6 @@ pub struct RequestNames {
     pub statuses: &'static [(i64, &'static str)],
 }
 
-/// vLLM 0.26-0.33 (V1 engine core, V1/V2 scheduler; the same names in every release of the
-/// range: docs/VLLM_VERSIONS.md).
-pub static VLLM_0_33: StateNames = StateNames {
-    versions: super::version::BUNDLE,
-    engine_frames: &[
-        // The socket threads block in these for the engine's whole life: their frames are
-        // there to read at any poll, while the busy main thread's chain moves under the read.
-        "EngineCoreProc.process_input_sockets",
-        "EngineCoreProc.process_output_sockets",
-        "EngineCoreProc.run_busy_loop",
-        "DPEngineCoreProc.run_busy_loop",
-        "EngineCore.step_with_batch_queue",
-        "EngineCore.step",
-    ],
-    scheduler_frames: &["Scheduler.schedule", "Scheduler.update_from_output"],
-    engine_scheduler: "scheduler",
-    running: "running",
-    waiting: "waiting",
-    requests: "requests",
-    kv_cache_manager: "kv_cache_manager",
-    block_pool: "block_pool",
-    num_gpu_blocks: "num_gpu_blocks",
-    free_block_queue: "free_block_queue",
-    num_free_blocks: "num_free_blocks",
-    current_step: "current_step",
-    max_num_running_reqs: "max_num_running_reqs",
-    max_num_scheduled_tokens: "max_num_scheduled_tokens",
-    prefix_cache_map: "cached_block_hash_to_block",
-    prefix_cache_dict: "_cache",
-    request: RequestNames {
-        request_id: "request_id",
-        status: "status",
-        num_preemptions: "num_preemptions",
-        num_computed_tokens: "num_computed_tokens",
-        num_prompt_tokens: "num_prompt_tokens",
-        output_token_ids: "_output_token_ids",
-        arrival_time: "arrival_time",
-        statuses: &[
-            (1, "WAITING"),
-            (2, "WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR"),
-            (3, "WAITING_FOR_REMOTE_KVS"),
-            (4, "WAITING_FOR_STREAMING_REQ"),
-            (5, "RUNNING"),
-            (6, "PREEMPTED"),
-            (7, "FINISHED_STOPPED"),
-            (8, "FINISHED_LENGTH_CAPPED"),
-            (9, "FINISHED_ABORTED"),
-            (10, "FINISHED_IGNORED"),
-            (11, "FINISHED_ERROR"),
-            (12, "FINISHED_REPETITION"),
-        ],
-    },
-};
-
 /// Why a poll found nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

@@ -18,9 +18,10 @@ use std::{
 use serde::Serialize;
 
 use super::{
-    calls::{FunctionWatch, CALLS_0_33},
+    bundle::Bundle,
+    calls::FunctionWatch,
     metrics::{self, Scrape},
-    state::{StateNames, StatePoller, StateSnapshot},
+    state::{StatePoller, StateSnapshot},
     version::{self, VllmVersion},
 };
 use crate::{model::RequestPoll, python::Interpreter};
@@ -189,7 +190,7 @@ impl Watcher {
     pub fn spawn(
         commands: mpsc::Receiver<WatchCommand>,
         state_hz: u64,
-        names: &'static StateNames,
+        bundle: &'static Bundle,
         updates: mpsc::Sender<PyUpdate>,
         functions: Option<mpsc::Sender<FunctionWatch>>,
     ) -> std::io::Result<Self> {
@@ -197,7 +198,7 @@ impl Watcher {
         let report = Arc::new(Mutex::new(WatchReport::default()));
         let mut w = Work {
             rx: commands,
-            names,
+            bundle,
             updates,
             functions,
             state_period: 1_000_000_000u64
@@ -260,7 +261,8 @@ struct Poller {
 
 struct Work {
     rx: mpsc::Receiver<WatchCommand>,
-    names: &'static StateNames,
+    /// The vLLM names used.
+    bundle: &'static Bundle,
     updates: mpsc::Sender<PyUpdate>,
     /// Where the scheduler methods to watch go (None: breakpoints are off).
     functions: Option<mpsc::Sender<FunctionWatch>>,
@@ -307,7 +309,7 @@ impl Work {
                 }
                 WatchCommand::Python(interp) => {
                     let pid = interp.pid;
-                    let poller = StatePoller::new(*interp, self.names);
+                    let poller = StatePoller::new(*interp, self.bundle.state);
                     let version = version::of_process(pid);
                     if let Some(Ok(VllmVersion { note: Some(n), .. })) = &version {
                         crate::say!("warning: pid {pid}: {n}");
@@ -365,7 +367,7 @@ impl Work {
                             .and_then(|f| version::of_source_file(*pid, &f));
                     }
                     if let Some(tx) = &self.functions {
-                        match p.poller.functions_to_watch(&CALLS_0_33) {
+                        match p.poller.functions_to_watch(self.bundle.calls) {
                             Some(Ok(w)) => {
                                 let _ = tx.send(w);
                             }
@@ -403,7 +405,7 @@ impl Work {
                     |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
                 StateReport {
                     pid: *pid,
-                    names: self.names.versions,
+                    names: self.bundle.state.versions,
                     polls: p.poller.polls,
                     torn_polls: p.poller.torn,
                     last_error: p.poller.last_error.clone(),
