@@ -21,7 +21,6 @@ pub mod discovery;
 pub mod doctor;
 pub mod model;
 pub mod output;
-pub mod pipeline;
 pub mod preflight;
 pub mod probes;
 pub mod profilers;

@@ -155,8 +155,8 @@ mod tests {
     use super::*;
     use crate::{
         correlate::CorrelatorStats,
-        pipeline::PipelineStats,
         probes::reader::ReaderStats,
+        session::pipeline::PipelineStats,
         session::{
             losses::gc_lost,
             metadata::{LossReport, MainLoopStats},

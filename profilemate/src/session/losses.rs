@@ -137,8 +137,8 @@ fn kernel_warnings(l: &LossReport, ring_bytes: u32) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::{
-        pipeline::PipelineStats, probes::reader::ReaderStats, probes::KernelCounters,
-        session::metadata::MainLoopStats,
+        probes::reader::ReaderStats, probes::KernelCounters, session::metadata::MainLoopStats,
+        session::pipeline::PipelineStats,
     };
 
     fn losses() -> LossReport {

@@ -113,7 +113,7 @@ pub struct LossReport {
     pub reader: crate::probes::reader::ReaderStats,
     /// The processing thread: lag behind the target, time per stage, records left
     /// unprocessed at the stop.
-    pub pipeline: crate::pipeline::PipelineStats,
+    pub pipeline: crate::session::pipeline::PipelineStats,
     /// The main loop's own timing.
     pub main_loop: MainLoopStats,
     /// The longest /metrics scrape (ms), on the watcher thread.
@@ -177,4 +177,31 @@ pub struct Metadata {
     pub calibration: Option<crate::calibrate::attach::Used>,
     /// Why no calibration was used.
     pub calibration_none: Option<String>,
+}
+
+/// Completes `m` once everything is counted: the calibration used (or why none), why the
+/// session recorded nothing (`nothing_attached`), and the caveats of its outputs.
+pub(super) fn conclude(
+    m: &mut Metadata,
+    calibration: &crate::calibrate::attach::Resolution,
+    nothing_attached: bool,
+) {
+    use crate::calibrate::attach::Resolution;
+    m.calibration = match calibration {
+        Resolution::Used(u) => Some(u.as_ref().clone()),
+        Resolution::None(_) => None,
+    };
+    m.calibration_none = match calibration {
+        Resolution::Used(_) => None,
+        Resolution::None(why) => Some(why.clone()),
+    };
+    if nothing_attached {
+        m.failure = Some(crate::verdict::empty_session_cause(&m.probes));
+    }
+    let gc_attached = m.python.usdt.iter().any(|u| u.status == "attached");
+    if gc_attached && m.python.stats.gc_pauses == 0 {
+        m.notes.push(
+            "GC probes were attached but no collection was observed: none happened during the session, or the probes did not fire".to_owned(),
+        );
+    }
 }

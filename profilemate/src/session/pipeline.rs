@@ -20,6 +20,7 @@ use serde::Serialize;
 
 pub use crate::vllm::watcher::PyUpdate;
 use crate::{
+    config::TimingMode,
     correlate::{python::PythonContext, Correlated, Correlator},
     model::monotonic_ns,
     probes::{
@@ -28,7 +29,10 @@ use crate::{
     },
     profilers::Profiler,
     python::Interpreter,
-    vllm::batch::{BatchReader, DelayPercentiles},
+    vllm::{
+        batch::{BatchReader, DelayPercentiles},
+        bundle::Bundle,
+    },
 };
 
 /// How long the pipeline waits for a batch before it looks at its updates again.
@@ -137,6 +141,32 @@ impl Pipeline {
             lag: Lag::default(),
             exits: Vec::new(),
         }
+    }
+
+    /// The session's wiring: the correlator, the Python context and the batch reader of
+    /// `bundle`'s vLLM names, feeding `profilers` (the benchmark runs the same).
+    #[must_use]
+    pub fn wire(
+        bundle: &'static Bundle,
+        timing: TimingMode,
+        kernels: bool,
+        py_rx: mpsc::Receiver<PyUpdate>,
+        profilers: Vec<Box<dyn Profiler>>,
+    ) -> Self {
+        Self::new(
+            Correlator::new(timing, kernels).with_event_roles(bundle.events),
+            PythonContext::new(bundle.ops),
+            BatchReader::new(bundle),
+            py_rx,
+            profilers,
+        )
+    }
+
+    /// Takes one decoded record on the calling thread, as the pipeline thread does with
+    /// each record of a batch (no stop budget: the benchmark's loop).
+    pub fn take(&mut self, rec: Record) {
+        self.stats.records += 1;
+        self.handle(rec);
     }
 
     /// Runs on its own thread until the reader hangs up; returns the pipeline for writing.
@@ -336,10 +366,10 @@ mod tests {
 
     fn pipeline() -> Pipeline {
         let (_tx, rx) = mpsc::channel();
-        Pipeline::new(
-            Correlator::new(crate::config::TimingMode::Events, false),
-            PythonContext::new(crate::vllm::v0_33::OPS),
-            BatchReader::new(&crate::vllm::v0_33::BUNDLE),
+        Pipeline::wire(
+            &crate::vllm::v0_33::BUNDLE,
+            TimingMode::Events,
+            false,
             rx,
             Vec::new(),
         )
