@@ -538,13 +538,14 @@ mod tests {
         assert_eq!(fn_lengths(&code), vec![(2, 4, "f".to_owned())]);
     }
 
-    /// The crate itself: no circle between its top-level modules.
+    /// The crate itself: no circle between its top-level modules, no production function
+    /// over the limit.
     #[test]
-    fn profilemate_has_no_import_circle() {
+    fn profilemate_has_no_import_circle_and_no_overlong_function() {
         let shape = analyse(&crate::root().join("profilemate/src"))
             .unwrap_or_else(|e| panic!("reading profilemate/src: {e:#}"));
-        if let Some(cycle) = find_cycle(&shape.edges) {
-            panic!("import circle: {}\n{}", cycle.join(" -> "), render(&shape));
+        if let Err(e) = check(&shape) {
+            panic!("{e:#}\n{}", render(&shape));
         }
     }
 }

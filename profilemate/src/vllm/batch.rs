@@ -24,7 +24,7 @@ pub use crate::model::batch::{GraphDescriptor, NewRequest, Phase, StepBatch};
 use crate::{
     model::{Correlated, PyFrameInfo, PyStack, StackReason},
     python::{
-        objects::{object_layout, AttrCache, ObjectError, Objects, MAX_ITEMS},
+        objects::{object_layout, AttrCache, ObjectError, ObjectLayout, Objects, MAX_ITEMS},
         remote::ProcessMemory,
         Interpreter,
     },
@@ -295,16 +295,13 @@ impl BatchReader {
             return;
         };
         let names = self.names;
-        let ends = |q: &str, set: &[&str]| set.iter().any(|s| q.ends_with(s));
-        let carries_output =
-            |f: &&PyFrameInfo| f.arg1 != 0 && ends(&f.code.qualname, names.output_frames);
         let delay = crate::model::monotonic_ns().saturating_sub(st.ts_ns);
         let pipelined = st
             .frames
             .iter()
-            .any(|f| ends(&f.code.qualname, names.pipelined_step_frames));
+            .any(|f| ends_with_any(&f.code.qualname, names.pipelined_step_frames));
         let late = delay > p.cadence.read_bound_ns(pipelined);
-        if st.frames.iter().any(|f| carries_output(&f)) {
+        if st.frames.iter().any(|f| carries_output(names, f)) {
             // An auto-resizing histogram: recording cannot fail short of memory.
             let _ = self.delays.record(delay / 1000);
             self.stats.stale += u64::from(late);
@@ -312,53 +309,107 @@ impl BatchReader {
         let Some(ol) = object_layout(p.interp.layout.version) else {
             return;
         };
-        let mem = p.mem;
-        let o = Objects::new(&mem, &p.interp.layout, ol).with_cache(&p.attrs);
-        // A watched call counts however late it is read: its time came with the hit, and the
-        // request it names outlives the call (checked by type before its id is read).
-        if let Some(call) = self.calls.read(self.calls_names, st, &o, &mut p.strings) {
-            out(Correlated::SchedulerCall(Box::new(call)));
+        {
+            let mem = p.mem;
+            let o = Objects::new(&mem, &p.interp.layout, ol).with_cache(&p.attrs);
+            // A watched call counts however late it is read: its time came with the hit, and
+            // the request it names outlives the call (checked by type before its id is read).
+            if let Some(call) = self.calls.read(self.calls_names, st, &o, &mut p.strings) {
+                out(Correlated::SchedulerCall(Box::new(call)));
+            }
         }
         if late {
             return;
         }
-        // The descriptor of a graph replay.
-        if let Some(f) = st
-            .frames
-            .iter()
-            .find(|f| f.arg1 != 0 && ends(&f.code.qualname, names.descriptor_frames))
-        {
-            match read_descriptor(&o, names, f.arg1, &mut p.strings) {
-                Ok(Some((mode, num_tokens, num_reqs, uniform, loras))) => {
-                    self.stats.descriptors += 1;
-                    out(Correlated::GraphDescriptor(GraphDescriptor {
-                        pid: st.pid,
-                        tid: st.tid,
-                        ts_ns: st.ts_ns,
-                        mode,
-                        num_tokens,
-                        num_reqs,
-                        uniform,
-                        num_active_loras: loras,
-                    }));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    self.stats.descriptor_errors += 1;
-                    self.stats.last_error = Some(format!("graph descriptor: {e}"));
-                }
-            }
-        }
+        let mut cx = ReadContext {
+            names,
+            state: self.state,
+            stats: &mut self.stats,
+        };
+        cx.graph_descriptor(p, ol, st, out);
         // The step's scheduler output: the innermost frame that carries one.
         let at_cuda_call = matches!(st.reason, StackReason::CudaCall(_));
-        if at_cuda_call && st.frames.iter().any(|f| carries_output(&f)) {
+        if at_cuda_call && st.frames.iter().any(|f| carries_output(names, f)) {
             p.cuda_outputs = true;
         }
         if !at_cuda_call && p.cuda_outputs {
             return;
         }
-        let candidates = st.frames.iter().filter(carries_output);
-        for f in candidates {
+        cx.step_output(p, ol, st, out);
+    }
+}
+
+/// Whether `qualname` ends with one of `set`.
+fn ends_with_any(qualname: &str, set: &[&str]) -> bool {
+    set.iter().any(|s| qualname.ends_with(s))
+}
+
+/// Whether frame `f` carries a scheduler output (its argument, in a frame that takes one).
+fn carries_output(names: &BatchNames, f: &PyFrameInfo) -> bool {
+    f.arg1 != 0 && ends_with_any(&f.code.qualname, names.output_frames)
+}
+
+/// What the reads of one stack need of the reader.
+struct ReadContext<'a> {
+    names: &'static BatchNames,
+    state: &'static StateNames,
+    stats: &'a mut BatchStats,
+}
+
+impl ReadContext<'_> {
+    /// The descriptor of a graph replay, when a frame of the stack carries one.
+    fn graph_descriptor(
+        &mut self,
+        p: &mut ProcBatch,
+        ol: ObjectLayout,
+        st: &PyStack,
+        out: &mut impl FnMut(Correlated),
+    ) {
+        let names = self.names;
+        let Some(f) = st
+            .frames
+            .iter()
+            .find(|f| f.arg1 != 0 && ends_with_any(&f.code.qualname, names.descriptor_frames))
+        else {
+            return;
+        };
+        let mem = p.mem;
+        let o = Objects::new(&mem, &p.interp.layout, ol).with_cache(&p.attrs);
+        match read_descriptor(&o, names, f.arg1, &mut p.strings) {
+            Ok(Some((mode, num_tokens, num_reqs, uniform, loras))) => {
+                self.stats.descriptors += 1;
+                out(Correlated::GraphDescriptor(GraphDescriptor {
+                    pid: st.pid,
+                    tid: st.tid,
+                    ts_ns: st.ts_ns,
+                    mode,
+                    num_tokens,
+                    num_reqs,
+                    uniform,
+                    num_active_loras: loras,
+                }));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.stats.descriptor_errors += 1;
+                self.stats.last_error = Some(format!("graph descriptor: {e}"));
+            }
+        }
+    }
+
+    /// The step's batch from the innermost frame carrying a `SchedulerOutput` (once per
+    /// output; none when it changed while read).
+    fn step_output(
+        &mut self,
+        p: &mut ProcBatch,
+        ol: ObjectLayout,
+        st: &PyStack,
+        out: &mut impl FnMut(Correlated),
+    ) {
+        let names = self.names;
+        let mem = p.mem;
+        let o = Objects::new(&mem, &p.interp.layout, ol).with_cache(&p.attrs);
+        for f in st.frames.iter().filter(|f| carries_output(names, f)) {
             let is_output = o.type_name(f.arg1).is_ok_and(|t| t == names.output_type);
             if !is_output {
                 self.stats.wrong_type += 1;
@@ -478,47 +529,9 @@ fn read_output(
     let what = "scheduler output";
     let need = |v: Option<u64>, name: &'static str| v.ok_or(ReadFailure::Missing(name, what));
     let num_tokens = u64::try_from(o.int(need(total, n.total_num_scheduled_tokens)?)?).unwrap_or(0);
-    // Per-request tokens; small ints are shared objects, so each distinct value is read once.
-    let mut ints: HashMap<u64, u64> = HashMap::new();
-    let mut tokens: HashMap<String, u64> = HashMap::new();
-    for (k, v) in o.dict_items(need(per_req, n.num_scheduled_tokens)?, MAX_ITEMS)? {
-        let t = match ints.get(&v) {
-            Some(t) => *t,
-            None => {
-                let t = u64::try_from(o.int(v)?).unwrap_or(0);
-                ints.insert(v, t);
-                t
-            }
-        };
-        tokens.insert(strings.get(o, k)?, t);
-    }
-    let mut new_requests = Vec::new();
-    for r in o.list_items(need(new, n.scheduled_new_reqs)?, MAX_ITEMS)? {
-        let [id, prompt] = o.attrs(r, [n.new_req_id, n.new_req_prompt])?;
-        let id = id.ok_or(ReadFailure::Missing(n.new_req_id, "new request data"))?;
-        let prompt_tokens = match prompt {
-            Some(p) if !o.is_none(p)? => Some(o.len(p)?),
-            _ => None,
-        };
-        new_requests.push(NewRequest {
-            id: strings.get(o, id)?,
-            prompt_tokens,
-        });
-    }
-    let [cached_ids, resumed, out_tokens] = o.attrs(
-        need(cached, n.scheduled_cached_reqs)?,
-        [n.cached_req_ids, n.resumed_req_ids, n.num_output_tokens],
-    )?;
-    let cached_ids = id_list(o, strings, Some(need(cached_ids, n.cached_req_ids)?))?;
-    let resumed_req_ids = id_list(o, strings, resumed)?;
-    let out_tokens: Vec<u64> = match out_tokens {
-        Some(l) => o
-            .list_items(l, MAX_ITEMS)?
-            .into_iter()
-            .map(|v| o.int(v).map(|t| u64::try_from(t).unwrap_or(0)))
-            .collect::<Result<_, _>>()?,
-        None => Vec::new(),
-    };
+    let tokens = scheduled_tokens(o, need(per_req, n.num_scheduled_tokens)?, strings)?;
+    let new_requests = new_requests(o, n, need(new, n.scheduled_new_reqs)?, strings)?;
+    let cached = cached_requests(o, n, need(cached, n.scheduled_cached_reqs)?, strings)?;
     // Draft tokens per request (speculative decoding).
     let mut spec_of: HashMap<String, u64> = HashMap::new();
     if let Some(d) = spec {
@@ -543,8 +556,8 @@ fn read_output(
         num_reqs: tokens.len() as u64,
         num_tokens,
         new_reqs: new_requests.len() as u64,
-        cached_reqs: cached_ids.len() as u64,
-        resumed_reqs: resumed_req_ids.len() as u64,
+        cached_reqs: cached.ids.len() as u64,
+        resumed_reqs: cached.resumed.len() as u64,
         prefill_reqs: 0,
         decode_reqs: 0,
         prefill_tokens: 0,
@@ -553,14 +566,111 @@ fn read_output(
         encoder_inputs,
         scheduled: Vec::new(),
         new_requests,
-        resumed_req_ids,
+        resumed_req_ids: cached.resumed,
         preempted_req_ids: id_list(o, strings, preempted)?,
         finished_req_ids: id_list(o, strings, finished)?,
         phase: Phase::Empty,
         scheduler: None,
     };
-    // A request prefills when it is new, resumed (recomputes its tokens), has produced no
-    // output yet (chunked prefill), or computes more than one token plus its drafts.
+    split_phases(&mut b, tokens, &cached.ids, &cached.output_tokens, &spec_of);
+    Ok(b)
+}
+
+/// Tokens scheduled per request id (`num_scheduled_tokens`); small ints are shared
+/// objects, so each distinct value is read once.
+fn scheduled_tokens(
+    o: &Objects<'_>,
+    dict: u64,
+    strings: &mut StrCache,
+) -> Result<HashMap<String, u64>, ReadFailure> {
+    let mut ints: HashMap<u64, u64> = HashMap::new();
+    let mut tokens: HashMap<String, u64> = HashMap::new();
+    for (k, v) in o.dict_items(dict, MAX_ITEMS)? {
+        let t = match ints.get(&v) {
+            Some(t) => *t,
+            None => {
+                let t = u64::try_from(o.int(v)?).unwrap_or(0);
+                ints.insert(v, t);
+                t
+            }
+        };
+        tokens.insert(strings.get(o, k)?, t);
+    }
+    Ok(tokens)
+}
+
+/// The requests scheduled for the first time (`scheduled_new_reqs`).
+fn new_requests(
+    o: &Objects<'_>,
+    n: &BatchNames,
+    list: u64,
+    strings: &mut StrCache,
+) -> Result<Vec<NewRequest>, ReadFailure> {
+    let mut new_requests = Vec::new();
+    for r in o.list_items(list, MAX_ITEMS)? {
+        let [id, prompt] = o.attrs(r, [n.new_req_id, n.new_req_prompt])?;
+        let id = id.ok_or(ReadFailure::Missing(n.new_req_id, "new request data"))?;
+        let prompt_tokens = match prompt {
+            Some(p) if !o.is_none(p)? => Some(o.len(p)?),
+            _ => None,
+        };
+        new_requests.push(NewRequest {
+            id: strings.get(o, id)?,
+            prompt_tokens,
+        });
+    }
+    Ok(new_requests)
+}
+
+/// What `scheduled_cached_reqs` says.
+struct Cached {
+    /// Request ids, in order.
+    ids: Vec<String>,
+    /// Of those, resumed after a preemption.
+    resumed: Vec<String>,
+    /// Output tokens so far, per request in `ids` order (empty when not read).
+    output_tokens: Vec<u64>,
+}
+
+fn cached_requests(
+    o: &Objects<'_>,
+    n: &BatchNames,
+    cached: u64,
+    strings: &mut StrCache,
+) -> Result<Cached, ReadFailure> {
+    let [cached_ids, resumed, out_tokens] = o.attrs(
+        cached,
+        [n.cached_req_ids, n.resumed_req_ids, n.num_output_tokens],
+    )?;
+    let cached_ids =
+        cached_ids.ok_or(ReadFailure::Missing(n.cached_req_ids, "scheduler output"))?;
+    let ids = id_list(o, strings, Some(cached_ids))?;
+    let resumed = id_list(o, strings, resumed)?;
+    let output_tokens: Vec<u64> = match out_tokens {
+        Some(l) => o
+            .list_items(l, MAX_ITEMS)?
+            .into_iter()
+            .map(|v| o.int(v).map(|t| u64::try_from(t).unwrap_or(0)))
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+    Ok(Cached {
+        ids,
+        resumed,
+        output_tokens,
+    })
+}
+
+/// Splits the scheduled requests into prefill and decode, and names the batch's phase. A
+/// request prefills when it is new, resumed (recomputes its tokens), has produced no output
+/// yet (chunked prefill), or computes more than one token plus its drafts.
+fn split_phases(
+    b: &mut StepBatch,
+    tokens: HashMap<String, u64>,
+    cached_ids: &[String],
+    out_tokens: &[u64],
+    spec_of: &HashMap<String, u64>,
+) {
     let mut prefill: HashSet<&str> = b.new_requests.iter().map(|r| r.id.as_str()).collect();
     prefill.extend(b.resumed_req_ids.iter().map(String::as_str));
     for (i, id) in cached_ids.iter().enumerate() {
@@ -570,15 +680,20 @@ fn read_output(
             prefill.insert(id);
         }
     }
+    let (mut prefill_reqs, mut decode_reqs, mut prefill_tokens, mut decode_tokens) = (0, 0, 0, 0);
     for (id, t) in &tokens {
         if prefill.contains(id.as_str()) {
-            b.prefill_reqs += 1;
-            b.prefill_tokens += t;
+            prefill_reqs += 1;
+            prefill_tokens += t;
         } else {
-            b.decode_reqs += 1;
-            b.decode_tokens += t;
+            decode_reqs += 1;
+            decode_tokens += t;
         }
     }
+    b.prefill_reqs = prefill_reqs;
+    b.decode_reqs = decode_reqs;
+    b.prefill_tokens = prefill_tokens;
+    b.decode_tokens = decode_tokens;
     b.scheduled = tokens.into_iter().collect();
     b.phase = match (b.prefill_reqs, b.decode_reqs) {
         (0, 0) => Phase::Empty,
@@ -586,7 +701,6 @@ fn read_output(
         (0, _) => Phase::Decode,
         _ => Phase::Mixed,
     };
-    Ok(b)
 }
 
 /// (mode, tokens, requests, uniform count, LoRAs) of a graph descriptor.
