@@ -1,4 +1,6 @@
 //! Validated settings of one `profilemate attach` session (what the CLI resolved).
+//!
+//! Owns the settings and their defaults; not their parsing (`main.rs`) nor their use.
 
 use std::{path::PathBuf, time::Duration};
 

@@ -1,4 +1,7 @@
 //! The `profilemate` command line.
+//!
+//! Owns parsing the arguments, printing (a session's summary and path, doctor and report
+//! lines) and the exit status; the work itself is the library's.
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 

@@ -1,5 +1,8 @@
 //! Calls -> operations -> steps and CUDA graph records.
 //!
+//! Owns pairing, de-duplication and the step machine; not the record types (`model`), the
+//! vLLM names that tell step events from helpers (`vllm::bundle`), nor any output.
+//!
 //! Per process and thread state machines, fed with decoded probe hits in ring-buffer order
 //! (which is per-thread program order):
 //! 1. **De-duplication across levels.** A runtime call (`cudaX`) reaches its driver twin

@@ -1,4 +1,7 @@
 //! metadata.json: what was profiled, how, and everything that was lost or unattributable.
+//!
+//! Owns the file's shape and its last conclusions (calibration, failure, notes); not the
+//! counting (each stage keeps its own statistics) nor the terminal lines (`losses`, `summary`).
 
 use serde::Serialize;
 
