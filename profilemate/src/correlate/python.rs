@@ -4,6 +4,9 @@
 //! Symbolization reads code objects from the target (read-only, cached per process); the
 //! cache is checked against the first line the kernel read with each frame, so a code
 //! object freed and replaced at the same address is read again.
+//!
+//! Owns symbolization and GC pairing; not the operation rules (`vllm::bundle`) nor the
+//! interpreter's discovery (`python`).
 
 use std::{collections::HashMap, sync::Arc};
 

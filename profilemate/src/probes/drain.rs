@@ -1,5 +1,8 @@
 //! Ring-buffer records -> typed events: the decoders of every record kind (the reader thread
 //! in `reader` calls them), and the encoder tests and benchmarks use to feed the pipeline.
+//!
+//! Owns the record formats' decoding; not reading the ring (`reader`) nor what the events
+//! mean (`correlate`).
 
 use profilemate_common::{
     python::{stack_reason, PyFrame, PyStackRecord, UsdtRecord},

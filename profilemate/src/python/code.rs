@@ -1,5 +1,8 @@
 //! Code objects -> (qualname, filename, first line, line table), read read-only from the
 //! target and cached; instruction offsets -> line numbers through the 3.11+ location table.
+//!
+//! Owns reading and caching code objects; the names and line-table decoding they carry are
+//! `model::code`'s, the frames that point at them are the walker's.
 
 use std::{collections::HashMap, sync::Arc};
 

@@ -4,6 +4,9 @@
 //! per version).
 //!
 //! Every offset here is x86-64, default (GIL) build.
+//!
+//! Owns the walk layouts and reading `_Py_DebugOffsets`; which versions exist, and which
+//! have an object layout, is `versions`'s one table.
 
 use serde::Serialize;
 

@@ -10,6 +10,9 @@
 //! step's output is read once: the `num_scheduled_tokens` dict's version tag (unique per
 //! dict modification in CPython 3.11-3.13) tells a new step's output from the same one seen
 //! again, even when a freed output's address is reused.
+//!
+//! Owns those reads and their counters; not the names (`bundle`, `v0_33`), nor the payload
+//! types (`model::batch`), nor what a batch means for the outputs (`profilers`).
 
 use std::collections::{HashMap, HashSet};
 

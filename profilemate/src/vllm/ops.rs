@@ -1,5 +1,8 @@
 //! Python frame -> vLLM operation. The innermost frame of a stack that matches a row decides
 //! the operation of the whole stack (a sampled tick, or a CUDA call).
+//!
+//! Owns the rule shape and the matching; the rules themselves are a bundle's (`v0_33`), the
+//! operation vocabulary is `model::ops`'s.
 
 pub use crate::model::ops::{FrameName, Operation};
 
