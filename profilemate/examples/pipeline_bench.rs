@@ -7,7 +7,11 @@ use std::time::Instant;
 
 use profilemate::{
     config::TimingMode,
-    output::{SessionDir, TimeBase},
+    output::{
+        csv::Files,
+        sink::{Sink, Sinks},
+        SessionDir, TimeBase,
+    },
     probes::drain::{decode, encode, CallEvent, CallPhase, Record},
     profilers,
     session::pipeline::Pipeline,
@@ -111,15 +115,15 @@ fn main() {
         std::env::temp_dir().join(format!("profilemate-pipeline-bench-{}", std::process::id()));
     let dir = SessionDir::create(&base, "bench").expect("scratch session directory");
     let profilers = profilers::default_set(
-        &dir,
         TimeBase {
             t0_ns: 0,
             unix_t0_sec: 0.0,
         },
         0,
         None,
-    )
-    .expect("profilers");
+    );
+    let mut sinks = Sinks(vec![Box::new(Files::new(dir))]);
+    profilers::open_families(&profilers, &mut sinks).expect("row files");
     let (_updates, py_rx) = std::sync::mpsc::channel();
     let mut pipeline = Pipeline::wire(
         bundle::session_default(),
@@ -127,6 +131,7 @@ fn main() {
         false,
         py_rx,
         profilers,
+        sinks,
     );
     let start = Instant::now();
     for r in &records {
@@ -136,8 +141,9 @@ fn main() {
     }
     pipeline.finish();
     for p in &mut pipeline.profilers {
-        p.finish(&dir).expect("write outputs");
+        p.finish(&mut pipeline.sinks).expect("write outputs");
     }
+    pipeline.sinks.finish().expect("write outputs");
     let elapsed = start.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&base);
     let n = records.len() as f64;

@@ -3,11 +3,16 @@
 //! Owns: creating `DIR/session_YYYYmmdd_HHMMSS/` safely (no symlink following, no
 //! world-writable files, owned by the invoking user under sudo), CSV and JSON writing (every
 //! CSV text cell through `cells::neutralize`), the folded-stack format, terminal lines, and
-//! latency summaries. Does not own: which files exist (each profiler names its own).
+//! latency summaries; the sink layer (`sink`) with its formats: the session directory's CSV
+//! and JSON files (`csv`, which owns every file name and header) and row counts (`counts`).
+//! Does not own what the rows say (the profilers).
 
 pub mod cells;
 pub use crate::console;
+pub mod counts;
+pub mod csv;
 pub mod folded;
+pub mod sink;
 pub mod summary;
 
 use std::{
@@ -52,7 +57,7 @@ pub enum OutputError {
         path: PathBuf,
         /// The cause.
         #[source]
-        source: csv::Error,
+        source: ::csv::Error,
     },
 }
 
@@ -163,6 +168,23 @@ impl SessionDir {
 
     /// Creates a new file in the session directory (never an existing one, never through a
     /// symlink), mode 0644.
+    /// Another handle on the same directory (the file sink owns one on the pipeline thread).
+    ///
+    /// # Errors
+    ///
+    /// The descriptor cannot be duplicated.
+    pub fn try_clone(&self) -> Result<Self, OutputError> {
+        let dir = self.dir.try_clone().map_err(|source| OutputError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            path: self.path.clone(),
+            dir,
+            owner: self.owner,
+        })
+    }
+
     pub fn create_file(&self, name: &str) -> Result<BufWriter<File>, OutputError> {
         let path = self.path.join(name);
         let io_err = |source| OutputError::Io {
@@ -215,86 +237,6 @@ impl SessionDir {
         w.write_all(b"\n")
             .and_then(|()| w.flush())
             .map_err(|source| OutputError::Io { path, source })
-    }
-
-    /// Opens `name` for rows written one at a time, starting with `header`.
-    pub fn csv_sink(&self, name: &'static str, header: &[&str]) -> Result<CsvSink, OutputError> {
-        let path = self.path.join(name);
-        let mut writer = csv::WriterBuilder::new()
-            .has_headers(false)
-            .from_writer(self.create_file(name)?);
-        writer
-            .write_record(header)
-            .map_err(|source| OutputError::Csv {
-                path: path.clone(),
-                source,
-            })?;
-        Ok(CsvSink {
-            name,
-            path,
-            writer,
-            error: None,
-        })
-    }
-
-    /// Writes `rows` (serialized with their field names as the header) into `name`.
-    pub fn write_csv<R: Serialize>(
-        &self,
-        name: &str,
-        header: &[&str],
-        rows: impl IntoIterator<Item = R>,
-    ) -> Result<(), OutputError> {
-        let path = self.path.join(name);
-        let csv_err = |source| OutputError::Csv {
-            path: path.clone(),
-            source,
-        };
-        let mut w = csv::WriterBuilder::new()
-            .has_headers(false)
-            .from_writer(self.create_file(name)?);
-        w.write_record(header).map_err(csv_err)?;
-        for r in rows {
-            w.serialize(cells::Guarded(&r)).map_err(csv_err)?;
-        }
-        w.flush().map_err(|source| OutputError::Io {
-            path: path.clone(),
-            source,
-        })
-    }
-}
-
-/// A CSV file written row by row as records arrive, so a long session keeps no rows in memory.
-/// The first write error is kept and returned by `finish` (callers consume infallibly).
-pub struct CsvSink {
-    name: &'static str,
-    path: PathBuf,
-    writer: csv::Writer<BufWriter<File>>,
-    error: Option<csv::Error>,
-}
-
-impl CsvSink {
-    /// Appends one row.
-    pub fn row(&mut self, row: &impl Serialize) {
-        if self.error.is_none() {
-            if let Err(e) = self.writer.serialize(cells::Guarded(row)) {
-                self.error = Some(e);
-            }
-        }
-    }
-
-    /// Flushes; returns the file name, or the first error.
-    pub fn finish(&mut self) -> Result<&'static str, OutputError> {
-        if let Some(source) = self.error.take() {
-            return Err(OutputError::Csv {
-                path: self.path.clone(),
-                source,
-            });
-        }
-        self.writer.flush().map_err(|source| OutputError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
-        Ok(self.name)
     }
 }
 
@@ -382,6 +324,30 @@ mod tests {
         p
     }
 
+    crate::csv_family! {
+        struct XyRow in "a.csv" { x: u32, y: &'static str }
+    }
+    crate::csv_family! {
+        struct IdRow in "a.csv" { id: &'static str, v: f64 }
+    }
+    crate::csv_family! {
+        struct IdIntRow in "b.csv" { id: &'static str, v: i32 }
+    }
+
+    use sink::Sink as _;
+
+    /// Writes `rows` (one family) through the file sink.
+    fn write_rows(dir: &SessionDir, rows: &[&dyn sink::Row]) {
+        let mut files = csv::Files::new(dir.try_clone().expect("dir"));
+        if let Some(first) = rows.first() {
+            files.open(first.family()).expect("open");
+        }
+        for r in rows {
+            files.row(*r);
+        }
+        files.finish().expect("finish");
+    }
+
     #[test]
     fn creates_session_files_without_following_symlinks() {
         let base = tmp("symlink");
@@ -391,8 +357,7 @@ mod tests {
             s.create_file("evil.csv").is_err(),
             "must not write through a symlink"
         );
-        s.write_csv("a.csv", &["x", "y"], [(1, "a,\"b\"")])
-            .expect("csv");
+        write_rows(&s, &[&XyRow { x: 1, y: "a,\"b\"" }]);
         let text = std::fs::read_to_string(s.path().join("a.csv")).expect("read");
         assert_eq!(text, "x,y\n1,\"a,\"\"b\"\"\"\n");
         let mode = std::fs::metadata(s.path().join("a.csv"))
@@ -410,11 +375,14 @@ mod tests {
         let base = tmp("inject");
         let s = SessionDir::create(&base, "20260101_000000").expect("session");
         let evil = r#"=HYPERLINK("http://evil.example/","x")"#;
-        s.write_csv("a.csv", &["id", "v"], [(evil, -3.5)])
-            .expect("csv");
-        let mut sink = s.csv_sink("b.csv", &["id", "v"]).expect("sink");
-        sink.row(&("@x\nwith\0nul", -1));
-        sink.finish().expect("finish");
+        write_rows(&s, &[&IdRow { id: evil, v: -3.5 }]);
+        write_rows(
+            &s,
+            &[&IdIntRow {
+                id: "@x\nwith\0nul",
+                v: -1,
+            }],
+        );
         let a = std::fs::read_to_string(s.path().join("a.csv")).expect("read");
         assert_eq!(
             a,

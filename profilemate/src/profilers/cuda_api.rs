@@ -6,12 +6,13 @@ use profilemate_common::ApiId;
 use serde::Serialize;
 
 use super::Profiler;
+use crate::output::sink::Sink;
 use crate::{
     correlate::Correlated,
     discovery::library_name,
     output::{
         summary::{Latency, LatencySummary},
-        OutputError, SessionDir,
+        OutputError,
     },
 };
 
@@ -41,7 +42,7 @@ struct ApiRow {
 }
 
 impl Profiler for CudaApi {
-    fn consume(&mut self, record: &Correlated) {
+    fn consume(&mut self, record: &Correlated, _out: &mut dyn Sink) {
         let Correlated::Call(c) = record else { return };
         let s = self.stats.entry((c.pid, c.api)).or_default();
         if c.nested {
@@ -55,7 +56,7 @@ impl Profiler for CudaApi {
         }
     }
 
-    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
+    fn finish(&mut self, out: &mut dyn Sink) -> Result<(), OutputError> {
         let mut by_pid: BTreeMap<String, BTreeMap<&'static str, ApiRow>> = BTreeMap::new();
         for ((pid, api), s) in &self.stats {
             let spec = api.spec();
@@ -77,10 +78,10 @@ impl Profiler for CudaApi {
                 },
             );
         }
-        dir.write_json(
+        out.summary(
             "cuda_api_summary.json",
             &serde_json::json!({ "processes": by_pid }),
         )?;
-        Ok(vec!["cuda_api_summary.json"])
+        Ok(())
     }
 }

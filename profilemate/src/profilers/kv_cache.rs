@@ -4,47 +4,18 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
-use super::Profiler;
+use super::{Emitted, Profiler};
+use crate::output::csv::{Family, FamilyRow};
 use crate::{
     correlate::Correlated,
-    output::{CsvSink, OutputError, SessionDir, TimeBase},
+    output::{sink::Sink, OutputError, TimeBase},
     vllm::state::StateSnapshot,
 };
 
 // The seeds' columns first, in their order (`awk -F',' 'NR>1 {sum+=$2}'` averages
 // usage_pct); ours follow.
-const KV_HEADER: &[&str] = &[
-    "timestamp_sec",
-    "usage_pct",
-    "num_blocks",
-    "total_blocks",
-    "pid",
-    "free_blocks",
-    "source",
-];
-
-const EVICTION_HEADER: &[&str] = &[
-    "timestamp_sec",
-    "pid",
-    "interval_sec",
-    "cached_blocks",
-    "evicted_blocks_min",
-    "prefix_cache_reset",
-];
-
-const QUEUE_HEADER: &[&str] = &[
-    "timestamp_sec",
-    "pid",
-    "running",
-    "waiting",
-    "requests",
-    "source",
-];
-
-#[derive(Serialize)]
-struct KvRow {
+crate::csv_family! {
+    pub struct KvRow in "kv_cache_usage.csv" {
     timestamp_sec: f64,
     usage_pct: f64,
     num_blocks: u64,
@@ -52,26 +23,29 @@ struct KvRow {
     pid: u32,
     free_blocks: u64,
     source: &'static str,
+    }
 }
 
-#[derive(Serialize)]
-struct EvictionRow {
+crate::csv_family! {
+    pub struct EvictionRow in "kv_cache_evictions.csv" {
     timestamp_sec: f64,
     pid: u32,
     interval_sec: f64,
     cached_blocks: u64,
     evicted_blocks_min: u64,
     prefix_cache_reset: bool,
+    }
 }
 
-#[derive(Serialize)]
-struct QueueRow {
+crate::csv_family! {
+    pub struct QueueRow in "scheduler_state.csv" {
     timestamp_sec: f64,
     pid: u32,
     running: Option<u64>,
     waiting: Option<u64>,
     requests: Option<u64>,
     source: &'static str,
+    }
 }
 
 #[derive(Default)]
@@ -87,30 +61,26 @@ struct Usage {
 
 /// The KV cache and scheduler-queue profiler.
 pub struct KvCache {
+    emitted: Emitted,
     time: TimeBase,
-    kv: CsvSink,
-    queues: CsvSink,
-    evictions: CsvSink,
     usage: BTreeMap<u32, Usage>,
 }
 
 impl KvCache {
-    /// Opens the row files in `dir`.
-    pub fn new(dir: &SessionDir, time: TimeBase) -> Result<Self, OutputError> {
-        Ok(Self {
+    /// A profiler stamping rows with `time`.
+    pub fn new(time: TimeBase) -> Self {
+        Self {
+            emitted: Emitted::default(),
             time,
-            kv: dir.csv_sink("kv_cache_usage.csv", KV_HEADER)?,
-            queues: dir.csv_sink("scheduler_state.csv", QUEUE_HEADER)?,
-            evictions: dir.csv_sink("kv_cache_evictions.csv", EVICTION_HEADER)?,
             usage: BTreeMap::new(),
-        })
+        }
     }
 
     /// One read of the scheduler: `source` is `poll` (at --state-hz) or `step` (right after
     /// a step's output was read).
     fn add(&mut self, s: &StateSnapshot, source: &'static str) {
         let timestamp_sec = self.time.sec(s.ts_ns);
-        self.queues.row(&QueueRow {
+        self.emitted.push(QueueRow {
             timestamp_sec,
             pid: s.pid,
             running: s.running,
@@ -126,7 +96,7 @@ impl KvCache {
         else {
             return;
         };
-        self.kv.row(&KvRow {
+        self.emitted.push(KvRow {
             timestamp_sec,
             pid: s.pid,
             usage_pct: (usage_pct * 1000.0).round() / 1000.0,
@@ -162,7 +132,7 @@ impl KvCache {
         u.evicted_min += evicted;
         u.resets += u64::from(reset);
         if evicted > 0 || reset {
-            self.evictions.row(&EvictionRow {
+            self.emitted.push(EvictionRow {
                 timestamp_sec: self.time.sec(s.ts_ns),
                 pid: s.pid,
                 interval_sec: s.ts_ns.saturating_sub(t) as f64 / 1e9,
@@ -182,8 +152,9 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-impl Profiler for KvCache {
-    fn consume(&mut self, record: &Correlated) {
+impl KvCache {
+    /// One record: its rows go to `emitted`.
+    fn take(&mut self, record: &Correlated) {
         match record {
             Correlated::VllmState(s) => self.add(s, "poll"),
             Correlated::Batch(b) => {
@@ -194,11 +165,19 @@ impl Profiler for KvCache {
             _ => {}
         }
     }
+}
 
-    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
-        let kv = self.kv.finish()?;
-        let queues = self.queues.finish()?;
-        let evictions = self.evictions.finish()?;
+impl Profiler for KvCache {
+    fn families(&self) -> &'static [&'static Family] {
+        &[&KvRow::FAMILY, &QueueRow::FAMILY, &EvictionRow::FAMILY]
+    }
+
+    fn consume(&mut self, record: &Correlated, out: &mut dyn Sink) {
+        self.take(record);
+        self.emitted.drain_to(out);
+    }
+
+    fn finish(&mut self, out: &mut dyn Sink) -> Result<(), OutputError> {
         let mut text = String::from("KV cache usage (vLLM's definition: 1 - free / (total - 1))\n");
         if self.usage.is_empty() {
             text.push_str("no scheduler state was read (see metadata.json python.vllm_state)\n");
@@ -229,7 +208,8 @@ impl Profiler for KvCache {
             text.push_str("evictions: the prefix cache map was not read (prefix caching off, or another vLLM version)\n");
         }
         text.push_str("evictions are a lower bound: a block cached and evicted between two polls is not seen; per-block lifetimes need vLLM's own KV cache metrics collector\n");
-        dir.write_text("kv_cache_summary.txt", &text)?;
-        Ok(vec![kv, queues, evictions, "kv_cache_summary.txt"])
+        out.text("kv_cache_summary.txt", &text)?;
+        self.emitted.drain_to(out);
+        Ok(())
     }
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::Profiler;
 use crate::{
     correlate::Correlated,
-    output::{OutputError, SessionDir},
+    output::{sink::Sink, OutputError},
 };
 
 /// Path parts of vLLM's fused MoE layer (its Python runs on eager steps only).
@@ -30,7 +30,7 @@ pub struct Moe {
 }
 
 impl Profiler for Moe {
-    fn consume(&mut self, record: &Correlated) {
+    fn consume(&mut self, record: &Correlated, _out: &mut dyn Sink) {
         if let Correlated::PyStack(st) = record {
             self.stacks += 1;
             let moe = st
@@ -41,8 +41,8 @@ impl Profiler for Moe {
         }
     }
 
-    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
-        dir.write_json(
+    fn finish(&mut self, out: &mut dyn Sink) -> Result<(), OutputError> {
+        out.summary(
             "moe_summary.json",
             &Summary {
                 expert_routing_observable: false,
@@ -53,6 +53,6 @@ impl Profiler for Moe {
                 how_to_get_routing: "start the server with --enable-return-routed-experts (routed experts are returned with each request's output) or enable EPLB, whose load statistics the server logs",
             },
         )?;
-        Ok(vec!["moe_summary.json"])
+        Ok(())
     }
 }

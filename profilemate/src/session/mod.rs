@@ -34,7 +34,12 @@ use crate::{
     calibrate::{self, attach::Resolution},
     config::AttachConfig,
     model::{monotonic_ns, Lost, TimeBase},
-    output::SessionDir,
+    output::{
+        counts::RowCounts,
+        csv::Files,
+        sink::{Sink, Sinks},
+        SessionDir,
+    },
     preflight,
     probes::{
         reader::{QueueGauge, ReaderStats, RingReader},
@@ -255,6 +260,15 @@ struct Running {
     sampling: Sampling,
     deadline: Option<tokio::time::Instant>,
     main_loop: MainLoopStats,
+    outputs: Outputs,
+}
+
+/// The sinks beside the files whose figures the session reads at the end.
+struct Outputs {
+    /// Rows per family (steps, graphs, preemptions).
+    counts: RowCounts,
+    /// The summaries the terminal lines are made of.
+    terminal: summary::Terminal,
 }
 
 /// Loads the probes, starts the reader, finds and attaches the targets, starts the watcher,
@@ -299,8 +313,10 @@ fn start(ctx: &Ctx<'_>) -> Result<Running> {
     .context("cannot start the vLLM watcher thread")?;
     check_libraries(cfg, &targets)?;
     let sampling = start_sampling(cfg, &mut probes);
-    let profilers = profiler_set(ctx, time, sampling.hz)?;
-    let pipeline = Pipeline::wire(bundle, cfg.timing, cfg.kernels, py_rx, profilers);
+    let profilers = profiler_set(ctx, time, sampling.hz);
+    let (mut sinks, outputs) = sinks(ctx)?;
+    profilers::open_families(&profilers, &mut sinks)?;
+    let pipeline = Pipeline::wire(bundle, cfg.timing, cfg.kernels, py_rx, profilers, sinks);
     // The reader only moves records from the ring into a bounded queue, so no work
     // downstream (target reads, symbolization, file writes) can make the kernel drop; the
     // pipeline processes the queue at its own pace.
@@ -331,6 +347,7 @@ fn start(ctx: &Ctx<'_>) -> Result<Running> {
         sampling,
         deadline,
         main_loop: MainLoopStats::default(),
+        outputs,
     })
 }
 
@@ -395,19 +412,36 @@ fn profiler_set(
     ctx: &Ctx<'_>,
     time: TimeBase,
     sample_hz: u64,
-) -> Result<Vec<Box<dyn profilers::Profiler>>> {
+) -> Vec<Box<dyn profilers::Profiler>> {
     // A scratch session (top without --out) streams no row files: only metadata.json is
     // written, at the end, so a long live view does not fill the disk.
     let mut set = if ctx.live.is_some_and(|h| h.scratch_dir) {
         Vec::new()
     } else {
         let bound = summary::exact_bound(ctx.calibration);
-        profilers::default_set(ctx.dir, time, sample_hz, bound)?
+        profilers::default_set(time, sample_hz, bound)
     };
     if let Some(h) = ctx.live {
         set.push(Box::new(profilers::live::Live(h.stats.clone())));
     }
-    Ok(set)
+    set
+}
+
+/// Where the profilers' results go: the session directory's files (unless a scratch
+/// session), the row counts and the terminal's figures. A new output format is one more
+/// sink here.
+fn sinks(ctx: &Ctx<'_>) -> Result<(Sinks, Outputs)> {
+    let outputs = Outputs {
+        counts: RowCounts::default(),
+        terminal: summary::Terminal::default(),
+    };
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if !ctx.live.is_some_and(|h| h.scratch_dir) {
+        sinks.push(Box::new(Files::new(ctx.dir.try_clone()?)));
+    }
+    sinks.push(Box::new(outputs.counts.clone()));
+    sinks.push(Box::new(outputs.terminal.clone()));
+    Ok((Sinks(sinks), outputs))
 }
 
 impl Running {
@@ -535,17 +569,18 @@ fn finish(ctx: &Ctx<'_>, mut run: Running, stop: &Stop) -> Result<Finished> {
     let lost = Lost {
         gc: losses::gc_lost(&losses),
     };
-    let mut files = Vec::new();
-    for p in &mut stopped.pipeline.profilers {
+    let pipeline = &mut stopped.pipeline;
+    for p in &mut pipeline.profilers {
         p.losses(&lost);
-        files.extend(p.finish(ctx.dir)?);
+        p.finish(&mut pipeline.sinks)?;
     }
+    let mut files = pipeline.sinks.finish()?;
     let metadata = metadata_of(ctx, &mut run, &stopped, stop, losses);
     let attached = metadata.probes.attached_count;
     ctx.dir.write_json("metadata.json", &metadata)?;
     files.push("metadata.json");
-    let steps = summary::count_rows(ctx.dir, "forward_pass_timing.csv");
-    let summary = summary::lines(ctx, &stopped, &metadata, stop, steps, &files);
+    let steps = run.outputs.counts.of::<profilers::forward_pass::Row>();
+    let summary = summary::lines(ctx, &stopped, &run.outputs, &metadata, stop, &files);
     let outcome = SessionOutcome {
         dir: ctx.dir.path().to_owned(),
         steps,
@@ -575,7 +610,7 @@ fn metadata_of(
             vllm::metrics::MetricsCheck::new(
                 watch.metrics_first.clone(),
                 watch.metrics_last.clone(),
-                summary::count_rows(ctx.dir, "preemption_events.csv"),
+                run.outputs.counts.of::<profilers::preemptions::Event>(),
                 watch.last_state.and_then(|s| s.kv_usage_pct()),
             )
         });

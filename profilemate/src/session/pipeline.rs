@@ -23,6 +23,7 @@ use crate::{
     config::TimingMode,
     correlate::{python::PythonContext, Correlated, Correlator},
     model::monotonic_ns,
+    output::sink::Sinks,
     probes::{
         drain::{Record, StackReason},
         reader::{Batch, KindCounts, QueueGauge},
@@ -84,6 +85,8 @@ pub struct Pipeline {
     pub py_rx: mpsc::Receiver<PyUpdate>,
     /// The output families.
     pub profilers: Vec<Box<dyn Profiler>>,
+    /// Where the profilers' rows and summaries go.
+    pub sinks: Sinks,
     /// Counters.
     pub stats: PipelineStats,
     lag: Lag,
@@ -130,6 +133,7 @@ impl Pipeline {
         batches: BatchReader,
         py_rx: mpsc::Receiver<PyUpdate>,
         profilers: Vec<Box<dyn Profiler>>,
+        sinks: Sinks,
     ) -> Self {
         Self {
             correlator,
@@ -137,6 +141,7 @@ impl Pipeline {
             batches,
             py_rx,
             profilers,
+            sinks,
             stats: PipelineStats::default(),
             lag: Lag::default(),
             exits: Vec::new(),
@@ -144,7 +149,8 @@ impl Pipeline {
     }
 
     /// The session's wiring: the correlator, the Python context and the batch reader of
-    /// `bundle`'s vLLM names, feeding `profilers` (the benchmark runs the same).
+    /// `bundle`'s vLLM names, feeding `profilers` whose results go to `sinks` (the benchmark
+    /// runs the same).
     #[must_use]
     pub fn wire(
         bundle: &'static Bundle,
@@ -152,6 +158,7 @@ impl Pipeline {
         kernels: bool,
         py_rx: mpsc::Receiver<PyUpdate>,
         profilers: Vec<Box<dyn Profiler>>,
+        sinks: Sinks,
     ) -> Self {
         Self::new(
             Correlator::new(timing, kernels).with_event_roles(bundle.events),
@@ -159,6 +166,7 @@ impl Pipeline {
             BatchReader::new(bundle),
             py_rx,
             profilers,
+            sinks,
         )
     }
 
@@ -246,6 +254,7 @@ impl Pipeline {
             python,
             batches,
             profilers,
+            sinks,
             stats,
             py_rx,
             exits,
@@ -253,7 +262,7 @@ impl Pipeline {
         } = self;
         let mut emit = |rec: Correlated| {
             for p in profilers.iter_mut() {
-                p.consume(&rec);
+                p.consume(&rec, sinks);
             }
         };
         let t = Instant::now();
@@ -299,13 +308,14 @@ impl Pipeline {
             python,
             batches,
             profilers,
+            sinks,
             py_rx,
             exits,
             ..
         } = self;
         apply_updates(py_rx, python, batches, exits, &mut |rec: Correlated| {
             for p in profilers.iter_mut() {
-                p.consume(&rec);
+                p.consume(&rec, sinks);
             }
         });
         self.stats.stage_ms.updates += ms_since(t);
@@ -316,11 +326,12 @@ impl Pipeline {
         let Self {
             correlator,
             profilers,
+            sinks,
             ..
         } = self;
         correlator.finish(&mut |rec| {
             for p in profilers.iter_mut() {
-                p.consume(&rec);
+                p.consume(&rec, sinks);
             }
         });
     }
@@ -372,6 +383,7 @@ mod tests {
             false,
             rx,
             Vec::new(),
+            Sinks::default(),
         )
     }
 

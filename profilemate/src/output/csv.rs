@@ -1,0 +1,177 @@
+//! The CSV and JSON files of a session directory: every row family's file name and columns
+//! (each column defined once, by the row type: [`csv_family!`]), and [`Files`], the sink
+//! that writes rows, summaries and text into the directory.
+//!
+//! Owns file names, headers and the writing; not what the rows say (the profilers), nor
+//! the directory's safe creation (`SessionDir`).
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{BufWriter, Write},
+};
+
+use serde::Serialize;
+
+use super::{
+    cells,
+    sink::{Row, Sink, Summary},
+    OutputError, SessionDir,
+};
+
+/// A row family: the file its rows go to and its columns, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Family {
+    /// File name in the session directory.
+    pub file: &'static str,
+    /// Column names, in order (the row type's fields).
+    pub columns: &'static [&'static str],
+}
+
+/// A row type of a family.
+pub trait FamilyRow: Serialize + Any {
+    /// Its family.
+    const FAMILY: Family;
+}
+
+use std::any::Any;
+
+impl<R: FamilyRow> Row for R {
+    fn family(&self) -> &'static Family {
+        family_of::<R>()
+    }
+
+    fn serialize_into(&self, w: &mut ::csv::Writer<BufWriter<File>>) -> ::csv::Result<()> {
+        w.serialize(cells::Guarded(self))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// The `'static` family of `R`.
+#[must_use]
+pub fn family_of<R: FamilyRow>() -> &'static Family {
+    // A const promoted to 'static.
+    struct Holder<R>(std::marker::PhantomData<R>);
+    impl<R: FamilyRow> Holder<R> {
+        const FAMILY: &'static Family = &R::FAMILY;
+    }
+    Holder::<R>::FAMILY
+}
+
+/// Declares a row struct (Serialize) and its family: the file and the columns, which are
+/// the field names in order, so each column is spelled once.
+#[macro_export]
+macro_rules! csv_family {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident in $file:literal {
+            $( $(#[$fmeta:meta])* $fvis:vis $field:ident : $ty:ty ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(serde::Serialize)]
+        $vis struct $name {
+            $( $(#[$fmeta])* $fvis $field: $ty ),*
+        }
+
+        impl $crate::output::csv::FamilyRow for $name {
+            const FAMILY: $crate::output::csv::Family = $crate::output::csv::Family {
+                file: $file,
+                columns: &[$(stringify!($field)),*],
+            };
+        }
+    };
+}
+
+/// One open CSV file.
+struct CsvFile {
+    writer: ::csv::Writer<BufWriter<File>>,
+    error: Option<::csv::Error>,
+}
+
+/// The session directory as a sink: one CSV file per family (header written when the
+/// family opens, rows streamed), one pretty JSON file per summary, text files as given.
+pub struct Files {
+    dir: SessionDir,
+    csv: HashMap<&'static str, CsvFile>,
+    written: Vec<&'static str>,
+}
+
+impl Files {
+    /// Writes into `dir`.
+    #[must_use]
+    pub fn new(dir: SessionDir) -> Self {
+        Self {
+            dir,
+            csv: HashMap::new(),
+            written: Vec::new(),
+        }
+    }
+}
+
+impl Sink for Files {
+    fn open(&mut self, family: &'static Family) -> Result<(), OutputError> {
+        let path = self.dir.path().join(family.file);
+        let mut writer = ::csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(self.dir.create_file(family.file)?);
+        writer
+            .write_record(family.columns)
+            .map_err(|source| OutputError::Csv { path, source })?;
+        self.csv.insert(
+            family.file,
+            CsvFile {
+                writer,
+                error: None,
+            },
+        );
+        self.written.push(family.file);
+        Ok(())
+    }
+
+    fn row(&mut self, row: &dyn Row) {
+        if let Some(f) = self.csv.get_mut(row.family().file) {
+            if f.error.is_none() {
+                if let Err(e) = row.serialize_into(&mut f.writer) {
+                    f.error = Some(e);
+                }
+            }
+        }
+    }
+
+    fn summary(&mut self, file: &'static str, summary: &dyn Summary) -> Result<(), OutputError> {
+        let path = self.dir.path().join(file);
+        let mut w = self.dir.create_file(file)?;
+        summary.write_json(&mut w).map_err(|e| OutputError::Io {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        w.write_all(b"\n")
+            .and_then(|()| w.flush())
+            .map_err(|source| OutputError::Io { path, source })?;
+        self.written.push(file);
+        Ok(())
+    }
+
+    fn text(&mut self, file: &'static str, text: &str) -> Result<(), OutputError> {
+        self.dir.write_text(file, text)?;
+        self.written.push(file);
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<Vec<&'static str>, OutputError> {
+        for (file, f) in &mut self.csv {
+            let path = self.dir.path().join(file);
+            if let Some(source) = f.error.take() {
+                return Err(OutputError::Csv { path, source });
+            }
+            f.writer
+                .flush()
+                .map_err(|source| OutputError::Io { path, source })?;
+        }
+        Ok(std::mem::take(&mut self.written))
+    }
+}
