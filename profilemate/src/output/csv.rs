@@ -48,6 +48,10 @@ impl<R: FamilyRow> Row for R {
     fn as_any(&self) -> &dyn Any {
         self
     }
+
+    fn json(&self) -> serde_json::Result<serde_json::Value> {
+        serde_json::to_value(self)
+    }
 }
 
 /// The `'static` family of `R`.

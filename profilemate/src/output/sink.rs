@@ -26,6 +26,12 @@ pub trait Row: Any {
     ) -> ::csv::Result<()>;
     /// The typed row, for sinks that read it.
     fn as_any(&self) -> &dyn Any;
+    /// The row as a JSON object (column -> value), for formats other than CSV.
+    ///
+    /// # Errors
+    ///
+    /// What the serializer reports.
+    fn json(&self) -> serde_json::Result<serde_json::Value>;
 }
 
 /// A summary (a JSON document), as a sink receives it.
@@ -127,4 +133,59 @@ pub struct Discard;
 
 impl Sink for Discard {
     fn row(&mut self, _row: &dyn Row) {}
+}
+
+/// Keeps everything it is given as JSON (tests: what profilers hand over, without files).
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Collect {
+    /// Families opened.
+    pub opened: Vec<&'static str>,
+    /// (file, row).
+    pub rows: Vec<(&'static str, serde_json::Value)>,
+    /// (file, summary).
+    pub summaries: Vec<(&'static str, serde_json::Value)>,
+}
+
+#[cfg(test)]
+impl Collect {
+    /// The rows of `file`.
+    pub fn rows_of(&self, file: &str) -> Vec<&serde_json::Value> {
+        self.rows
+            .iter()
+            .filter(|r| r.0 == file)
+            .map(|r| &r.1)
+            .collect()
+    }
+
+    /// The summary named `file`.
+    pub fn summary(&self, file: &str) -> Option<&serde_json::Value> {
+        self.summaries.iter().find(|s| s.0 == file).map(|s| &s.1)
+    }
+}
+
+#[cfg(test)]
+impl Sink for Collect {
+    fn open(&mut self, family: &'static Family) -> Result<(), OutputError> {
+        self.opened.push(family.file);
+        Ok(())
+    }
+
+    fn row(&mut self, row: &dyn Row) {
+        let value = row.json().unwrap_or_default();
+        self.rows.push((row.family().file, value));
+    }
+
+    fn summary(&mut self, file: &'static str, summary: &dyn Summary) -> Result<(), OutputError> {
+        let mut bytes = Vec::new();
+        summary
+            .write_json(&mut bytes)
+            .map_err(|e| OutputError::Io {
+                path: file.into(),
+                source: e.into(),
+            })?;
+        let value = serde_json::from_slice(&bytes).unwrap_or_default();
+        self.summaries.push((file, value));
+        Ok(())
+    }
 }

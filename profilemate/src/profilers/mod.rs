@@ -120,3 +120,158 @@ pub fn open_families(
     }
     Ok(())
 }
+
+/// Replays recorded correlated records through the profilers and looks at the typed rows
+/// and summaries they hand over; no files, no process, no root.
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::{
+        model::{Completion, GcPause, StateSnapshot, Step},
+        output::sink::Collect,
+    };
+
+    const TIME: TimeBase = TimeBase {
+        t0_ns: 1_000_000_000,
+        unix_t0_sec: 0.0,
+    };
+    const MS: u64 = 1_000_000;
+
+    fn run(p: &mut dyn Profiler, records: &[Correlated]) -> Collect {
+        let mut out = Collect::default();
+        for f in p.families() {
+            out.open(f).expect("open");
+        }
+        for r in records {
+            p.consume(r, &mut out);
+        }
+        p.finish(&mut out).expect("finish");
+        out
+    }
+
+    #[test]
+    fn every_family_has_its_own_file_and_columns_from_its_row_type() {
+        let set = default_set(TIME, 100, None);
+        let mut files = BTreeSet::new();
+        for p in &set {
+            for f in p.families() {
+                assert!(files.insert(f.file), "{} twice", f.file);
+                assert!(f.file.ends_with(".csv"), "{}", f.file);
+                assert!(!f.columns.is_empty(), "{}", f.file);
+            }
+        }
+        assert_eq!(files.len(), 13, "{files:?}");
+    }
+
+    #[test]
+    fn gc_pauses_are_rows_in_session_time_and_totals_in_the_summary() {
+        let pause = |start_ms: u64, len_ms: u64, generation| {
+            Correlated::GcPause(GcPause {
+                pid: 7,
+                tid: 8,
+                start_ns: TIME.t0_ns + start_ms * MS,
+                end_ns: TIME.t0_ns + (start_ms + len_ms) * MS,
+                generation,
+                collected: 10,
+            })
+        };
+        let out = run(
+            &mut gc_pauses::GcPauses::new(TIME),
+            &[pause(1000, 4, 0), pause(2000, 12, 2)],
+        );
+        let rows = out.rows_of("gc_pauses.csv");
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["timestamp_sec"], 1.0);
+        assert_eq!(rows[1]["duration_ms"], 12.0);
+        assert_eq!(rows[1]["generation"], 2);
+        let s = out.summary("gc_summary.json").expect("summary");
+        assert_eq!(s["pauses"], 2);
+        assert_eq!(s["total_ms"], 16.0);
+        assert_eq!(s["events_lost"], 0);
+    }
+
+    fn step(index: u64, start_ms: u64, gpu_ms: u64) -> Correlated {
+        let start_ns = TIME.t0_ns + start_ms * MS;
+        Correlated::Step(Step {
+            index,
+            pid: 7,
+            tid: 7,
+            start_ns,
+            launch_end_ns: start_ns + MS,
+            gpu_start_ns: start_ns,
+            gpu_start_upper_ns: start_ns,
+            completion_ns: start_ns + gpu_ms * MS,
+            completion_lower_ns: start_ns + gpu_ms * MS,
+            completion: Completion::Exact,
+            gpu_done_before_wait: false,
+            kernel_launches: None,
+            graph_launches: 1,
+            graph_ids: vec![0],
+            h2d_bytes: 64,
+            d2h_bytes: 8,
+            sync_tid: 7,
+            sync_api: profilemate_common::ApiId::cudaEventSynchronize,
+            sync_wait_ns: gpu_ms * MS / 2,
+        })
+    }
+
+    #[test]
+    fn each_step_is_a_row_and_the_summary_counts_the_exact_ones() {
+        let out = run(
+            &mut forward_pass::ForwardPass::new(TIME, None),
+            &[step(0, 100, 20), step(1, 130, 30), step(2, 170, 25)],
+        );
+        let rows = out.rows_of("forward_pass_timing.csv");
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[1]["forward_time_ms"], 30.0);
+        assert_eq!(rows[1]["completion"], "exact");
+        assert_eq!(rows[2]["graph_ids"], "0");
+        let s = out.summary("forward_pass_summary.json").expect("summary");
+        assert_eq!(
+            (s["count"].as_u64(), s["exact_count"].as_u64()),
+            (Some(3), Some(3))
+        );
+        assert_eq!(s["forward_time_ms"]["count"], 3);
+    }
+
+    #[test]
+    fn scheduler_polls_become_kv_and_queue_rows() {
+        let poll = |ms: u64, free| {
+            Correlated::VllmState(StateSnapshot {
+                pid: 7,
+                ts_ns: TIME.t0_ns + ms * MS,
+                scheduler: 0x10,
+                running: Some(4),
+                waiting: Some(2),
+                requests: Some(6),
+                total_blocks: Some(101),
+                free_blocks: Some(free),
+                current_step: Some(ms),
+                max_num_seqs: Some(256),
+                max_num_scheduled_tokens: Some(8192),
+                prefix_cache_map: None,
+                cached_blocks: None,
+            })
+        };
+        let out = run(
+            &mut kv_cache::KvCache::new(TIME),
+            &[poll(100, 50), poll(200, 25)],
+        );
+        let kv = out.rows_of("kv_cache_usage.csv");
+        assert_eq!(kv.len(), 2);
+        assert_eq!(kv[0]["timestamp_sec"], 0.1);
+        let queues = out.rows_of("scheduler_state.csv");
+        assert_eq!(queues.len(), 2);
+        assert_eq!(queues[1]["waiting"], 2);
+        assert_eq!(
+            out.opened,
+            [
+                "kv_cache_usage.csv",
+                "scheduler_state.csv",
+                "kv_cache_evictions.csv"
+            ]
+        );
+    }
+}

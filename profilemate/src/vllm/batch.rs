@@ -750,3 +750,147 @@ fn read_descriptor(
         opt_int(loras)?.unwrap_or(0),
     )))
 }
+
+/// Replays what the reader is given (stacks, the fields of a read output); no process, no
+/// root.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::{CodeInfo, Operation};
+
+    fn empty_batch(new: &[&str], resumed: &[&str]) -> StepBatch {
+        StepBatch {
+            pid: 0,
+            tid: 0,
+            ts_ns: 0,
+            num_reqs: 0,
+            num_tokens: 0,
+            new_reqs: 0,
+            cached_reqs: 0,
+            resumed_reqs: 0,
+            prefill_reqs: 0,
+            decode_reqs: 0,
+            prefill_tokens: 0,
+            decode_tokens: 0,
+            spec_tokens: 0,
+            encoder_inputs: 0,
+            scheduled: Vec::new(),
+            new_requests: new
+                .iter()
+                .map(|id| NewRequest {
+                    id: (*id).to_owned(),
+                    prompt_tokens: Some(100),
+                })
+                .collect(),
+            resumed_req_ids: resumed.iter().map(|s| (*s).to_owned()).collect(),
+            preempted_req_ids: Vec::new(),
+            finished_req_ids: Vec::new(),
+            phase: Phase::Empty,
+            scheduler: None,
+        }
+    }
+
+    #[test]
+    fn requests_are_prefill_when_new_resumed_chunked_or_past_their_drafts() {
+        let tokens: HashMap<String, u64> = [
+            ("new", 100),
+            ("resumed", 60),
+            ("chunked", 1),
+            ("drafted", 3),
+            ("too_many", 4),
+            ("decoding", 1),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let cached: Vec<String> = ["resumed", "chunked", "drafted", "too_many", "decoding"]
+            .map(String::from)
+            .to_vec();
+        // Output tokens so far, in `cached` order: "chunked" has produced none yet.
+        let out_tokens = [9, 0, 5, 5, 7];
+        let spec: HashMap<String, u64> = [("drafted".to_owned(), 2), ("too_many".to_owned(), 2)]
+            .into_iter()
+            .collect();
+        let mut b = empty_batch(&["new"], &["resumed"]);
+        split_phases(&mut b, tokens, &cached, &out_tokens, &spec);
+        assert_eq!((b.prefill_reqs, b.prefill_tokens), (4, 100 + 60 + 1 + 4));
+        assert_eq!((b.decode_reqs, b.decode_tokens), (2, 3 + 1));
+        assert_eq!(b.phase, Phase::Mixed);
+        assert_eq!(b.scheduled.len(), 6);
+    }
+
+    #[test]
+    fn a_batch_of_only_decodes_or_nothing_is_named_so() {
+        let mut b = empty_batch(&[], &[]);
+        let one: HashMap<String, u64> = [("a".to_owned(), 1)].into_iter().collect();
+        split_phases(&mut b, one, &["a".to_owned()], &[3], &HashMap::new());
+        assert_eq!(b.phase, Phase::Decode);
+        let mut e = empty_batch(&[], &[]);
+        split_phases(&mut e, HashMap::new(), &[], &[], &HashMap::new());
+        assert_eq!(e.phase, Phase::Empty);
+    }
+
+    fn stack(reason: StackReason, qualname: &str) -> PyStack {
+        PyStack {
+            pid: 42,
+            tid: 42,
+            ts_ns: crate::model::monotonic_ns(),
+            reason,
+            flags: 0,
+            frames: vec![PyFrameInfo {
+                code: Arc::new(CodeInfo::new(
+                    qualname,
+                    "vllm/v1/worker/x.py",
+                    1,
+                    Vec::new(),
+                )),
+                line: 1,
+                arg1: 0x1000,
+            }],
+            op: Operation::ModelForward,
+            op_frame: None,
+        }
+    }
+
+    #[test]
+    fn sampled_stacks_and_processes_never_added_are_not_read() {
+        let mut reader = BatchReader::new(&crate::vllm::v0_33::BUNDLE);
+        let mut out = Vec::new();
+        for st in [
+            stack(StackReason::Sample, "GPUModelRunner.execute_model"),
+            stack(
+                StackReason::CudaCall(profilemate_common::ApiId::cudaGraphLaunch),
+                "GPUModelRunner.execute_model",
+            ),
+        ] {
+            reader.observe(&st, &mut |c| out.push(c));
+        }
+        assert!(out.is_empty());
+        assert_eq!(reader.stats, BatchStats::default());
+    }
+
+    #[test]
+    fn an_output_is_carried_only_by_a_frame_that_takes_one() {
+        let names = &crate::vllm::v0_33::BATCH;
+        let frame = |q: &str, arg1| PyFrameInfo {
+            code: Arc::new(CodeInfo::new(q, "x.py", 1, Vec::new())),
+            line: 1,
+            arg1,
+        };
+        assert!(carries_output(
+            names,
+            &frame("GPUModelRunner.execute_model", 8)
+        ));
+        assert!(carries_output(
+            names,
+            &frame("Scheduler.update_from_output", 8)
+        ));
+        assert!(!carries_output(
+            names,
+            &frame("GPUModelRunner.execute_model", 0)
+        ));
+        assert!(!carries_output(names, &frame("Scheduler.schedule", 8)));
+    }
+}
