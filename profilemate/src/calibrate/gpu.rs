@@ -76,9 +76,11 @@ const NEEDED: &[&str] = &[
 /// its launch from a device counter (so a graph replay gets a new number too), stores the
 /// number in `flags[0]` (host memory) as it starts, spins on `%globaltimer` for the duration
 /// and stores the number in `flags[1]` as it ends. `membar.sys` pushes each store to the host.
+/// `.target` is filled in by `spin_ptx` (sm_80 where the device has it: newer drivers and
+/// toolkits drop the oldest targets, and sm_80 is JIT-compiled for every later GPU).
 const SPIN_PTX: &str = r"
 .version 7.0
-.target sm_70
+.target TARGET
 .address_size 64
 
 .visible .entry spin(
@@ -224,7 +226,7 @@ impl Gpu {
             check("cuCtxSetCurrent", sys::cuCtxSetCurrent(ctx))?;
             let mut stream = ptr::null_mut();
             check("cuStreamCreate", sys::cuStreamCreate(&mut stream, 0))?;
-            let spin = load_spin()?;
+            let spin = load_spin(info.compute_capability)?;
             let (flags, flags_dev) = host_flags()?;
             let mut counter = 0;
             check("cuMemAlloc_v2", sys::cuMemAlloc_v2(&mut counter, 8))?;
@@ -389,8 +391,14 @@ fn device_info(dev: sys::CUdevice) -> Result<DeviceInfo, GpuError> {
     })
 }
 
-fn load_spin() -> Result<sys::CUfunction, GpuError> {
-    let ptx = CString::new(SPIN_PTX).map_err(|_| GpuError::Call {
+/// The spin kernel's PTX for a device of compute capability `cc`.
+fn spin_ptx(cc: (i32, i32)) -> String {
+    let target = if cc.0 >= 8 { "sm_80" } else { "sm_70" };
+    SPIN_PTX.replace("TARGET", target)
+}
+
+fn load_spin(cc: (i32, i32)) -> Result<sys::CUfunction, GpuError> {
+    let ptx = CString::new(spin_ptx(cc)).map_err(|_| GpuError::Call {
         call: "cuModuleLoadData",
         code: sys::CUresult::CUDA_ERROR_INVALID_IMAGE,
     })?;
@@ -428,5 +436,19 @@ fn host_flags() -> Result<(*mut u64, sys::CUdeviceptr), GpuError> {
             sys::cuMemHostGetDevicePointer_v2(&mut dev, host, 0),
         )?;
         Ok((flags, dev))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spin_ptx;
+
+    #[test]
+    fn the_spin_kernel_targets_sm_80_on_ampere_and_later_and_sm_70_before() {
+        for (cc, target) in [((9, 0), ".target sm_80\n"), ((7, 5), ".target sm_70\n")] {
+            let ptx = spin_ptx(cc);
+            assert!(ptx.contains(target), "{cc:?}: {ptx}");
+            assert!(!ptx.contains("TARGET"), "{cc:?}: placeholder left");
+        }
     }
 }
