@@ -19,6 +19,57 @@ use super::{
     OutputError, SessionDir,
 };
 
+/// Every file a session's profilers produce, by name: row families (`*.csv`), summaries
+/// (`*.json`) and text outputs. metadata.json is the session's own.
+pub mod files {
+    /// `batch_utilization.csv`.
+    pub const BATCH_UTILIZATION: &str = "batch_utilization.csv";
+    /// `batch_utilization_summary.json`.
+    pub const BATCH_UTILIZATION_SUMMARY: &str = "batch_utilization_summary.json";
+    /// `cpu_operations_timing.csv`.
+    pub const CPU_OPERATIONS_TIMING: &str = "cpu_operations_timing.csv";
+    /// `cpu_profile.folded`.
+    pub const CPU_PROFILE: &str = "cpu_profile.folded";
+    /// `cpu_timing_summary.json`.
+    pub const CPU_TIMING_SUMMARY: &str = "cpu_timing_summary.json";
+    /// `cuda_api_summary.json`.
+    pub const CUDA_API_SUMMARY: &str = "cuda_api_summary.json";
+    /// `cuda_graph_captures.csv`.
+    pub const CUDA_GRAPH_CAPTURES: &str = "cuda_graph_captures.csv";
+    /// `cuda_graph_timeline.csv`.
+    pub const CUDA_GRAPH_TIMELINE: &str = "cuda_graph_timeline.csv";
+    /// `cuda_graph_usage.csv`.
+    pub const CUDA_GRAPH_USAGE: &str = "cuda_graph_usage.csv";
+    /// `encoder_decoder_summary.json`.
+    pub const ENCODER_DECODER_SUMMARY: &str = "encoder_decoder_summary.json";
+    /// `encoder_decoder_timing.csv`.
+    pub const ENCODER_DECODER_TIMING: &str = "encoder_decoder_timing.csv";
+    /// `forward_pass_summary.json`.
+    pub const FORWARD_PASS_SUMMARY: &str = "forward_pass_summary.json";
+    /// `forward_pass_timing.csv`.
+    pub const FORWARD_PASS_TIMING: &str = "forward_pass_timing.csv";
+    /// `gc_pauses.csv`.
+    pub const GC_PAUSES: &str = "gc_pauses.csv";
+    /// `gc_summary.json`.
+    pub const GC_SUMMARY: &str = "gc_summary.json";
+    /// `kv_cache_evictions.csv`.
+    pub const KV_CACHE_EVICTIONS: &str = "kv_cache_evictions.csv";
+    /// `kv_cache_summary.txt`.
+    pub const KV_CACHE_SUMMARY: &str = "kv_cache_summary.txt";
+    /// `kv_cache_usage.csv`.
+    pub const KV_CACHE_USAGE: &str = "kv_cache_usage.csv";
+    /// `moe_summary.json`.
+    pub const MOE_SUMMARY: &str = "moe_summary.json";
+    /// `preemption_events.csv`.
+    pub const PREEMPTION_EVENTS: &str = "preemption_events.csv";
+    /// `preemption_summary.json`.
+    pub const PREEMPTION_SUMMARY: &str = "preemption_summary.json";
+    /// `request_lifecycle.csv`.
+    pub const REQUEST_LIFECYCLE: &str = "request_lifecycle.csv";
+    /// `scheduler_state.csv`.
+    pub const SCHEDULER_STATE: &str = "scheduler_state.csv";
+}
+
 /// A row family: the file its rows go to and its columns, in order.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Family {
@@ -71,7 +122,7 @@ pub fn family_of<R: FamilyRow>() -> &'static Family {
 macro_rules! csv_family {
     (
         $(#[$meta:meta])*
-        $vis:vis struct $name:ident in $file:literal {
+        $vis:vis struct $name:ident in $file:path {
             $( $(#[$fmeta:meta])* $fvis:vis $field:ident : $ty:ty ),* $(,)?
         }
     ) => {

@@ -324,14 +324,17 @@ mod tests {
         p
     }
 
+    const A_CSV: &str = "a.csv";
+    const B_CSV: &str = "b.csv";
+
     crate::csv_family! {
-        struct XyRow in "a.csv" { x: u32, y: &'static str }
+        struct XyRow in A_CSV { x: u32, y: &'static str }
     }
     crate::csv_family! {
-        struct IdRow in "a.csv" { id: &'static str, v: f64 }
+        struct IdRow in A_CSV { id: &'static str, v: f64 }
     }
     crate::csv_family! {
-        struct IdIntRow in "b.csv" { id: &'static str, v: i32 }
+        struct IdIntRow in B_CSV { id: &'static str, v: i32 }
     }
 
     use sink::Sink as _;

@@ -23,7 +23,7 @@ use crate::{
 pub const UNDERUTILIZED_PCT: f64 = 50.0;
 
 crate::csv_family! {
-    pub struct Row in "batch_utilization.csv" {
+    pub struct Row in crate::output::csv::files::BATCH_UTILIZATION {
     step: u64,
     timestamp_sec: f64,
     pid: u32,
@@ -267,7 +267,10 @@ impl Profiler for BatchUtilization {
                 .collect(),
             note: "one row per step whose SchedulerOutput was read (at the step's first walked CUDA call); utilization = scheduled / limit (max_num_scheduled_tokens, max_num_seqs); an under-utilization event is a step below the threshold of the token budget while requests were waiting; queues_from = step (read right after the output, same process) or poll (latest poll, when the scheduler runs in another process); scheduler_steps_polled = advance of Scheduler.current_step between the first and last poll (steps with no tokens launch nothing and have no row)",
         };
-        out.summary("batch_utilization_summary.json", &summary)?;
+        out.summary(
+            crate::output::csv::files::BATCH_UTILIZATION_SUMMARY,
+            &summary,
+        )?;
         self.emitted.drain_to(out);
         Ok(())
     }

@@ -39,7 +39,7 @@ const MAX_PENDING: usize = 200_000;
 const GC_OPERATION: &str = "gc";
 
 crate::csv_family! {
-    pub struct Row in "cpu_operations_timing.csv" {
+    pub struct Row in crate::output::csv::files::CPU_OPERATIONS_TIMING {
     step: Option<u64>,
     pid: u32,
     tid: u32,
@@ -493,12 +493,12 @@ impl Profiler for CpuAttribution {
             folded_stacks: self.folded.len(),
             folded_overflow_samples: self.folded_overflow,
         };
-        out.summary("cpu_timing_summary.json", &summary)?;
+        out.summary(crate::output::csv::files::CPU_TIMING_SUMMARY, &summary)?;
         let mut stacks: Vec<(&str, u64)> =
             self.folded.iter().map(|(k, n)| (k.as_str(), *n)).collect();
         stacks.sort_unstable();
         let text = folded::text(stacks, self.folded_overflow);
-        out.text("cpu_profile.folded", &text)?;
+        out.text(crate::output::csv::files::CPU_PROFILE, &text)?;
         self.emitted.drain_to(out);
         Ok(())
     }

@@ -79,7 +79,7 @@ impl Profiler for CudaApi {
             );
         }
         out.summary(
-            "cuda_api_summary.json",
+            crate::output::csv::files::CUDA_API_SUMMARY,
             &serde_json::json!({ "processes": by_pid }),
         )?;
         Ok(())

@@ -86,7 +86,7 @@ fn hex(v: u64) -> String {
 }
 
 crate::csv_family! {
-    pub struct CaptureRow in "cuda_graph_captures.csv" {
+    pub struct CaptureRow in crate::output::csv::files::CUDA_GRAPH_CAPTURES {
     runtime_mode: Option<String>,
     num_tokens: Option<u64>,
     num_reqs: Option<u64>,
@@ -130,7 +130,7 @@ impl CaptureRow {
 }
 
 crate::csv_family! {
-    pub struct UsageRow in "cuda_graph_usage.csv" {
+    pub struct UsageRow in crate::output::csv::files::CUDA_GRAPH_USAGE {
     runtime_mode: Option<String>,
     num_tokens: Option<u64>,
     num_reqs: Option<u64>,
@@ -149,7 +149,7 @@ crate::csv_family! {
 }
 
 crate::csv_family! {
-    pub struct TimelineRow in "cuda_graph_timeline.csv" {
+    pub struct TimelineRow in crate::output::csv::files::CUDA_GRAPH_TIMELINE {
     timestamp_sec: f64,
     pid: u32,
     tid: u32,

@@ -32,7 +32,7 @@ use crate::{
 const KEPT: usize = 512;
 
 crate::csv_family! {
-    pub struct Row in "encoder_decoder_timing.csv" {
+    pub struct Row in crate::output::csv::files::ENCODER_DECODER_TIMING {
     step: u64,
     timestamp_sec: f64,
     pid: u32,
@@ -216,7 +216,7 @@ impl Profiler for EncoderDecoder {
                 "encoder and decoder kernels share the step's stream: their GPU times are not separable from outside; encoder_cpu_ms = from the encoder's first walked CUDA call (EncoderRunner.execute_mm_encoder) to the step's next walked call outside it; decoder_cpu_ms = from the model forward's first walked call to the step's launch end; compare forward_time_with/without_encoder for the GPU cost of encoder steps"
             },
         };
-        out.summary("encoder_decoder_summary.json", &summary)?;
+        out.summary(crate::output::csv::files::ENCODER_DECODER_SUMMARY, &summary)?;
         self.emitted.drain_to(out);
         Ok(())
     }

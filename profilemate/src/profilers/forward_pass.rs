@@ -41,7 +41,7 @@ const STACKS_PER_THREAD: usize = 256;
 const LAUNCH_STACK_FRAMES: usize = 24;
 
 crate::csv_family! {
-    pub struct Row in "forward_pass_timing.csv" {
+    pub struct Row in crate::output::csv::files::FORWARD_PASS_TIMING {
     step: u64,
     timestamp_sec: f64,
     pid: u32,
@@ -365,7 +365,7 @@ impl Profiler for ForwardPass {
             steps_with_batch: self.with_batch,
             note: "forward_time_ms = GPU completion minus GPU start (the later of the step's first launch-side call and the previous step's earliest completion). exact: a wait blocked until the GPU finished; bracketed: the GPU was seen unfinished and finished within 0.1 ms; upper_bound: it finished before the CPU looked, forward_time_ms is an upper bound and gpu_time_lower_ms a lower bound (from the step's last launch and polls). gpu_finished_before_wait_pct: share of steps the GPU had finished when the CPU began waiting (CPU-bound steps). phase, batch_size and num_tokens come from the step's SchedulerOutput (prefill: every request computes prompt tokens; decode: every request generates; mixed: both; unknown: not read)",
         };
-        out.summary("forward_pass_summary.json", &summary)?;
+        out.summary(crate::output::csv::files::FORWARD_PASS_SUMMARY, &summary)?;
         Ok(())
     }
 }

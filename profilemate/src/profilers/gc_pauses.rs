@@ -19,7 +19,7 @@ use crate::{
 };
 
 crate::csv_family! {
-    pub struct Row in "gc_pauses.csv" {
+    pub struct Row in crate::output::csv::files::GC_PAUSES {
     timestamp_sec: f64,
     pid: u32,
     tid: u32,
@@ -127,7 +127,7 @@ impl Profiler for GcPauses {
 
     fn finish(&mut self, out: &mut dyn Sink) -> Result<(), OutputError> {
         out.summary(
-            "gc_summary.json",
+            crate::output::csv::files::GC_SUMMARY,
             &Summary {
                 all: self.all.summary(),
                 by_generation: self

@@ -15,7 +15,7 @@ use crate::{
 // The seeds' columns first, in their order (`awk -F',' 'NR>1 {sum+=$2}'` averages
 // usage_pct); ours follow.
 crate::csv_family! {
-    pub struct KvRow in "kv_cache_usage.csv" {
+    pub struct KvRow in crate::output::csv::files::KV_CACHE_USAGE {
     timestamp_sec: f64,
     usage_pct: f64,
     num_blocks: u64,
@@ -27,7 +27,7 @@ crate::csv_family! {
 }
 
 crate::csv_family! {
-    pub struct EvictionRow in "kv_cache_evictions.csv" {
+    pub struct EvictionRow in crate::output::csv::files::KV_CACHE_EVICTIONS {
     timestamp_sec: f64,
     pid: u32,
     interval_sec: f64,
@@ -38,7 +38,7 @@ crate::csv_family! {
 }
 
 crate::csv_family! {
-    pub struct QueueRow in "scheduler_state.csv" {
+    pub struct QueueRow in crate::output::csv::files::SCHEDULER_STATE {
     timestamp_sec: f64,
     pid: u32,
     running: Option<u64>,
@@ -208,7 +208,7 @@ impl Profiler for KvCache {
             text.push_str("evictions: the prefix cache map was not read (prefix caching off, or another vLLM version)\n");
         }
         text.push_str("evictions are a lower bound: a block cached and evicted between two polls is not seen; per-block lifetimes need vLLM's own KV cache metrics collector\n");
-        out.text("kv_cache_summary.txt", &text)?;
+        out.text(crate::output::csv::files::KV_CACHE_SUMMARY, &text)?;
         self.emitted.drain_to(out);
         Ok(())
     }

@@ -43,7 +43,7 @@ impl Profiler for Moe {
 
     fn finish(&mut self, out: &mut dyn Sink) -> Result<(), OutputError> {
         out.summary(
-            "moe_summary.json",
+            crate::output::csv::files::MOE_SUMMARY,
             &Summary {
                 expert_routing_observable: false,
                 reason: "the router's top-k expert ids are computed on the GPU, inside CUDA graphs on most steps (its Python runs only on eager steps), and never leave device memory; reading them would need code in the target (a hook or a copy to the host), which ProfileMate never adds",

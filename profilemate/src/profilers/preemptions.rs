@@ -34,7 +34,7 @@ const UNKNOWN: &str = "unknown";
 
 crate::csv_family! {
 #[derive(Clone)]
-    pub struct Event in "preemption_events.csv" {
+    pub struct Event in crate::output::csv::files::PREEMPTION_EVENTS {
     timestamp_sec: f64,
     pid: u32,
     request_id: String,
@@ -304,7 +304,7 @@ impl Preemptions {
 }
 
 crate::csv_family! {
-    pub struct LifecycleRow in "request_lifecycle.csv" {
+    pub struct LifecycleRow in crate::output::csv::files::REQUEST_LIFECYCLE {
     request_id: String,
     pid: u32,
     arrival_sec: Option<f64>,
@@ -440,7 +440,7 @@ impl Profiler for Preemptions {
             arrivals: self.arrivals,
             note: "preemptions seen in the session: each entry of Scheduler._preempt_request (source breakpoint: a hardware breakpoint, exact time, reason from its caller), else each step's SchedulerOutput.preempted_req_ids (source scheduler_output, stamped at the step), plus growth of a request's num_preemptions between polls that no step output named (source poll, stamped at the poll); reason cache_reset when the prefix cache was replaced since the previous step, else kv_cache_exhausted; tokens_lost = tokens scheduled for the request since it last started running; preemption_rate_pct = preemptions per 100 requests",
         };
-        out.summary("preemption_summary.json", &summary)?;
+        out.summary(crate::output::csv::files::PREEMPTION_SUMMARY, &summary)?;
         Ok(())
     }
 }
