@@ -1,5 +1,8 @@
 //! batch_utilization.csv (one row per step batch read, streamed) and
 //! batch_utilization_summary.json: how full each step was against the scheduler's limits.
+//!
+//! Owns computing those rows and summaries from the correlated records; not writing them
+//! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
 
 use std::collections::BTreeMap;
 

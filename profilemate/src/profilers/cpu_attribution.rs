@@ -12,6 +12,9 @@
 //! Step windows: step k of a process spans from its first launch-side call to step k+1's.
 //! Threads of processes without steps of their own (the API server) are attributed on the
 //! timeline of the first process that had steps.
+//!
+//! Owns computing those rows and summaries from the correlated records; not writing them
+//! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
 
 use std::collections::{BTreeMap, HashMap};
 

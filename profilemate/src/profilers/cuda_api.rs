@@ -1,4 +1,7 @@
 //! cuda_api_summary.json: calls, bytes and P50/P95/P99 duration per API per process.
+//!
+//! Owns computing those rows and summaries from the correlated records; not writing them
+//! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,7 @@
 //! cuda_graph_captures.csv, cuda_graph_usage.csv and cuda_graph_timeline.csv.
+//!
+//! Owns computing those rows and summaries from the correlated records; not writing them
+//! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 

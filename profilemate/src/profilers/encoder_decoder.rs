@@ -7,6 +7,9 @@
 //! spent launching (first to last walked CUDA call under each), the encoder inputs the
 //! step's `SchedulerOutput` scheduled, and the step's GPU time; the summary compares the
 //! GPU time of steps with and without encoder work.
+//!
+//! Owns computing those rows and summaries from the correlated records; not writing them
+//! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
 
 use std::collections::{HashMap, VecDeque};
 

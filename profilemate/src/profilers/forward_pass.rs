@@ -1,4 +1,7 @@
 //! forward_pass_timing.csv (one row per GPU step, streamed) and forward_pass_summary.json.
+//!
+//! Owns computing those rows and summaries from the correlated records; not writing them
+//! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 

@@ -1,5 +1,8 @@
 //! gc_pauses.csv (one row per collection, streamed) and gc_summary.json, from CPython's
 //! `gc__start`/`gc__done` USDT probes: exact pause times, no sampling.
+//!
+//! Owns computing those rows and summaries from the correlated records; not writing them
+//! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,9 @@
 //! kv_cache_usage.csv and scheduler_state.csv (one row per poll of the scheduler and per
 //! step read in the scheduler's process, streamed), kv_cache_evictions.csv and
 //! kv_cache_summary.txt.
+//!
+//! Owns computing those rows and summaries from the correlated records; not writing them
+//! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
 
 use std::collections::BTreeMap;
 

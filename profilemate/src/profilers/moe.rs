@@ -1,5 +1,8 @@
 //! moe_summary.json: what can and cannot be said about Mixture-of-Experts routing from
 //! outside the server.
+//!
+//! Owns computing those rows and summaries from the correlated records; not writing them
+//! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
 
 use serde::Serialize;
 

@@ -5,6 +5,9 @@
 //! request's `num_preemptions` counter, which only grows. A counter that grew more than the
 //! step outputs showed (a step whose output was not read) adds the missing preemptions,
 //! stamped at the poll that saw them, so no preemption between two polls is lost.
+//!
+//! Owns computing those rows and summaries from the correlated records; not writing them
+//! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
 
 use std::collections::{BTreeMap, HashMap};
 
