@@ -13,6 +13,7 @@
 //! `metadata` and `losses` (the report of the session), `summary` (its terminal lines).
 //! Does not own printing: the caller (`main.rs`, `top`) says what it wants of the outcome.
 
+mod error;
 pub mod losses;
 pub mod metadata;
 pub mod pipeline;
@@ -22,8 +23,7 @@ mod targets;
 
 use std::{path::PathBuf, sync::mpsc, thread::JoinHandle, time::Duration};
 
-use anyhow::{bail, Context, Result};
-
+pub use self::error::SessionError;
 use self::{
     metadata::{BreakpointSection, LossReport, MainLoopStats, Metadata, PythonReport},
     pipeline::{Pipeline, StopBudget},
@@ -52,6 +52,9 @@ use crate::{
         watcher::{WatchReport, Watcher},
     },
 };
+
+/// A session's result.
+type Result<T, E = SessionError> = std::result::Result<T, E>;
 
 /// How long the attach waits for the first /metrics reading (the start of the cross-check
 /// window) before it says it is attached.
@@ -162,7 +165,10 @@ pub fn run_live(
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
+        .map_err(|source| SessionError::Start {
+            what: "async runtime",
+            source,
+        })?;
     runtime.block_on(async {
         // Before anything exists that a signal's default action would leave half done.
         let signals = Signals::install()?;
@@ -291,15 +297,20 @@ fn start(ctx: &Ctx<'_>) -> Result<Running> {
     // while the rest of the session is set up (attaching to a busy server takes seconds).
     let (batch_tx, batch_rx) = mpsc::channel();
     let gauge = QueueGauge::default();
-    let reader = RingReader::spawn(ring, batch_tx, gauge.clone(), cfg.queue_bytes)
-        .context("cannot start the ring-buffer reader thread")?;
+    let reader =
+        RingReader::spawn(ring, batch_tx, gauge.clone(), cfg.queue_bytes).map_err(|source| {
+            SessionError::Start {
+                what: "ring-buffer reader thread",
+                source,
+            }
+        })?;
     let (py_tx, py_rx) = mpsc::channel();
     let (watch, watch_rx) = mpsc::channel();
     let (functions_tx, functions) = mpsc::channel();
     let mut targets = Targets::new(cfg, time, py_tx.clone(), watch, functions);
     targets.rescan(&mut probes);
     if targets.procs.is_empty() {
-        bail!(preflight::PreflightError::NoSuchProcess { pid: cfg.pid });
+        return Err(preflight::PreflightError::NoSuchProcess { pid: cfg.pid }.into());
     }
     // The vLLM names: chosen once, before any target's version is read.
     let bundle = vllm::bundle::session_default();
@@ -310,7 +321,10 @@ fn start(ctx: &Ctx<'_>) -> Result<Running> {
         py_tx,
         cfg.breakpoints.then_some(functions_tx),
     )
-    .context("cannot start the vLLM watcher thread")?;
+    .map_err(|source| SessionError::Start {
+        what: "vLLM watcher thread",
+        source,
+    })?;
     check_libraries(cfg, &targets)?;
     let sampling = start_sampling(cfg, &mut probes);
     let profilers = profiler_set(ctx, time, sampling.hz);
@@ -323,7 +337,10 @@ fn start(ctx: &Ctx<'_>) -> Result<Running> {
     let budget = StopBudget::default();
     let pipeline = pipeline
         .spawn(batch_rx, gauge.clone(), budget.clone())
-        .context("cannot start the pipeline thread")?;
+        .map_err(|source| SessionError::Start {
+            what: "pipeline thread",
+            source,
+        })?;
     // The session's length is counted from its start, attaching included.
     // `--duration` is bounded at parsing; a deadline past what the clock can hold is none.
     let deadline = cfg.duration.and_then(|d| {
@@ -363,18 +380,15 @@ fn check_libraries(cfg: &AttachConfig, targets: &Targets) -> Result<()> {
     };
     let who = what.replace("{}", &cfg.pid.to_string());
     if let Some((pid, e)) = targets.unreadable.iter().next() {
-        bail!(
-            "cannot read the memory maps of pid {pid} ({e}), so no CUDA library can be found in \
-             {who}: run profilemate as root (sudo), or with the capabilities {}",
-            preflight::ATTACH_CAPS.join(" + ")
-        );
+        return Err(SessionError::MapsUnreadable {
+            pid: *pid,
+            why: e.clone(),
+            who,
+            caps: preflight::ATTACH_CAPS.join(" + "),
+        });
     }
     if !cfg.wait {
-        bail!(
-            "no CUDA library (libcudart*.so*, libcuda.so*) is mapped in {who}: the process has not \
-             initialized CUDA yet, or this is not the process that runs the model. Pass --wait to \
-             keep watching, or attach to the EngineCore/Worker pid"
-        );
+        return Err(SessionError::NoCudaLibrary { who });
     }
     crate::say!("no CUDA library mapped in {who} yet; waiting (--wait)...");
     Ok(())
@@ -530,9 +544,10 @@ impl Threads {
     fn stop(self, probes: &Probes) -> Result<Stopped> {
         let watch = self.watcher.stop();
         let reader = self.reader.stop();
-        let mut pipeline = self.pipeline.join().map_err(|_| {
-            anyhow::anyhow!("the pipeline thread panicked; nothing could be written")
-        })?;
+        let mut pipeline = self
+            .pipeline
+            .join()
+            .map_err(|_| SessionError::PipelinePanicked)?;
         pipeline.finish();
         let end_ns = monotonic_ns();
         let kernel = probes.counters().unwrap_or_else(|e| {
@@ -551,10 +566,7 @@ impl Threads {
 
 /// Writes every file and metadata.json; the outcome with the probes still attached.
 fn finish(ctx: &Ctx<'_>, mut run: Running, stop: &Stop) -> Result<Finished> {
-    let threads = run
-        .threads
-        .take()
-        .context("the session's threads were stopped twice")?;
+    let threads = run.threads.take().ok_or(SessionError::StoppedTwice)?;
     let mut stopped = threads.stop(&run.probes)?;
     let losses = LossReport {
         kernel: stopped.kernel,

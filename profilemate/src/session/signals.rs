@@ -5,10 +5,9 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use super::pipeline::StopBudget;
+use super::{pipeline::StopBudget, SessionError};
 
 /// How long the pipeline may go on processing what is queued once `--duration` ends (the
 /// files must be written within 1 s of it); what it has not reached by then is counted
@@ -31,9 +30,12 @@ pub(super) struct Signals {
 }
 
 impl Signals {
-    pub(super) fn install() -> Result<Self> {
-        let one = |kind: SignalKind, name: &str| {
-            signal(kind).with_context(|| format!("cannot install the {name} handler"))
+    pub(super) fn install() -> Result<Self, SessionError> {
+        let one = |kind: SignalKind, name: &'static str| {
+            signal(kind).map_err(|source| SessionError::Signal {
+                signal: name,
+                source,
+            })
         };
         Ok(Self {
             interrupt: one(SignalKind::interrupt(), "SIGINT")?,
