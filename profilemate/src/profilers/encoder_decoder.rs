@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 
-use super::{keep_recent, Emitted, Profiler};
+use super::{keep_recent, launched_in, Emitted, Profiler};
 use crate::output::{
     csv::{Family, FamilyRow},
     sink::Sink,
@@ -137,10 +137,7 @@ impl EncoderDecoder {
             .iter()
             .find(|(_, o)| *o == Operation::ModelForward)
             .map_or(0, |(t, _)| s.launch_end_ns.saturating_sub(*t));
-        let batch = self
-            .batches
-            .get(&(s.pid, s.tid))
-            .and_then(|q| q.iter().find(|(t, _, _)| inside(*t)));
+        let batch = launched_in(&self.batches, s, |b| b.0);
         let inputs = batch.map(|b| b.1);
         self.steps += 1;
         let has_encoder = encoder.is_some() || inputs.unwrap_or(0) > 0;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::Serialize;
 
-use super::{keep_recent, Profiler};
+use super::{keep_recent, launched_in, Profiler};
 use crate::output::{
     csv::{Family, FamilyRow},
     sink::Sink,
@@ -22,17 +22,6 @@ use crate::{
     probes::drain::StackReason,
     vllm::batch::{GraphDescriptor, StepBatch},
 };
-
-/// The first item of `key`'s queue stamped inside the step's launch window.
-fn in_window<'a, T>(
-    map: &'a HashMap<(u32, u32), VecDeque<T>>,
-    s: &Step,
-    ts: impl Fn(&T) -> u64,
-) -> Option<&'a T> {
-    map.get(&(s.pid, s.tid))?
-        .iter()
-        .find(|x| ts(x) >= s.start_ns && ts(x) <= s.launch_end_ns)
-}
 
 /// The phase of a step whose `SchedulerOutput` was not read (not vLLM, or not readable).
 const PHASE_UNKNOWN: &str = "unknown";
@@ -308,8 +297,8 @@ impl Profiler for ForwardPass {
         };
         let time = self.time;
         let launch = self.launch_context(s);
-        let batch = in_window(&self.batches, s, |b| b.ts_ns);
-        let desc = in_window(&self.descriptors, s, |d| d.ts_ns);
+        let batch = launched_in(&self.batches, s, |b| b.ts_ns);
+        let desc = launched_in(&self.descriptors, s, |d| d.ts_ns);
         let phase = batch.map_or(PHASE_UNKNOWN, |b| b.phase.as_str());
         self.with_batch += u64::from(batch.is_some());
         out.row(&Row {

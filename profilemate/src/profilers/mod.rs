@@ -42,6 +42,19 @@ pub(crate) fn keep_recent<K: std::hash::Hash + Eq, T>(
     q.push_back(item);
 }
 
+/// The step-to-record time join: the first of `s`'s thread's kept records (oldest first)
+/// stamped between the step's start and its launch end (the batch a step was launched
+/// with, the graph descriptor it replayed).
+pub(crate) fn launched_in<'a, T>(
+    map: &'a std::collections::HashMap<(u32, u32), std::collections::VecDeque<T>>,
+    s: &crate::model::Step,
+    ts: impl Fn(&T) -> u64,
+) -> Option<&'a T> {
+    map.get(&(s.pid, s.tid))?
+        .iter()
+        .find(|x| ts(x) >= s.start_ns && ts(x) <= s.launch_end_ns)
+}
+
 /// Rows a profiler completes inside its helpers, handed to the sink once the record that
 /// completed them is processed.
 #[derive(Default)]
