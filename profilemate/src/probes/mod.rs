@@ -225,7 +225,25 @@ pub struct UsdtReport {
     /// `provider:name`.
     pub probe: String,
     /// Attached, or why not.
-    pub status: String,
+    pub status: UsdtStatus,
+}
+
+/// What became of one USDT probe; metadata.json spells it `attached` or the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsdtStatus {
+    /// Attached.
+    Attached,
+    /// Not attached, and why.
+    NotAttached(String),
+}
+
+impl Serialize for UsdtStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Attached => s.serialize_str("attached"),
+            Self::NotAttached(why) => s.serialize_str(why),
+        }
+    }
 }
 
 /// A library's symbol offsets, or why they could not be read.
@@ -383,8 +401,8 @@ impl Probes {
         let label = format!("{}:{}", probe.provider, probe.name);
         let result = self.try_attach_usdt(pid, path, file_id, probe, probe_id);
         let status = match &result {
-            Ok(()) => "attached".to_owned(),
-            Err(e) => e.clone(),
+            Ok(()) => UsdtStatus::Attached,
+            Err(e) => UsdtStatus::NotAttached(e.clone()),
         };
         self.usdt_report.push(UsdtReport {
             pid,

@@ -13,13 +13,25 @@ use crate::{
     python::Interpreter,
 };
 
+/// Whether a target's Python stacks are walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PythonStatus {
+    /// Its stacks are walked.
+    Walking,
+    /// The process is not a Python interpreter.
+    NotPython,
+    /// It is one ProfileMate cannot walk (version, build, or setup failed).
+    Unsupported,
+}
+
 /// What was found about one target's Python interpreter.
 #[derive(Debug, Serialize)]
 pub struct PythonRecord {
     /// Process.
     pub pid: u32,
     /// `walking`, `not_python` or `unsupported`.
-    pub status: &'static str,
+    pub status: PythonStatus,
     /// Version, binary, layout and its source (when found).
     pub interpreter: Option<Interpreter>,
     /// Whether ProfileMate's tests cover this version's layout.
@@ -201,7 +213,11 @@ pub(super) fn conclude(
     if nothing_attached {
         m.failure = Some(crate::verdict::empty_session_cause(&m.probes));
     }
-    let gc_attached = m.python.usdt.iter().any(|u| u.status == "attached");
+    let gc_attached = m
+        .python
+        .usdt
+        .iter()
+        .any(|u| u.status == crate::probes::UsdtStatus::Attached);
     if gc_attached && m.python.stats.gc_pauses == 0 {
         m.notes.push(
             "GC probes were attached but no collection was observed: none happened during the session, or the probes did not fire".to_owned(),

@@ -13,7 +13,7 @@ use std::{
 
 use profilemate_common::{python::usdt_probe, Library};
 
-use super::metadata::{PythonRecord, TargetRecord};
+use super::metadata::{PythonRecord, PythonStatus, TargetRecord};
 use crate::{
     config::AttachConfig,
     discovery::{self, MappedLibrary},
@@ -21,7 +21,7 @@ use crate::{
     preflight,
     probes::{
         usdt::{self, UsdtProbe},
-        Probes,
+        Probes, UsdtStatus,
     },
     python::{self, Interpreter, PythonError},
     vllm::{
@@ -64,10 +64,10 @@ fn find_interpreter(pid: u32, track: &mut PyTrack) -> Option<Interpreter> {
         }
         Err(e) => {
             let status = match e {
-                PythonError::NotPython => "not_python",
-                _ => "unsupported",
+                PythonError::NotPython => PythonStatus::NotPython,
+                _ => PythonStatus::Unsupported,
             };
-            if status == "unsupported" {
+            if status == PythonStatus::Unsupported {
                 crate::say!("warning: pid {pid}: Python stacks not walked: {e}");
             }
             track.record = Some(PythonRecord {
@@ -215,7 +215,7 @@ impl Targets {
             let _ = self.py_tx.send(PyUpdate::Remove { pid, noticed_ns: 0 });
             self.python.entry(pid).or_default().record = Some(PythonRecord {
                 pid,
-                status: "unsupported",
+                status: PythonStatus::Unsupported,
                 interpreter: Some(interp),
                 tested: None,
                 objects: None,
@@ -237,7 +237,7 @@ impl Targets {
         track.walking = Some(interp.clone());
         track.record = Some(PythonRecord {
             pid,
-            status: "walking",
+            status: PythonStatus::Walking,
             interpreter: Some(interp.clone()),
             tested: Some(interp.layout.tested),
             objects: Some(python::objects::object_layout(interp.layout.version).is_some()),
@@ -264,7 +264,7 @@ impl Targets {
                     pid,
                     file: interp.binary.clone(),
                     probe: "python:*".to_owned(),
-                    status: format!("cannot read the USDT notes: {e}"),
+                    status: UsdtStatus::NotAttached(format!("cannot read the USDT notes: {e}")),
                 });
                 return;
             }
@@ -285,7 +285,7 @@ impl Targets {
                     pid,
                     file: interp.binary.clone(),
                     probe: format!("python:{name}"),
-                    status: "absent: this CPython was built without --with-dtrace; GC pauses are not measured".to_owned(),
+                    status: UsdtStatus::NotAttached("absent: this CPython was built without --with-dtrace; GC pauses are not measured".to_owned()),
                 }),
             }
         }
