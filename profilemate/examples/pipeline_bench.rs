@@ -114,6 +114,7 @@ fn main() {
     let base =
         std::env::temp_dir().join(format!("profilemate-pipeline-bench-{}", std::process::id()));
     let dir = SessionDir::create(&base, "bench").expect("scratch session directory");
+    let bundle = bundle::session_default();
     let profilers = profilers::default_set(
         TimeBase {
             t0_ns: 0,
@@ -121,18 +122,12 @@ fn main() {
         },
         0,
         None,
+        bundle,
     );
     let mut sinks = Sinks(vec![Box::new(Files::new(dir))]);
     profilers::open_families(&profilers, &mut sinks).expect("row files");
     let (_updates, py_rx) = std::sync::mpsc::channel();
-    let mut pipeline = Pipeline::wire(
-        bundle::session_default(),
-        TimingMode::Events,
-        false,
-        py_rx,
-        profilers,
-        sinks,
-    );
+    let mut pipeline = Pipeline::wire(bundle, TimingMode::Events, false, py_rx, profilers, sinks);
     let start = Instant::now();
     for r in &records {
         if let Ok(ev) = decode(r) {

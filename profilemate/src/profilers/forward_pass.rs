@@ -12,6 +12,7 @@ use crate::output::{
     csv::{Family, FamilyRow},
     sink::Sink,
 };
+use crate::vllm::bundle::Bundle;
 use crate::{
     correlate::{Completion, Correlated, PyStack, Step},
     output::{
@@ -172,6 +173,8 @@ pub struct Summary {
 
 /// Streams step rows and keeps running statistics.
 pub struct ForwardPass {
+    /// The vLLM names in use.
+    bundle: &'static Bundle,
     time: TimeBase,
     all: Stats,
     by_phase: BTreeMap<&'static str, Stats>,
@@ -196,7 +199,7 @@ struct LaunchContext {
 }
 
 impl LaunchContext {
-    fn of(stack: &PyStack) -> Self {
+    fn of(stack: &PyStack, bundle: &Bundle) -> Self {
         let label = |i: usize| {
             stack
                 .frames
@@ -209,7 +212,7 @@ impl LaunchContext {
         let outer = stack
             .frames
             .iter()
-            .rposition(|f| f.code.filename.contains("vllm/"))
+            .rposition(|f| bundle.is_package_file(&f.code.filename))
             .unwrap_or(stack.frames.len().saturating_sub(1));
         let first = outer.saturating_sub(LAUNCH_STACK_FRAMES - 1);
         let launch_stack = (first..=outer)
@@ -226,10 +229,11 @@ impl LaunchContext {
 }
 
 impl ForwardPass {
-    /// A profiler stamping rows with `time`.
+    /// A profiler stamping rows with `time`; `bundle` tells vLLM's own frames.
     #[must_use]
-    pub fn new(time: TimeBase, bound: Option<ExactBound>) -> Self {
+    pub fn new(time: TimeBase, bound: Option<ExactBound>, bundle: &'static Bundle) -> Self {
         Self {
+            bundle,
             time,
             all: Stats::default(),
             by_phase: BTreeMap::new(),
@@ -253,7 +257,7 @@ impl ForwardPass {
                 q.iter()
                     .find(|st| st.ts_ns >= s.start_ns && st.ts_ns <= s.launch_end_ns)
             })
-            .map(LaunchContext::of)
+            .map(|st| LaunchContext::of(st, self.bundle))
             .unwrap_or_default()
     }
 }

@@ -25,6 +25,7 @@ use crate::{
         sink::{Row, Sink},
         OutputError, TimeBase,
     },
+    vllm::bundle::Bundle,
 };
 
 /// Pushes `item` onto `key`'s queue, keeping the newest `max` (records kept per thread
@@ -97,14 +98,16 @@ pub trait Profiler: Send {
 /// The default set, in output order.
 /// `sample_hz`: the Python sampling rate in use (0: off).
 /// `bound`: the calibrated error bound of exact completions, if a calibration was used.
+/// `bundle`: the vLLM names in use.
 #[must_use]
 pub fn default_set(
     time: TimeBase,
     sample_hz: u64,
     bound: Option<forward_pass::ExactBound>,
+    bundle: &'static Bundle,
 ) -> Vec<Box<dyn Profiler>> {
     vec![
-        Box::new(forward_pass::ForwardPass::new(time, bound)),
+        Box::new(forward_pass::ForwardPass::new(time, bound, bundle)),
         Box::new(cuda_graphs::CudaGraphs::new(time)),
         Box::new(cuda_api::CudaApi::default()),
         Box::new(cpu_attribution::CpuAttribution::new(time, sample_hz)),
@@ -113,7 +116,7 @@ pub fn default_set(
         Box::new(batch_utilization::BatchUtilization::new(time)),
         Box::new(preemptions::Preemptions::new(time)),
         Box::new(encoder_decoder::EncoderDecoder::new(time)),
-        Box::new(moe::Moe::default()),
+        Box::new(moe::Moe::new(bundle)),
     ]
 }
 
@@ -166,7 +169,7 @@ mod tests {
 
     #[test]
     fn every_family_has_its_own_file_and_columns_from_its_row_type() {
-        let set = default_set(TIME, 100, None);
+        let set = default_set(TIME, 100, None, &crate::vllm::v0_33::BUNDLE);
         let mut files = BTreeSet::new();
         for p in &set {
             for f in p.families() {
@@ -233,7 +236,7 @@ mod tests {
     #[test]
     fn each_step_is_a_row_and_the_summary_counts_the_exact_ones() {
         let out = run(
-            &mut forward_pass::ForwardPass::new(TIME, None),
+            &mut forward_pass::ForwardPass::new(TIME, None, &crate::vllm::v0_33::BUNDLE),
             &[step(0, 100, 20), step(1, 130, 30), step(2, 170, 25)],
         );
         let rows = out.rows_of("forward_pass_timing.csv");

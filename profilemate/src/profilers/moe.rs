@@ -10,10 +10,8 @@ use super::Profiler;
 use crate::{
     correlate::Correlated,
     output::{sink::Sink, OutputError},
+    vllm::bundle::Bundle,
 };
-
-/// Path parts of vLLM's fused MoE layer (its Python runs on eager steps only).
-const MOE_FILES: &[&str] = &["layers/fused_moe/"];
 
 #[derive(Serialize)]
 struct Summary {
@@ -26,10 +24,23 @@ struct Summary {
 }
 
 /// Counts stacks inside vLLM's MoE layer (a sign the model is MoE).
-#[derive(Default)]
 pub struct Moe {
+    /// Path parts of the MoE layer's files (the vLLM bundle's).
+    layer_files: &'static [&'static str],
     stacks: u64,
     in_moe: u64,
+}
+
+impl Moe {
+    /// Looks for the MoE layer of `bundle`'s vLLM.
+    #[must_use]
+    pub fn new(bundle: &'static Bundle) -> Self {
+        Self {
+            layer_files: bundle.moe_layer_files,
+            stacks: 0,
+            in_moe: 0,
+        }
+    }
 }
 
 impl Profiler for Moe {
@@ -39,7 +50,7 @@ impl Profiler for Moe {
             let moe = st
                 .frames
                 .iter()
-                .any(|f| MOE_FILES.iter().any(|m| f.code.filename.contains(m)));
+                .any(|f| self.layer_files.iter().any(|m| f.code.filename.contains(m)));
             self.in_moe += u64::from(moe);
         }
     }

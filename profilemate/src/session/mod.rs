@@ -327,7 +327,7 @@ fn start(ctx: &Ctx<'_>) -> Result<Running> {
     })?;
     check_libraries(cfg, &targets)?;
     let sampling = start_sampling(cfg, &mut probes);
-    let profilers = profiler_set(ctx, time, sampling.hz);
+    let profilers = profiler_set(ctx, time, sampling.hz, bundle);
     let (mut sinks, outputs) = sinks(ctx)?;
     profilers::open_families(&profilers, &mut sinks)?;
     let pipeline = Pipeline::wire(bundle, cfg.timing, cfg.kernels, py_rx, profilers, sinks);
@@ -426,6 +426,7 @@ fn profiler_set(
     ctx: &Ctx<'_>,
     time: TimeBase,
     sample_hz: u64,
+    bundle: &'static Bundle,
 ) -> Vec<Box<dyn profilers::Profiler>> {
     // A scratch session (top without --out) streams no row files: only metadata.json is
     // written, at the end, so a long live view does not fill the disk.
@@ -433,7 +434,7 @@ fn profiler_set(
         Vec::new()
     } else {
         let bound = summary::exact_bound(ctx.calibration);
-        profilers::default_set(time, sample_hz, bound)
+        profilers::default_set(time, sample_hz, bound, bundle)
     };
     if let Some(h) = ctx.live {
         set.push(Box::new(profilers::live::Live(h.stats.clone())));

@@ -27,6 +27,18 @@ pub struct Bundle {
     pub batch: &'static BatchNames,
     /// Watched scheduler methods.
     pub calls: &'static CallNames,
+    /// What a file of the package has in its path (`vllm/`): frames of vLLM's own code.
+    pub package: &'static str,
+    /// Path parts of the fused Mixture-of-Experts layer (its Python runs on eager steps).
+    pub moe_layer_files: &'static [&'static str],
+}
+
+impl Bundle {
+    /// Whether `filename` (a code object's `co_filename`) is a file of the package.
+    #[must_use]
+    pub fn is_package_file(&self, filename: &str) -> bool {
+        filename.contains(self.package)
+    }
 }
 
 /// Every bundle, newest range first.

@@ -109,7 +109,7 @@ fn functions(bundle: &Bundle) -> Vec<FunctionName> {
         out.extend(rows);
     }
     // Rows on other packages' files (PyTorch's module call) are not vLLM's to check.
-    for r in bundle.ops.iter().filter(|r| r.file.starts_with("vllm/")) {
+    for r in bundle.ops.iter().filter(|r| r.file.starts_with(bundle.package)) {
         out.extend(r.names.iter().copied().map(|q| FunctionName {
             file: r.file,
             qualname: q,

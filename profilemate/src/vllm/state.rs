@@ -20,6 +20,8 @@ use crate::python::{
 pub struct StateNames {
     /// vLLM versions the table was read from.
     pub versions: &'static str,
+    /// What a file of the package has in its path (`vllm/`).
+    pub package: &'static str,
     /// Frames whose `self` is the engine core (outermost loops first).
     pub engine_frames: &'static [&'static str],
     /// Frames whose `self` is the scheduler (when no engine frame is live).
@@ -217,7 +219,7 @@ impl StatePoller {
         o: &Objects<'_>,
     ) -> Result<(u64, String), StateError> {
         let frames = interp.live_frames(mem, codes);
-        let is_vllm = |f: &crate::python::LiveFrame| f.code.filename.contains("vllm/");
+        let is_vllm = |f: &crate::python::LiveFrame| f.code.filename.contains(names.package);
         for f in frames.iter().filter(|f| is_vllm(f)) {
             if names.engine_frames.contains(&f.code.qualname.as_str()) && f.first_local != 0 {
                 if let Some(s) = o.attr(f.first_local, names.engine_scheduler)? {

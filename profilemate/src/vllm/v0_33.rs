@@ -28,6 +28,8 @@ pub static BUNDLE: Bundle = Bundle {
     state: &STATE,
     batch: &BATCH,
     calls: &CALLS,
+    package: STATE.package,
+    moe_layer_files: &["layers/fused_moe/"],
 };
 
 /// vLLM 0.26-0.33 (V2 and V1 model runners, engine core, API server output path): the
@@ -440,6 +442,7 @@ pub static EVENTS: &[EventRule] = &[
 /// range: docs/VLLM_VERSIONS.md).
 pub static STATE: StateNames = StateNames {
     versions: NAME,
+    package: "vllm/",
     engine_frames: &[
         // The socket threads block in these for the engine's whole life: their frames are
         // there to read at any poll, while the busy main thread's chain moves under the read.
