@@ -20,7 +20,8 @@ CUDA library mapped is the one PyTorch links, never called).
 
 Stdout: "pid=<pid> ready", then "pid=<pid> start", "done steps=<n>".
 Truth (JSON lines): {"kind":"batch","step","ts_ns","num_reqs","num_tokens","new_reqs",
-"cached_reqs","preempted"} per step, {"kind":"kv","step","at","ts_ns","usage",
+"cached_reqs","preempted"} per step, with --prefix-caching {"kind":"evict","block","ts_ns",
+"cached_ns","freed_ns","ref_cnt"} per evicted cached block, {"kind":"kv","step","at","ts_ns","usage",
 "free_blocks","total_blocks","running","waiting"} after each `add_request()` (at "add"),
 step's `schedule()` (at "schedule") and `update_from_output()` (at "update"): vLLM's own counters
 (`KVCacheManager.usage`, `Scheduler.make_stats()`), and {"kind":"request","req",
@@ -67,7 +68,7 @@ def say(line):
 
 
 def create_scheduler(model_dir, block_size=16, num_blocks=64, max_num_seqs=16,
-                     max_num_batched_tokens=256, max_model_len=2048):
+                     max_num_batched_tokens=256, max_model_len=2048, prefix_caching=False):
     """Like vLLM's tests/v1/core/utils.py create_scheduler, with a local config."""
     import torch
     from vllm.config import (CacheConfig, DeviceConfig, ModelConfig, ParallelConfig,
@@ -87,7 +88,8 @@ def create_scheduler(model_dir, block_size=16, num_blocks=64, max_num_seqs=16,
         disable_chunked_mm_input=False, enable_chunked_prefill=True, async_scheduling=False,
         is_encoder_decoder=model_config.is_encoder_decoder)
     cache_config = CacheConfig(block_size=block_size, gpu_memory_utilization=0.9,
-                               cache_dtype="auto", enable_prefix_caching=False)
+                               cache_dtype="auto",
+                               enable_prefix_caching=prefix_caching)
     vllm_config = VllmConfig(scheduler_config=scheduler_config, model_config=model_config,
                              cache_config=cache_config, parallel_config=ParallelConfig(),
                              device_config=DeviceConfig(device="cpu"))
@@ -104,17 +106,22 @@ def create_scheduler(model_dir, block_size=16, num_blocks=64, max_num_seqs=16,
 class Requests:
     """Requests with random prompts, hashed per block like the engine does."""
 
-    def __init__(self, block_size, rng):
+    def __init__(self, block_size, rng, shared_prefixes=0):
         from vllm.utils.hashing import sha256
         from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
         init_none_hash(sha256)
         self.hasher = get_request_block_hasher(block_size, sha256)
         self.rng = rng
+        # Prompts that begin with one of these (three blocks each) hit the prefix cache.
+        self.prefixes = [[rng.randrange(3, 50000) for _ in range(3 * block_size)]
+                         for _ in range(shared_prefixes)]
 
     def make(self, req_id):
         from vllm.sampling_params import SamplingParams
         from vllm.v1.request import Request
         prompt = [self.rng.randrange(3, 50000) for _ in range(self.rng.randint(40, 200))]
+        if self.prefixes:
+            prompt = self.rng.choice(self.prefixes) + prompt[:120]
         sp = SamplingParams(ignore_eos=True, max_tokens=self.rng.randint(8, 60))
         return Request(request_id=req_id, prompt_token_ids=prompt, sampling_params=sp,
                        pooling_params=None, block_hasher=self.hasher)
@@ -162,6 +169,45 @@ class FakeGpu:
         self.rt.cudaEventRecordWithFlags(self.events[i % 2], self.stream, 0)
         if i > 0:
             self.rt.cudaEventSynchronize(self.events[(i - 1) % 2])
+
+
+def record_blocks():
+    """The test target's own record of every prefix-cache eviction (BlockPool methods
+    wrapped here, in the test target only; ProfileMate reads the pool from outside): the
+    block, when it was cached (its hash set), when its last user freed it, when it was
+    evicted."""
+    from vllm.v1.core.block_pool import BlockPool
+    cached_at, freed_at = {}, {}
+    insert, free, evict = (BlockPool._insert_block_hash, BlockPool.free_blocks,
+                           BlockPool._maybe_evict_cached_block)
+
+    def _insert_block_hash(self, key, block, num_tokens):
+        before = block.block_hash
+        insert(self, key, block, num_tokens)
+        if before is None and block.block_hash is not None:
+            cached_at[block.block_id] = time.monotonic_ns()
+
+    def free_blocks(self, ordered_blocks):
+        blocks = list(ordered_blocks)
+        free(self, blocks)
+        now = time.monotonic_ns()
+        for b in blocks:
+            if b.ref_cnt == 0:
+                freed_at[b.block_id] = now
+
+    def _maybe_evict_cached_block(self, block):
+        evicted = evict(self, block)
+        if evicted:
+            now = time.monotonic_ns()
+            TRUTH.append({"kind": "evict", "block": block.block_id, "ts_ns": now,
+                          "cached_ns": cached_at.pop(block.block_id, None),
+                          "freed_ns": freed_at.get(block.block_id),
+                          "ref_cnt": block.ref_cnt})
+        return evicted
+
+    BlockPool._insert_block_hash = _insert_block_hash
+    BlockPool.free_blocks = free_blocks
+    BlockPool._maybe_evict_cached_block = _maybe_evict_cached_block
 
 
 def record_kv(scheduler, step, at):
@@ -235,7 +281,8 @@ class GPUModelRunner:
 
 
 class EngineCoreProc:
-    def __init__(self, scheduler, model_runner, requests, steps, rng):
+    def __init__(self, scheduler, model_runner, requests, steps, rng, step_sleep=0.002):
+        self.step_sleep = step_sleep
         self.scheduler = scheduler
         self.model_runner = model_runner
         self.requests = requests
@@ -255,7 +302,7 @@ class EngineCoreProc:
         so = schedule(self.scheduler, step)
         self.model_runner.execute_model(so)
         update(self.scheduler, so, self.rng, step)
-        time.sleep(0.002)  # the engine's idle wait for input
+        time.sleep(self.step_sleep)  # the engine's idle wait for input
 
 
 def main():
@@ -272,6 +319,11 @@ def main():
                         "step, then one for each that finishes) instead of one new request "
                         "a step: the small KV cache keeps nearly all of them waiting, a "
                         "production queue's shape")
+    p.add_argument("--prefix-caching", action="store_true",
+                   help="enable vLLM's prefix caching, prompts sharing 6 prefixes, and record "
+                        "every eviction in the truth file (kind evict)")
+    p.add_argument("--step-sleep-ms", type=float, default=2.0,
+                   help="the engine loop's idle wait after each step")
     a = p.parse_args()
     if not a.plain_loop and not a.lib_dir:
         p.error("--lib-dir is needed unless --plain-loop")
@@ -283,12 +335,15 @@ def main():
 
     signal.signal(signal.SIGUSR1, on_go)
     rng = random.Random(a.seed)
-    scheduler = create_scheduler(os.path.join(os.path.dirname(a.truth), "model"))
-    requests = Requests(16, rng)
+    if a.prefix_caching:
+        record_blocks()
+    scheduler = create_scheduler(os.path.join(os.path.dirname(a.truth), "model"),
+                                 prefix_caching=a.prefix_caching)
+    requests = Requests(16, rng, shared_prefixes=6 if a.prefix_caching else 0)
     all_requests = {}
     if not a.plain_loop:
         engine = EngineCoreProc(scheduler, GPUModelRunner(FakeGpu(a.lib_dir)), requests,
-                                a.steps, rng)
+                                a.steps, rng, step_sleep=a.step_sleep_ms / 1e3)
         all_requests = engine.all_requests
     for i in range(a.hold):
         req = requests.make(f"b{i}")

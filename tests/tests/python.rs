@@ -770,19 +770,36 @@ fn vllm_batches_preemptions_requests_and_graphs_match_ground_truth() {
         .filter(|b| u(b, "encoder_inputs") > 0)
         .count() as u64;
     assert_eq!(ed["steps_with_encoder"].as_u64(), Some(enc), "{ed}");
+    // The reset and the evictions: one row per evicted block whose caching was seen, each
+    // a true eviction of that block no later than its row and within its resolution.
     let ev = run.session.csv("kv_cache_evictions.csv");
-    assert_eq!(
-        ev.iter()
-            .filter(|e| e["prefix_cache_reset"] == "true")
-            .count(),
-        1
-    );
-    let evicted: f64 = ev.iter().map(|e| col(e, "evicted_blocks_min")).sum();
-    let truth_evicted: u64 = truth_of(&dir, "evict").iter().map(|e| u(e, "blocks")).sum();
-    assert!(
-        evicted <= truth_evicted as f64,
-        "{evicted} > {truth_evicted}"
-    );
+    let es = run.session.json("kv_cache_evictions_summary.json");
+    let resets: u64 = es["processes"].as_array().map_or(0, |p| {
+        p.iter()
+            .filter_map(|p| p["prefix_cache_resets"].as_u64())
+            .sum()
+    });
+    assert_eq!(resets, 1, "{es}");
+    let truth_ev = truth_of(&dir, "evict");
+    let truth_evicted: u64 = truth_ev.iter().map(|e| u(e, "blocks")).sum();
+    let evicted = ev.len() as u64;
+    assert!(evicted <= truth_evicted, "{evicted} > {truth_evicted}");
+    for e in &ev {
+        let at = t0 as f64 + col(e, "timestamp_sec") * 1e9;
+        let res = col(e, "resolution_sec") * 1e9;
+        let block = col(e, "block_id");
+        assert!(
+            truth_ev.iter().any(|t| {
+                let ts = t["ts_ns"].as_f64().unwrap_or(0.0);
+                ts <= at + 1e6
+                    && ts >= at - res - 1e6
+                    && t["block_ids"]
+                        .as_array()
+                        .is_some_and(|ids| ids.iter().any(|i| i.as_f64() == Some(block)))
+            }),
+            "{label}: eviction row {e:?} matches no eviction of the fixture"
+        );
+    }
     let m = &md["vllm_metrics"];
     assert_eq!(
         m["server_preemptions"].as_f64(),
@@ -796,6 +813,17 @@ fn vllm_batches_preemptions_requests_and_graphs_match_ground_truth() {
     );
     let moe = run.session.json("moe_summary.json");
     assert_eq!(moe["expert_routing_observable"], false);
+    assert_eq!(
+        moe["files_without_rows"].as_array().map(Vec::len),
+        Some(8),
+        "{moe}"
+    );
+    assert!(
+        moe["routing_sources"][0]["what_would_be_read"]
+            .as_str()
+            .is_some_and(|w| w.contains("aux_output_connector")),
+        "{moe}"
+    );
     check_seed_one_liners(&label, &run.session);
 }
 
@@ -855,6 +883,60 @@ fn check_seed_one_liners(label: &str, session: &Session) {
     assert_eq!(
         total,
         graphs.iter().map(|g| col(g, "replay_count")).sum::<f64>()
+    );
+    // Seed 003: "blocks evicted quickly" (column 2 = lifetime_sec).
+    let evictions = session.csv("kv_cache_evictions.csv");
+    let quick = sh(
+        "awk -F',' 'NR>1 && $2<10 {count++} END {print count \" blocks evicted quickly\"}' kv_cache_evictions.csv",
+    );
+    let want = evictions
+        .iter()
+        .filter(|e| col(e, "lifetime_sec") < 10.0)
+        .count();
+    let got: usize = quick
+        .strip_suffix("blocks evicted quickly")
+        .map(str::trim)
+        .map_or(usize::MAX, |n| {
+            if n.is_empty() {
+                0
+            } else {
+                n.parse().unwrap_or(usize::MAX)
+            }
+        });
+    assert_eq!(got, want, "{label}: `{quick}`");
+    // Seed 003's MoE analyses, run in `moe_expert_tracking/` as written: the files exist with
+    // the seed's headers (also beside the others) and, routing being unobservable here, no
+    // rows.
+    for (name, header) in [
+        (
+            "moe_expert_activations.csv",
+            "layer_idx,expert_id,activation_count,percentage",
+        ),
+        (
+            "moe_expert_coselection.csv",
+            "layer_idx,expert_id_1,expert_id_2,coselection_count",
+        ),
+        ("moe_routing_weights_hist.csv", "weight,count,layer_idx"),
+        (
+            "moe_load_imbalance.csv",
+            "layer_idx,timestamp_sec,std_dev,max_min_ratio",
+        ),
+    ] {
+        for at in [".", "moe_expert_tracking"] {
+            let text = std::fs::read_to_string(session.dir.join(at).join(name))
+                .unwrap_or_else(|e| panic!("{label}: {at}/{name}: {e}"));
+            assert_eq!(text, format!("{header}\n"), "{label}: {at}/{name}");
+        }
+    }
+    assert_eq!(
+        sh("cd moe_expert_tracking/ && awk -F',' 'NR>1 {print $1}' moe_expert_activations.csv | sort -u | wc -l"),
+        "0",
+        "{label}"
+    );
+    assert_eq!(
+        sh("cd moe_expert_tracking/ && head -20 moe_expert_coselection.csv"),
+        "layer_idx,expert_id_1,expert_id_2,coselection_count",
+        "{label}"
     );
     // Seed 003: "graphs by token count" (column 2 = num_tokens).
     let tokens = sh("cut -d',' -f2 cuda_graph_usage.csv | tail -n +2 | LC_ALL=C sort");

@@ -24,5 +24,7 @@ pub use records::{
     ApiCall, Completion, Correlated, GcPause, GraphCapture, GraphInstantiation, GraphReplay,
     PyFrameInfo, PyStack, Step,
 };
-pub use scheduler::{CallRole, RequestPoll, RequestState, SchedulerCall, StateSnapshot};
+pub use scheduler::{
+    BlockEviction, BlockPoll, CallRole, RequestPoll, RequestState, SchedulerCall, StateSnapshot,
+};
 pub use stack::StackReason;

@@ -197,6 +197,8 @@ pub enum Correlated {
     VllmState(super::scheduler::StateSnapshot),
     /// A poll of every request of vLLM's scheduler.
     Requests(Box<super::scheduler::RequestPoll>),
+    /// A poll of the prefix-cached KV blocks (evictions seen since the previous one).
+    Blocks(Box<super::scheduler::BlockPoll>),
     /// The batch a step was launched with (its `SchedulerOutput`).
     Batch(Box<super::batch::StepBatch>),
     /// The CUDA graph descriptor a replay used.

@@ -1,9 +1,9 @@
 //! The scheduler payloads: a poll of vLLM's queues and KV cache (`StateSnapshot`), a poll of
-//! its request table (`RequestPoll`), and a watched scheduler method's entry
-//! (`SchedulerCall`).
+//! its request table (`RequestPoll`), a watched scheduler method's entry (`SchedulerCall`)
+//! and a poll of the prefix-cached KV blocks (`BlockPoll`).
 //!
-//! Owns the data only; polling and reading are `vllm::state`, `vllm::requests` and
-//! `vllm::calls`'s.
+//! Owns the data only; polling and reading are `vllm::state`, `vllm::requests`,
+//! `vllm::calls` and `vllm::blocks`'s.
 
 use serde::Serialize;
 
@@ -129,4 +129,61 @@ pub struct SchedulerCall {
     pub reason: Option<&'static str>,
     /// `Request.arrival_time` of an arrival (`time.time()` seconds).
     pub arrival_time: Option<f64>,
+}
+
+/// One evicted cached block, with the bounds of each time (CLOCK_MONOTONIC ns).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BlockEviction {
+    /// `KVCacheBlock.block_id` (None: not decoded within the per-poll bound).
+    pub block_id: Option<i64>,
+    /// The first poll that saw it cached (None: cached before the first poll).
+    pub born_ns: Option<u64>,
+    /// The poll before: the birth lies after it.
+    pub born_after_ns: u64,
+    /// The last read that saw it in use (`ref_cnt > 0`), or `born_ns` when none did.
+    pub last_used_ns: Option<u64>,
+    /// The read after that (or the eviction): its last use ended before it.
+    pub last_used_until_ns: u64,
+    /// The poll that saw it gone.
+    pub evicted_ns: u64,
+    /// The last poll that saw it cached: the eviction lies after it.
+    pub evicted_after_ns: u64,
+    /// Still in the map, but only under other keys (evicted and cached again between two
+    /// polls).
+    pub rehashed: bool,
+}
+
+/// What one poll of the cached blocks found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BlockPoll {
+    /// Process.
+    pub pid: u32,
+    /// CLOCK_MONOTONIC ns of the map read.
+    pub ts_ns: u64,
+    /// Blocks seen evicted since the previous poll.
+    pub evictions: Vec<BlockEviction>,
+    /// The map object was replaced (a prefix cache reset): the blocks cached before left
+    /// without eviction rows.
+    pub reset: bool,
+    /// Cached blocks now.
+    pub cached: u64,
+    /// Blocks first seen cached this poll.
+    pub born: u64,
+    /// Blocks cached and evicted since the previous poll, never seen (exact unless
+    /// `unseen_is_lower_bound`).
+    pub unseen: u64,
+    /// The table was resized in between: `unseen` is a lower bound.
+    pub unseen_is_lower_bound: bool,
+    /// `ref_cnt`s read this poll.
+    pub refs_read: u64,
+    /// Cached blocks whose `ref_cnt` waited for a later poll (the per-poll bound).
+    pub refs_deferred: u64,
+    /// The map's head was unchanged: its entries were not read again.
+    pub map_unchanged: bool,
+    /// Entry slots read (0 when unchanged).
+    pub slots_read: u64,
+    /// The map changed during both reads of it: nothing concluded this poll.
+    pub torn: bool,
+    /// Why the blocks could not be followed (None: they were).
+    pub error: Option<String>,
 }

@@ -54,6 +54,19 @@ pub mod files {
     pub const GC_SUMMARY: &str = "gc_summary.json";
     /// `kv_cache_evictions.csv`.
     pub const KV_CACHE_EVICTIONS: &str = "kv_cache_evictions.csv";
+    /// `kv_cache_evictions_summary.json`.
+    pub const KV_CACHE_EVICTIONS_SUMMARY: &str = "kv_cache_evictions_summary.json";
+    /// `moe_expert_activations.csv`.
+    pub const MOE_EXPERT_ACTIVATIONS: &str = "moe_expert_activations.csv";
+    /// `moe_expert_coselection.csv`.
+    pub const MOE_EXPERT_COSELECTION: &str = "moe_expert_coselection.csv";
+    /// `moe_routing_weights_hist.csv`.
+    pub const MOE_ROUTING_WEIGHTS_HIST: &str = "moe_routing_weights_hist.csv";
+    /// `moe_load_imbalance.csv`.
+    pub const MOE_LOAD_IMBALANCE: &str = "moe_load_imbalance.csv";
+    /// The subdirectory where the seeds' MoE analyses look for the same files
+    /// (`cd moe_expert_tracking/`).
+    pub const MOE_SEED_DIR: &str = "moe_expert_tracking";
     /// `kv_cache_summary.txt`.
     pub const KV_CACHE_SUMMARY: &str = "kv_cache_summary.txt";
     /// `kv_cache_usage.csv`.
@@ -77,6 +90,8 @@ pub struct Family {
     pub file: &'static str,
     /// Column names, in order (the row type's fields).
     pub columns: &'static [&'static str],
+    /// A subdirectory that holds a copy of the file too (where other tools look for it).
+    pub mirror: Option<&'static str>,
 }
 
 /// A row type of a family.
@@ -122,9 +137,22 @@ pub fn family_of<R: FamilyRow>() -> &'static Family {
 macro_rules! csv_family {
     (
         $(#[$meta:meta])*
+        $vis:vis struct $name:ident in $file:path, also in $mirror:path {
+            $( $(#[$fmeta:meta])* $fvis:vis $field:ident : $ty:ty ),* $(,)?
+        }
+    ) => {
+        $crate::csv_family!(@ [$(#[$meta])*] $vis $name, $file, Some($mirror), { $( [$(#[$fmeta])*] $fvis $field : $ty ),* });
+    };
+    (
+        $(#[$meta:meta])*
         $vis:vis struct $name:ident in $file:path {
             $( $(#[$fmeta:meta])* $fvis:vis $field:ident : $ty:ty ),* $(,)?
         }
+    ) => {
+        $crate::csv_family!(@ [$(#[$meta])*] $vis $name, $file, None, { $( [$(#[$fmeta])*] $fvis $field : $ty ),* });
+    };
+    (@ [$(#[$meta:meta])*] $vis:vis $name:ident, $file:expr, $mirror:expr,
+        { $( [$(#[$fmeta:meta])*] $fvis:vis $field:ident : $ty:ty ),* }
     ) => {
         $(#[$meta])*
         #[derive(serde::Serialize)]
@@ -136,9 +164,25 @@ macro_rules! csv_family {
             const FAMILY: $crate::output::csv::Family = $crate::output::csv::Family {
                 file: $file,
                 columns: &[$(stringify!($field)),*],
+                mirror: $mirror,
             };
         }
     };
+}
+
+/// Creates `family`'s file in `dir` and writes its header.
+fn header(dir: &SessionDir, family: &Family) -> Result<CsvFile, OutputError> {
+    let path = dir.path().join(family.file);
+    let mut writer = ::csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(dir.create_file(family.file)?);
+    writer
+        .write_record(family.columns)
+        .map_err(|source| OutputError::Csv { path, source })?;
+    Ok(CsvFile {
+        writer,
+        error: None,
+    })
 }
 
 /// One open CSV file.
@@ -151,7 +195,10 @@ struct CsvFile {
 /// family opens, rows streamed), one pretty JSON file per summary, text files as given.
 pub struct Files {
     dir: SessionDir,
-    csv: HashMap<&'static str, CsvFile>,
+    /// Per family file: its writers (the file, and its copy in the mirror directory).
+    csv: HashMap<&'static str, Vec<CsvFile>>,
+    /// Mirror directories made so far.
+    subdirs: HashMap<&'static str, SessionDir>,
     written: Vec<&'static str>,
 }
 
@@ -162,6 +209,7 @@ impl Files {
         Self {
             dir,
             csv: HashMap::new(),
+            subdirs: HashMap::new(),
             written: Vec::new(),
         }
     }
@@ -169,26 +217,23 @@ impl Files {
 
 impl Sink for Files {
     fn open(&mut self, family: &'static Family) -> Result<(), OutputError> {
-        let path = self.dir.path().join(family.file);
-        let mut writer = ::csv::WriterBuilder::new()
-            .has_headers(false)
-            .from_writer(self.dir.create_file(family.file)?);
-        writer
-            .write_record(family.columns)
-            .map_err(|source| OutputError::Csv { path, source })?;
-        self.csv.insert(
-            family.file,
-            CsvFile {
-                writer,
-                error: None,
-            },
-        );
+        let mut writers = vec![header(&self.dir, family)?];
+        if let Some(mirror) = family.mirror {
+            if !self.subdirs.contains_key(mirror) {
+                let sub = self.dir.subdir(mirror)?;
+                self.subdirs.insert(mirror, sub);
+            }
+            if let Some(sub) = self.subdirs.get(mirror) {
+                writers.push(header(sub, family)?);
+            }
+        }
+        self.csv.insert(family.file, writers);
         self.written.push(family.file);
         Ok(())
     }
 
     fn row(&mut self, row: &dyn Row) {
-        if let Some(f) = self.csv.get_mut(row.family().file) {
+        for f in self.csv.get_mut(row.family().file).into_iter().flatten() {
             if f.error.is_none() {
                 if let Err(e) = row.serialize_into(&mut f.writer) {
                     f.error = Some(e);
@@ -218,7 +263,11 @@ impl Sink for Files {
     }
 
     fn finish(&mut self) -> Result<Vec<&'static str>, OutputError> {
-        for (file, f) in &mut self.csv {
+        for (file, f) in self
+            .csv
+            .iter_mut()
+            .flat_map(|(n, fs)| fs.iter_mut().map(move |f| (n, f)))
+        {
             let path = self.dir.path().join(file);
             if let Some(source) = f.error.take() {
                 return Err(OutputError::Csv { path, source });

@@ -166,6 +166,33 @@ impl SessionDir {
         &self.path
     }
 
+    /// Creates the new subdirectory `name` (never an existing one, never through a
+    /// symlink: made with `mkdirat` and opened with `O_NOFOLLOW` relative to this one),
+    /// mode 0755, owned like the session's files.
+    pub fn subdir(&self, name: &str) -> Result<SessionDir, OutputError> {
+        let path = self.path.join(name);
+        let io_err = |source| OutputError::Io {
+            path: path.clone(),
+            source,
+        };
+        let cname =
+            CString::new(name).map_err(|_| io_err(std::io::ErrorKind::InvalidInput.into()))?;
+        // SAFETY: valid directory fd and NUL-terminated name.
+        if unsafe { libc::mkdirat(self.dir.as_raw_fd(), cname.as_ptr(), 0o755) } != 0 {
+            return Err(io_err(std::io::Error::last_os_error()));
+        }
+        let dir = open_dir(Some(&self.dir), Path::new(name)).map_err(io_err)?;
+        if let Some((uid, gid)) = self.owner {
+            // SAFETY: valid fd. Best effort, as for the session directory.
+            unsafe { libc::fchown(dir.as_raw_fd(), uid, gid) };
+        }
+        Ok(SessionDir {
+            path,
+            dir,
+            owner: self.owner,
+        })
+    }
+
     /// Creates a new file in the session directory (never an existing one, never through a
     /// symlink), mode 0644.
     /// Another handle on the same directory (the file sink owns one on the pipeline thread).

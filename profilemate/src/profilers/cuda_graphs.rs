@@ -223,6 +223,7 @@ impl Profiler for CudaGraphs {
             | Correlated::GcPause(_)
             | Correlated::VllmState(_)
             | Correlated::Requests(_)
+            | Correlated::Blocks(_)
             | Correlated::Batch(_) => {}
             Correlated::GraphDescriptor(d) => {
                 let key = (d.pid, d.tid);

@@ -1,23 +1,26 @@
 //! kv_cache_usage.csv and scheduler_state.csv (one row per poll of the scheduler and per
-//! step read in the scheduler's process, streamed), kv_cache_evictions.csv and
-//! kv_cache_summary.txt.
-//!
-//! Owns computing those rows and summaries from the correlated records; not writing them
-//! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
+//! step read in the scheduler's process, streamed), kv_cache_evictions.csv (one row per
+//! evicted prefix-cached block whose caching was seen, from `vllm::blocks`),
+//! kv_cache_summary.txt and kv_cache_evictions_summary.json.
 
 use std::collections::BTreeMap;
 
+use serde::Serialize;
+
 use super::{Emitted, Profiler};
-use crate::output::csv::{Family, FamilyRow};
 use crate::{
     correlate::Correlated,
-    output::{sink::Sink, OutputError, TimeBase},
-    vllm::state::StateSnapshot,
+    output::{
+        csv::{Family, FamilyRow},
+        sink::Sink,
+        OutputError, TimeBase,
+    },
+    vllm::{blocks::BlockPoll, state::StateSnapshot},
 };
 
+crate::csv_family! {
 // The seeds' columns first, in their order (`awk -F',' 'NR>1 {sum+=$2}'` averages
 // usage_pct); ours follow.
-crate::csv_family! {
     pub struct KvRow in crate::output::csv::files::KV_CACHE_USAGE {
     timestamp_sec: f64,
     usage_pct: f64,
@@ -30,13 +33,18 @@ crate::csv_family! {
 }
 
 crate::csv_family! {
+// The seeds' columns first (`awk -F',' 'NR>1 && $2<10'` counts blocks evicted quickly by
+// lifetime_sec); ours follow.
     pub struct EvictionRow in crate::output::csv::files::KV_CACHE_EVICTIONS {
     timestamp_sec: f64,
+    lifetime_sec: f64,
+    idle_sec: f64,
     pid: u32,
-    interval_sec: f64,
-    cached_blocks: u64,
-    evicted_blocks_min: u64,
-    prefix_cache_reset: bool,
+    block_id: Option<i64>,
+    cached_sec: f64,
+    last_used_sec: f64,
+    resolution_sec: f64,
+    seen_as: &'static str,
     }
 }
 
@@ -56,10 +64,92 @@ struct Usage {
     samples: Vec<f64>,
     step_samples: u64,
     total_blocks: u64,
-    /// (time, cached blocks, prefix cache map) at the previous poll.
-    cached: Option<(u64, u64, Option<u64>)>,
-    evicted_min: u64,
+}
+
+/// Evictions of one process, for the summaries.
+struct Evictions {
+    polls: u64,
+    torn_polls: u64,
+    rows: u64,
+    cached_before_first_poll: u64,
+    recached: u64,
+    unseen: u64,
+    unseen_is_lower_bound: bool,
     resets: u64,
+    quick: u64,
+    cached_max: u64,
+    refs_deferred_max: u64,
+    error: Option<String>,
+    lifetime_us: hdrhistogram::Histogram<u64>,
+    idle_us: hdrhistogram::Histogram<u64>,
+    resolution_us: hdrhistogram::Histogram<u64>,
+}
+
+impl Evictions {
+    fn new() -> Self {
+        // Microseconds up to a day, 3 significant digits.
+        let h = || {
+            hdrhistogram::Histogram::new_with_bounds(1, 86_400_000_000, 3)
+                .expect("bounds and 3 significant digits are valid")
+        };
+        Self {
+            polls: 0,
+            torn_polls: 0,
+            rows: 0,
+            cached_before_first_poll: 0,
+            recached: 0,
+            unseen: 0,
+            unseen_is_lower_bound: false,
+            resets: 0,
+            quick: 0,
+            cached_max: 0,
+            refs_deferred_max: 0,
+            error: None,
+            lifetime_us: h(),
+            idle_us: h(),
+            resolution_us: h(),
+        }
+    }
+}
+
+/// Lifetimes below this count as "evicted quickly" (the seeds' `$2<10`).
+const QUICK_SEC: f64 = 10.0;
+
+#[derive(Serialize)]
+struct Seconds {
+    p50: f64,
+    p95: f64,
+    max: f64,
+}
+
+fn seconds(h: &hdrhistogram::Histogram<u64>) -> Option<Seconds> {
+    (!h.is_empty()).then(|| Seconds {
+        p50: h.value_at_quantile(0.5) as f64 / 1e6,
+        p95: h.value_at_quantile(0.95) as f64 / 1e6,
+        max: h.max() as f64 / 1e6,
+    })
+}
+
+/// kv_cache_evictions_summary.json, per process.
+#[derive(Serialize)]
+struct EvictionSummary {
+    pid: u32,
+    polls: u64,
+    torn_polls: u64,
+    evictions_seen: u64,
+    rows: u64,
+    cached_before_first_poll: u64,
+    recached: u64,
+    unseen_evictions: u64,
+    unseen_is_lower_bound: bool,
+    prefix_cache_resets: u64,
+    evicted_quickly: u64,
+    lifetime_sec: Option<Seconds>,
+    idle_sec: Option<Seconds>,
+    resolution_sec: Option<Seconds>,
+    cached_blocks_max: u64,
+    refs_deferred_max: u64,
+    error: Option<String>,
 }
 
 /// The KV cache and scheduler-queue profiler.
@@ -67,15 +157,17 @@ pub struct KvCache {
     emitted: Emitted,
     time: TimeBase,
     usage: BTreeMap<u32, Usage>,
+    evicted: BTreeMap<u32, Evictions>,
 }
 
 impl KvCache {
-    /// A profiler stamping rows with `time`.
+    /// Opens the row files in `dir`.
     pub fn new(time: TimeBase) -> Self {
         Self {
             emitted: Emitted::default(),
             time,
             usage: BTreeMap::new(),
+            evicted: BTreeMap::new(),
         }
     }
 
@@ -91,9 +183,6 @@ impl KvCache {
             requests: s.requests,
             source,
         });
-        if source == "poll" {
-            self.eviction(s);
-        }
         let (Some(usage_pct), Some(total), Some(free)) =
             (s.kv_usage_pct(), s.total_blocks, s.free_blocks)
         else {
@@ -114,34 +203,54 @@ impl KvCache {
         u.total_blocks = total;
     }
 
-    /// Cached blocks only leave the prefix cache by eviction (a block reused for new data)
-    /// or by a reset (a new map): a drop between two polls is a lower bound of the evictions
-    /// in between (blocks cached and evicted within one interval are not seen).
-    fn eviction(&mut self, s: &StateSnapshot) {
-        let Some(cached) = s.cached_blocks else {
-            return;
-        };
-        let u = self.usage.entry(s.pid).or_default();
-        let previous = u.cached.replace((s.ts_ns, cached, s.prefix_cache_map));
-        let Some((t, before, map)) = previous else {
-            return;
-        };
-        let reset = map != s.prefix_cache_map;
-        let evicted = if reset {
-            0
-        } else {
-            before.saturating_sub(cached)
-        };
-        u.evicted_min += evicted;
-        u.resets += u64::from(reset);
-        if evicted > 0 || reset {
+    /// One poll of the cached blocks: a row per eviction whose caching was seen.
+    fn blocks(&mut self, b: &BlockPoll) {
+        let e = self.evicted.entry(b.pid).or_insert_with(Evictions::new);
+        e.polls += 1;
+        e.torn_polls += u64::from(b.torn);
+        e.resets += u64::from(b.reset);
+        e.unseen += b.unseen;
+        e.unseen_is_lower_bound |= b.unseen_is_lower_bound;
+        e.cached_max = e.cached_max.max(b.cached);
+        e.refs_deferred_max = e.refs_deferred_max.max(b.refs_deferred);
+        e.error.clone_from(&b.error);
+        let sec = |ns: u64| ns as f64 / 1e9;
+        let us = |ns: u64| ns / 1000;
+        for ev in &b.evictions {
+            e.recached += u64::from(ev.rehashed);
+            let Some(born) = ev.born_ns else {
+                e.cached_before_first_poll += 1;
+                continue;
+            };
+            let used = ev.last_used_ns.unwrap_or(born);
+            let lifetime = ev.evicted_ns.saturating_sub(born);
+            let idle = ev.evicted_ns.saturating_sub(used);
+            // The eviction lies in (evicted_after, evicted], the caching in (born_after,
+            // born], the end of the last use in (born_after or last_used, until]: how far
+            // each difference of poll stamps can be from the true one.
+            let de = ev.evicted_ns.saturating_sub(ev.evicted_after_ns);
+            let db = born.saturating_sub(ev.born_after_ns);
+            let use_lo = ev.last_used_ns.unwrap_or(ev.born_after_ns);
+            let du = used
+                .saturating_sub(use_lo)
+                .max(ev.last_used_until_ns.saturating_sub(used));
+            let resolution = de.max(db).max(de + du);
+            e.rows += 1;
+            e.quick += u64::from(sec(lifetime) < QUICK_SEC);
+            e.lifetime_us.saturating_record(us(lifetime).max(1));
+            e.idle_us.saturating_record(us(idle).max(1));
+            e.resolution_us.saturating_record(us(resolution).max(1));
+            let r = |x: f64| (x * 1e6).round() / 1e6;
             self.emitted.push(EvictionRow {
-                timestamp_sec: self.time.sec(s.ts_ns),
-                pid: s.pid,
-                interval_sec: s.ts_ns.saturating_sub(t) as f64 / 1e9,
-                cached_blocks: cached,
-                evicted_blocks_min: evicted,
-                prefix_cache_reset: reset,
+                timestamp_sec: r(self.time.sec(ev.evicted_ns)),
+                lifetime_sec: r(sec(lifetime)),
+                idle_sec: r(sec(idle)),
+                pid: b.pid,
+                block_id: ev.block_id,
+                cached_sec: r(self.time.sec(born)),
+                last_used_sec: r(self.time.sec(used)),
+                resolution_sec: r(sec(resolution)),
+                seen_as: if ev.rehashed { "recached" } else { "gone" },
             });
         }
     }
@@ -160,6 +269,7 @@ impl KvCache {
     fn take(&mut self, record: &Correlated) {
         match record {
             Correlated::VllmState(s) => self.add(s, "poll"),
+            Correlated::Blocks(b) => self.blocks(b),
             Correlated::Batch(b) => {
                 if let Some(s) = &b.scheduler {
                     self.add(s, "step");
@@ -200,17 +310,57 @@ impl Profiler for KvCache {
                 v.last().copied().unwrap_or(0.0),
                 100.0 * above as f64 / v.len().max(1) as f64,
             ));
-            if u.cached.is_some() {
+        }
+        let mut summaries = Vec::new();
+        for (pid, e) in &self.evicted {
+            let seen = e.rows + e.cached_before_first_poll;
+            let q = |h: &hdrhistogram::Histogram<u64>, x: f64| h.value_at_quantile(x) as f64 / 1e6;
+            text.push_str(&format!(
+                "pid {pid}: prefix cache evictions seen {seen} ({} with a row; {} of blocks cached before the first poll), at least {} more cached and evicted between two polls (unseen), {} prefix cache resets\n",
+                e.rows, e.cached_before_first_poll, e.unseen, e.resets
+            ));
+            if e.rows > 0 {
                 text.push_str(&format!(
-                    "pid {pid}: prefix cache evictions at least {} blocks (drops of the cached-block count between polls), {} prefix cache resets\n",
-                    u.evicted_min, u.resets
+                    "pid {pid}: eviction lifetime P50 {:.3}s, P95 {:.3}s; idle P50 {:.3}s, P95 {:.3}s; evicted within {QUICK_SEC}s: {}; resolution P50 {:.3}s\n",
+                    q(&e.lifetime_us, 0.5),
+                    q(&e.lifetime_us, 0.95),
+                    q(&e.idle_us, 0.5),
+                    q(&e.idle_us, 0.95),
+                    e.quick,
+                    q(&e.resolution_us, 0.5),
                 ));
             }
+            if let Some(err) = &e.error {
+                text.push_str(&format!("pid {pid}: cached blocks not followed: {err}\n"));
+            }
+            summaries.push(EvictionSummary {
+                pid: *pid,
+                polls: e.polls,
+                torn_polls: e.torn_polls,
+                evictions_seen: seen,
+                rows: e.rows,
+                cached_before_first_poll: e.cached_before_first_poll,
+                recached: e.recached,
+                unseen_evictions: e.unseen,
+                unseen_is_lower_bound: e.unseen_is_lower_bound,
+                prefix_cache_resets: e.resets,
+                evicted_quickly: e.quick,
+                lifetime_sec: seconds(&e.lifetime_us),
+                idle_sec: seconds(&e.idle_us),
+                resolution_sec: seconds(&e.resolution_us),
+                cached_blocks_max: e.cached_max,
+                refs_deferred_max: e.refs_deferred_max,
+                error: e.error.clone(),
+            });
         }
-        if self.usage.values().all(|u| u.cached.is_none()) {
+        if self.evicted.is_empty() {
             text.push_str("evictions: the prefix cache map was not read (prefix caching off, or another vLLM version)\n");
         }
-        text.push_str("evictions are a lower bound: a block cached and evicted between two polls is not seen; per-block lifetimes need vLLM's own KV cache metrics collector\n");
+        text.push_str("evictions: one row per evicted block whose caching was seen; times are poll stamps, each within its row's resolution_sec of the truth; a block cached and evicted between two polls has no row (counted above as unseen)\n");
+        out.summary(
+            crate::output::csv::files::KV_CACHE_EVICTIONS_SUMMARY,
+            &serde_json::json!({ "processes": summaries }),
+        )?;
         out.text(crate::output::csv::files::KV_CACHE_SUMMARY, &text)?;
         self.emitted.drain_to(out);
         Ok(())

@@ -178,7 +178,7 @@ mod tests {
                 assert!(!f.columns.is_empty(), "{}", f.file);
             }
         }
-        assert_eq!(files.len(), 13, "{files:?}");
+        assert_eq!(files.len(), 17, "{files:?}");
     }
 
     #[test]

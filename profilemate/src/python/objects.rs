@@ -253,6 +253,20 @@ pub struct DictEntries {
     pub entries: Vec<(usize, u64, u64)>,
 }
 
+/// Every entry slot of a combined dict (see `Objects::dict_slots`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DictSlots {
+    /// The keys object (a new one after every resize).
+    pub keys: u64,
+    /// `ma_version_tag`: changes with every modification.
+    pub version: u64,
+    /// `ma_used`: live entries.
+    pub used: u64,
+    /// (hash, key, value) per slot in insertion order; key 0: deleted. The hash is the
+    /// key's (general keys objects store it; 0 for str-only keys).
+    pub slots: Vec<(u64, u64, u64)>,
+}
+
 /// Where an instance's attributes live.
 enum Storage {
     /// A split dict: the class's shared keys and the instance's values array.
@@ -691,6 +705,66 @@ impl<'a> Objects<'a> {
         Ok(DictEntries { keys, entries })
     }
 
+    /// Every entry slot of a combined dict (live and deleted, in insertion order), its keys
+    /// object, version tag and live count, at most `max` slots (whatever `MAX_ITEMS` says:
+    /// the caller bounds the read). A deleted slot has key 0; slots are only appended
+    /// until a resize makes a new keys object, so slots past a count read earlier were
+    /// inserted since. None when the dict holds more slots than `max` (never a truncated
+    /// table) or is a split dict.
+    pub fn dict_slots(&self, obj: u64, max: usize) -> Result<Option<DictSlots>, ObjectError> {
+        self.expect_flag(obj, FLAG_DICT_SUBCLASS, "dict")?;
+        let mut head = [0u8; 32];
+        self.mem.read(field(obj, DICT_USED)?, &mut head)?;
+        let (used, version, keys, values) = (
+            word_at(&head, 0),
+            word_at(&head, 8),
+            word_at(&head, 16),
+            word_at(&head, 24),
+        );
+        if values != 0 || keys == 0 {
+            return Ok(None);
+        }
+        let mut kh = [0u8; 3];
+        self.mem.read(field(keys, KEYS_LOG2_SIZE)?, &mut kh)?;
+        let (log2_size, log2_index_bytes, kind) = (kh[0], kh[1], kh[2]);
+        let nentries = self.at(keys, KEYS_NENTRIES)?;
+        if log2_size > 40 || log2_index_bytes > 43 || nentries > (1u64 << log2_size) {
+            return Err(ObjectError::Implausible(keys));
+        }
+        if nentries as usize > max || used > nentries {
+            return Ok(None);
+        }
+        let (size, key_at) = if kind == 0 {
+            (24usize, 8usize)
+        } else {
+            (16, 0)
+        };
+        let base = field(keys, KEYS_INDICES + (1u64 << log2_index_bytes))?;
+        let mut buf = vec![0u8; nentries as usize * size];
+        self.mem.read(base, &mut buf)?;
+        let slots = buf
+            .chunks_exact(size)
+            .map(|e| {
+                let hash = if kind == 0 { word_at(e, 0) } else { 0 };
+                (hash, word_at(e, key_at), word_at(e, key_at + 8))
+            })
+            .collect();
+        Ok(Some(DictSlots {
+            keys,
+            version,
+            used,
+            slots,
+        }))
+    }
+
+    /// `(ma_used, ma_version_tag, ma_keys)` of a dict: whether it changed since a
+    /// `dict_slots` read, in one read.
+    pub fn dict_head(&self, obj: u64) -> Result<(u64, u64, u64), ObjectError> {
+        let mut head = [0u8; 24];
+        self.mem.read(field(obj, DICT_USED)?, &mut head)?;
+        Ok((word_at(&head, 0), word_at(&head, 8), word_at(&head, 16)))
+    }
+
     /// The value of str key `name` in a list of (key, value) pairs.
     fn find_str_key(&self, items: &[(u64, u64)], name: &str) -> Option<u64> {
         items.iter().find_map(|&(k, v)| {
@@ -1123,6 +1197,17 @@ impl<'a> Objects<'a> {
 
     /// A `__slots__` member: a member descriptor in a type dict of the MRO.
     fn slot_attr(&self, obj: u64, ty: u64, name: &str) -> Result<Option<u64>, ObjectError> {
+        let Some(off) = self.slot_offset(ty, name)? else {
+            return Ok(None);
+        };
+        let v = self.at(obj, off)?;
+        Ok((v != 0).then_some(v))
+    }
+
+    /// The byte offset of `__slots__` member `name` in instances of `ty` (None: `name` is
+    /// not a slot of the class), from its member descriptor: the object word there is the
+    /// value, for batched reads of many instances.
+    pub fn slot_offset(&self, ty: u64, name: &str) -> Result<Option<u64>, ObjectError> {
         let Some(descr) = self.class_attr(ty, name)? else {
             return Ok(None);
         };
@@ -1134,8 +1219,7 @@ impl<'a> Objects<'a> {
         if off == 0 || off > 1 << 20 {
             return Err(ObjectError::Implausible(descr));
         }
-        let v = self.at(obj, off)?;
-        Ok((v != 0).then_some(v))
+        Ok(Some(off))
     }
 }
 

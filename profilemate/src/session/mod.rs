@@ -165,10 +165,7 @@ pub fn run_live(
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|source| SessionError::Start {
-            what: "async runtime",
-            source,
-        })?;
+        .map_err(starting("async runtime"))?;
     runtime.block_on(async {
         // Before anything exists that a signal's default action would leave half done.
         let signals = Signals::install()?;
@@ -281,15 +278,8 @@ struct Outputs {
 /// sampling and the pipeline.
 fn start(ctx: &Ctx<'_>) -> Result<Running> {
     let cfg = ctx.cfg;
-    let t0 = monotonic_ns();
-    // Taken right after t0: the two clocks are paired to well under a millisecond.
-    let unix_now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    let time = TimeBase {
-        t0_ns: t0,
-        unix_t0_sec: unix_now,
-    };
+    let time = time_base();
+    let t0 = time.t0_ns;
     let mut probes = Probes::load(cfg.ring_bytes, cfg.kernels, cfg.driver_twins)?;
     probes.set_cuda_stacks(cfg.cuda_stacks)?;
     let ring = probes.take_ring_buffer()?;
@@ -297,13 +287,8 @@ fn start(ctx: &Ctx<'_>) -> Result<Running> {
     // while the rest of the session is set up (attaching to a busy server takes seconds).
     let (batch_tx, batch_rx) = mpsc::channel();
     let gauge = QueueGauge::default();
-    let reader =
-        RingReader::spawn(ring, batch_tx, gauge.clone(), cfg.queue_bytes).map_err(|source| {
-            SessionError::Start {
-                what: "ring-buffer reader thread",
-                source,
-            }
-        })?;
+    let reader = RingReader::spawn(ring, batch_tx, gauge.clone(), cfg.queue_bytes)
+        .map_err(starting("ring-buffer reader thread"))?;
     let (py_tx, py_rx) = mpsc::channel();
     let (watch, watch_rx) = mpsc::channel();
     let (functions_tx, functions) = mpsc::channel();
@@ -321,10 +306,7 @@ fn start(ctx: &Ctx<'_>) -> Result<Running> {
         py_tx,
         cfg.breakpoints.then_some(functions_tx),
     )
-    .map_err(|source| SessionError::Start {
-        what: "vLLM watcher thread",
-        source,
-    })?;
+    .map_err(starting("vLLM watcher thread"))?;
     check_libraries(cfg, &targets)?;
     let sampling = start_sampling(cfg, &mut probes);
     let profilers = profiler_set(ctx, time, sampling.hz, bundle);
@@ -337,10 +319,7 @@ fn start(ctx: &Ctx<'_>) -> Result<Running> {
     let budget = StopBudget::default();
     let pipeline = pipeline
         .spawn(batch_rx, gauge.clone(), budget.clone())
-        .map_err(|source| SessionError::Start {
-            what: "pipeline thread",
-            source,
-        })?;
+        .map_err(starting("pipeline thread"))?;
     // The session's length is counted from its start, attaching included.
     // `--duration` is bounded at parsing; a deadline past what the clock can hold is none.
     let deadline = cfg.duration.and_then(|d| {
@@ -366,6 +345,21 @@ fn start(ctx: &Ctx<'_>) -> Result<Running> {
         main_loop: MainLoopStats::default(),
         outputs,
     })
+}
+
+/// The session's time base: CLOCK_MONOTONIC now, and the Unix time taken right after it
+/// (the two clocks are paired to well under a millisecond).
+fn time_base() -> TimeBase {
+    let t0_ns = monotonic_ns();
+    let unix_t0_sec = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    TimeBase { t0_ns, unix_t0_sec }
+}
+
+/// The error of a thread (or the runtime) that could not start.
+fn starting(what: &'static str) -> impl FnOnce(std::io::Error) -> SessionError {
+    move |source| SessionError::Start { what, source }
 }
 
 /// Fails when no CUDA library is mapped in the tree (unless `--wait`), naming why.

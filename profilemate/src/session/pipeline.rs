@@ -365,6 +365,7 @@ fn apply_updates(
                 emit(Correlated::VllmState(snap));
             }
             PyUpdate::Requests(poll) => emit(Correlated::Requests(poll)),
+            PyUpdate::Blocks(poll) => emit(Correlated::Blocks(poll)),
         }
     }
 }

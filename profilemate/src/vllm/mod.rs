@@ -11,6 +11,7 @@
 //! matches, and the session reports when no vLLM function was seen at all.
 
 pub mod batch;
+pub mod blocks;
 pub mod bundle;
 pub mod calls;
 pub mod events;

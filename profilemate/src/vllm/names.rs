@@ -109,7 +109,11 @@ fn functions(bundle: &Bundle) -> Vec<FunctionName> {
         out.extend(rows);
     }
     // Rows on other packages' files (PyTorch's module call) are not vLLM's to check.
-    for r in bundle.ops.iter().filter(|r| r.file.starts_with(bundle.package)) {
+    for r in bundle
+        .ops
+        .iter()
+        .filter(|r| r.file.starts_with(bundle.package))
+    {
         out.extend(r.names.iter().copied().map(|q| FunctionName {
             file: r.file,
             qualname: q,
@@ -161,6 +165,9 @@ fn attributes(bundle: &Bundle) -> Vec<AttributeName> {
         out.push(attr(pool, "BlockPool", a));
     }
     out.push(attr(pool, "BlockHashToBlockMap", s.prefix_cache_dict));
+    for a in [s.block_id, s.ref_cnt] {
+        out.push(attr("vllm/v1/core/kv_cache_utils.py", s.block_type, a));
+    }
     out.push(attr(
         "vllm/v1/core/kv_cache_utils.py",
         "FreeKVCacheBlockQueue",

@@ -7,7 +7,10 @@
 
 pub use crate::model::scheduler::StateSnapshot;
 
-use super::requests::{RequestPoll, RequestTracker};
+use super::{
+    blocks::{BlockPoll, BlockTracker},
+    requests::{RequestPoll, RequestTracker},
+};
 use crate::python::{
     code::CodeCache,
     objects::{object_layout, AttrCache, ObjectError, Objects},
@@ -53,8 +56,16 @@ pub struct StateNames {
     /// `BlockPool.cached_block_hash_to_block`: replaced by a new object at every prefix
     /// cache reset (so a changed address marks a reset).
     pub prefix_cache_map: &'static str,
-    /// `BlockHashToBlockMap._cache`: the cached (prefix-hit-able) blocks.
+    /// `BlockHashToBlockMap._cache`: the cached (prefix-hit-able) blocks (older vLLMs
+    /// keep the dict itself in `prefix_cache_map`; both are read).
     pub prefix_cache_dict: &'static str,
+    /// The class of the cached values (`vllm.v1.core.kv_cache_utils.KVCacheBlock`, a
+    /// `__slots__` dataclass).
+    pub block_type: &'static str,
+    /// `KVCacheBlock.block_id` (int).
+    pub block_id: &'static str,
+    /// `KVCacheBlock.ref_cnt` (int: requests using the block; 0 while it is free).
+    pub ref_cnt: &'static str,
     /// `Request` fields read per request.
     pub request: RequestNames,
 }
@@ -117,6 +128,7 @@ pub struct StatePoller {
     limits: (Option<u64>, Option<u64>),
     attrs: AttrCache,
     requests: RequestTracker,
+    blocks: BlockTracker,
     /// The last reason a poll found nothing (for metadata.json).
     pub last_error: Option<String>,
     /// How the scheduler object was found (frame and attribute), for metadata.json.
@@ -146,6 +158,7 @@ impl StatePoller {
             limits: (None, None),
             attrs: AttrCache::default(),
             requests: RequestTracker::default(),
+            blocks: BlockTracker::default(),
             last_error: None,
             found_via: None,
             polls: 0,
@@ -298,13 +311,10 @@ impl StatePoller {
         None
     }
 
-    /// Reads the scheduler's queues and KV cache now, and with `requests` every request.
-    /// Each part is stamped with the time of its own read (the tracer may be descheduled
-    /// in between on a busy machine).
-    pub fn poll(
-        &mut self,
-        requests: bool,
-    ) -> Result<(StateSnapshot, Option<RequestPoll>), StateError> {
+    /// Reads the scheduler's queues and KV cache now, and with `requests` every request and
+    /// the prefix-cached blocks. Each part is stamped with the time of its own read (the
+    /// tracer may be descheduled in between on a busy machine).
+    pub fn poll(&mut self, requests: bool) -> Result<Polled, StateError> {
         let (maj, min) = self.interp.layout.version;
         let ol = object_layout((maj, min))
             .ok_or_else(|| StateError::Unsupported(self.interp.version.clone()))?;
@@ -317,6 +327,7 @@ impl StatePoller {
             limits,
             attrs,
             requests: tracker,
+            blocks,
             polls,
             torn,
             found_via,
@@ -365,9 +376,31 @@ impl StatePoller {
         } else {
             None
         };
-        Ok((snap, reqs))
+        let blocks = if requests && snap.cached_blocks.is_some() {
+            let pool = o
+                .attr(scheduler, names.kv_cache_manager)?
+                .and_then(|kvm| o.attr(kvm, names.block_pool).ok().flatten());
+            pool.map(|pool| {
+                let p = blocks.poll(&o, names, pool).unwrap_or_else(|e| BlockPoll {
+                    ts_ns: crate::model::monotonic_ns(),
+                    error: Some(crate::probes::error_chain(&e)),
+                    ..BlockPoll::default()
+                });
+                BlockPoll {
+                    pid: interp.pid,
+                    ..p
+                }
+            })
+        } else {
+            None
+        };
+        Ok((snap, reqs, blocks))
     }
 }
+
+/// What one poll read: the scheduler's state, and with `requests` its request table and
+/// its prefix-cached blocks.
+pub type Polled = (StateSnapshot, Option<RequestPoll>, Option<BlockPoll>);
 
 /// Whether types are classes of `vllm.` modules (their `__module__`), by type address:
 /// a frame's locals are mostly of a few types, each looked up once.

@@ -468,6 +468,9 @@ pub static STATE: StateNames = StateNames {
     max_num_scheduled_tokens: "max_num_scheduled_tokens",
     prefix_cache_map: "cached_block_hash_to_block",
     prefix_cache_dict: "_cache",
+    block_type: "KVCacheBlock",
+    block_id: "block_id",
+    ref_cnt: "ref_cnt",
     request: RequestNames {
         request_id: "request_id",
         status: "status",

@@ -49,6 +49,8 @@ pub enum PyUpdate {
     State(StateSnapshot),
     /// A request-table poll.
     Requests(Box<RequestPoll>),
+    /// A poll of the prefix-cached KV blocks.
+    Blocks(Box<crate::model::BlockPoll>),
 }
 
 /// What the main loop tells the watcher.
@@ -109,6 +111,20 @@ pub struct StateReport {
     /// Most new requests left for a later poll by one poll (the per-poll bound on first
     /// reads; nonzero while a long queue found at attach is learned, a few polls).
     pub requests_deferred_max: u64,
+    /// Most prefix-cached blocks followed at a poll.
+    pub blocks_cached_max: u64,
+    /// Most entry slots of the prefix cache dict read by one poll (0 while it was unchanged).
+    pub block_slots_read_max: u64,
+    /// Block `ref_cnt`s read per poll: median and most (at most `REFS_PER_POLL`).
+    pub block_refs_read_p50: u64,
+    /// See `block_refs_read_p50`.
+    pub block_refs_read_max: u64,
+    /// Most cached blocks whose `ref_cnt` one poll left for a later one (the per-poll bound).
+    pub block_refs_deferred_max: u64,
+    /// Block polls skipped because the cache map changed during both reads of it.
+    pub block_torn_polls: u64,
+    /// Why the cached blocks could not be followed at the last poll (None: they were).
+    pub blocks_error: Option<String>,
 }
 
 /// What the polls of one process cost, in bounded memory.
@@ -120,6 +136,12 @@ struct PollCost {
     cpu_sec: f64,
     held_max: u64,
     deferred_max: u64,
+    blocks_cached_max: u64,
+    block_slots_max: u64,
+    block_refs: hdrhistogram::Histogram<u64>,
+    block_refs_deferred_max: u64,
+    block_torn: u64,
+    blocks_error: Option<String>,
 }
 
 impl PollCost {
@@ -137,7 +159,22 @@ impl PollCost {
             cpu_sec: 0.0,
             held_max: 0,
             deferred_max: 0,
+            blocks_cached_max: 0,
+            block_slots_max: 0,
+            block_refs: h(),
+            block_refs_deferred_max: 0,
+            block_torn: 0,
+            blocks_error: None,
         }
+    }
+
+    fn blocks(&mut self, b: &super::blocks::BlockPoll) {
+        self.blocks_cached_max = self.blocks_cached_max.max(b.cached);
+        self.block_slots_max = self.block_slots_max.max(b.slots_read);
+        self.block_refs.saturating_record(b.refs_read);
+        self.block_refs_deferred_max = self.block_refs_deferred_max.max(b.refs_deferred);
+        self.block_torn += u64::from(b.torn);
+        self.blocks_error.clone_from(&b.error);
     }
 
     fn record(&mut self, wall: Duration, cpu: Duration) {
@@ -358,7 +395,7 @@ impl Work {
             let result = p.poller.poll(true);
             p.cost.record(t.elapsed(), thread_cpu().saturating_sub(cpu));
             match result {
-                Ok((snap, requests)) => {
+                Ok((snap, requests, blocks)) => {
                     p.poller.last_error = None;
                     if p.version.is_none() {
                         p.version = p
@@ -380,6 +417,10 @@ impl Work {
                     if let Some(r) = requests {
                         p.cost.requests(&r);
                         let _ = self.updates.send(PyUpdate::Requests(Box::new(r)));
+                    }
+                    if let Some(b) = blocks {
+                        p.cost.blocks(&b);
+                        let _ = self.updates.send(PyUpdate::Blocks(Box::new(b)));
                     }
                 }
                 Err(e) => {
@@ -424,6 +465,13 @@ impl Work {
                     requests_read_in_full_p50: c.read_in_full.value_at_quantile(0.5),
                     requests_read_in_full_max: c.read_in_full.max(),
                     requests_deferred_max: c.deferred_max,
+                    blocks_cached_max: c.blocks_cached_max,
+                    block_slots_read_max: c.block_slots_max,
+                    block_refs_read_p50: c.block_refs.value_at_quantile(0.5),
+                    block_refs_read_max: c.block_refs.max(),
+                    block_refs_deferred_max: c.block_refs_deferred_max,
+                    block_torn_polls: c.block_torn,
+                    blocks_error: c.blocks_error.clone(),
                 }
             })
             .collect();
