@@ -191,6 +191,11 @@ class Scrapes:
     def series(self, name):
         return [(r["t"], r["values"][name]) for r in self.rows if name in r["values"]]
 
+    def series_spans(self, name):
+        """(request sent, response received, value): the server read the gauge in between."""
+        return [(r.get("t_req", r["t"]), r.get("t_resp", r["t"]), r["values"][name])
+                for r in self.rows if name in r["values"]]
+
     def at(self, name, t):
         """Counter at wall time t: (interpolated, lo, hi), or NA."""
         if self.why:
@@ -285,22 +290,28 @@ def pair_readings(rows, scrapes, wall0, pairs):
 
 
 MATCH_LAG_S = 0.25
+# Our per-step readings are stamped when read, a few ms after the step's state (the batch
+# read delay, P99 ~2 ms on the GPU machine): a reading up to this long after the response
+# can still be the state the server reported.
+READ_SLACK_S = 0.01
 
 
 def match_recent(rows, scrapes, wall0, col, series, scale, tol):
     """How a gauge compares with the per-step readings just before it: vLLM's API server
     publishes the engine's stats of a recent step, so for each scrape at wall time t the
-    closest of our readings in [t - MATCH_LAG_S, t] (the gauge equals some recent step's
-    value when every step is read)."""
+    closest of our readings in [request - MATCH_LAG_S, response + READ_SLACK_S] (the gauge
+    equals some recent step's value when every step is read; the server reads it somewhere
+    between the request and the response)."""
     pts = sorted((wall0 + fnum(r["timestamp_sec"]), fnum(r.get(col))) for r in rows
                  if fnum(r.get("timestamp_sec")) is not None and fnum(r.get(col)) is not None)
     if not pts:
         return NA("no readings")
     times = [p[0] for p in pts]
     best = []
-    for t, v in scrapes.series(series):
-        lo, hi = bisect.bisect_left(times, t - MATCH_LAG_S), bisect.bisect_right(times, t)
-        if lo < hi and times[0] <= t - MATCH_LAG_S:
+    for t_req, t_resp, v in scrapes.series_spans(series):
+        lo = bisect.bisect_left(times, t_req - MATCH_LAG_S)
+        hi = bisect.bisect_right(times, t_resp + READ_SLACK_S)
+        if lo < hi and times[0] <= t_req - MATCH_LAG_S and t_resp + READ_SLACK_S <= times[-1]:
             best.append(min(abs(pts[i][1] - scale * v) for i in range(lo, hi)))
     if not best:
         return NA(f"no scrape with readings in the {MATCH_LAG_S} s before it")
@@ -532,7 +543,7 @@ def session_checks(win, session, scrapes, clock):
         add("per_step_queues", "per-step running/waiting/KV |diff|", d,
             f"median {text} (batch_utilization.csv, {n:,}/{len(rows):,} rows paired)")
         m = match_recent(rows, scrapes, wall0, "kv_usage_pct", KV, 100.0, 1.0)
-        add("kv_recent_step", f"KV gauge vs a step read in the {MATCH_LAG_S} s before it", m,
+        add("kv_recent_step", f"KV gauge vs a step read in the {MATCH_LAG_S} s before it (to {READ_SLACK_S * 1000:g} ms after)", m,
             str(m) if isinstance(m, NA) else
             f"{m['within_pct']:g} % of {m['scrapes']} scrapes within 1 point (median {m['median_abs_diff']:g}, "
             f"max {m['max_abs_diff']:g} points)")
