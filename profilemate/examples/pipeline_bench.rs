@@ -1,15 +1,21 @@
 //! Userspace pipeline throughput: decode + correlate + profile synthetic vLLM-like probe
-//! records (what the ring buffer delivers), single thread, as the session runs it.
+//! records (what the ring buffer delivers), single thread, through the session's own
+//! pipeline wiring (`session::pipeline::Pipeline::wire`).
 //! Run by `cargo xtask bench`; prints `pipeline_events_per_sec=` and `pipeline_ns_per_event=`.
 
 use std::time::Instant;
 
 use profilemate::{
     config::TimingMode,
-    correlate::Correlator,
-    output::{SessionDir, TimeBase},
-    probes::drain::{decode, encode, CallEvent, CallPhase},
+    output::{
+        csv::Files,
+        sink::{Sink, Sinks},
+        SessionDir, TimeBase,
+    },
+    probes::drain::{decode, encode, CallEvent, CallPhase, Record},
     profilers,
+    session::pipeline::Pipeline,
+    vllm::bundle,
 };
 use profilemate_common::{ApiId, CudaCallRecord};
 
@@ -104,39 +110,35 @@ fn main() {
             )));
         }
     }
-    let mut correlator = Correlator::new(TimingMode::Events, false);
     // Real files in a scratch session directory: CSV writing is part of the pipeline's cost.
     let base =
         std::env::temp_dir().join(format!("profilemate-pipeline-bench-{}", std::process::id()));
     let dir = SessionDir::create(&base, "bench").expect("scratch session directory");
-    let mut sinks = profilers::default_set(
-        &dir,
+    let bundle = bundle::session_default();
+    let profilers = profilers::default_set(
         TimeBase {
             t0_ns: 0,
             unix_t0_sec: 0.0,
         },
         0,
         None,
-    )
-    .expect("profilers");
+        bundle,
+    );
+    let mut sinks = Sinks(vec![Box::new(Files::new(dir))]);
+    profilers::open_families(&profilers, &mut sinks).expect("row files");
+    let (_updates, py_rx) = std::sync::mpsc::channel();
+    let mut pipeline = Pipeline::wire(bundle, TimingMode::Events, false, py_rx, profilers, sinks);
     let start = Instant::now();
     for r in &records {
         if let Ok(ev) = decode(r) {
-            correlator.handle(ev, &mut |rec| {
-                for p in sinks.iter_mut() {
-                    p.consume(&rec);
-                }
-            });
+            pipeline.take(Record::Call(ev));
         }
     }
-    correlator.finish(&mut |rec| {
-        for p in sinks.iter_mut() {
-            p.consume(&rec);
-        }
-    });
-    for p in &mut sinks {
-        p.finish(&dir).expect("write outputs");
+    pipeline.finish();
+    for p in &mut pipeline.profilers {
+        p.finish(&mut pipeline.sinks).expect("write outputs");
     }
+    pipeline.sinks.finish().expect("write outputs");
     let elapsed = start.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&base);
     let n = records.len() as f64;
@@ -144,7 +146,7 @@ fn main() {
     println!("pipeline_events_per_sec={:.0}", n / elapsed);
     println!("pipeline_ns_per_event={:.1}", elapsed * 1e9 / n);
     assert!(
-        correlator.stats.incomplete_steps <= 1,
+        pipeline.correlator.stats.incomplete_steps <= 1,
         "the synthetic stream must correlate"
     );
 }

@@ -1,4 +1,6 @@
 //! Validated settings of one `profilemate attach` session (what the CLI resolved).
+//!
+//! Owns the settings and their defaults; not their parsing (`main.rs`) nor their use.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -11,6 +13,19 @@ pub enum TimingMode {
     Events,
     /// Any blocking synchronization (stream, device, event, synchronous copy) after the launches.
     Sync,
+}
+
+/// At which CUDA calls the Python stack is walked (`--cuda-stacks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum CudaStacks {
+    /// Step boundaries: graph launches, event records and waits, stream/device syncs,
+    /// copies, graph capture and instantiation, and the first kernel launch after one of those.
+    Boundaries,
+    /// Every probed call.
+    All,
+    /// None (sampling only).
+    None,
 }
 
 /// Everything an attach session needs, resolved and checked.
@@ -43,7 +58,7 @@ pub struct AttachConfig {
     /// Python stack sampling rate per CPU in Hz (0: off).
     pub sample_hz: u64,
     /// At which CUDA calls Python stacks are walked.
-    pub cuda_stacks: crate::probes::CudaStacks,
+    pub cuda_stacks: CudaStacks,
     /// vLLM scheduler-state polls per second (0: off).
     pub state_hz: u64,
     /// Watch the scheduler's methods with hardware breakpoints.

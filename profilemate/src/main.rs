@@ -1,4 +1,7 @@
 //! The `profilemate` command line.
+//!
+//! Owns parsing the arguments, printing (a session's summary and path, doctor and report
+//! lines) and the exit status; the work itself is the library's.
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
@@ -241,11 +244,57 @@ fn attach(args: AttachArgs) -> Result<()> {
         calibration: args.calibration,
         report: !args.no_report,
     };
-    let outcome = session::run(&cfg)?;
+    let quiet = cfg.quiet;
+    let finished = session::run(&cfg, &mut |a| {
+        if !quiet {
+            profilemate::say!(
+                "profilemate: attached to {} process(es) ({} with Python stacks), {} probes; writing to {}; Ctrl-C to stop",
+                a.processes,
+                a.python,
+                a.probes,
+                a.dir.display()
+            );
+        }
+    })?;
+    let outcome = say_and_detach(&cfg, finished);
     match outcome.failure {
         Some(why) => anyhow::bail!("{why} (the session is in {})", outcome.dir.display()),
         None => Ok(()),
     }
+}
+
+/// Prints a finished session's summary and path, detaches its probes (slow: the results
+/// are out first), then writes and names its report.
+fn say_and_detach(cfg: &AttachConfig, finished: session::Finished) -> session::SessionOutcome {
+    if !cfg.quiet {
+        for line in &finished.outcome.summary {
+            profilemate::say!("  {line}");
+        }
+    }
+    // The path is the one line a script reads; the session is complete whether or not it can
+    // be printed.
+    let dir = finished.outcome.dir.clone();
+    if let Err(e) = console::out_line(&format!("session: {}", dir.display())) {
+        profilemate::say!(
+            "warning: cannot print the session path to stdout ({e}); the session is in {}",
+            dir.display()
+        );
+    }
+    let n = finished.attached_probes();
+    if !cfg.quiet {
+        profilemate::say!("detaching {n} probes...");
+    }
+    let outcome = finished.detach();
+    // After the detach (the target runs unprobed meanwhile) and after every session file:
+    // a failure here is a warning, never a lost session or another exit status.
+    if cfg.report {
+        for line in profilemate::report::after_session(&dir) {
+            if !cfg.quiet || line.starts_with("warning") {
+                profilemate::say!("{line}");
+            }
+        }
+    }
+    outcome
 }
 
 /// `profilemate top`: attach's session with attach's defaults, viewed live.

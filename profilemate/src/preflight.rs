@@ -1,4 +1,6 @@
 //! Checks made before anything is loaded: privileges, kernel features, the target pid.
+//!
+//! Owns those checks and their errors; not the fuller readiness report (`doctor`).
 //! Each failure names its fix.
 
 use std::path::Path;

@@ -107,15 +107,15 @@ pub fn run(mut cfg: AttachConfig, keep: bool) -> Result<()> {
             })
             .context("cannot start the view thread")?
     };
-    let outcome = session::run_live(&cfg, Some(&hook));
+    let finished = session::run_live(&cfg, Some(&hook), &mut |_| {});
     done.store(true, Ordering::Relaxed);
     let viewed = view
         .join()
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the view thread panicked")));
+    let outcome = finished.map(|f| detach(&cfg, scratch.is_none(), f));
     if let Some(s) = &scratch {
         let _ = std::fs::remove_dir_all(s);
     }
-    // With --out the session printed its path, as attach does.
     let outcome = outcome?;
     viewed?;
     // Why it stopped (q, a signal, the target exiting), once the screen is back.
@@ -126,6 +126,29 @@ pub fn run(mut cfg: AttachConfig, keep: bool) -> Result<()> {
         Some(why) => anyhow::bail!("{why}"),
         None => Ok(()),
     }
+}
+
+/// With `--out` (`keep`), prints the session's path as attach does; detaches the probes;
+/// then writes the report (its warnings only: top is quiet).
+fn detach(cfg: &AttachConfig, keep: bool, finished: session::Finished) -> session::SessionOutcome {
+    let dir = finished.outcome.dir.clone();
+    if keep {
+        if let Err(e) = console::out_line(&format!("session: {}", dir.display())) {
+            crate::say!(
+                "warning: cannot print the session path to stdout ({e}); the session is in {}",
+                dir.display()
+            );
+        }
+    }
+    let outcome = finished.detach();
+    if cfg.report {
+        for line in crate::report::after_session(&dir) {
+            if line.starts_with("warning") {
+                crate::say!("{line}");
+            }
+        }
+    }
+    outcome
 }
 
 /// The current snapshot's lines.

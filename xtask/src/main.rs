@@ -14,6 +14,7 @@ mod bench;
 mod bench_polls;
 mod demo;
 mod fuzz;
+mod modgraph;
 mod real_vllm;
 
 #[derive(Parser)]
@@ -57,6 +58,9 @@ enum Cmd {
         /// Destination directory.
         dir: PathBuf,
     },
+    /// Print the profilemate crate's module graph by layer and its longest functions; fail on
+    /// an import circle between top-level modules or a production function over 100 lines.
+    Modgraph,
 }
 
 /// Repository root.
@@ -400,6 +404,7 @@ fn main() -> Result<()> {
             demo::run(seconds)
         }
         Cmd::Fuzz(args) => fuzz::fuzz(&args),
+        Cmd::Modgraph => modgraph::run(),
         Cmd::Bundle { dir } => {
             setup()?;
             build()?;

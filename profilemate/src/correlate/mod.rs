@@ -1,5 +1,8 @@
 //! Calls -> operations -> steps and CUDA graph records.
 //!
+//! Owns pairing, de-duplication and the step machine; not the record types (`model`), the
+//! vLLM names that tell step events from helpers (`vllm::bundle`), nor any output.
+//!
 //! Per process and thread state machines, fed with decoded probe hits in ring-buffer order
 //! (which is per-thread program order):
 //! 1. **De-duplication across levels.** A runtime call (`cudaX`) reaches its driver twin
@@ -14,7 +17,7 @@
 //!    stack walked at an event record tells the step machine which vLLM function recorded it.
 
 pub mod python;
-mod records;
+
 mod steps;
 
 use std::collections::HashMap;
@@ -22,7 +25,7 @@ use std::collections::HashMap;
 use profilemate_common::{ApiId, Library, OpClass};
 use serde::Serialize;
 
-pub use records::{
+pub use crate::model::records::{
     ApiCall, Completion, Correlated, GcPause, GraphCapture, GraphInstantiation, GraphReplay,
     PyFrameInfo, PyStack, Step,
 };
@@ -31,7 +34,10 @@ pub use steps::{BLOCKED_THRESHOLD_NS, BRACKET_NS};
 use crate::{
     config::TimingMode,
     probes::drain::{CallEvent, CallPhase, StackReason},
-    vllm::events::{classify_record, EventRole, EventRule, EVENT_ROLES_0_26_TO_0_33},
+    vllm::{
+        bundle,
+        events::{classify_record, EventRole, EventRule},
+    },
 };
 use steps::{EventMark, StepMachine, WaitCall, Work, NOT_READY};
 
@@ -127,6 +133,118 @@ struct ProcState {
 }
 
 impl ProcState {
+    /// `cudaStreamEndCapture` returned: the captured graph (none for a failed capture).
+    fn capture_end(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        op: &Op,
+        kernels: bool,
+        stats: &mut CorrelatorStats,
+        out: &mut impl FnMut(Correlated),
+    ) {
+        let cap = self
+            .threads
+            .get_mut(&tid)
+            .and_then(|t| t.capture_ending.take());
+        if op.ret != 0 {
+            // Invalidated or failed capture: no graph; *pGraph holds nothing valid.
+            stats.failed_captures += 1;
+            return;
+        }
+        if cap.is_none() {
+            stats.capture_end_without_begin += 1;
+        }
+        if op.out.is_none() {
+            stats.unreadable_out_params += 1;
+        }
+        let graph_id = self.new_graph_id();
+        if let Some(handle) = op.out {
+            self.graphs.insert(handle, graph_id);
+        }
+        out(Correlated::GraphCaptured(GraphCapture {
+            graph_id,
+            pid,
+            tid,
+            stream: Some(cap.as_ref().map_or(op.args[0], |c| c.stream)),
+            begin_ns: cap.as_ref().map(|c| c.begin_ns),
+            end_ns: Some(op.ret_ns.unwrap_or(op.entry_ns)),
+            graph_handle: op.out,
+            captured_launches: if kernels {
+                cap.map(|c| c.launches)
+            } else {
+                None
+            },
+        }));
+    }
+
+    /// A graph was instantiated: its executable (none for a failed instantiation).
+    fn instantiate(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        op: &Op,
+        stats: &mut CorrelatorStats,
+        out: &mut impl FnMut(Correlated),
+    ) {
+        let graph = op.args[1];
+        let graph_id = match self.graphs.get(&graph) {
+            Some(id) => *id,
+            None => {
+                stats.uncaptured_graphs += 1;
+                let id = self.graph_from_before_attach(tid, Some(graph), out);
+                self.graphs.insert(graph, id);
+                id
+            }
+        };
+        // A failed instantiation (non-zero status) produced no executable.
+        match op.out {
+            Some(exec) if op.ret == 0 => {
+                self.execs.insert(exec, graph_id);
+                out(Correlated::GraphInstantiated(GraphInstantiation {
+                    graph_id,
+                    pid,
+                    ts_ns: op.entry_ns,
+                    duration_ns: op.ret_ns.unwrap_or(op.entry_ns).saturating_sub(op.entry_ns),
+                    exec_handle: exec,
+                }));
+            }
+            _ => stats.unreadable_out_params += 1,
+        }
+    }
+
+    /// A graph replay: work of the launching thread's step.
+    fn graph_launch(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        op: &Op,
+        stats: &mut CorrelatorStats,
+        out: &mut impl FnMut(Correlated),
+    ) {
+        let exec = op.args[0];
+        let graph_id = match self.execs.get(&exec) {
+            Some(id) => *id,
+            None => {
+                stats.unknown_graph_execs += 1;
+                let id = self.graph_from_before_attach(tid, None, out);
+                self.execs.insert(exec, id);
+                id
+            }
+        };
+        let replay = GraphReplay {
+            graph_id,
+            pid,
+            tid,
+            ts_ns: op.entry_ns,
+            exec_handle: exec,
+            stream: op.args[1],
+            step: None,
+        };
+        self.steps
+            .work(tid, op.entry_ns, Work::Graph(replay), stats, out);
+    }
+
     fn new_graph_id(&mut self) -> u32 {
         let id = self.next_graph_id;
         self.next_graph_id += 1;
@@ -189,7 +307,7 @@ impl Correlator {
         Self {
             timing,
             kernels,
-            event_roles: EVENT_ROLES_0_26_TO_0_33,
+            event_roles: bundle::session_default().events,
             procs: HashMap::new(),
             stats: CorrelatorStats::default(),
         }
@@ -242,126 +360,149 @@ impl Correlator {
     /// Processes one probe hit, emitting what it completes into `out`.
     pub fn handle(&mut self, ev: CallEvent, out: &mut impl FnMut(Correlated)) {
         self.stats.events += 1;
-        let spec = ev.api.spec();
         let kernels = self.kernels;
-        let proc = self.procs.entry(ev.pid).or_insert_with(|| ProcState {
+        self.procs.entry(ev.pid).or_insert_with(|| ProcState {
             steps: StepMachine::new(ev.pid, kernels),
             ..ProcState::default()
         });
-        let thread = proc.threads.entry(ev.tid).or_default();
         match ev.phase {
-            CallPhase::Entry { args } => {
-                let nested = spec.library == Library::Driver
-                    && thread.runtime_open.is_some_and(|(class, ts, exact)| {
-                        is_twin(class, spec.class)
-                            && (exact || ev.ts_ns.saturating_sub(ts) <= NEST_WINDOW_NS)
-                    });
-                match spec.library {
-                    Library::Runtime => {
-                        thread.runtime_open = Some((spec.class, ev.ts_ns, spec.needs_return))
-                    }
-                    // An entry-only runtime call reaches its twin once, and before any other
-                    // probed driver call on its thread.
-                    Library::Driver if thread.runtime_open.is_some_and(|(_, _, exact)| !exact) => {
-                        thread.runtime_open = None;
-                    }
-                    Library::Driver => {}
-                }
-                if nested {
-                    self.stats.nested_calls += 1;
-                }
-                if spec.needs_return {
-                    let poll = spec.class == OpClass::EventQuery;
-                    let mark = match spec.class {
-                        OpClass::EventSync | OpClass::EventQuery if !nested => {
-                            let (tid, ts) = (ev.tid, ev.ts_ns);
-                            proc.steps
-                                .wait_begins(tid, args[0], ts, poll, &mut self.stats, out)
-                        }
-                        _ => None,
-                    };
-                    // The capture is over once its end is entered, whatever the return says.
-                    if spec.class == OpClass::CaptureEnd && !nested {
-                        thread.capture_ending = thread.capture.take();
-                    }
-                    if thread.stack.len() >= MAX_OPEN_CALLS {
-                        thread.stack.remove(0);
-                        self.stats.abandoned_calls += 1;
-                    }
-                    thread.stack.push(OpenCall {
-                        api: ev.api,
-                        entry_ns: ev.ts_ns,
-                        args,
-                        nested,
-                        mark,
-                        own_ns: 0,
-                    });
-                    return;
-                }
-                out(Correlated::Call(ApiCall {
-                    pid: ev.pid,
-                    api: ev.api,
-                    entry_ns: ev.ts_ns,
-                    duration_ns: None,
-                    nested,
-                    bytes: call_bytes(ev.api, &args),
-                }));
-                if !nested {
-                    let op = Op {
-                        api: ev.api,
-                        entry_ns: ev.ts_ns,
-                        ret_ns: None,
-                        args,
-                        ret: 0,
-                        out: None,
-                        mark: None,
-                        own_ns: 0,
-                    };
-                    self.operation(ev.pid, ev.tid, op, out);
-                }
-            }
+            CallPhase::Entry { args } => self.entry(&ev, args, out),
             CallPhase::Return {
                 ret,
                 out: out_value,
-            } => {
-                let Some(pos) = thread.stack.iter().rposition(|c| c.api == ev.api) else {
-                    self.stats.unmatched_returns += 1;
-                    return;
-                };
-                self.stats.abandoned_calls += (thread.stack.len() - pos - 1) as u64;
-                thread.stack.truncate(pos + 1);
-                let Some(call) = thread.stack.pop() else {
-                    return;
-                };
-                if spec.library == Library::Runtime {
-                    thread.runtime_open = None;
-                }
-                out(Correlated::Call(ApiCall {
-                    pid: ev.pid,
-                    api: ev.api,
-                    entry_ns: call.entry_ns,
-                    duration_ns: Some(
-                        ev.ts_ns
-                            .saturating_sub(call.entry_ns)
-                            .saturating_sub(call.own_ns),
-                    ),
-                    nested: call.nested,
-                    bytes: call_bytes(ev.api, &call.args),
-                }));
-                if !call.nested {
-                    let op = Op {
-                        api: ev.api,
-                        entry_ns: call.entry_ns,
-                        ret_ns: Some(ev.ts_ns),
-                        args: call.args,
-                        ret,
-                        out: out_value,
-                        mark: call.mark,
-                        own_ns: call.own_ns,
-                    };
-                    self.operation(ev.pid, ev.tid, op, out);
-                }
+            } => self.exit(&ev, ret, out_value, out),
+        }
+    }
+
+    /// A call entered: nested or not, held open until its return or an operation now.
+    fn entry(&mut self, ev: &CallEvent, args: [u64; 6], out: &mut impl FnMut(Correlated)) {
+        let spec = ev.api.spec();
+        let Some(proc) = self.procs.get_mut(&ev.pid) else {
+            return;
+        };
+        let thread = proc.threads.entry(ev.tid).or_default();
+        let nested = spec.library == Library::Driver
+            && thread.runtime_open.is_some_and(|(class, ts, exact)| {
+                is_twin(class, spec.class)
+                    && (exact || ev.ts_ns.saturating_sub(ts) <= NEST_WINDOW_NS)
+            });
+        match spec.library {
+            Library::Runtime => {
+                thread.runtime_open = Some((spec.class, ev.ts_ns, spec.needs_return));
             }
+            // An entry-only runtime call reaches its twin once, and before any other
+            // probed driver call on its thread.
+            Library::Driver if thread.runtime_open.is_some_and(|(_, _, exact)| !exact) => {
+                thread.runtime_open = None;
+            }
+            Library::Driver => {}
+        }
+        if nested {
+            self.stats.nested_calls += 1;
+        }
+        if spec.needs_return {
+            let poll = spec.class == OpClass::EventQuery;
+            let mark = match spec.class {
+                OpClass::EventSync | OpClass::EventQuery if !nested => {
+                    let (tid, ts) = (ev.tid, ev.ts_ns);
+                    proc.steps
+                        .wait_begins(tid, args[0], ts, poll, &mut self.stats, out)
+                }
+                _ => None,
+            };
+            let thread = proc.threads.entry(ev.tid).or_default();
+            // The capture is over once its end is entered, whatever the return says.
+            if spec.class == OpClass::CaptureEnd && !nested {
+                thread.capture_ending = thread.capture.take();
+            }
+            if thread.stack.len() >= MAX_OPEN_CALLS {
+                thread.stack.remove(0);
+                self.stats.abandoned_calls += 1;
+            }
+            thread.stack.push(OpenCall {
+                api: ev.api,
+                entry_ns: ev.ts_ns,
+                args,
+                nested,
+                mark,
+                own_ns: 0,
+            });
+            return;
+        }
+        out(Correlated::Call(ApiCall {
+            pid: ev.pid,
+            api: ev.api,
+            entry_ns: ev.ts_ns,
+            duration_ns: None,
+            nested,
+            bytes: call_bytes(ev.api, &args),
+        }));
+        if !nested {
+            let op = Op {
+                api: ev.api,
+                entry_ns: ev.ts_ns,
+                ret_ns: None,
+                args,
+                ret: 0,
+                out: None,
+                mark: None,
+                own_ns: 0,
+            };
+            self.operation(ev.pid, ev.tid, op, out);
+        }
+    }
+
+    /// A call returned: paired with its entry, then an operation unless nested.
+    fn exit(
+        &mut self,
+        ev: &CallEvent,
+        ret: u64,
+        out_value: Option<u64>,
+        out: &mut impl FnMut(Correlated),
+    ) {
+        let Some(thread) = self
+            .procs
+            .get_mut(&ev.pid)
+            .map(|p| p.threads.entry(ev.tid).or_default())
+        else {
+            return;
+        };
+        let Some(pos) = thread.stack.iter().rposition(|c| c.api == ev.api) else {
+            self.stats.unmatched_returns += 1;
+            return;
+        };
+        self.stats.abandoned_calls += (thread.stack.len() - pos - 1) as u64;
+        thread.stack.truncate(pos + 1);
+        let Some(call) = thread.stack.pop() else {
+            return;
+        };
+        if ev.api.spec().library == Library::Runtime {
+            thread.runtime_open = None;
+        }
+        out(Correlated::Call(ApiCall {
+            pid: ev.pid,
+            api: ev.api,
+            entry_ns: call.entry_ns,
+            duration_ns: Some(
+                ev.ts_ns
+                    .saturating_sub(call.entry_ns)
+                    .saturating_sub(call.own_ns),
+            ),
+            nested: call.nested,
+            bytes: call_bytes(ev.api, &call.args),
+        }));
+        if !call.nested {
+            let op = Op {
+                api: ev.api,
+                entry_ns: call.entry_ns,
+                ret_ns: Some(ev.ts_ns),
+                args: call.args,
+                ret,
+                out: out_value,
+                mark: call.mark,
+                own_ns: call.own_ns,
+            };
+            self.operation(ev.pid, ev.tid, op, out);
         }
     }
 
@@ -391,92 +532,12 @@ impl Correlator {
                     });
                 }
             }
-            OpClass::CaptureEnd => {
-                let cap = proc
-                    .threads
-                    .get_mut(&tid)
-                    .and_then(|t| t.capture_ending.take());
-                if op.ret != 0 {
-                    // Invalidated or failed capture: no graph; *pGraph holds nothing valid.
-                    stats.failed_captures += 1;
-                    return;
-                }
-                if cap.is_none() {
-                    stats.capture_end_without_begin += 1;
-                }
-                if op.out.is_none() {
-                    stats.unreadable_out_params += 1;
-                }
-                let graph_id = proc.new_graph_id();
-                if let Some(handle) = op.out {
-                    proc.graphs.insert(handle, graph_id);
-                }
-                out(Correlated::GraphCaptured(GraphCapture {
-                    graph_id,
-                    pid,
-                    tid,
-                    stream: Some(cap.as_ref().map_or(op.args[0], |c| c.stream)),
-                    begin_ns: cap.as_ref().map(|c| c.begin_ns),
-                    end_ns: Some(ret_ns),
-                    graph_handle: op.out,
-                    captured_launches: if kernels {
-                        cap.map(|c| c.launches)
-                    } else {
-                        None
-                    },
-                }));
-            }
-            OpClass::Instantiate => {
-                let graph = op.args[1];
-                let graph_id = match proc.graphs.get(&graph) {
-                    Some(id) => *id,
-                    None => {
-                        stats.uncaptured_graphs += 1;
-                        let id = proc.graph_from_before_attach(tid, Some(graph), out);
-                        proc.graphs.insert(graph, id);
-                        id
-                    }
-                };
-                // A failed instantiation (non-zero status) produced no executable.
-                match op.out {
-                    Some(exec) if op.ret == 0 => {
-                        proc.execs.insert(exec, graph_id);
-                        out(Correlated::GraphInstantiated(GraphInstantiation {
-                            graph_id,
-                            pid,
-                            ts_ns: op.entry_ns,
-                            duration_ns: ret_ns.saturating_sub(op.entry_ns),
-                            exec_handle: exec,
-                        }));
-                    }
-                    _ => stats.unreadable_out_params += 1,
-                }
-            }
+            OpClass::CaptureEnd => proc.capture_end(pid, tid, &op, kernels, stats, out),
+            OpClass::Instantiate => proc.instantiate(pid, tid, &op, stats, out),
             OpClass::GraphLaunch => {
-                if capturing {
-                    return;
+                if !capturing {
+                    proc.graph_launch(pid, tid, &op, stats, out);
                 }
-                let exec = op.args[0];
-                let graph_id = match proc.execs.get(&exec) {
-                    Some(id) => *id,
-                    None => {
-                        stats.unknown_graph_execs += 1;
-                        let id = proc.graph_from_before_attach(tid, None, out);
-                        proc.execs.insert(exec, id);
-                        id
-                    }
-                };
-                let replay = GraphReplay {
-                    graph_id,
-                    pid,
-                    tid,
-                    ts_ns: op.entry_ns,
-                    exec_handle: exec,
-                    stream: op.args[1],
-                    step: None,
-                };
-                proc.steps
-                    .work(tid, op.entry_ns, Work::Graph(replay), stats, out);
             }
             OpClass::KernelLaunch => {
                 match proc.threads.get_mut(&tid).and_then(|t| t.capture.as_mut()) {

@@ -4,13 +4,16 @@
 //! Symbolization reads code objects from the target (read-only, cached per process); the
 //! cache is checked against the first line the kernel read with each frame, so a code
 //! object freed and replaced at the same address is read again.
+//!
+//! Owns symbolization and GC pairing; not the operation rules (`vllm::bundle`) nor the
+//! interpreter's discovery (`python`).
 
 use std::{collections::HashMap, sync::Arc};
 
 use profilemate_common::python::{stack_flags, usdt_probe};
 use serde::Serialize;
 
-use super::records::{Correlated, GcPause, PyFrameInfo, PyStack};
+use crate::model::records::{Correlated, GcPause, PyFrameInfo, PyStack};
 use crate::{
     probes::drain::{StackEvent, StackReason, UsdtEvent},
     python::{
@@ -244,5 +247,104 @@ impl PythonContext {
             s.code_objects_reused += p.codes.reused;
         }
         s
+    }
+}
+
+/// Replays recorded event streams through the context; no process, no root.
+#[cfg(test)]
+mod tests {
+    use profilemate_common::python::PyFrame;
+
+    use super::*;
+
+    fn usdt(ts_ns: u64, tid: u32, probe: u16, arg: u64) -> UsdtEvent {
+        UsdtEvent {
+            ts_ns,
+            pid: 7,
+            tid,
+            probe,
+            args: [arg, 0, 0],
+            failed_args: 0,
+        }
+    }
+
+    fn replay(ctx: &mut PythonContext, events: Vec<UsdtEvent>) -> Vec<GcPause> {
+        let mut pauses = Vec::new();
+        for ev in events {
+            ctx.usdt(ev, &mut |c| {
+                if let Correlated::GcPause(g) = c {
+                    pauses.push(g);
+                }
+            });
+        }
+        pauses
+    }
+
+    #[test]
+    fn gc_start_and_done_pair_per_thread_and_strays_are_counted() {
+        let mut ctx = PythonContext::new(crate::vllm::v0_33::OPS);
+        let pauses = replay(
+            &mut ctx,
+            vec![
+                usdt(100, 1, usdt_probe::GC_START, 2),
+                // Another thread's collection interleaves.
+                usdt(110, 2, usdt_probe::GC_START, 0),
+                usdt(150, 2, usdt_probe::GC_DONE, 5),
+                usdt(300, 1, usdt_probe::GC_DONE, 40),
+                // A done without its start (the collection began before attach).
+                usdt(400, 3, usdt_probe::GC_DONE, 1),
+                usdt(500, 1, 999, 0),
+            ],
+        );
+        let got: Vec<(u32, u64, u64, i64, i64)> = pauses
+            .iter()
+            .map(|g| (g.tid, g.start_ns, g.end_ns, g.generation, g.collected))
+            .collect();
+        assert_eq!(got, [(2, 110, 150, 0, 5), (1, 100, 300, 2, 40)]);
+        let s = ctx.final_stats();
+        assert_eq!((s.gc_pauses, s.gc_unpaired, s.usdt_unknown), (2, 1, 1));
+    }
+
+    #[test]
+    fn stacks_of_a_process_without_interpreter_are_native_and_counted() {
+        let mut ctx = PythonContext::new(crate::vllm::v0_33::OPS);
+        let frame = PyFrame {
+            code: 0x1000,
+            instr_offset: 0,
+            first_line: 1,
+            arg1: 0,
+        };
+        let mut stacks = Vec::new();
+        for (flags, reason) in [
+            (stack_flags::NO_PYTHON, StackReason::Sample),
+            (
+                0,
+                StackReason::CudaCall(profilemate_common::ApiId::cudaGraphLaunch),
+            ),
+        ] {
+            let ev = StackEvent {
+                ts_ns: 5,
+                pid: 9,
+                tid: 9,
+                reason,
+                flags,
+                walk_ns: 0,
+                frames: vec![frame, frame],
+            };
+            ctx.stack(ev, &mut |c| {
+                if let Correlated::PyStack(st) = c {
+                    stacks.push(st);
+                }
+            });
+        }
+        // Nothing symbolized: no frames, and no vLLM operation.
+        assert!(stacks.iter().all(|st| st.frames.is_empty()));
+        assert!(stacks.iter().all(|st| st.op == Operation::Native));
+        let s = ctx.final_stats();
+        assert_eq!(
+            (s.sampled_stacks, s.cuda_call_stacks, s.no_python),
+            (1, 1, 1)
+        );
+        assert_eq!(s.frames_after_exit, 4);
     }
 }

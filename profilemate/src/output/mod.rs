@@ -3,13 +3,16 @@
 //! Owns: creating `DIR/session_YYYYmmdd_HHMMSS/` safely (no symlink following, no
 //! world-writable files, owned by the invoking user under sudo), CSV and JSON writing (every
 //! CSV text cell through `cells::neutralize`), the folded-stack format, terminal lines, and
-//! latency summaries. Does not own: which files exist (each profiler names its own).
+//! latency summaries; the sink layer (`sink`) with its formats: the session directory's CSV
+//! and JSON files (`csv`, which owns every file name and header) and row counts (`counts`).
+//! Does not own what the rows say (the profilers).
 
 pub mod cells;
-pub mod console;
+pub use crate::console;
+pub mod counts;
+pub mod csv;
 pub mod folded;
-pub mod losses;
-pub mod metadata;
+pub mod sink;
 pub mod summary;
 
 use std::{
@@ -24,6 +27,8 @@ use std::{
 };
 
 use serde::Serialize;
+
+pub use crate::model::clock::{monotonic_ns, ms, TimeBase};
 
 /// A failure to create or write output.
 #[derive(Debug, thiserror::Error)]
@@ -52,46 +57,8 @@ pub enum OutputError {
         path: PathBuf,
         /// The cause.
         #[source]
-        source: csv::Error,
+        source: ::csv::Error,
     },
-}
-
-/// Converts probe timestamps (CLOCK_MONOTONIC ns) to seconds since the session start.
-#[derive(Clone, Copy, Debug)]
-pub struct TimeBase {
-    /// CLOCK_MONOTONIC ns at session start.
-    pub t0_ns: u64,
-    /// Unix time (seconds) at session start: converts the target's `time.time()` stamps.
-    pub unix_t0_sec: f64,
-}
-
-impl TimeBase {
-    /// Session-relative seconds, rounded to microseconds.
-    #[must_use]
-    pub fn sec(&self, ts_ns: u64) -> f64 {
-        let d = ts_ns as i128 - self.t0_ns as i128;
-        (d as f64 / 1e3).round() / 1e6
-    }
-
-    /// Session-relative seconds of a Unix timestamp (negative: before the session).
-    #[must_use]
-    pub fn unix_sec(&self, unix: f64) -> f64 {
-        ((unix - self.unix_t0_sec) * 1e6).round() / 1e6
-    }
-}
-
-/// Milliseconds with microsecond resolution.
-#[must_use]
-pub fn ms(ns: u64) -> f64 {
-    (ns as f64 / 1e3).round() / 1e3
-}
-
-/// Current CLOCK_MONOTONIC in ns (the clock `bpf_ktime_get_ns` reads).
-#[must_use]
-pub fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| (t.tv_sec() as u64) * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
 }
 
 /// The session directory, held open: files are created relative to this descriptor, so a
@@ -228,6 +195,23 @@ impl SessionDir {
 
     /// Creates a new file in the session directory (never an existing one, never through a
     /// symlink), mode 0644.
+    /// Another handle on the same directory (the file sink owns one on the pipeline thread).
+    ///
+    /// # Errors
+    ///
+    /// The descriptor cannot be duplicated.
+    pub fn try_clone(&self) -> Result<Self, OutputError> {
+        let dir = self.dir.try_clone().map_err(|source| OutputError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            path: self.path.clone(),
+            dir,
+            owner: self.owner,
+        })
+    }
+
     pub fn create_file(&self, name: &str) -> Result<BufWriter<File>, OutputError> {
         let path = self.path.join(name);
         let io_err = |source| OutputError::Io {
@@ -280,86 +264,6 @@ impl SessionDir {
         w.write_all(b"\n")
             .and_then(|()| w.flush())
             .map_err(|source| OutputError::Io { path, source })
-    }
-
-    /// Opens `name` for rows written one at a time, starting with `header`.
-    pub fn csv_sink(&self, name: &'static str, header: &[&str]) -> Result<CsvSink, OutputError> {
-        let path = self.path.join(name);
-        let mut writer = csv::WriterBuilder::new()
-            .has_headers(false)
-            .from_writer(self.create_file(name)?);
-        writer
-            .write_record(header)
-            .map_err(|source| OutputError::Csv {
-                path: path.clone(),
-                source,
-            })?;
-        Ok(CsvSink {
-            name,
-            path,
-            writer,
-            error: None,
-        })
-    }
-
-    /// Writes `rows` (serialized with their field names as the header) into `name`.
-    pub fn write_csv<R: Serialize>(
-        &self,
-        name: &str,
-        header: &[&str],
-        rows: impl IntoIterator<Item = R>,
-    ) -> Result<(), OutputError> {
-        let path = self.path.join(name);
-        let csv_err = |source| OutputError::Csv {
-            path: path.clone(),
-            source,
-        };
-        let mut w = csv::WriterBuilder::new()
-            .has_headers(false)
-            .from_writer(self.create_file(name)?);
-        w.write_record(header).map_err(csv_err)?;
-        for r in rows {
-            w.serialize(cells::Guarded(&r)).map_err(csv_err)?;
-        }
-        w.flush().map_err(|source| OutputError::Io {
-            path: path.clone(),
-            source,
-        })
-    }
-}
-
-/// A CSV file written row by row as records arrive, so a long session keeps no rows in memory.
-/// The first write error is kept and returned by `finish` (callers consume infallibly).
-pub struct CsvSink {
-    name: &'static str,
-    path: PathBuf,
-    writer: csv::Writer<BufWriter<File>>,
-    error: Option<csv::Error>,
-}
-
-impl CsvSink {
-    /// Appends one row.
-    pub fn row(&mut self, row: &impl Serialize) {
-        if self.error.is_none() {
-            if let Err(e) = self.writer.serialize(cells::Guarded(row)) {
-                self.error = Some(e);
-            }
-        }
-    }
-
-    /// Flushes; returns the file name, or the first error.
-    pub fn finish(&mut self) -> Result<&'static str, OutputError> {
-        if let Some(source) = self.error.take() {
-            return Err(OutputError::Csv {
-                path: self.path.clone(),
-                source,
-            });
-        }
-        self.writer.flush().map_err(|source| OutputError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
-        Ok(self.name)
     }
 }
 
@@ -447,6 +351,33 @@ mod tests {
         p
     }
 
+    const A_CSV: &str = "a.csv";
+    const B_CSV: &str = "b.csv";
+
+    crate::csv_family! {
+        struct XyRow in A_CSV { x: u32, y: &'static str }
+    }
+    crate::csv_family! {
+        struct IdRow in A_CSV { id: &'static str, v: f64 }
+    }
+    crate::csv_family! {
+        struct IdIntRow in B_CSV { id: &'static str, v: i32 }
+    }
+
+    use sink::Sink as _;
+
+    /// Writes `rows` (one family) through the file sink.
+    fn write_rows(dir: &SessionDir, rows: &[&dyn sink::Row]) {
+        let mut files = csv::Files::new(dir.try_clone().expect("dir"));
+        if let Some(first) = rows.first() {
+            files.open(first.family()).expect("open");
+        }
+        for r in rows {
+            files.row(*r);
+        }
+        files.finish().expect("finish");
+    }
+
     #[test]
     fn creates_session_files_without_following_symlinks() {
         let base = tmp("symlink");
@@ -456,8 +387,7 @@ mod tests {
             s.create_file("evil.csv").is_err(),
             "must not write through a symlink"
         );
-        s.write_csv("a.csv", &["x", "y"], [(1, "a,\"b\"")])
-            .expect("csv");
+        write_rows(&s, &[&XyRow { x: 1, y: "a,\"b\"" }]);
         let text = std::fs::read_to_string(s.path().join("a.csv")).expect("read");
         assert_eq!(text, "x,y\n1,\"a,\"\"b\"\"\"\n");
         let mode = std::fs::metadata(s.path().join("a.csv"))
@@ -475,11 +405,14 @@ mod tests {
         let base = tmp("inject");
         let s = SessionDir::create(&base, "20260101_000000").expect("session");
         let evil = r#"=HYPERLINK("http://evil.example/","x")"#;
-        s.write_csv("a.csv", &["id", "v"], [(evil, -3.5)])
-            .expect("csv");
-        let mut sink = s.csv_sink("b.csv", &["id", "v"]).expect("sink");
-        sink.row(&("@x\nwith\0nul", -1));
-        sink.finish().expect("finish");
+        write_rows(&s, &[&IdRow { id: evil, v: -3.5 }]);
+        write_rows(
+            &s,
+            &[&IdIntRow {
+                id: "@x\nwith\0nul",
+                v: -1,
+            }],
+        );
         let a = std::fs::read_to_string(s.path().join("a.csv")).expect("read");
         assert_eq!(
             a,

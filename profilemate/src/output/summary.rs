@@ -1,4 +1,6 @@
 //! Latency summaries (count, mean, P50/P95/P99, min, max) with hdrhistogram.
+//!
+//! Owns the histogram and its rounding; not which latencies are summarized (the profilers).
 
 use hdrhistogram::Histogram;
 use serde::Serialize;

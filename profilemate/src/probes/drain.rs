@@ -1,10 +1,15 @@
 //! Ring-buffer records -> typed events: the decoders of every record kind (the reader thread
 //! in `reader` calls them), and the encoder tests and benchmarks use to feed the pipeline.
+//!
+//! Owns the record formats' decoding; not reading the ring (`reader`) nor what the events
+//! mean (`correlate`).
 
 use profilemate_common::{
     python::{stack_reason, PyFrame, PyStackRecord, UsdtRecord},
     record_kind, ApiId, CudaCallRecord, FLAG_OUT_VALID,
 };
+
+pub use crate::model::stack::StackReason;
 
 /// What happened at a probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,17 +41,6 @@ pub struct CallEvent {
     pub api: ApiId,
     /// Entry or return.
     pub phase: CallPhase,
-}
-
-/// Why a Python stack was walked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StackReason {
-    /// A sampling tick.
-    Sample,
-    /// Entry of this CUDA API.
-    CudaCall(ApiId),
-    /// Entry of the watched Python function of this slot (a hardware breakpoint hit).
-    Breakpoint(u16),
 }
 
 /// One walked Python stack (frames innermost first, not yet symbolized).

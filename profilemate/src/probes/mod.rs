@@ -50,18 +50,7 @@ const SAMPLE_PROGRAM: &str = "py_sample";
 const USDT_PROGRAM: &str = "usdt_hit";
 const BREAKPOINT_PROGRAM: &str = "py_breakpoint";
 
-/// At which CUDA calls the Python stack is walked (`--cuda-stacks`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum CudaStacks {
-    /// Step boundaries: graph launches, event records and waits, stream/device syncs,
-    /// copies, graph capture and instantiation, and the first kernel launch after one of those.
-    Boundaries,
-    /// Every probed call.
-    All,
-    /// None (sampling only).
-    None,
-}
+pub use crate::config::CudaStacks;
 
 impl CudaStacks {
     /// The `CUDA_STACKS` value of `api` under this policy; `driver_twins`: both levels of an
@@ -236,7 +225,25 @@ pub struct UsdtReport {
     /// `provider:name`.
     pub probe: String,
     /// Attached, or why not.
-    pub status: String,
+    pub status: UsdtStatus,
+}
+
+/// What became of one USDT probe; metadata.json spells it `attached` or the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsdtStatus {
+    /// Attached.
+    Attached,
+    /// Not attached, and why.
+    NotAttached(String),
+}
+
+impl Serialize for UsdtStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Attached => s.serialize_str("attached"),
+            Self::NotAttached(why) => s.serialize_str(why),
+        }
+    }
 }
 
 /// A library's symbol offsets, or why they could not be read.
@@ -394,8 +401,8 @@ impl Probes {
         let label = format!("{}:{}", probe.provider, probe.name);
         let result = self.try_attach_usdt(pid, path, file_id, probe, probe_id);
         let status = match &result {
-            Ok(()) => "attached".to_owned(),
-            Err(e) => e.clone(),
+            Ok(()) => UsdtStatus::Attached,
+            Err(e) => UsdtStatus::NotAttached(e.clone()),
         };
         self.usdt_report.push(UsdtReport {
             pid,

@@ -202,7 +202,7 @@ impl Admission {
                     }
                 }
             } else if empty_since.is_none() {
-                empty_since = Some((crate::output::monotonic_ns(), last));
+                empty_since = Some((crate::model::monotonic_ns(), last));
             }
             if stopping {
                 return;

@@ -1,4 +1,6 @@
 //! Resolves exported function symbols of a shared library to the FILE offsets uprobes take.
+//!
+//! Owns ELF parsing of dynamic symbols; not which symbols are probed (`probes`).
 
 use std::{collections::HashMap, fs::File, path::Path};
 

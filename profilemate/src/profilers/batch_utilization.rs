@@ -1,16 +1,21 @@
 //! batch_utilization.csv (one row per step batch read, streamed) and
 //! batch_utilization_summary.json: how full each step was against the scheduler's limits.
+//!
+//! Owns computing those rows and summaries from the correlated records; not writing them
+//! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::Profiler;
+use super::{Emitted, Profiler};
+use crate::output::csv::{Family, FamilyRow};
 use crate::{
     correlate::Correlated,
     output::{
+        sink::Sink,
         summary::{CountSummary, Latency},
-        CsvSink, OutputError, SessionDir, TimeBase,
+        OutputError, TimeBase,
     },
     vllm::{batch::StepBatch, state::StateSnapshot},
 };
@@ -20,32 +25,8 @@ use crate::{
 /// KV cache space).
 pub const UNDERUTILIZED_PCT: f64 = 50.0;
 
-const HEADER: &[&str] = &[
-    "step",
-    "timestamp_sec",
-    "pid",
-    "phase",
-    "num_seqs",
-    "max_num_seqs",
-    "seq_utilization_pct",
-    "num_tokens",
-    "max_num_scheduled_tokens",
-    "token_utilization_pct",
-    "prefill_tokens",
-    "decode_tokens",
-    "new_reqs",
-    "cached_reqs",
-    "resumed_reqs",
-    "preempted_reqs",
-    "running",
-    "waiting",
-    "kv_usage_pct",
-    "queues_from",
-    "underutilized",
-];
-
-#[derive(Serialize)]
-struct Row {
+crate::csv_family! {
+    pub struct Row in crate::output::csv::files::BATCH_UTILIZATION {
     step: u64,
     timestamp_sec: f64,
     pid: u32,
@@ -67,6 +48,7 @@ struct Row {
     kv_usage_pct: Option<f64>,
     queues_from: &'static str,
     underutilized: bool,
+    }
 }
 
 #[derive(Default)]
@@ -117,8 +99,8 @@ struct Summary {
 
 /// The batch utilization profiler.
 pub struct BatchUtilization {
+    emitted: Emitted,
     time: TimeBase,
-    rows: CsvSink,
     per_pid: BTreeMap<u32, Stats>,
     all: Stats,
     /// The latest scheduler poll of any process (limits; queues when the step was read in
@@ -130,17 +112,17 @@ pub struct BatchUtilization {
 }
 
 impl BatchUtilization {
-    /// Opens batch_utilization.csv in `dir`.
-    pub fn new(dir: &SessionDir, time: TimeBase) -> Result<Self, OutputError> {
-        Ok(Self {
+    /// A profiler stamping rows with `time`.
+    pub fn new(time: TimeBase) -> Self {
+        Self {
+            emitted: Emitted::default(),
             time,
-            rows: dir.csv_sink("batch_utilization.csv", HEADER)?,
             per_pid: BTreeMap::new(),
             all: Stats::default(),
             latest_poll: None,
             scheduler_steps: BTreeMap::new(),
             next_step: BTreeMap::new(),
-        })
+        }
     }
 
     fn add(&mut self, b: &StepBatch) {
@@ -168,7 +150,7 @@ impl BatchUtilization {
         let underutilized =
             waiting.unwrap_or(0) > 0 && token_pct.is_some_and(|p| p < UNDERUTILIZED_PCT);
         let step = self.next_step.entry(b.pid).or_insert(0);
-        self.rows.row(&Row {
+        self.emitted.push(Row {
             step: *step,
             timestamp_sec: self.time.sec(b.ts_ns),
             pid: b.pid,
@@ -221,8 +203,9 @@ fn mean(sum: f64, n: u64) -> Option<f64> {
     (n > 0).then(|| (100.0 * sum / n as f64).round() / 100.0)
 }
 
-impl Profiler for BatchUtilization {
-    fn consume(&mut self, record: &Correlated) {
+impl BatchUtilization {
+    /// One record: its rows go to `emitted`.
+    fn take(&mut self, record: &Correlated) {
         match record {
             Correlated::VllmState(s) => {
                 if let Some(step) = s.current_step {
@@ -235,9 +218,19 @@ impl Profiler for BatchUtilization {
             _ => {}
         }
     }
+}
 
-    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
-        let rows = self.rows.finish()?;
+impl Profiler for BatchUtilization {
+    fn families(&self) -> &'static [&'static Family] {
+        &[&Row::FAMILY]
+    }
+
+    fn consume(&mut self, record: &Correlated, out: &mut dyn Sink) {
+        self.take(record);
+        self.emitted.drain_to(out);
+    }
+
+    fn finish(&mut self, out: &mut dyn Sink) -> Result<(), OutputError> {
         let poll = self.latest_poll;
         let polled: u64 = self
             .scheduler_steps
@@ -277,7 +270,11 @@ impl Profiler for BatchUtilization {
                 .collect(),
             note: "one row per step whose SchedulerOutput was read (at the step's first walked CUDA call); utilization = scheduled / limit (max_num_scheduled_tokens, max_num_seqs); an under-utilization event is a step below the threshold of the token budget while requests were waiting; queues_from = step (read right after the output, same process) or poll (latest poll, when the scheduler runs in another process); scheduler_steps_polled = advance of Scheduler.current_step between the first and last poll (steps with no tokens launch nothing and have no row)",
         };
-        dir.write_json("batch_utilization_summary.json", &summary)?;
-        Ok(vec![rows, "batch_utilization_summary.json"])
+        out.summary(
+            crate::output::csv::files::BATCH_UTILIZATION_SUMMARY,
+            &summary,
+        )?;
+        self.emitted.drain_to(out);
+        Ok(())
     }
 }

@@ -12,33 +12,23 @@
 //! Step windows: step k of a process spans from its first launch-side call to step k+1's.
 //! Threads of processes without steps of their own (the API server) are attributed on the
 //! timeline of the first process that had steps.
+//!
+//! Owns computing those rows and summaries from the correlated records; not writing them
+//! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use super::Profiler;
+use super::{Emitted, Profiler};
+use crate::output::csv::{Family, FamilyRow};
 use crate::{
     correlate::{Correlated, GcPause, PyStack, Step},
     discovery,
-    output::{folded, ms, summary::Latency, CsvSink, OutputError, SessionDir, TimeBase},
+    output::{folded, ms, sink::Sink, summary::Latency, OutputError, TimeBase},
     probes::drain::StackReason,
     vllm::ops::Operation,
 };
-
-const HEADER: &[&str] = &[
-    "step",
-    "pid",
-    "tid",
-    "thread",
-    "operation",
-    "method",
-    "time_ms",
-    "samples",
-    "calls",
-    "start_sec",
-    "end_sec",
-];
 
 /// Distinct stacks kept for cpu_profile.folded; further new stacks are counted as one line.
 const MAX_FOLDED_STACKS: usize = 200_000;
@@ -51,19 +41,20 @@ const MAX_PENDING: usize = 200_000;
 /// Name of the operation of GC pause rows.
 const GC_OPERATION: &str = "gc";
 
-#[derive(Serialize)]
-struct Row<'a> {
+crate::csv_family! {
+    pub struct Row in crate::output::csv::files::CPU_OPERATIONS_TIMING {
     step: Option<u64>,
     pid: u32,
     tid: u32,
-    thread: &'a str,
-    operation: &'a str,
-    method: &'a str,
+    thread: String,
+    operation: &'static str,
+    method: &'static str,
     time_ms: f64,
     samples: Option<u64>,
     calls: Option<u64>,
     start_sec: f64,
     end_sec: f64,
+    }
 }
 
 /// Something with a time that belongs to a step window.
@@ -130,10 +121,12 @@ struct OpTotals {
 }
 
 #[derive(Serialize)]
-struct OpSummary {
+/// One operation's CPU time.
+pub struct OpSummary {
     sampled_ms: f64,
     samples: u64,
-    share_of_samples_pct: f64,
+    /// Share of all samples (%).
+    pub share_of_samples_pct: f64,
     mean_per_step_ms: Option<f64>,
     per_step_ms: Option<crate::output::summary::LatencySummary>,
     bracketed_ms: f64,
@@ -156,13 +149,16 @@ struct GapSummary {
     note: &'static str,
 }
 
+/// cpu_timing_summary.json.
 #[derive(Serialize)]
-struct Summary {
+pub struct Summary {
     sample_hz: u64,
     sample_period_ms: f64,
     method: &'static str,
-    operations: BTreeMap<&'static str, OpSummary>,
-    gc: GcTotals,
+    /// Per operation.
+    pub operations: BTreeMap<&'static str, OpSummary>,
+    /// GC pauses.
+    pub gc: GcTotals,
     gpu_idle_gaps: GapSummary,
     threads: Vec<ThreadSummary>,
     folded_stacks: usize,
@@ -170,18 +166,21 @@ struct Summary {
 }
 
 #[derive(Serialize, Default, Clone, Copy)]
-struct GcTotals {
-    pauses: u64,
-    total_ms: f64,
+/// GC pauses in total.
+pub struct GcTotals {
+    /// Pauses.
+    pub pauses: u64,
+    /// Their total time (ms).
+    pub total_ms: f64,
     max_ms: f64,
 }
 
 /// The CPU attribution profiler.
 pub struct CpuAttribution {
+    emitted: Emitted,
     time: TimeBase,
     hz: u64,
     period_ns: u64,
-    rows: CsvSink,
     pending: Vec<Timed>,
     timelines: HashMap<u32, Timeline>,
     reference: Option<u32>,
@@ -196,12 +195,12 @@ pub struct CpuAttribution {
 
 impl CpuAttribution {
     /// Opens cpu_operations_timing.csv; `hz` is the sampling rate in use (0: no sampling).
-    pub fn new(dir: &SessionDir, time: TimeBase, hz: u64) -> Result<Self, OutputError> {
-        Ok(Self {
+    pub fn new(time: TimeBase, hz: u64) -> Self {
+        Self {
+            emitted: Emitted::default(),
             time,
             hz,
             period_ns: 1_000_000_000 / hz.max(1),
-            rows: dir.csv_sink("cpu_operations_timing.csv", HEADER)?,
             pending: Vec::new(),
             timelines: HashMap::new(),
             reference: None,
@@ -212,7 +211,7 @@ impl CpuAttribution {
             threads: BTreeMap::new(),
             gc: GcTotals::default(),
             gaps: GapSummary::default(),
-        })
+        }
     }
 
     fn thread_name(&mut self, pid: u32, tid: u32) -> String {
@@ -317,11 +316,11 @@ impl CpuAttribution {
                     self.ops.entry(*op).or_default().bracketed_ns += acc.last_ns - acc.first_ns;
                 }
             }
-            self.rows.row(&Row {
+            self.emitted.push(Row {
                 step,
                 pid,
                 tid,
-                thread: &thread,
+                thread,
                 operation,
                 method,
                 time_ms,
@@ -387,8 +386,9 @@ fn short_file(path: &str) -> &str {
     path
 }
 
-impl Profiler for CpuAttribution {
-    fn consume(&mut self, record: &Correlated) {
+impl CpuAttribution {
+    /// One record: its rows go to `emitted`.
+    fn take(&mut self, record: &Correlated) {
         match record {
             Correlated::PyStack(st) => {
                 let item = match st.reason {
@@ -422,15 +422,25 @@ impl Profiler for CpuAttribution {
             _ => {}
         }
     }
+}
 
-    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
+impl Profiler for CpuAttribution {
+    fn families(&self) -> &'static [&'static Family] {
+        &[&Row::FAMILY]
+    }
+
+    fn consume(&mut self, record: &Correlated, out: &mut dyn Sink) {
+        self.take(record);
+        self.emitted.drain_to(out);
+    }
+
+    fn finish(&mut self, out: &mut dyn Sink) -> Result<(), OutputError> {
         // What is left belongs to the last step of its timeline (or to no step).
         let timelines: Vec<u32> = self.timelines.keys().copied().collect();
         for tl in timelines {
             self.flush(Some(tl), u64::MAX);
         }
         self.flush(None, u64::MAX);
-        let rows = self.rows.finish()?;
         let total_samples: u64 = self.ops.values().map(|o| o.samples).sum();
         let steps: u64 = self
             .reference
@@ -486,13 +496,14 @@ impl Profiler for CpuAttribution {
             folded_stacks: self.folded.len(),
             folded_overflow_samples: self.folded_overflow,
         };
-        dir.write_json("cpu_timing_summary.json", &summary)?;
+        out.summary(crate::output::csv::files::CPU_TIMING_SUMMARY, &summary)?;
         let mut stacks: Vec<(&str, u64)> =
             self.folded.iter().map(|(k, n)| (k.as_str(), *n)).collect();
         stacks.sort_unstable();
         let text = folded::text(stacks, self.folded_overflow);
-        dir.write_text("cpu_profile.folded", &text)?;
-        Ok(vec![rows, "cpu_timing_summary.json", "cpu_profile.folded"])
+        out.text(crate::output::csv::files::CPU_PROFILE, &text)?;
+        self.emitted.drain_to(out);
+        Ok(())
     }
 }
 
@@ -539,15 +550,12 @@ mod tests {
     fn profiler(name: &str) -> (CpuAttribution, std::path::PathBuf) {
         let base = std::env::temp_dir().join(format!("pm-cpu-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
-        let dir = SessionDir::create(&base, "x").expect("session dir");
         let time = TimeBase {
             t0_ns: 0,
             unix_t0_sec: 0.0,
         };
-        (
-            CpuAttribution::new(&dir, time, 100).expect("profiler"),
-            base,
-        )
+        std::fs::create_dir_all(&base).expect("scratch dir");
+        (CpuAttribution::new(time, 100), base)
     }
 
     fn stack(pid: u32, tid: u32, qualname: &str, file: &str) -> PyStack {

@@ -1,4 +1,7 @@
 //! cuda_api_summary.json: calls, bytes and P50/P95/P99 duration per API per process.
+//!
+//! Owns computing those rows and summaries from the correlated records; not writing them
+//! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
 
 use std::collections::BTreeMap;
 
@@ -6,12 +9,13 @@ use profilemate_common::ApiId;
 use serde::Serialize;
 
 use super::Profiler;
+use crate::output::sink::Sink;
 use crate::{
     correlate::Correlated,
     discovery::library_name,
     output::{
         summary::{Latency, LatencySummary},
-        OutputError, SessionDir,
+        OutputError,
     },
 };
 
@@ -41,7 +45,7 @@ struct ApiRow {
 }
 
 impl Profiler for CudaApi {
-    fn consume(&mut self, record: &Correlated) {
+    fn consume(&mut self, record: &Correlated, _out: &mut dyn Sink) {
         let Correlated::Call(c) = record else { return };
         let s = self.stats.entry((c.pid, c.api)).or_default();
         if c.nested {
@@ -55,7 +59,7 @@ impl Profiler for CudaApi {
         }
     }
 
-    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
+    fn finish(&mut self, out: &mut dyn Sink) -> Result<(), OutputError> {
         let mut by_pid: BTreeMap<String, BTreeMap<&'static str, ApiRow>> = BTreeMap::new();
         for ((pid, api), s) in &self.stats {
             let spec = api.spec();
@@ -77,10 +81,10 @@ impl Profiler for CudaApi {
                 },
             );
         }
-        dir.write_json(
-            "cuda_api_summary.json",
+        out.summary(
+            crate::output::csv::files::CUDA_API_SUMMARY,
             &serde_json::json!({ "processes": by_pid }),
         )?;
-        Ok(vec!["cuda_api_summary.json"])
+        Ok(())
     }
 }

@@ -1,13 +1,18 @@
 //! cuda_graph_captures.csv, cuda_graph_usage.csv and cuda_graph_timeline.csv.
+//!
+//! Owns computing those rows and summaries from the correlated records; not writing them
+//! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use serde::Serialize;
-
 use super::{keep_recent, Profiler};
+use crate::output::{
+    csv::{Family, FamilyRow},
+    sink::Sink,
+};
 use crate::{
     correlate::{Correlated, GraphCapture, GraphInstantiation},
-    output::{ms, CsvSink, OutputError, SessionDir, TimeBase},
+    output::{ms, OutputError, TimeBase},
     vllm::batch::GraphDescriptor,
 };
 
@@ -17,7 +22,6 @@ pub struct CudaGraphs {
     captures: BTreeMap<(u32, u32), GraphCapture>,
     instantiations: BTreeMap<(u32, u32), Vec<GraphInstantiation>>,
     usage: BTreeMap<(u32, u32), UsageRow>,
-    timeline: CsvSink,
     /// Descriptors read at graph launches, waiting for their replay record.
     pending: HashMap<(u32, u32), VecDeque<GraphDescriptor>>,
     /// (pid, graph id) -> the descriptor its replays were launched with.
@@ -47,18 +51,17 @@ fn same_shape(a: &GraphDescriptor, b: &GraphDescriptor) -> bool {
 }
 
 impl CudaGraphs {
-    /// Opens cuda_graph_timeline.csv in `dir`.
-    pub fn new(dir: &SessionDir, time: TimeBase) -> Result<Self, OutputError> {
-        Ok(Self {
+    /// A profiler stamping rows with `time`.
+    pub fn new(time: TimeBase) -> Self {
+        Self {
             time,
             captures: BTreeMap::new(),
             instantiations: BTreeMap::new(),
             usage: BTreeMap::new(),
-            timeline: dir.csv_sink("cuda_graph_timeline.csv", TIMELINE_HEADER)?,
             pending: HashMap::new(),
             descriptors: BTreeMap::new(),
             descriptor_conflicts: 0,
-        })
+        }
     }
 }
 
@@ -81,58 +84,12 @@ fn usage_row(pid: u32, graph_id: u32) -> UsageRow {
 
 // The seeds' columns come first, in the seeds' order (their analyses index columns by
 // position: `sort -t',' -k6 -rn cuda_graph_usage.csv` sorts by replay_count); ours follow.
-const CAPTURE_HEADER: &[&str] = &[
-    "runtime_mode",
-    "num_tokens",
-    "num_reqs",
-    "uniform",
-    "has_lora",
-    "capture_time_sec",
-    "graph_id",
-    "pid",
-    "tid",
-    "stream",
-    "capture_end_sec",
-    "capture_ms",
-    "instantiate_sec",
-    "instantiate_ms",
-    "num_instantiations",
-    "captured_launches",
-    "graph_handle",
-    "exec_handles",
-    "source",
-    "uniform_token_count",
-];
-const USAGE_HEADER: &[&str] = &[
-    "runtime_mode",
-    "num_tokens",
-    "num_reqs",
-    "uniform",
-    "has_lora",
-    "replay_count",
-    "graph_id",
-    "pid",
-    "first_replay_sec",
-    "last_replay_sec",
-    "replays_in_steps",
-    "uniform_token_count",
-];
-const TIMELINE_HEADER: &[&str] = &[
-    "timestamp_sec",
-    "pid",
-    "tid",
-    "graph_id",
-    "exec_handle",
-    "stream",
-    "step",
-];
-
 fn hex(v: u64) -> String {
     format!("{v:#x}")
 }
 
-#[derive(Serialize)]
-struct CaptureRow {
+crate::csv_family! {
+    pub struct CaptureRow in crate::output::csv::files::CUDA_GRAPH_CAPTURES {
     runtime_mode: Option<String>,
     num_tokens: Option<u64>,
     num_reqs: Option<u64>,
@@ -155,6 +112,7 @@ struct CaptureRow {
     exec_handles: String,
     source: &'static str,
     uniform_token_count: Option<u64>,
+    }
 }
 
 impl CaptureRow {
@@ -174,8 +132,8 @@ impl CaptureRow {
     }
 }
 
-#[derive(Serialize)]
-struct UsageRow {
+crate::csv_family! {
+    pub struct UsageRow in crate::output::csv::files::CUDA_GRAPH_USAGE {
     runtime_mode: Option<String>,
     num_tokens: Option<u64>,
     num_reqs: Option<u64>,
@@ -190,10 +148,11 @@ struct UsageRow {
     last_replay_sec: Option<f64>,
     replays_in_steps: u64,
     uniform_token_count: Option<u64>,
+    }
 }
 
-#[derive(Serialize)]
-struct TimelineRow {
+crate::csv_family! {
+    pub struct TimelineRow in crate::output::csv::files::CUDA_GRAPH_TIMELINE {
     timestamp_sec: f64,
     pid: u32,
     tid: u32,
@@ -201,10 +160,15 @@ struct TimelineRow {
     exec_handle: String,
     stream: String,
     step: Option<u64>,
+    }
 }
 
 impl Profiler for CudaGraphs {
-    fn consume(&mut self, record: &Correlated) {
+    fn families(&self) -> &'static [&'static Family] {
+        &[&CaptureRow::FAMILY, &UsageRow::FAMILY, &TimelineRow::FAMILY]
+    }
+
+    fn consume(&mut self, record: &Correlated, out: &mut dyn Sink) {
         match record {
             Correlated::GraphCaptured(c) => {
                 self.captures.insert((c.pid, c.graph_id), c.clone());
@@ -242,7 +206,7 @@ impl Profiler for CudaGraphs {
                 u.first_replay_sec.get_or_insert(sec);
                 u.last_replay_sec = Some(sec);
                 u.replays_in_steps += u64::from(r.step.is_some());
-                self.timeline.row(&TimelineRow {
+                out.row(&TimelineRow {
                     timestamp_sec: sec,
                     pid: r.pid,
                     tid: r.tid,
@@ -268,7 +232,7 @@ impl Profiler for CudaGraphs {
         }
     }
 
-    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
+    fn finish(&mut self, out: &mut dyn Sink) -> Result<(), OutputError> {
         let time = self.time;
         let empty = Vec::new();
         let captures = self.captures.values().map(|c| {
@@ -312,7 +276,9 @@ impl Profiler for CudaGraphs {
             }
             .with(self.descriptors.get(&(c.pid, c.graph_id)))
         });
-        dir.write_csv("cuda_graph_captures.csv", CAPTURE_HEADER, captures)?;
+        for row in captures {
+            out.row(&row);
+        }
 
         for c in self.captures.values() {
             self.usage
@@ -329,12 +295,9 @@ impl Profiler for CudaGraphs {
                 u.uniform_token_count = d.uniform;
             }
         }
-        dir.write_csv("cuda_graph_usage.csv", USAGE_HEADER, self.usage.values())?;
-        let timeline = self.timeline.finish()?;
-        Ok(vec![
-            "cuda_graph_captures.csv",
-            "cuda_graph_usage.csv",
-            timeline,
-        ])
+        for row in self.usage.values() {
+            out.row(row);
+        }
+        Ok(())
     }
 }

@@ -7,40 +7,35 @@
 //! spent launching (first to last walked CUDA call under each), the encoder inputs the
 //! step's `SchedulerOutput` scheduled, and the step's GPU time; the summary compares the
 //! GPU time of steps with and without encoder work.
+//!
+//! Owns computing those rows and summaries from the correlated records; not writing them
+//! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
 
 use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 
-use super::{keep_recent, Profiler};
+use super::{keep_recent, launched_in, Emitted, Profiler};
+use crate::output::{
+    csv::{Family, FamilyRow},
+    sink::Sink,
+};
 use crate::{
     correlate::{Correlated, PyStack, Step},
     output::{
         ms,
         summary::{Latency, LatencySummary},
-        CsvSink, OutputError, SessionDir, TimeBase,
+        OutputError, TimeBase,
     },
     probes::drain::StackReason,
     vllm::{batch::StepBatch, ops::Operation},
 };
 
-const HEADER: &[&str] = &[
-    "step",
-    "timestamp_sec",
-    "pid",
-    "phase",
-    "encoder_inputs",
-    "encoder_cpu_ms",
-    "decoder_cpu_ms",
-    "encoder_share_pct",
-    "forward_time_ms",
-];
-
 /// CUDA-call stacks and batches kept per thread until their step completes.
 const KEPT: usize = 512;
 
-#[derive(Serialize)]
-struct Row {
+crate::csv_family! {
+    pub struct Row in crate::output::csv::files::ENCODER_DECODER_TIMING {
     step: u64,
     timestamp_sec: f64,
     pid: u32,
@@ -50,6 +45,7 @@ struct Row {
     decoder_cpu_ms: f64,
     encoder_share_pct: Option<f64>,
     forward_time_ms: f64,
+    }
 }
 
 #[derive(Serialize)]
@@ -70,8 +66,8 @@ type BatchMark = (u64, u64, &'static str);
 
 /// The encoder/decoder profiler.
 pub struct EncoderDecoder {
+    emitted: Emitted,
     time: TimeBase,
-    rows: CsvSink,
     calls: HashMap<(u32, u32), VecDeque<(u64, Operation)>>,
     /// (pid, tid) -> (time, encoder inputs, phase) of recent batches.
     batches: HashMap<(u32, u32), VecDeque<BatchMark>>,
@@ -85,11 +81,11 @@ pub struct EncoderDecoder {
 }
 
 impl EncoderDecoder {
-    /// Opens encoder_decoder_timing.csv in `dir`.
-    pub fn new(dir: &SessionDir, time: TimeBase) -> Result<Self, OutputError> {
-        Ok(Self {
+    /// A profiler stamping rows with `time`.
+    pub fn new(time: TimeBase) -> Self {
+        Self {
+            emitted: Emitted::default(),
             time,
-            rows: dir.csv_sink("encoder_decoder_timing.csv", HEADER)?,
             calls: HashMap::new(),
             batches: HashMap::new(),
             steps: 0,
@@ -99,7 +95,7 @@ impl EncoderDecoder {
             decoder_ns: 0,
             gpu_with: Latency::default(),
             gpu_without: Latency::default(),
-        })
+        }
     }
 
     fn stack(&mut self, st: &PyStack) {
@@ -141,10 +137,7 @@ impl EncoderDecoder {
             .iter()
             .find(|(_, o)| *o == Operation::ModelForward)
             .map_or(0, |(t, _)| s.launch_end_ns.saturating_sub(*t));
-        let batch = self
-            .batches
-            .get(&(s.pid, s.tid))
-            .and_then(|q| q.iter().find(|(t, _, _)| inside(*t)));
+        let batch = launched_in(&self.batches, s, |b| b.0);
         let inputs = batch.map(|b| b.1);
         self.steps += 1;
         let has_encoder = encoder.is_some() || inputs.unwrap_or(0) > 0;
@@ -168,7 +161,7 @@ impl EncoderDecoder {
         self.encoder_ns += encoder;
         self.decoder_ns += decoder;
         let both = encoder + decoder;
-        self.rows.row(&Row {
+        self.emitted.push(Row {
             step: s.index,
             timestamp_sec: self.time.sec(s.start_ns),
             pid: s.pid,
@@ -183,8 +176,9 @@ impl EncoderDecoder {
     }
 }
 
-impl Profiler for EncoderDecoder {
-    fn consume(&mut self, record: &Correlated) {
+impl EncoderDecoder {
+    /// One record: its rows go to `emitted`.
+    fn take(&mut self, record: &Correlated) {
         match record {
             Correlated::PyStack(st) => self.stack(st),
             Correlated::Batch(b) => self.batch(b),
@@ -192,9 +186,19 @@ impl Profiler for EncoderDecoder {
             _ => {}
         }
     }
+}
 
-    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
-        let rows = self.rows.finish()?;
+impl Profiler for EncoderDecoder {
+    fn families(&self) -> &'static [&'static Family] {
+        &[&Row::FAMILY]
+    }
+
+    fn consume(&mut self, record: &Correlated, out: &mut dyn Sink) {
+        self.take(record);
+        self.emitted.drain_to(out);
+    }
+
+    fn finish(&mut self, out: &mut dyn Sink) -> Result<(), OutputError> {
         let both = self.encoder_ns + self.decoder_ns;
         let summary = Summary {
             steps: self.steps,
@@ -212,7 +216,8 @@ impl Profiler for EncoderDecoder {
                 "encoder and decoder kernels share the step's stream: their GPU times are not separable from outside; encoder_cpu_ms = from the encoder's first walked CUDA call (EncoderRunner.execute_mm_encoder) to the step's next walked call outside it; decoder_cpu_ms = from the model forward's first walked call to the step's launch end; compare forward_time_with/without_encoder for the GPU cost of encoder steps"
             },
         };
-        dir.write_json("encoder_decoder_summary.json", &summary)?;
-        Ok(vec![rows, "encoder_decoder_summary.json"])
+        out.summary(crate::output::csv::files::ENCODER_DECODER_SUMMARY, &summary)?;
+        self.emitted.drain_to(out);
+        Ok(())
     }
 }

@@ -1,70 +1,31 @@
 //! forward_pass_timing.csv (one row per GPU step, streamed) and forward_pass_summary.json.
+//!
+//! Owns computing those rows and summaries from the correlated records; not writing them
+//! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::Serialize;
 
-use super::{keep_recent, Profiler};
+use super::{keep_recent, launched_in, Profiler};
+use crate::output::{
+    csv::{Family, FamilyRow},
+    sink::Sink,
+};
+use crate::vllm::bundle::Bundle;
 use crate::{
     correlate::{Completion, Correlated, PyStack, Step},
     output::{
         ms,
         summary::{Latency, LatencySummary},
-        CsvSink, OutputError, SessionDir, TimeBase,
+        OutputError, TimeBase,
     },
     probes::drain::StackReason,
     vllm::batch::{GraphDescriptor, StepBatch},
 };
 
-/// The first item of `key`'s queue stamped inside the step's launch window.
-fn in_window<'a, T>(
-    map: &'a HashMap<(u32, u32), VecDeque<T>>,
-    s: &Step,
-    ts: impl Fn(&T) -> u64,
-) -> Option<&'a T> {
-    map.get(&(s.pid, s.tid))?
-        .iter()
-        .find(|x| ts(x) >= s.start_ns && ts(x) <= s.launch_end_ns)
-}
-
 /// The phase of a step whose `SchedulerOutput` was not read (not vLLM, or not readable).
 const PHASE_UNKNOWN: &str = "unknown";
-
-const HEADER: &[&str] = &[
-    "step",
-    "timestamp_sec",
-    "pid",
-    "tid",
-    "phase",
-    "batch_size",
-    "num_tokens",
-    "forward_time_ms",
-    "gpu_time_lower_ms",
-    "cpu_launch_ms",
-    "num_kernel_launches",
-    "num_graph_launches",
-    "graph_ids",
-    "h2d_bytes",
-    "d2h_bytes",
-    "completion",
-    "gpu_done_before_wait",
-    "gpu_start_sec",
-    "completion_sec",
-    "completion_lower_sec",
-    "sync_tid",
-    "sync_api",
-    "sync_wait_ms",
-    "launched_by",
-    "launch_stack",
-    "prefill_reqs",
-    "decode_reqs",
-    "prefill_tokens",
-    "decode_tokens",
-    "new_reqs",
-    "cached_reqs",
-    "cg_mode",
-    "padded_tokens",
-];
 
 /// CUDA-call stacks kept per thread until their step completes (async scheduling completes
 /// step N after N+1 was launched, so a few steps' worth).
@@ -72,13 +33,13 @@ const STACKS_PER_THREAD: usize = 256;
 /// Frames written into `launch_stack` (outermost vLLM frame inwards).
 const LAUNCH_STACK_FRAMES: usize = 24;
 
-#[derive(Serialize)]
-struct Row<'a> {
+crate::csv_family! {
+    pub struct Row in crate::output::csv::files::FORWARD_PASS_TIMING {
     step: u64,
     timestamp_sec: f64,
     pid: u32,
     tid: u32,
-    phase: &'a str,
+    phase: &'static str,
     batch_size: Option<u64>,
     num_tokens: Option<u64>,
     forward_time_ms: f64,
@@ -89,13 +50,13 @@ struct Row<'a> {
     graph_ids: String,
     h2d_bytes: u64,
     d2h_bytes: u64,
-    completion: &'a str,
+    completion: &'static str,
     gpu_done_before_wait: bool,
     gpu_start_sec: f64,
     completion_sec: f64,
     completion_lower_sec: f64,
     sync_tid: u32,
-    sync_api: &'a str,
+    sync_api: &'static str,
     sync_wait_ms: f64,
     launched_by: String,
     launch_stack: String,
@@ -107,6 +68,7 @@ struct Row<'a> {
     cached_reqs: Option<u64>,
     cg_mode: Option<String>,
     padded_tokens: Option<u64>,
+    }
 }
 
 /// Running statistics of a set of steps.
@@ -159,18 +121,22 @@ impl Stats {
     }
 }
 
+/// The step figures of a phase (or of all steps).
 #[derive(Serialize)]
-struct PhaseSummary {
-    count: u64,
-    exact_count: u64,
+pub struct PhaseSummary {
+    /// Steps.
+    pub count: u64,
+    /// Of those, with an exact completion.
+    pub exact_count: u64,
     bracketed_count: u64,
     upper_bound_count: u64,
     /// Steps whose GPU work was done when the CPU began waiting (CPU-bound steps): their
     /// forward_time_ms is an upper bound, set by the CPU's pace.
     gpu_finished_before_wait_steps: u64,
     /// The same as a percentage of `count` (one decimal); absent without steps.
-    gpu_finished_before_wait_pct: Option<f64>,
-    forward_time_ms: Option<LatencySummary>,
+    pub gpu_finished_before_wait_pct: Option<f64>,
+    /// Step GPU time.
+    pub forward_time_ms: Option<LatencySummary>,
     forward_time_exact_ms: Option<LatencySummary>,
     gpu_time_lower_ms: Option<LatencySummary>,
     cpu_launch_ms: Option<LatencySummary>,
@@ -190,9 +156,11 @@ pub struct ExactBound {
 }
 
 #[derive(Serialize)]
-struct Summary {
+/// forward_pass_summary.json.
+pub struct Summary {
+    /// Every step.
     #[serde(flatten)]
-    all: PhaseSummary,
+    pub all: PhaseSummary,
     /// The calibrated bound of exact rows' completion error (absent: no calibration; see
     /// metadata.json `calibration_none`).
     exact_completion_error: Option<ExactBound>,
@@ -205,8 +173,9 @@ struct Summary {
 
 /// Streams step rows and keeps running statistics.
 pub struct ForwardPass {
+    /// The vLLM names in use.
+    bundle: &'static Bundle,
     time: TimeBase,
-    rows: CsvSink,
     all: Stats,
     by_phase: BTreeMap<&'static str, Stats>,
     by_pid: BTreeMap<u32, Stats>,
@@ -230,7 +199,7 @@ struct LaunchContext {
 }
 
 impl LaunchContext {
-    fn of(stack: &PyStack) -> Self {
+    fn of(stack: &PyStack, bundle: &Bundle) -> Self {
         let label = |i: usize| {
             stack
                 .frames
@@ -243,7 +212,7 @@ impl LaunchContext {
         let outer = stack
             .frames
             .iter()
-            .rposition(|f| f.code.filename.contains("vllm/"))
+            .rposition(|f| bundle.is_package_file(&f.code.filename))
             .unwrap_or(stack.frames.len().saturating_sub(1));
         let first = outer.saturating_sub(LAUNCH_STACK_FRAMES - 1);
         let launch_stack = (first..=outer)
@@ -260,15 +229,12 @@ impl LaunchContext {
 }
 
 impl ForwardPass {
-    /// Opens forward_pass_timing.csv in `dir`.
-    pub fn new(
-        dir: &SessionDir,
-        time: TimeBase,
-        bound: Option<ExactBound>,
-    ) -> Result<Self, OutputError> {
-        Ok(Self {
+    /// A profiler stamping rows with `time`; `bundle` tells vLLM's own frames.
+    #[must_use]
+    pub fn new(time: TimeBase, bound: Option<ExactBound>, bundle: &'static Bundle) -> Self {
+        Self {
+            bundle,
             time,
-            rows: dir.csv_sink("forward_pass_timing.csv", HEADER)?,
             all: Stats::default(),
             by_phase: BTreeMap::new(),
             by_pid: BTreeMap::new(),
@@ -277,7 +243,7 @@ impl ForwardPass {
             descriptors: HashMap::new(),
             with_batch: 0,
             bound,
-        })
+        }
     }
 
     /// The stack walked at the step's first call, else at its first walked call.
@@ -291,13 +257,17 @@ impl ForwardPass {
                 q.iter()
                     .find(|st| st.ts_ns >= s.start_ns && st.ts_ns <= s.launch_end_ns)
             })
-            .map(LaunchContext::of)
+            .map(|st| LaunchContext::of(st, self.bundle))
             .unwrap_or_default()
     }
 }
 
 impl Profiler for ForwardPass {
-    fn consume(&mut self, record: &Correlated) {
+    fn families(&self) -> &'static [&'static Family] {
+        &[&Row::FAMILY]
+    }
+
+    fn consume(&mut self, record: &Correlated, out: &mut dyn Sink) {
         let s = match record {
             Correlated::PyStack(st) if matches!(st.reason, StackReason::CudaCall(_)) => {
                 keep_recent(
@@ -331,11 +301,11 @@ impl Profiler for ForwardPass {
         };
         let time = self.time;
         let launch = self.launch_context(s);
-        let batch = in_window(&self.batches, s, |b| b.ts_ns);
-        let desc = in_window(&self.descriptors, s, |d| d.ts_ns);
+        let batch = launched_in(&self.batches, s, |b| b.ts_ns);
+        let desc = launched_in(&self.descriptors, s, |d| d.ts_ns);
         let phase = batch.map_or(PHASE_UNKNOWN, |b| b.phase.as_str());
         self.with_batch += u64::from(batch.is_some());
-        self.rows.row(&Row {
+        out.row(&Row {
             step: s.index,
             timestamp_sec: time.sec(s.start_ns),
             pid: s.pid,
@@ -382,8 +352,7 @@ impl Profiler for ForwardPass {
         self.by_pid.entry(s.pid).or_default().add(s);
     }
 
-    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
-        let rows = self.rows.finish()?;
+    fn finish(&mut self, out: &mut dyn Sink) -> Result<(), OutputError> {
         let summary = Summary {
             all: self.all.summary(),
             exact_completion_error: self.bound.clone(),
@@ -392,7 +361,7 @@ impl Profiler for ForwardPass {
             steps_with_batch: self.with_batch,
             note: "forward_time_ms = GPU completion minus GPU start (the later of the step's first launch-side call and the previous step's earliest completion). exact: a wait blocked until the GPU finished; bracketed: the GPU was seen unfinished and finished within 0.1 ms; upper_bound: it finished before the CPU looked, forward_time_ms is an upper bound and gpu_time_lower_ms a lower bound (from the step's last launch and polls). gpu_finished_before_wait_pct: share of steps the GPU had finished when the CPU began waiting (CPU-bound steps). phase, batch_size and num_tokens come from the step's SchedulerOutput (prefill: every request computes prompt tokens; decode: every request generates; mixed: both; unknown: not read)",
         };
-        dir.write_json("forward_pass_summary.json", &summary)?;
-        Ok(vec![rows, "forward_pass_summary.json"])
+        out.summary(crate::output::csv::files::FORWARD_PASS_SUMMARY, &summary)?;
+        Ok(())
     }
 }

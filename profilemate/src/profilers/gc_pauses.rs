@@ -1,39 +1,35 @@
 //! gc_pauses.csv (one row per collection, streamed) and gc_summary.json, from CPython's
 //! `gc__start`/`gc__done` USDT probes: exact pause times, no sampling.
+//!
+//! Owns computing those rows and summaries from the correlated records; not writing them
+//! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use super::Profiler;
+use crate::output::csv::{Family, FamilyRow};
 use crate::{
     correlate::{Correlated, GcPause},
+    model::{GcLost, Lost},
     output::{
-        losses::GcLost,
-        metadata::LossReport,
         ms,
+        sink::Sink,
         summary::{Latency, LatencySummary},
-        CsvSink, OutputError, SessionDir, TimeBase,
+        OutputError, TimeBase,
     },
 };
 
-const HEADER: &[&str] = &[
-    "timestamp_sec",
-    "pid",
-    "tid",
-    "generation",
-    "duration_ms",
-    "collected",
-];
-
-#[derive(Serialize)]
-struct Row {
+crate::csv_family! {
+    pub struct Row in crate::output::csv::files::GC_PAUSES {
     timestamp_sec: f64,
     pid: u32,
     tid: u32,
     generation: i64,
     duration_ms: f64,
     collected: i64,
+    }
 }
 
 #[derive(Default)]
@@ -87,7 +83,6 @@ struct Summary {
 /// The GC pause profiler.
 pub struct GcPauses {
     time: TimeBase,
-    rows: CsvSink,
     all: Totals,
     by_generation: BTreeMap<i64, Totals>,
     by_pid: BTreeMap<u32, Totals>,
@@ -95,25 +90,28 @@ pub struct GcPauses {
 }
 
 impl GcPauses {
-    /// Opens gc_pauses.csv in `dir`.
-    pub fn new(dir: &SessionDir, time: TimeBase) -> Result<Self, OutputError> {
-        Ok(Self {
+    /// A profiler stamping rows with `time`.
+    pub fn new(time: TimeBase) -> Self {
+        Self {
             time,
-            rows: dir.csv_sink("gc_pauses.csv", HEADER)?,
             all: Totals::default(),
             by_generation: BTreeMap::new(),
             by_pid: BTreeMap::new(),
             lost: GcLost::default(),
-        })
+        }
     }
 }
 
 impl Profiler for GcPauses {
-    fn consume(&mut self, record: &Correlated) {
+    fn families(&self) -> &'static [&'static Family] {
+        &[&Row::FAMILY]
+    }
+
+    fn consume(&mut self, record: &Correlated, out: &mut dyn Sink) {
         let Correlated::GcPause(g) = record else {
             return;
         };
-        self.rows.row(&Row {
+        out.row(&Row {
             timestamp_sec: self.time.sec(g.start_ns),
             pid: g.pid,
             tid: g.tid,
@@ -126,14 +124,13 @@ impl Profiler for GcPauses {
         self.by_pid.entry(g.pid).or_default().add(g);
     }
 
-    fn losses(&mut self, losses: &LossReport) {
-        self.lost = GcLost::of(losses);
+    fn losses(&mut self, lost: &Lost) {
+        self.lost = lost.gc;
     }
 
-    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
-        let rows = self.rows.finish()?;
-        dir.write_json(
-            "gc_summary.json",
+    fn finish(&mut self, out: &mut dyn Sink) -> Result<(), OutputError> {
+        out.summary(
+            crate::output::csv::files::GC_SUMMARY,
             &Summary {
                 all: self.all.summary(),
                 by_generation: self
@@ -147,7 +144,7 @@ impl Profiler for GcPauses {
                 source: "CPython USDT probes python:gc__start / python:gc__done (exact); processes whose interpreter has no such probes are listed in metadata.json",
             },
         )?;
-        Ok(vec![rows, "gc_summary.json"])
+        Ok(())
     }
 }
 
@@ -155,20 +152,25 @@ impl Profiler for GcPauses {
 mod tests {
     use super::*;
     use crate::{
-        correlate::CorrelatorStats, output::metadata::MainLoopStats, pipeline::PipelineStats,
+        correlate::CorrelatorStats,
         probes::reader::ReaderStats,
+        session::pipeline::PipelineStats,
+        session::{
+            losses::gc_lost,
+            metadata::{LossReport, MainLoopStats},
+        },
     };
 
     #[test]
     fn gc_summary_says_how_many_gc_events_were_lost() {
         let base = std::env::temp_dir().join(format!("pm-gc-lost-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
-        let dir = SessionDir::create(&base, "x").expect("session dir");
+        let dir = crate::output::SessionDir::create(&base, "x").expect("session dir");
         let time = TimeBase {
             t0_ns: 0,
             unix_t0_sec: 0.0,
         };
-        let mut p = GcPauses::new(&dir, time).expect("profiler");
+        let mut p = GcPauses::new(time);
         let mut losses = LossReport {
             kernel: crate::probes::KernelCounters::default(),
             records_read: 0,
@@ -182,8 +184,11 @@ mod tests {
         losses.kernel.usdt_ring_full_drops = 3;
         losses.reader.queue_full_drops.usdt = 2;
         losses.pipeline.unprocessed_at_stop.usdt = 1;
-        p.losses(&losses);
-        p.finish(&dir).expect("finish");
+        p.losses(&Lost {
+            gc: gc_lost(&losses),
+        });
+        let mut files = crate::output::csv::Files::new(dir.try_clone().expect("dir"));
+        p.finish(&mut files).expect("finish");
         let text = std::fs::read_to_string(dir.path().join("gc_summary.json")).expect("read");
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
         assert_eq!(v["events_lost"], 6, "{v}");

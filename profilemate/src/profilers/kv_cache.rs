@@ -7,50 +7,21 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::Profiler;
+use super::{Emitted, Profiler};
 use crate::{
     correlate::Correlated,
-    output::{CsvSink, OutputError, SessionDir, TimeBase},
+    output::{
+        csv::{Family, FamilyRow},
+        sink::Sink,
+        OutputError, TimeBase,
+    },
     vllm::{blocks::BlockPoll, state::StateSnapshot},
 };
 
+crate::csv_family! {
 // The seeds' columns first, in their order (`awk -F',' 'NR>1 {sum+=$2}'` averages
 // usage_pct); ours follow.
-const KV_HEADER: &[&str] = &[
-    "timestamp_sec",
-    "usage_pct",
-    "num_blocks",
-    "total_blocks",
-    "pid",
-    "free_blocks",
-    "source",
-];
-
-// The seeds' columns first (`awk -F',' 'NR>1 && $2<10'` counts blocks evicted quickly by
-// lifetime_sec); ours follow.
-const EVICTION_HEADER: &[&str] = &[
-    "timestamp_sec",
-    "lifetime_sec",
-    "idle_sec",
-    "pid",
-    "block_id",
-    "cached_sec",
-    "last_used_sec",
-    "resolution_sec",
-    "seen_as",
-];
-
-const QUEUE_HEADER: &[&str] = &[
-    "timestamp_sec",
-    "pid",
-    "running",
-    "waiting",
-    "requests",
-    "source",
-];
-
-#[derive(Serialize)]
-struct KvRow {
+    pub struct KvRow in crate::output::csv::files::KV_CACHE_USAGE {
     timestamp_sec: f64,
     usage_pct: f64,
     num_blocks: u64,
@@ -58,10 +29,13 @@ struct KvRow {
     pid: u32,
     free_blocks: u64,
     source: &'static str,
+    }
 }
 
-#[derive(Serialize)]
-struct EvictionRow {
+crate::csv_family! {
+// The seeds' columns first (`awk -F',' 'NR>1 && $2<10'` counts blocks evicted quickly by
+// lifetime_sec); ours follow.
+    pub struct EvictionRow in crate::output::csv::files::KV_CACHE_EVICTIONS {
     timestamp_sec: f64,
     lifetime_sec: f64,
     idle_sec: f64,
@@ -71,16 +45,18 @@ struct EvictionRow {
     last_used_sec: f64,
     resolution_sec: f64,
     seen_as: &'static str,
+    }
 }
 
-#[derive(Serialize)]
-struct QueueRow {
+crate::csv_family! {
+    pub struct QueueRow in crate::output::csv::files::SCHEDULER_STATE {
     timestamp_sec: f64,
     pid: u32,
     running: Option<u64>,
     waiting: Option<u64>,
     requests: Option<u64>,
     source: &'static str,
+    }
 }
 
 #[derive(Default)]
@@ -178,32 +154,28 @@ struct EvictionSummary {
 
 /// The KV cache and scheduler-queue profiler.
 pub struct KvCache {
+    emitted: Emitted,
     time: TimeBase,
-    kv: CsvSink,
-    queues: CsvSink,
-    evictions: CsvSink,
     usage: BTreeMap<u32, Usage>,
     evicted: BTreeMap<u32, Evictions>,
 }
 
 impl KvCache {
     /// Opens the row files in `dir`.
-    pub fn new(dir: &SessionDir, time: TimeBase) -> Result<Self, OutputError> {
-        Ok(Self {
+    pub fn new(time: TimeBase) -> Self {
+        Self {
+            emitted: Emitted::default(),
             time,
-            kv: dir.csv_sink("kv_cache_usage.csv", KV_HEADER)?,
-            queues: dir.csv_sink("scheduler_state.csv", QUEUE_HEADER)?,
-            evictions: dir.csv_sink("kv_cache_evictions.csv", EVICTION_HEADER)?,
             usage: BTreeMap::new(),
             evicted: BTreeMap::new(),
-        })
+        }
     }
 
     /// One read of the scheduler: `source` is `poll` (at --state-hz) or `step` (right after
     /// a step's output was read).
     fn add(&mut self, s: &StateSnapshot, source: &'static str) {
         let timestamp_sec = self.time.sec(s.ts_ns);
-        self.queues.row(&QueueRow {
+        self.emitted.push(QueueRow {
             timestamp_sec,
             pid: s.pid,
             running: s.running,
@@ -216,7 +188,7 @@ impl KvCache {
         else {
             return;
         };
-        self.kv.row(&KvRow {
+        self.emitted.push(KvRow {
             timestamp_sec,
             pid: s.pid,
             usage_pct: (usage_pct * 1000.0).round() / 1000.0,
@@ -269,7 +241,7 @@ impl KvCache {
             e.idle_us.saturating_record(us(idle).max(1));
             e.resolution_us.saturating_record(us(resolution).max(1));
             let r = |x: f64| (x * 1e6).round() / 1e6;
-            self.evictions.row(&EvictionRow {
+            self.emitted.push(EvictionRow {
                 timestamp_sec: r(self.time.sec(ev.evicted_ns)),
                 lifetime_sec: r(sec(lifetime)),
                 idle_sec: r(sec(idle)),
@@ -292,8 +264,9 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-impl Profiler for KvCache {
-    fn consume(&mut self, record: &Correlated) {
+impl KvCache {
+    /// One record: its rows go to `emitted`.
+    fn take(&mut self, record: &Correlated) {
         match record {
             Correlated::VllmState(s) => self.add(s, "poll"),
             Correlated::Blocks(b) => self.blocks(b),
@@ -305,11 +278,19 @@ impl Profiler for KvCache {
             _ => {}
         }
     }
+}
 
-    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
-        let kv = self.kv.finish()?;
-        let queues = self.queues.finish()?;
-        let evictions = self.evictions.finish()?;
+impl Profiler for KvCache {
+    fn families(&self) -> &'static [&'static Family] {
+        &[&KvRow::FAMILY, &QueueRow::FAMILY, &EvictionRow::FAMILY]
+    }
+
+    fn consume(&mut self, record: &Correlated, out: &mut dyn Sink) {
+        self.take(record);
+        self.emitted.drain_to(out);
+    }
+
+    fn finish(&mut self, out: &mut dyn Sink) -> Result<(), OutputError> {
         let mut text = String::from("KV cache usage (vLLM's definition: 1 - free / (total - 1))\n");
         if self.usage.is_empty() {
             text.push_str("no scheduler state was read (see metadata.json python.vllm_state)\n");
@@ -376,17 +357,12 @@ impl Profiler for KvCache {
             text.push_str("evictions: the prefix cache map was not read (prefix caching off, or another vLLM version)\n");
         }
         text.push_str("evictions: one row per evicted block whose caching was seen; times are poll stamps, each within its row's resolution_sec of the truth; a block cached and evicted between two polls has no row (counted above as unseen)\n");
-        dir.write_json(
-            "kv_cache_evictions_summary.json",
+        out.summary(
+            crate::output::csv::files::KV_CACHE_EVICTIONS_SUMMARY,
             &serde_json::json!({ "processes": summaries }),
         )?;
-        dir.write_text("kv_cache_summary.txt", &text)?;
-        Ok(vec![
-            kv,
-            queues,
-            evictions,
-            "kv_cache_summary.txt",
-            "kv_cache_evictions_summary.json",
-        ])
+        out.text(crate::output::csv::files::KV_CACHE_SUMMARY, &text)?;
+        self.emitted.drain_to(out);
+        Ok(())
     }
 }

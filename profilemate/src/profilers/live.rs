@@ -12,7 +12,7 @@ use std::{
 
 use crate::{
     correlate::{Completion, Correlated},
-    output::{OutputError, SessionDir},
+    output::{sink::Sink, OutputError},
     profilers::{keep_recent, Profiler},
     vllm::state::StateSnapshot,
 };
@@ -195,9 +195,7 @@ impl LiveStats {
                 });
                 self.steps_total += 1;
             }
-            Correlated::PyStack(st)
-                if matches!(st.reason, crate::probes::drain::StackReason::Sample) =>
-            {
+            Correlated::PyStack(st) if matches!(st.reason, crate::model::StackReason::Sample) => {
                 // py-spy top's "function (file)": the innermost frame, where the CPU was.
                 let func: Arc<str> = st.frames.first().map_or_else(
                     || Arc::from("<no frame>"),
@@ -364,14 +362,14 @@ impl Snapshot {
 pub struct Live(pub Arc<Mutex<LiveStats>>);
 
 impl Profiler for Live {
-    fn consume(&mut self, record: &Correlated) {
+    fn consume(&mut self, record: &Correlated, _out: &mut dyn Sink) {
         if let Ok(mut s) = self.0.lock() {
             s.consume(record);
         }
     }
 
-    fn finish(&mut self, _dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
-        Ok(Vec::new())
+    fn finish(&mut self, _out: &mut dyn Sink) -> Result<(), OutputError> {
+        Ok(())
     }
 }
 

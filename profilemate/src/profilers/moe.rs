@@ -1,46 +1,70 @@
 //! moe_summary.json: what can and cannot be said about Mixture-of-Experts routing from
 //! outside the server; and the seeds' four MoE CSV files with their headers, without
 //! rows while routing is not read (never invented rows).
+//!
+//! Owns computing that summary and declaring those files; not writing them (the sinks:
+//! `output::csv` names the files and writes them, with their copies in
+//! `moe_expert_tracking/`) nor the MoE layer's path (the vLLM bundle's).
 
 use serde::Serialize;
 
 use super::Profiler;
 use crate::{
     correlate::Correlated,
-    output::{OutputError, SessionDir},
+    output::{
+        csv::{files, Family, FamilyRow},
+        sink::Sink,
+        OutputError,
+    },
+    vllm::bundle::Bundle,
 };
 
-/// Path parts of vLLM's fused MoE layer (its Python runs on eager steps only).
-const MOE_FILES: &[&str] = &["layers/fused_moe/"];
+// The seeds' MoE files and their columns, in the seeds' order (seed 003; the routing
+// weights file's only named column is `weight`, which its analysis reads). No rows are
+// written while routing is not read.
+crate::csv_family! {
+    /// A row of moe_expert_activations.csv.
+    pub struct Activation in files::MOE_EXPERT_ACTIVATIONS, also in files::MOE_SEED_DIR {
+        layer_idx: u32,
+        expert_id: u32,
+        activation_count: u64,
+        percentage: f64,
+    }
+}
+crate::csv_family! {
+    /// A row of moe_expert_coselection.csv.
+    pub struct Coselection in files::MOE_EXPERT_COSELECTION, also in files::MOE_SEED_DIR {
+        layer_idx: u32,
+        expert_id_1: u32,
+        expert_id_2: u32,
+        coselection_count: u64,
+    }
+}
+crate::csv_family! {
+    /// A row of moe_routing_weights_hist.csv.
+    pub struct WeightBin in files::MOE_ROUTING_WEIGHTS_HIST, also in files::MOE_SEED_DIR {
+        weight: f64,
+        count: u64,
+        layer_idx: u32,
+    }
+}
+crate::csv_family! {
+    /// A row of moe_load_imbalance.csv.
+    pub struct Imbalance in files::MOE_LOAD_IMBALANCE, also in files::MOE_SEED_DIR {
+        layer_idx: u32,
+        timestamp_sec: f64,
+        std_dev: f64,
+        max_min_ratio: f64,
+    }
+}
 
-/// The seeds' MoE files and their columns, in the seeds' order (seed 003; the routing
-/// weights file's only named column is `weight`, which its analysis reads).
-const FILES: [(&str, &[&str]); 4] = [
-    (
-        "moe_expert_activations.csv",
-        &["layer_idx", "expert_id", "activation_count", "percentage"],
-    ),
-    (
-        "moe_expert_coselection.csv",
-        &[
-            "layer_idx",
-            "expert_id_1",
-            "expert_id_2",
-            "coselection_count",
-        ],
-    ),
-    (
-        "moe_routing_weights_hist.csv",
-        &["weight", "count", "layer_idx"],
-    ),
-    (
-        "moe_load_imbalance.csv",
-        &["layer_idx", "timestamp_sec", "std_dev", "max_min_ratio"],
-    ),
+/// The four families, in the seeds' order.
+const FAMILIES: &[&Family] = &[
+    &Activation::FAMILY,
+    &Coselection::FAMILY,
+    &WeightBin::FAMILY,
+    &Imbalance::FAMILY,
 ];
-
-/// Where the seeds' analyses look for the same files (`cd moe_expert_tracking/`).
-const SEED_DIR: &str = "moe_expert_tracking";
 
 #[derive(Serialize)]
 struct Source {
@@ -63,36 +87,51 @@ struct Summary {
 }
 
 /// Counts stacks inside vLLM's MoE layer (a sign the model is MoE).
-#[derive(Default)]
 pub struct Moe {
+    /// Path parts of the MoE layer's files (the vLLM bundle's).
+    layer_files: &'static [&'static str],
     stacks: u64,
     in_moe: u64,
 }
 
+impl Moe {
+    /// Looks for the MoE layer of `bundle`'s vLLM.
+    #[must_use]
+    pub fn new(bundle: &'static Bundle) -> Self {
+        Self {
+            layer_files: bundle.moe_layer_files,
+            stacks: 0,
+            in_moe: 0,
+        }
+    }
+}
+
 impl Profiler for Moe {
-    fn consume(&mut self, record: &Correlated) {
+    fn families(&self) -> &'static [&'static Family] {
+        FAMILIES
+    }
+
+    fn consume(&mut self, record: &Correlated, _out: &mut dyn Sink) {
         if let Correlated::PyStack(st) = record {
             self.stacks += 1;
             let moe = st
                 .frames
                 .iter()
-                .any(|f| MOE_FILES.iter().any(|m| f.code.filename.contains(m)));
+                .any(|f| self.layer_files.iter().any(|m| f.code.filename.contains(m)));
             self.in_moe += u64::from(moe);
         }
     }
 
-    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
-        let seed_dir = dir.subdir(SEED_DIR)?;
+    fn finish(&mut self, out: &mut dyn Sink) -> Result<(), OutputError> {
         let mut files = Vec::new();
-        for (name, header) in FILES {
-            for d in [dir, &seed_dir] {
-                d.write_csv(name, header, std::iter::empty::<()>())?;
+        for f in FAMILIES {
+            files.push(f.file.to_owned());
+            if let Some(dir) = f.mirror {
+                files.push(format!("{dir}/{}", f.file));
             }
-            files.push(name.to_owned());
-            files.push(format!("{SEED_DIR}/{name}"));
         }
-        dir.write_json(
-            "moe_summary.json",
+        out.summary(
+            files::MOE_SUMMARY,
             &Summary {
                 expert_routing_observable: false,
                 reason: "the router's top-k expert ids are computed on the GPU, inside CUDA graphs on most steps (its Python runs only on eager steps), and never leave device memory; reading them would need code in the target (a hook or a copy to the host), which ProfileMate never adds",
@@ -117,12 +156,6 @@ impl Profiler for Moe {
                 ],
             },
         )?;
-        Ok(vec![
-            "moe_summary.json",
-            "moe_expert_activations.csv",
-            "moe_expert_coselection.csv",
-            "moe_routing_weights_hist.csv",
-            "moe_load_imbalance.csv",
-        ])
+        Ok(())
     }
 }

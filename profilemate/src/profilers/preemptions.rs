@@ -5,17 +5,22 @@
 //! request's `num_preemptions` counter, which only grows. A counter that grew more than the
 //! step outputs showed (a step whose output was not read) adds the missing preemptions,
 //! stamped at the poll that saw them, so no preemption between two polls is lost.
+//!
+//! Owns computing those rows and summaries from the correlated records; not writing them
+//! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
 use super::Profiler;
+use crate::output::csv::{Family, FamilyRow};
 use crate::{
     correlate::Correlated,
     output::{
+        sink::Sink,
         summary::{Latency, LatencySummary},
-        OutputError, SessionDir, TimeBase,
+        OutputError, TimeBase,
     },
     vllm::{
         batch::StepBatch,
@@ -24,41 +29,15 @@ use crate::{
     },
 };
 
-const EVENT_HEADER: &[&str] = &[
-    "timestamp_sec",
-    "pid",
-    "request_id",
-    "reason",
-    "tokens_lost",
-    "running_sec",
-    "source",
-];
-
-const LIFECYCLE_HEADER: &[&str] = &[
-    "request_id",
-    "pid",
-    "arrival_sec",
-    "first_scheduled_sec",
-    "queue_ms",
-    "preemptions",
-    "preemptions_before_attach",
-    "resumes",
-    "finished_sec",
-    "final_status",
-    "prompt_tokens",
-    "output_tokens",
-    "e2e_sec",
-    "added_sec",
-];
-
 /// Why a request was preempted.
 const KV_EXHAUSTED: &str = "kv_cache_exhausted";
 const CACHE_RESET: &str = "cache_reset";
 /// Found by its counter only: the step output that named it was not read.
 const UNKNOWN: &str = "unknown";
 
-#[derive(Serialize, Clone)]
-struct Event {
+crate::csv_family! {
+#[derive(Clone)]
+    pub struct Event in crate::output::csv::files::PREEMPTION_EVENTS {
     timestamp_sec: f64,
     pid: u32,
     request_id: String,
@@ -66,6 +45,7 @@ struct Event {
     tokens_lost: Option<u64>,
     running_sec: Option<f64>,
     source: &'static str,
+    }
 }
 
 #[derive(Default)]
@@ -125,15 +105,15 @@ pub struct Preemptions {
 
 impl Preemptions {
     /// A profiler writing into the session directory at the end.
-    pub fn new(_dir: &SessionDir, time: TimeBase) -> Result<Self, OutputError> {
-        Ok(Self {
+    pub fn new(time: TimeBase) -> Self {
+        Self {
             time,
             requests: HashMap::new(),
             events: Vec::new(),
             resume_delay: Latency::default(),
             prefix_map: HashMap::new(),
             arrivals: 0,
-        })
+        }
     }
 
     fn life(&mut self, id: &str, pid: u32, ts: u64) -> &mut Life {
@@ -326,8 +306,8 @@ impl Preemptions {
     }
 }
 
-#[derive(Serialize)]
-struct LifecycleRow {
+crate::csv_family! {
+    pub struct LifecycleRow in crate::output::csv::files::REQUEST_LIFECYCLE {
     request_id: String,
     pid: u32,
     arrival_sec: Option<f64>,
@@ -342,6 +322,7 @@ struct LifecycleRow {
     output_tokens: Option<u64>,
     e2e_sec: Option<f64>,
     added_sec: Option<f64>,
+    }
 }
 
 #[derive(Serialize)]
@@ -364,7 +345,11 @@ struct Summary {
 }
 
 impl Profiler for Preemptions {
-    fn consume(&mut self, record: &Correlated) {
+    fn families(&self) -> &'static [&'static Family] {
+        &[&Event::FAMILY, &LifecycleRow::FAMILY]
+    }
+
+    fn consume(&mut self, record: &Correlated, _out: &mut dyn Sink) {
         match record {
             Correlated::Batch(b) => self.batch(b),
             Correlated::Requests(p) => self.poll(p),
@@ -373,10 +358,12 @@ impl Profiler for Preemptions {
         }
     }
 
-    fn finish(&mut self, dir: &SessionDir) -> Result<Vec<&'static str>, OutputError> {
+    fn finish(&mut self, out: &mut dyn Sink) -> Result<(), OutputError> {
         self.reconcile();
         let time = self.time;
-        dir.write_csv("preemption_events.csv", EVENT_HEADER, self.events.iter())?;
+        for row in &self.events {
+            out.row(row);
+        }
         let mut ids: Vec<&String> = self.requests.keys().collect();
         ids.sort_by_key(|id| {
             let l = &self.requests[*id];
@@ -414,7 +401,9 @@ impl Profiler for Preemptions {
                 added_sec: l.added_ns.map(|t| time.sec(t)),
             }
         });
-        dir.write_csv("request_lifecycle.csv", LIFECYCLE_HEADER, rows)?;
+        for row in rows {
+            out.row(&row);
+        }
 
         let mut reasons = BTreeMap::new();
         let mut sources = BTreeMap::new();
@@ -454,11 +443,7 @@ impl Profiler for Preemptions {
             arrivals: self.arrivals,
             note: "preemptions seen in the session: each entry of Scheduler._preempt_request (source breakpoint: a hardware breakpoint, exact time, reason from its caller), else each step's SchedulerOutput.preempted_req_ids (source scheduler_output, stamped at the step), plus growth of a request's num_preemptions between polls that no step output named (source poll, stamped at the poll); reason cache_reset when the prefix cache was replaced since the previous step, else kv_cache_exhausted; tokens_lost = tokens scheduled for the request since it last started running; preemption_rate_pct = preemptions per 100 requests",
         };
-        dir.write_json("preemption_summary.json", &summary)?;
-        Ok(vec![
-            "preemption_events.csv",
-            "request_lifecycle.csv",
-            "preemption_summary.json",
-        ])
+        out.summary(crate::output::csv::files::PREEMPTION_SUMMARY, &summary)?;
+        Ok(())
     }
 }

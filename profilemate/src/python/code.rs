@@ -1,7 +1,12 @@
 //! Code objects -> (qualname, filename, first line, line table), read read-only from the
 //! target and cached; instruction offsets -> line numbers through the 3.11+ location table.
+//!
+//! Owns reading and caching code objects; the names and line-table decoding they carry are
+//! `model::code`'s, the frames that point at them are the walker's.
 
 use std::{collections::HashMap, sync::Arc};
+
+pub use crate::model::code::{line_for, CodeInfo};
 
 use super::{
     layout::PyLayout,
@@ -12,8 +17,6 @@ use super::{
 const MAX_STR_CHARS: u64 = 1024;
 /// Largest line table read (bytes); a bigger one is treated as unreadable.
 const MAX_LINETABLE: u64 = 1 << 20;
-/// Instruction offsets at or past this are not inside any code object.
-const MAX_CODE_BYTES: u32 = 1 << 28;
 /// Cached code objects per process before the cache is cleared (bounded memory).
 const MAX_CACHED_CODES: usize = 200_000;
 
@@ -38,127 +41,6 @@ impl CodeError {
     pub fn process_gone(&self) -> bool {
         matches!(self, Self::Read(e) if e.gone)
     }
-}
-
-/// What a code object says about its function.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CodeInfo {
-    /// `co_qualname` (`Scheduler.schedule`).
-    pub qualname: String,
-    /// `co_filename` as the target has it.
-    pub filename: String,
-    /// `co_firstlineno`.
-    pub first_line: i32,
-    linetable: Vec<u8>,
-}
-
-impl CodeInfo {
-    /// A code object from its parts (tests).
-    #[must_use]
-    pub fn new(qualname: &str, filename: &str, first_line: i32, linetable: Vec<u8>) -> Self {
-        Self {
-            qualname: qualname.to_owned(),
-            filename: filename.to_owned(),
-            first_line,
-            linetable,
-        }
-    }
-
-    /// Line of the instruction at `byte_offset` in the bytecode. An offset outside the
-    /// code (3.11's "not started yet" position one instruction before the start, or a torn
-    /// read) gives the first line.
-    #[must_use]
-    pub fn line(&self, byte_offset: u32) -> i32 {
-        if byte_offset >= MAX_CODE_BYTES {
-            return self.first_line;
-        }
-        line_for(&self.linetable, self.first_line, byte_offset).unwrap_or(self.first_line)
-    }
-}
-
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl Cursor<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let b = self.bytes.get(self.pos).copied();
-        self.pos += 1;
-        b
-    }
-
-    fn varint(&mut self) -> Option<u32> {
-        let mut read = self.byte()?;
-        let mut val = u32::from(read & 63);
-        let mut shift = 0;
-        while read & 64 != 0 {
-            read = self.byte()?;
-            shift += 6;
-            if shift > 30 {
-                return None;
-            }
-            val |= u32::from(read & 63) << shift;
-        }
-        Some(val)
-    }
-
-    fn svarint(&mut self) -> Option<i32> {
-        let u = self.varint()?;
-        let magnitude = (u >> 1) as i32;
-        Some(if u & 1 != 0 { -magnitude } else { magnitude })
-    }
-}
-
-/// Decodes CPython's location table (3.11-3.14 format) up to `target` (a byte offset into the
-/// bytecode). None: no location for that instruction, or a malformed table.
-#[must_use]
-pub fn line_for(table: &[u8], first_line: i32, target: u32) -> Option<i32> {
-    let mut c = Cursor {
-        bytes: table,
-        pos: 0,
-    };
-    let mut addr: u32 = 0;
-    let mut line = first_line;
-    while c.pos < table.len() {
-        let head = c.byte()?;
-        if head & 0x80 == 0 {
-            return None;
-        }
-        let code = (head >> 3) & 15;
-        let length = (u32::from(head & 7) + 1) * 2;
-        let has_location = match code {
-            15 => false,
-            14 => {
-                line = line.checked_add(c.svarint()?)?;
-                c.varint()?;
-                c.varint()?;
-                c.varint()?;
-                true
-            }
-            13 => {
-                line = line.checked_add(c.svarint()?)?;
-                true
-            }
-            10..=12 => {
-                // `co_firstlineno` comes from the target: a delta can go past i32::MAX.
-                line = line.checked_add(i32::from(code) - 10)?;
-                c.byte()?;
-                c.byte()?;
-                true
-            }
-            _ => {
-                c.byte()?;
-                true
-            }
-        };
-        let end = addr.checked_add(length)?;
-        if target < end {
-            return has_location.then_some(line);
-        }
-        addr = end;
-    }
-    None
 }
 
 /// Reads a compact `str` object (ASCII, Latin-1, UCS-2 or UCS-4), lossy, bounded.

@@ -4,10 +4,16 @@
 //! per version).
 //!
 //! Every offset here is x86-64, default (GIL) build.
+//!
+//! Owns the walk layouts and reading `_Py_DebugOffsets`; which versions exist, and which
+//! have an object layout, is `versions`'s one table.
 
 use serde::Serialize;
 
-use super::remote::{ReadError, RemoteMemory};
+use super::{
+    remote::{ReadError, RemoteMemory},
+    versions::Walk,
+};
 
 /// Where a layout came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -172,13 +178,12 @@ pub const PY312: PyLayout = PyLayout {
     bytes_data: BYTES_DATA,
 };
 
-/// The built-in layout of a version without debug offsets.
+/// The built-in layout of a version without debug offsets (its row in `versions`).
 #[must_use]
 pub fn built_in(version: (u8, u8)) -> Option<PyLayout> {
-    match version {
-        (3, 11) => Some(PY311),
-        (3, 12) => Some(PY312),
-        _ => None,
+    match &super::versions::row(version)?.walk {
+        Walk::BuiltIn(l) => Some(l.clone()),
+        Walk::DebugOffsets(_) => None,
     }
 }
 
@@ -188,8 +193,8 @@ pub const DEBUG_COOKIE: &[u8; 8] = b"xdebugpy";
 /// Byte positions of the fields ProfileMate needs inside `_Py_DebugOffsets` (every field
 /// after the cookie is a `uint64_t`; only their order changes between versions).
 #[derive(Clone, Copy, Debug)]
-struct DebugFieldPositions {
-    version: (u8, u8),
+pub(super) struct DebugFieldPositions {
+    pub(super) version: (u8, u8),
     tested: bool,
     struct_size_min: usize,
     free_threaded: usize,
@@ -223,7 +228,7 @@ struct DebugFieldPositions {
 }
 
 /// 3.13: `_Py_DebugOffsets` in Include/internal/pycore_runtime.h.
-const DEBUG_313: DebugFieldPositions = DebugFieldPositions {
+pub(super) const DEBUG_313: DebugFieldPositions = DebugFieldPositions {
     version: (3, 13),
     tested: true,
     struct_size_min: 584,
@@ -258,7 +263,7 @@ const DEBUG_313: DebugFieldPositions = DebugFieldPositions {
 
 /// 3.14: Include/internal/pycore_debug_offsets.h (gains threads_main, stackpointer,
 /// tlbc fields and a set_object group; `f_executable` becomes a tagged `_PyStackRef`).
-const DEBUG_314: DebugFieldPositions = DebugFieldPositions {
+pub(super) const DEBUG_314: DebugFieldPositions = DebugFieldPositions {
     version: (3, 14),
     tested: false,
     struct_size_min: 760,
@@ -292,10 +297,9 @@ const DEBUG_314: DebugFieldPositions = DebugFieldPositions {
 };
 
 fn debug_positions(version: (u8, u8)) -> Option<DebugFieldPositions> {
-    match version {
-        (3, 13) => Some(DEBUG_313),
-        (3, 14) => Some(DEBUG_314),
-        _ => None,
+    match super::versions::row(version)?.walk {
+        Walk::DebugOffsets(p) => Some(p),
+        Walk::BuiltIn(_) => None,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod code;
 pub mod layout;
 pub mod objects;
 pub mod remote;
+pub mod versions;
 
 use std::{
     collections::HashMap,

@@ -83,30 +83,33 @@ const FLAG_LIST_SUBCLASS: u64 = 1 << 25;
 const FLAG_TUPLE_SUBCLASS: u64 = 1 << 26;
 const FLAG_DICT_SUBCLASS: u64 = 1 << 29;
 
-/// The object layout of `version`, if ProfileMate reads that version's objects.
+/// 3.11 objects.
+pub(super) const OBJECTS_311: ObjectLayout = ObjectLayout {
+    managed: ManagedDict::Split311,
+    long_tagged: false,
+    ht_cached_keys: 872,
+    values_array: 0,
+};
+/// 3.12 objects.
+pub(super) const OBJECTS_312: ObjectLayout = ObjectLayout {
+    managed: ManagedDict::Tagged312,
+    long_tagged: true,
+    ht_cached_keys: 880,
+    values_array: 0,
+};
+/// 3.13 objects.
+pub(super) const OBJECTS_313: ObjectLayout = ObjectLayout {
+    managed: ManagedDict::Inline313,
+    long_tagged: true,
+    ht_cached_keys: 880,
+    values_array: 8,
+};
+
+/// The object layout of `version`, if ProfileMate reads that version's objects (its row in
+/// `versions`).
 #[must_use]
 pub fn object_layout(version: (u8, u8)) -> Option<ObjectLayout> {
-    match version {
-        (3, 11) => Some(ObjectLayout {
-            managed: ManagedDict::Split311,
-            long_tagged: false,
-            ht_cached_keys: 872,
-            values_array: 0,
-        }),
-        (3, 12) => Some(ObjectLayout {
-            managed: ManagedDict::Tagged312,
-            long_tagged: true,
-            ht_cached_keys: 880,
-            values_array: 0,
-        }),
-        (3, 13) => Some(ObjectLayout {
-            managed: ManagedDict::Inline313,
-            long_tagged: true,
-            ht_cached_keys: 880,
-            values_array: 8,
-        }),
-        _ => None,
-    }
+    super::versions::row(version).and_then(|r| r.objects)
 }
 
 /// A read that did not yield a value.

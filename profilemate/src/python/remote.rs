@@ -1,5 +1,8 @@
 //! Read-only access to a target's memory, behind a one-method trait so the readers above it
 //! can be tested on byte buffers.
+//!
+//! Owns the `RemoteMemory` trait and its implementations (a live pid, a buffer); not what
+//! is read.
 
 /// A read of target memory failed (unmapped address, process gone, no permission).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

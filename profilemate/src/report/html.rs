@@ -87,15 +87,29 @@ pub fn page(m: &Model) -> String {
             ("batch_seqs", batch_plot(m, duration, false)),
         ],
     );
+    scheduler_and_cpu_sections(&mut b, m, duration);
+    files_section(&mut b);
+    let title = m
+        .dir
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\"><meta name=\"viewport\" content=\"width=device-width\"><title>ProfileMate report: {}</title><style>{CSS}</style></head><body>{b}<script>{JS}</script></body></html>\n",
+        esc(&title)
+    )
+}
+
+/// The scheduler, KV cache, CPU, gap, graph, GC and flame graph sections.
+fn scheduler_and_cpu_sections(b: &mut String, m: &Model, duration: f64) {
     section(
-        &mut b,
+        b,
         "queues",
         "Scheduler queues",
         "Running and waiting requests, read from the scheduler's live objects.",
         &[("queues", queues(m, duration))],
     );
     section(
-        &mut b,
+        b,
         "kv",
         "KV cache usage and preemptions",
         "KV cache usage (vLLM's definition), the 90 % line, and every preemption as a red mark \
@@ -103,7 +117,7 @@ pub fn page(m: &Model) -> String {
         &[("kv", kv(m, duration))],
     );
     section(
-        &mut b,
+        b,
         "cpu",
         "CPU time per vLLM operation per step",
         "Sampled CPU time of every target thread per step, by vLLM operation (GC pauses exact), \
@@ -114,7 +128,7 @@ pub fn page(m: &Model) -> String {
         ],
     );
     section(
-        &mut b,
+        b,
         "gaps",
         "GPU-idle gaps and what filled them",
         "GPU idle time before each step (its GPU start minus the previous step's completion), \
@@ -125,7 +139,7 @@ pub fn page(m: &Model) -> String {
         ],
     );
     section(
-        &mut b,
+        b,
         "graphs",
         "CUDA graph usage by descriptor",
         "Replays per captured graph (vLLM's BatchExecutionDescriptor when it was read), and the \
@@ -136,14 +150,14 @@ pub fn page(m: &Model) -> String {
         ],
     );
     section(
-        &mut b,
+        b,
         "gc",
         "Python GC pauses",
         "Every garbage collection (exact, from CPython's USDT probes), by generation.",
         &[("gc", gc(m, duration))],
     );
     section(
-        &mut b,
+        b,
         "flame",
         "Flame graph (sampled Python stacks)",
         "cpu_profile.folded, merged: process, thread, then the stack outermost first. Click a \
@@ -153,15 +167,6 @@ pub fn page(m: &Model) -> String {
             flame::svg(&m.folded).ok_or_else(|| why_no_samples(m)),
         )],
     );
-    files_section(&mut b);
-    let title = m
-        .dir
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    format!(
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\"><meta name=\"viewport\" content=\"width=device-width\"><title>ProfileMate report: {}</title><style>{CSS}</style></head><body>{b}<script>{JS}</script></body></html>\n",
-        esc(&title)
-    )
 }
 
 fn section(b: &mut String, id: &str, title: &str, intro: &str, plots: &[(&str, Plot)]) {

@@ -10,20 +10,24 @@
 //! step's output is read once: the `num_scheduled_tokens` dict's version tag (unique per
 //! dict modification in CPython 3.11-3.13) tells a new step's output from the same one seen
 //! again, even when a freed output's address is reused.
+//!
+//! Owns those reads and their counters; not the names (`bundle`, `v0_33`), nor the payload
+//! types (`model::batch`), nor what a batch means for the outputs (`profilers`).
 
 use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
 use super::{
-    calls::{CallNames, CallReader, CallStats, CALLS_0_33},
+    bundle::Bundle,
+    calls::{CallNames, CallReader, CallStats},
     state::{read_snapshot, StateError, StateNames, StateSnapshot, StrCache},
 };
+pub use crate::model::batch::{GraphDescriptor, NewRequest, Phase, StepBatch};
 use crate::{
-    correlate::{Correlated, PyFrameInfo, PyStack},
-    probes::drain::StackReason,
+    model::{Correlated, PyFrameInfo, PyStack, StackReason},
     python::{
-        objects::{object_layout, AttrCache, ObjectError, Objects, MAX_ITEMS},
+        objects::{object_layout, AttrCache, ObjectError, ObjectLayout, Objects, MAX_ITEMS},
         remote::ProcessMemory,
         Interpreter,
     },
@@ -94,139 +98,6 @@ pub struct BatchNames {
     pub desc_uniform: &'static str,
     /// See `desc_mode`.
     pub desc_loras: &'static str,
-}
-
-/// vLLM 0.26-0.33 (V1 engine, model runner V2 and V1; the names are the same in every
-/// release of the range: docs/VLLM_VERSIONS.md).
-pub static BATCH_0_33: BatchNames = BatchNames {
-    versions: super::version::BUNDLE,
-    output_frames: &[".execute_model", "Scheduler.update_from_output"],
-    pipelined_step_frames: &["EngineCore.step_with_batch_queue"],
-    output_type: "SchedulerOutput",
-    total_num_scheduled_tokens: "total_num_scheduled_tokens",
-    num_scheduled_tokens: "num_scheduled_tokens",
-    scheduled_new_reqs: "scheduled_new_reqs",
-    scheduled_cached_reqs: "scheduled_cached_reqs",
-    scheduled_spec_decode_tokens: "scheduled_spec_decode_tokens",
-    scheduled_encoder_inputs: "scheduled_encoder_inputs",
-    preempted_req_ids: "preempted_req_ids",
-    finished_req_ids: "finished_req_ids",
-    new_req_id: "req_id",
-    new_req_prompt: "prompt_token_ids",
-    cached_req_ids: "req_ids",
-    resumed_req_ids: "resumed_req_ids",
-    num_output_tokens: "num_output_tokens",
-    descriptor_frames: &[".run_fullgraph"],
-    descriptor_types: &["BatchExecutionDescriptor", "BatchDescriptor"],
-    desc_mode: "cg_mode",
-    desc_num_tokens: "num_tokens",
-    desc_num_reqs: "num_reqs",
-    desc_uniform: "uniform_token_count",
-    desc_loras: "num_active_loras",
-};
-
-/// What kind of work a step's batch is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    /// Every scheduled request is computing prompt tokens.
-    Prefill,
-    /// Every scheduled request generates (one token, plus speculative ones).
-    Decode,
-    /// Both.
-    Mixed,
-    /// No tokens scheduled.
-    Empty,
-}
-
-impl Phase {
-    /// The CSV/JSON spelling.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Prefill => "prefill",
-            Self::Decode => "decode",
-            Self::Mixed => "mixed",
-            Self::Empty => "empty",
-        }
-    }
-}
-
-/// One step's batch, as its `SchedulerOutput` said.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StepBatch {
-    /// Process that read it (the model runner's).
-    pub pid: u32,
-    /// Thread whose stack carried it.
-    pub tid: u32,
-    /// The walked CUDA call that carried it.
-    pub ts_ns: u64,
-    /// Requests scheduled (`len(num_scheduled_tokens)`).
-    pub num_reqs: u64,
-    /// `total_num_scheduled_tokens`.
-    pub num_tokens: u64,
-    /// Requests scheduled for the first time.
-    pub new_reqs: u64,
-    /// Requests scheduled before (running, or resumed).
-    pub cached_reqs: u64,
-    /// Cached requests resumed after a preemption.
-    pub resumed_reqs: u64,
-    /// Requests computing prompt tokens (new, resumed, or continuing a chunked prefill).
-    pub prefill_reqs: u64,
-    /// Requests generating.
-    pub decode_reqs: u64,
-    /// Tokens of the prefill requests.
-    pub prefill_tokens: u64,
-    /// Tokens of the decode requests (speculative tokens included).
-    pub decode_tokens: u64,
-    /// Speculative draft tokens scheduled.
-    pub spec_tokens: u64,
-    /// Multimodal encoder inputs scheduled.
-    pub encoder_inputs: u64,
-    /// (request id, tokens scheduled) per request.
-    pub scheduled: Vec<(String, u64)>,
-    /// The new requests.
-    pub new_requests: Vec<NewRequest>,
-    /// Ids of the resumed requests.
-    pub resumed_req_ids: Vec<String>,
-    /// Requests preempted since the previous step (`preempted_req_ids`).
-    pub preempted_req_ids: Vec<String>,
-    /// Requests finished since the previous step (`finished_req_ids`).
-    pub finished_req_ids: Vec<String>,
-    /// Prefill, decode, mixed.
-    pub phase: Phase,
-    /// The scheduler's queues and KV cache read right after (same process only).
-    pub scheduler: Option<StateSnapshot>,
-}
-
-/// The CUDA graph descriptor a replay used.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GraphDescriptor {
-    /// Process.
-    pub pid: u32,
-    /// Thread.
-    pub tid: u32,
-    /// The walked `cudaGraphLaunch` (equal to the replay's launch time).
-    pub ts_ns: u64,
-    /// `CUDAGraphMode` name (FULL, PIECEWISE, ...).
-    pub mode: String,
-    /// Padded tokens the graph was captured for.
-    pub num_tokens: u64,
-    /// Padded requests (None: any).
-    pub num_reqs: Option<u64>,
-    /// Uniform tokens per request (None: not uniform).
-    pub uniform: Option<u64>,
-    /// Active LoRA adapters.
-    pub num_active_loras: u64,
-}
-
-/// One request scheduled for the first time (or, with model runner V2, resumed).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewRequest {
-    /// `req_id`.
-    pub id: String,
-    /// `len(prompt_token_ids)`; None when the prompt came as embeddings.
-    pub prompt_tokens: Option<u64>,
 }
 
 /// Counts of the per-step reads, for metadata.json.
@@ -351,11 +222,11 @@ enum ReadFailure {
 impl BatchReader {
     /// A reader using `names` for outputs and `state` for the scheduler side.
     #[must_use]
-    pub fn new(names: &'static BatchNames, state: &'static StateNames) -> Self {
+    pub fn new(bundle: &'static Bundle) -> Self {
         Self {
-            names,
-            state,
-            calls_names: &CALLS_0_33,
+            names: bundle.batch,
+            state: bundle.state,
+            calls_names: bundle.calls,
             procs: HashMap::new(),
             calls: CallReader::default(),
             // 3 significant digits; auto-resizing, so any delay fits.
@@ -427,16 +298,13 @@ impl BatchReader {
             return;
         };
         let names = self.names;
-        let ends = |q: &str, set: &[&str]| set.iter().any(|s| q.ends_with(s));
-        let carries_output =
-            |f: &&PyFrameInfo| f.arg1 != 0 && ends(&f.code.qualname, names.output_frames);
-        let delay = crate::output::monotonic_ns().saturating_sub(st.ts_ns);
+        let delay = crate::model::monotonic_ns().saturating_sub(st.ts_ns);
         let pipelined = st
             .frames
             .iter()
-            .any(|f| ends(&f.code.qualname, names.pipelined_step_frames));
+            .any(|f| ends_with_any(&f.code.qualname, names.pipelined_step_frames));
         let late = delay > p.cadence.read_bound_ns(pipelined);
-        if st.frames.iter().any(|f| carries_output(&f)) {
+        if st.frames.iter().any(|f| carries_output(names, f)) {
             // An auto-resizing histogram: recording cannot fail short of memory.
             let _ = self.delays.record(delay / 1000);
             self.stats.stale += u64::from(late);
@@ -444,53 +312,107 @@ impl BatchReader {
         let Some(ol) = object_layout(p.interp.layout.version) else {
             return;
         };
-        let mem = p.mem;
-        let o = Objects::new(&mem, &p.interp.layout, ol).with_cache(&p.attrs);
-        // A watched call counts however late it is read: its time came with the hit, and the
-        // request it names outlives the call (checked by type before its id is read).
-        if let Some(call) = self.calls.read(self.calls_names, st, &o, &mut p.strings) {
-            out(Correlated::SchedulerCall(Box::new(call)));
+        {
+            let mem = p.mem;
+            let o = Objects::new(&mem, &p.interp.layout, ol).with_cache(&p.attrs);
+            // A watched call counts however late it is read: its time came with the hit, and
+            // the request it names outlives the call (checked by type before its id is read).
+            if let Some(call) = self.calls.read(self.calls_names, st, &o, &mut p.strings) {
+                out(Correlated::SchedulerCall(Box::new(call)));
+            }
         }
         if late {
             return;
         }
-        // The descriptor of a graph replay.
-        if let Some(f) = st
-            .frames
-            .iter()
-            .find(|f| f.arg1 != 0 && ends(&f.code.qualname, names.descriptor_frames))
-        {
-            match read_descriptor(&o, names, f.arg1, &mut p.strings) {
-                Ok(Some((mode, num_tokens, num_reqs, uniform, loras))) => {
-                    self.stats.descriptors += 1;
-                    out(Correlated::GraphDescriptor(GraphDescriptor {
-                        pid: st.pid,
-                        tid: st.tid,
-                        ts_ns: st.ts_ns,
-                        mode,
-                        num_tokens,
-                        num_reqs,
-                        uniform,
-                        num_active_loras: loras,
-                    }));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    self.stats.descriptor_errors += 1;
-                    self.stats.last_error = Some(format!("graph descriptor: {e}"));
-                }
-            }
-        }
+        let mut cx = ReadContext {
+            names,
+            state: self.state,
+            stats: &mut self.stats,
+        };
+        cx.graph_descriptor(p, ol, st, out);
         // The step's scheduler output: the innermost frame that carries one.
         let at_cuda_call = matches!(st.reason, StackReason::CudaCall(_));
-        if at_cuda_call && st.frames.iter().any(|f| carries_output(&f)) {
+        if at_cuda_call && st.frames.iter().any(|f| carries_output(names, f)) {
             p.cuda_outputs = true;
         }
         if !at_cuda_call && p.cuda_outputs {
             return;
         }
-        let candidates = st.frames.iter().filter(carries_output);
-        for f in candidates {
+        cx.step_output(p, ol, st, out);
+    }
+}
+
+/// Whether `qualname` ends with one of `set`.
+fn ends_with_any(qualname: &str, set: &[&str]) -> bool {
+    set.iter().any(|s| qualname.ends_with(s))
+}
+
+/// Whether frame `f` carries a scheduler output (its argument, in a frame that takes one).
+fn carries_output(names: &BatchNames, f: &PyFrameInfo) -> bool {
+    f.arg1 != 0 && ends_with_any(&f.code.qualname, names.output_frames)
+}
+
+/// What the reads of one stack need of the reader.
+struct ReadContext<'a> {
+    names: &'static BatchNames,
+    state: &'static StateNames,
+    stats: &'a mut BatchStats,
+}
+
+impl ReadContext<'_> {
+    /// The descriptor of a graph replay, when a frame of the stack carries one.
+    fn graph_descriptor(
+        &mut self,
+        p: &mut ProcBatch,
+        ol: ObjectLayout,
+        st: &PyStack,
+        out: &mut impl FnMut(Correlated),
+    ) {
+        let names = self.names;
+        let Some(f) = st
+            .frames
+            .iter()
+            .find(|f| f.arg1 != 0 && ends_with_any(&f.code.qualname, names.descriptor_frames))
+        else {
+            return;
+        };
+        let mem = p.mem;
+        let o = Objects::new(&mem, &p.interp.layout, ol).with_cache(&p.attrs);
+        match read_descriptor(&o, names, f.arg1, &mut p.strings) {
+            Ok(Some((mode, num_tokens, num_reqs, uniform, loras))) => {
+                self.stats.descriptors += 1;
+                out(Correlated::GraphDescriptor(GraphDescriptor {
+                    pid: st.pid,
+                    tid: st.tid,
+                    ts_ns: st.ts_ns,
+                    mode,
+                    num_tokens,
+                    num_reqs,
+                    uniform,
+                    num_active_loras: loras,
+                }));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.stats.descriptor_errors += 1;
+                self.stats.last_error = Some(format!("graph descriptor: {e}"));
+            }
+        }
+    }
+
+    /// The step's batch from the innermost frame carrying a `SchedulerOutput` (once per
+    /// output; none when it changed while read).
+    fn step_output(
+        &mut self,
+        p: &mut ProcBatch,
+        ol: ObjectLayout,
+        st: &PyStack,
+        out: &mut impl FnMut(Correlated),
+    ) {
+        let names = self.names;
+        let mem = p.mem;
+        let o = Objects::new(&mem, &p.interp.layout, ol).with_cache(&p.attrs);
+        for f in st.frames.iter().filter(|f| carries_output(names, f)) {
             let is_output = o.type_name(f.arg1).is_ok_and(|t| t == names.output_type);
             if !is_output {
                 self.stats.wrong_type += 1;
@@ -610,47 +532,9 @@ fn read_output(
     let what = "scheduler output";
     let need = |v: Option<u64>, name: &'static str| v.ok_or(ReadFailure::Missing(name, what));
     let num_tokens = u64::try_from(o.int(need(total, n.total_num_scheduled_tokens)?)?).unwrap_or(0);
-    // Per-request tokens; small ints are shared objects, so each distinct value is read once.
-    let mut ints: HashMap<u64, u64> = HashMap::new();
-    let mut tokens: HashMap<String, u64> = HashMap::new();
-    for (k, v) in o.dict_items(need(per_req, n.num_scheduled_tokens)?, MAX_ITEMS)? {
-        let t = match ints.get(&v) {
-            Some(t) => *t,
-            None => {
-                let t = u64::try_from(o.int(v)?).unwrap_or(0);
-                ints.insert(v, t);
-                t
-            }
-        };
-        tokens.insert(strings.get(o, k)?, t);
-    }
-    let mut new_requests = Vec::new();
-    for r in o.list_items(need(new, n.scheduled_new_reqs)?, MAX_ITEMS)? {
-        let [id, prompt] = o.attrs(r, [n.new_req_id, n.new_req_prompt])?;
-        let id = id.ok_or(ReadFailure::Missing(n.new_req_id, "new request data"))?;
-        let prompt_tokens = match prompt {
-            Some(p) if !o.is_none(p)? => Some(o.len(p)?),
-            _ => None,
-        };
-        new_requests.push(NewRequest {
-            id: strings.get(o, id)?,
-            prompt_tokens,
-        });
-    }
-    let [cached_ids, resumed, out_tokens] = o.attrs(
-        need(cached, n.scheduled_cached_reqs)?,
-        [n.cached_req_ids, n.resumed_req_ids, n.num_output_tokens],
-    )?;
-    let cached_ids = id_list(o, strings, Some(need(cached_ids, n.cached_req_ids)?))?;
-    let resumed_req_ids = id_list(o, strings, resumed)?;
-    let out_tokens: Vec<u64> = match out_tokens {
-        Some(l) => o
-            .list_items(l, MAX_ITEMS)?
-            .into_iter()
-            .map(|v| o.int(v).map(|t| u64::try_from(t).unwrap_or(0)))
-            .collect::<Result<_, _>>()?,
-        None => Vec::new(),
-    };
+    let tokens = scheduled_tokens(o, need(per_req, n.num_scheduled_tokens)?, strings)?;
+    let new_requests = new_requests(o, n, need(new, n.scheduled_new_reqs)?, strings)?;
+    let cached = cached_requests(o, n, need(cached, n.scheduled_cached_reqs)?, strings)?;
     // Draft tokens per request (speculative decoding).
     let mut spec_of: HashMap<String, u64> = HashMap::new();
     if let Some(d) = spec {
@@ -675,8 +559,8 @@ fn read_output(
         num_reqs: tokens.len() as u64,
         num_tokens,
         new_reqs: new_requests.len() as u64,
-        cached_reqs: cached_ids.len() as u64,
-        resumed_reqs: resumed_req_ids.len() as u64,
+        cached_reqs: cached.ids.len() as u64,
+        resumed_reqs: cached.resumed.len() as u64,
         prefill_reqs: 0,
         decode_reqs: 0,
         prefill_tokens: 0,
@@ -685,14 +569,111 @@ fn read_output(
         encoder_inputs,
         scheduled: Vec::new(),
         new_requests,
-        resumed_req_ids,
+        resumed_req_ids: cached.resumed,
         preempted_req_ids: id_list(o, strings, preempted)?,
         finished_req_ids: id_list(o, strings, finished)?,
         phase: Phase::Empty,
         scheduler: None,
     };
-    // A request prefills when it is new, resumed (recomputes its tokens), has produced no
-    // output yet (chunked prefill), or computes more than one token plus its drafts.
+    split_phases(&mut b, tokens, &cached.ids, &cached.output_tokens, &spec_of);
+    Ok(b)
+}
+
+/// Tokens scheduled per request id (`num_scheduled_tokens`); small ints are shared
+/// objects, so each distinct value is read once.
+fn scheduled_tokens(
+    o: &Objects<'_>,
+    dict: u64,
+    strings: &mut StrCache,
+) -> Result<HashMap<String, u64>, ReadFailure> {
+    let mut ints: HashMap<u64, u64> = HashMap::new();
+    let mut tokens: HashMap<String, u64> = HashMap::new();
+    for (k, v) in o.dict_items(dict, MAX_ITEMS)? {
+        let t = match ints.get(&v) {
+            Some(t) => *t,
+            None => {
+                let t = u64::try_from(o.int(v)?).unwrap_or(0);
+                ints.insert(v, t);
+                t
+            }
+        };
+        tokens.insert(strings.get(o, k)?, t);
+    }
+    Ok(tokens)
+}
+
+/// The requests scheduled for the first time (`scheduled_new_reqs`).
+fn new_requests(
+    o: &Objects<'_>,
+    n: &BatchNames,
+    list: u64,
+    strings: &mut StrCache,
+) -> Result<Vec<NewRequest>, ReadFailure> {
+    let mut new_requests = Vec::new();
+    for r in o.list_items(list, MAX_ITEMS)? {
+        let [id, prompt] = o.attrs(r, [n.new_req_id, n.new_req_prompt])?;
+        let id = id.ok_or(ReadFailure::Missing(n.new_req_id, "new request data"))?;
+        let prompt_tokens = match prompt {
+            Some(p) if !o.is_none(p)? => Some(o.len(p)?),
+            _ => None,
+        };
+        new_requests.push(NewRequest {
+            id: strings.get(o, id)?,
+            prompt_tokens,
+        });
+    }
+    Ok(new_requests)
+}
+
+/// What `scheduled_cached_reqs` says.
+struct Cached {
+    /// Request ids, in order.
+    ids: Vec<String>,
+    /// Of those, resumed after a preemption.
+    resumed: Vec<String>,
+    /// Output tokens so far, per request in `ids` order (empty when not read).
+    output_tokens: Vec<u64>,
+}
+
+fn cached_requests(
+    o: &Objects<'_>,
+    n: &BatchNames,
+    cached: u64,
+    strings: &mut StrCache,
+) -> Result<Cached, ReadFailure> {
+    let [cached_ids, resumed, out_tokens] = o.attrs(
+        cached,
+        [n.cached_req_ids, n.resumed_req_ids, n.num_output_tokens],
+    )?;
+    let cached_ids =
+        cached_ids.ok_or(ReadFailure::Missing(n.cached_req_ids, "scheduler output"))?;
+    let ids = id_list(o, strings, Some(cached_ids))?;
+    let resumed = id_list(o, strings, resumed)?;
+    let output_tokens: Vec<u64> = match out_tokens {
+        Some(l) => o
+            .list_items(l, MAX_ITEMS)?
+            .into_iter()
+            .map(|v| o.int(v).map(|t| u64::try_from(t).unwrap_or(0)))
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+    Ok(Cached {
+        ids,
+        resumed,
+        output_tokens,
+    })
+}
+
+/// Splits the scheduled requests into prefill and decode, and names the batch's phase. A
+/// request prefills when it is new, resumed (recomputes its tokens), has produced no output
+/// yet (chunked prefill), or computes more than one token plus its drafts.
+fn split_phases(
+    b: &mut StepBatch,
+    tokens: HashMap<String, u64>,
+    cached_ids: &[String],
+    out_tokens: &[u64],
+    spec_of: &HashMap<String, u64>,
+) {
     let mut prefill: HashSet<&str> = b.new_requests.iter().map(|r| r.id.as_str()).collect();
     prefill.extend(b.resumed_req_ids.iter().map(String::as_str));
     for (i, id) in cached_ids.iter().enumerate() {
@@ -702,15 +683,20 @@ fn read_output(
             prefill.insert(id);
         }
     }
+    let (mut prefill_reqs, mut decode_reqs, mut prefill_tokens, mut decode_tokens) = (0, 0, 0, 0);
     for (id, t) in &tokens {
         if prefill.contains(id.as_str()) {
-            b.prefill_reqs += 1;
-            b.prefill_tokens += t;
+            prefill_reqs += 1;
+            prefill_tokens += t;
         } else {
-            b.decode_reqs += 1;
-            b.decode_tokens += t;
+            decode_reqs += 1;
+            decode_tokens += t;
         }
     }
+    b.prefill_reqs = prefill_reqs;
+    b.decode_reqs = decode_reqs;
+    b.prefill_tokens = prefill_tokens;
+    b.decode_tokens = decode_tokens;
     b.scheduled = tokens.into_iter().collect();
     b.phase = match (b.prefill_reqs, b.decode_reqs) {
         (0, 0) => Phase::Empty,
@@ -718,7 +704,6 @@ fn read_output(
         (0, _) => Phase::Decode,
         _ => Phase::Mixed,
     };
-    Ok(b)
 }
 
 /// (mode, tokens, requests, uniform count, LoRAs) of a graph descriptor.
@@ -764,4 +749,148 @@ fn read_descriptor(
         opt_int(uniform)?,
         opt_int(loras)?.unwrap_or(0),
     )))
+}
+
+/// Replays what the reader is given (stacks, the fields of a read output); no process, no
+/// root.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::{CodeInfo, Operation};
+
+    fn empty_batch(new: &[&str], resumed: &[&str]) -> StepBatch {
+        StepBatch {
+            pid: 0,
+            tid: 0,
+            ts_ns: 0,
+            num_reqs: 0,
+            num_tokens: 0,
+            new_reqs: 0,
+            cached_reqs: 0,
+            resumed_reqs: 0,
+            prefill_reqs: 0,
+            decode_reqs: 0,
+            prefill_tokens: 0,
+            decode_tokens: 0,
+            spec_tokens: 0,
+            encoder_inputs: 0,
+            scheduled: Vec::new(),
+            new_requests: new
+                .iter()
+                .map(|id| NewRequest {
+                    id: (*id).to_owned(),
+                    prompt_tokens: Some(100),
+                })
+                .collect(),
+            resumed_req_ids: resumed.iter().map(|s| (*s).to_owned()).collect(),
+            preempted_req_ids: Vec::new(),
+            finished_req_ids: Vec::new(),
+            phase: Phase::Empty,
+            scheduler: None,
+        }
+    }
+
+    #[test]
+    fn requests_are_prefill_when_new_resumed_chunked_or_past_their_drafts() {
+        let tokens: HashMap<String, u64> = [
+            ("new", 100),
+            ("resumed", 60),
+            ("chunked", 1),
+            ("drafted", 3),
+            ("too_many", 4),
+            ("decoding", 1),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let cached: Vec<String> = ["resumed", "chunked", "drafted", "too_many", "decoding"]
+            .map(String::from)
+            .to_vec();
+        // Output tokens so far, in `cached` order: "chunked" has produced none yet.
+        let out_tokens = [9, 0, 5, 5, 7];
+        let spec: HashMap<String, u64> = [("drafted".to_owned(), 2), ("too_many".to_owned(), 2)]
+            .into_iter()
+            .collect();
+        let mut b = empty_batch(&["new"], &["resumed"]);
+        split_phases(&mut b, tokens, &cached, &out_tokens, &spec);
+        assert_eq!((b.prefill_reqs, b.prefill_tokens), (4, 100 + 60 + 1 + 4));
+        assert_eq!((b.decode_reqs, b.decode_tokens), (2, 3 + 1));
+        assert_eq!(b.phase, Phase::Mixed);
+        assert_eq!(b.scheduled.len(), 6);
+    }
+
+    #[test]
+    fn a_batch_of_only_decodes_or_nothing_is_named_so() {
+        let mut b = empty_batch(&[], &[]);
+        let one: HashMap<String, u64> = [("a".to_owned(), 1)].into_iter().collect();
+        split_phases(&mut b, one, &["a".to_owned()], &[3], &HashMap::new());
+        assert_eq!(b.phase, Phase::Decode);
+        let mut e = empty_batch(&[], &[]);
+        split_phases(&mut e, HashMap::new(), &[], &[], &HashMap::new());
+        assert_eq!(e.phase, Phase::Empty);
+    }
+
+    fn stack(reason: StackReason, qualname: &str) -> PyStack {
+        PyStack {
+            pid: 42,
+            tid: 42,
+            ts_ns: crate::model::monotonic_ns(),
+            reason,
+            flags: 0,
+            frames: vec![PyFrameInfo {
+                code: Arc::new(CodeInfo::new(
+                    qualname,
+                    "vllm/v1/worker/x.py",
+                    1,
+                    Vec::new(),
+                )),
+                line: 1,
+                arg1: 0x1000,
+            }],
+            op: Operation::ModelForward,
+            op_frame: None,
+        }
+    }
+
+    #[test]
+    fn sampled_stacks_and_processes_never_added_are_not_read() {
+        let mut reader = BatchReader::new(&crate::vllm::v0_33::BUNDLE);
+        let mut out = Vec::new();
+        for st in [
+            stack(StackReason::Sample, "GPUModelRunner.execute_model"),
+            stack(
+                StackReason::CudaCall(profilemate_common::ApiId::cudaGraphLaunch),
+                "GPUModelRunner.execute_model",
+            ),
+        ] {
+            reader.observe(&st, &mut |c| out.push(c));
+        }
+        assert!(out.is_empty());
+        assert_eq!(reader.stats, BatchStats::default());
+    }
+
+    #[test]
+    fn an_output_is_carried_only_by_a_frame_that_takes_one() {
+        let names = &crate::vllm::v0_33::BATCH;
+        let frame = |q: &str, arg1| PyFrameInfo {
+            code: Arc::new(CodeInfo::new(q, "x.py", 1, Vec::new())),
+            line: 1,
+            arg1,
+        };
+        assert!(carries_output(
+            names,
+            &frame("GPUModelRunner.execute_model", 8)
+        ));
+        assert!(carries_output(
+            names,
+            &frame("Scheduler.update_from_output", 8)
+        ));
+        assert!(!carries_output(
+            names,
+            &frame("GPUModelRunner.execute_model", 0)
+        ));
+        assert!(!carries_output(names, &frame("Scheduler.schedule", 8)));
+    }
 }

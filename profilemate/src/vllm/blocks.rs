@@ -26,7 +26,7 @@
 
 use foldhash::{HashMap, HashSet};
 
-use serde::Serialize;
+pub use crate::model::scheduler::{BlockEviction, BlockPoll};
 
 use super::state::{StateError, StateNames};
 use crate::python::objects::{DictSlots, ObjectError, Objects};
@@ -81,63 +81,6 @@ fn spans(sorted: &[u64], offset: u64) -> (Ranges, Vec<(usize, usize)>) {
 
 /// Blocks under one duplicated hash read at most.
 const MAX_DUPLICATES: usize = 64;
-
-/// One evicted cached block, with the bounds of each time (CLOCK_MONOTONIC ns).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BlockEviction {
-    /// `KVCacheBlock.block_id` (None: not decoded within the per-poll bound).
-    pub block_id: Option<i64>,
-    /// The first poll that saw it cached (None: cached before the first poll).
-    pub born_ns: Option<u64>,
-    /// The poll before: the birth lies after it.
-    pub born_after_ns: u64,
-    /// The last read that saw it in use (`ref_cnt > 0`), or `born_ns` when none did.
-    pub last_used_ns: Option<u64>,
-    /// The read after that (or the eviction): its last use ended before it.
-    pub last_used_until_ns: u64,
-    /// The poll that saw it gone.
-    pub evicted_ns: u64,
-    /// The last poll that saw it cached: the eviction lies after it.
-    pub evicted_after_ns: u64,
-    /// Still in the map, but only under other keys (evicted and cached again between two
-    /// polls).
-    pub rehashed: bool,
-}
-
-/// What one poll of the cached blocks found.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct BlockPoll {
-    /// Process.
-    pub pid: u32,
-    /// CLOCK_MONOTONIC ns of the map read.
-    pub ts_ns: u64,
-    /// Blocks seen evicted since the previous poll.
-    pub evictions: Vec<BlockEviction>,
-    /// The map object was replaced (a prefix cache reset): the blocks cached before left
-    /// without eviction rows.
-    pub reset: bool,
-    /// Cached blocks now.
-    pub cached: u64,
-    /// Blocks first seen cached this poll.
-    pub born: u64,
-    /// Blocks cached and evicted since the previous poll, never seen (exact unless
-    /// `unseen_is_lower_bound`).
-    pub unseen: u64,
-    /// The table was resized in between: `unseen` is a lower bound.
-    pub unseen_is_lower_bound: bool,
-    /// `ref_cnt`s read this poll.
-    pub refs_read: u64,
-    /// Cached blocks whose `ref_cnt` waited for a later poll (the per-poll bound).
-    pub refs_deferred: u64,
-    /// The map's head was unchanged: its entries were not read again.
-    pub map_unchanged: bool,
-    /// Entry slots read (0 when unchanged).
-    pub slots_read: u64,
-    /// The map changed during both reads of it: nothing concluded this poll.
-    pub torn: bool,
-    /// Why the blocks could not be followed (None: they were).
-    pub error: Option<String>,
-}
 
 /// Where a `KVCacheBlock`'s fields are (a `__slots__` dataclass in vLLM 0.26-0.33).
 #[derive(Debug, Clone, Copy)]
@@ -200,6 +143,55 @@ struct Diff {
     born: Vec<u64>,
 }
 
+/// The prefix cache map of `pool` and the dict holding its entries (vLLM 0.26-0.33: a
+/// `BlockHashToBlockMap` holding the dict; older: the dict itself).
+fn cache_dict(o: &Objects<'_>, n: &StateNames, pool: u64) -> Result<(u64, u64), StateError> {
+    let map = o
+        .attr(pool, n.prefix_cache_map)?
+        .ok_or(StateError::MissingName(n.prefix_cache_map, "block pool"))?;
+    let dict = if o.dict_version(map).is_ok() {
+        map
+    } else {
+        o.attr(map, n.prefix_cache_dict)?
+            .ok_or(StateError::MissingName(
+                n.prefix_cache_dict,
+                "prefix cache map",
+            ))?
+    };
+    Ok((map, dict))
+}
+
+/// Slots from `from` on (appended since the previous read) that are deleted now, but not
+/// those whose key was put back later in the table.
+fn deleted_since(read: &[(u64, u64, u64)], now: &[Slot], from: usize) -> u64 {
+    let tail_live: HashSet<u64> = now[from.min(now.len())..]
+        .iter()
+        .filter(|s| s.value != 0)
+        .map(|s| s.key)
+        .collect();
+    read[from.min(read.len())..]
+        .iter()
+        .filter(|(hash, key, _)| *key == 0 && (*hash == 0 || !tail_live.contains(hash)))
+        .count() as u64
+}
+
+impl Slot {
+    /// A slot read as (hash, key, value): empty when deleted, keyed by its hash when known.
+    fn of((hash, key, value): (u64, u64, u64)) -> Self {
+        let live = key != 0 && value != 0;
+        Self {
+            value: if live { value } else { 0 },
+            key: if !live {
+                0
+            } else if hash == 0 {
+                key
+            } else {
+                hash
+            },
+        }
+    }
+}
+
 impl BlockTracker {
     /// Reads `pool`'s cached blocks (pid left 0). Missing names and unreadable objects are
     /// errors; a map too large or torn is a poll saying so.
@@ -209,35 +201,18 @@ impl BlockTracker {
         n: &StateNames,
         pool: u64,
     ) -> Result<BlockPoll, StateError> {
-        let map = o
-            .attr(pool, n.prefix_cache_map)?
-            .ok_or(StateError::MissingName(n.prefix_cache_map, "block pool"))?;
-        // vLLM 0.26-0.33: a `BlockHashToBlockMap` holding the dict; older: the dict itself.
-        let dict = if o.dict_version(map).is_ok() {
-            map
-        } else {
-            o.attr(map, n.prefix_cache_dict)?
-                .ok_or(StateError::MissingName(
-                    n.prefix_cache_dict,
-                    "prefix cache map",
-                ))?
+        let (map, dict) = cache_dict(o, n, pool)?;
+        let mut poll = BlockPoll {
+            reset: self.forget_replaced(map, dict),
+            ..BlockPoll::default()
         };
-        let mut poll = BlockPoll::default();
-        if self.map != 0 && (map != self.map || dict != self.dict) {
-            poll.reset = true;
-            self.cached.clear();
-            self.in_use.clear();
-            self.slots.clear();
-            self.duplicates.clear();
-            self.head = None;
-        }
         let first = self.map == 0;
         self.map = map;
         self.dict = dict;
         let head = o.dict_head(dict)?;
         if self.head == Some(head) {
             poll.map_unchanged = true;
-            poll.ts_ns = crate::output::monotonic_ns();
+            poll.ts_ns = crate::model::monotonic_ns();
             poll.cached = self.cached.len() as u64;
             self.last_map_ns = Some(poll.ts_ns);
             self.read_refs(o, &[], &mut poll);
@@ -245,7 +220,7 @@ impl BlockTracker {
         }
         let Some((slots, ts)) = Self::read_slots(o, dict)? else {
             poll.torn = true;
-            poll.ts_ns = crate::output::monotonic_ns();
+            poll.ts_ns = crate::model::monotonic_ns();
             return Ok(poll);
         };
         poll.ts_ns = ts;
@@ -260,23 +235,7 @@ impl BlockTracker {
         // Same keys object: its first slots are the ones read before (compare them);
         // otherwise (first read, reset, resize) every slot is compared with nothing.
         let new_keys = self.head.is_none_or(|(_, _, keys)| keys != slots.keys);
-        let now: Vec<Slot> = slots
-            .slots
-            .iter()
-            .map(|&(hash, key, value)| {
-                let live = key != 0 && value != 0;
-                Slot {
-                    value: if live { value } else { 0 },
-                    key: if !live {
-                        0
-                    } else if hash == 0 {
-                        key
-                    } else {
-                        hash
-                    },
-                }
-            })
-            .collect();
+        let now: Vec<Slot> = slots.slots.iter().map(|&s| Slot::of(s)).collect();
         // The slots read before are still these (the same table, only appended to and
         // deleted from) when each kept its key or was deleted, and none came back. A new
         // table with another address is compacted in insertion order: when its first slots
@@ -309,56 +268,11 @@ impl BlockTracker {
                 diff.touched.insert(*b, std::mem::take(&mut c.keys));
             }
         }
-        let mut dups = HashMap::default();
-        let blocks_of = |v: u64| resolved.get(&v).cloned().unwrap_or_else(|| vec![v]);
-        for (pos, &slot) in now.iter().enumerate() {
-            let (live, value) = (slot.value != 0, slot.value);
-            let before = self.slots.get(pos).copied();
-            if before == Some(slot) {
-                // The same dict of duplicates may hold other blocks now.
-                if let Some(old) = self.duplicates.remove(&pos) {
-                    let blocks = blocks_of(value);
-                    for &b in old.iter().filter(|b| !blocks.contains(b)) {
-                        self.drop_key(b, slot.key, &mut diff);
-                    }
-                    for &b in blocks.iter().filter(|b| !old.contains(b)) {
-                        self.add_key(b, slot.key, first, ts, after, &mut diff);
-                    }
-                    dups.insert(pos, blocks);
-                }
-                continue;
-            }
-            if let Some(old) = before.filter(|s| s.value != 0) {
-                let blocks = self
-                    .duplicates
-                    .remove(&pos)
-                    .unwrap_or_else(|| vec![old.value]);
-                for b in blocks {
-                    self.drop_key(b, old.key, &mut diff);
-                }
-            }
-            if live {
-                let blocks = blocks_of(value);
-                for &b in &blocks {
-                    self.add_key(b, slot.key, first, ts, after, &mut diff);
-                }
-                if blocks.len() != 1 || blocks[0] != value {
-                    dups.insert(pos, blocks);
-                }
-            }
-        }
+        let dups = self.apply(&now, &resolved, (first, ts, after), &mut diff);
         // Slots appended since the previous read and already deleted: cached and evicted in
         // between; a deleted slot keeps its hash, and one whose key was put back later (vLLM
         // pops a duplicated hash and reinserts the rest of its blocks) is no eviction.
-        let tail_live: HashSet<u64> = now[from.min(now.len())..]
-            .iter()
-            .filter(|s| s.value != 0)
-            .map(|s| s.key)
-            .collect();
-        let deleted = slots.slots[from.min(slots.slots.len())..]
-            .iter()
-            .filter(|(hash, key, _)| *key == 0 && (*hash == 0 || !tail_live.contains(hash)))
-            .count() as u64;
+        let deleted = deleted_since(&slots.slots, &now, from);
         self.slots = now;
         self.duplicates = dups;
         self.report(o, &mut diff, ts, &mut poll);
@@ -378,6 +292,71 @@ impl BlockTracker {
         self.last_map_ns = Some(ts);
         self.read_refs(o, &diff.born, &mut poll);
         Ok(poll)
+    }
+
+    /// A new map or dict (a prefix cache reset): forgets every block; true when so.
+    fn forget_replaced(&mut self, map: u64, dict: u64) -> bool {
+        let replaced = self.map != 0 && (map != self.map || dict != self.dict);
+        if replaced {
+            self.cached.clear();
+            self.in_use.clear();
+            self.slots.clear();
+            self.duplicates.clear();
+            self.head = None;
+        }
+        replaced
+    }
+
+    /// Compares each slot with the one read before at its position: keys that left their
+    /// blocks and blocks that gained keys go to `diff`. `at`: (first poll, this read's time,
+    /// the previous read's). Returns the slots whose value is a dict of duplicates.
+    fn apply(
+        &mut self,
+        now: &[Slot],
+        resolved: &HashMap<u64, Vec<u64>>,
+        at: (bool, u64, u64),
+        diff: &mut Diff,
+    ) -> HashMap<usize, Vec<u64>> {
+        let (first, ts, after) = at;
+        let mut dups = HashMap::default();
+        let blocks_of = |v: u64| resolved.get(&v).cloned().unwrap_or_else(|| vec![v]);
+        for (pos, &slot) in now.iter().enumerate() {
+            let (live, value) = (slot.value != 0, slot.value);
+            let before = self.slots.get(pos).copied();
+            if before == Some(slot) {
+                // The same dict of duplicates may hold other blocks now.
+                if let Some(old) = self.duplicates.remove(&pos) {
+                    let blocks = blocks_of(value);
+                    for &b in old.iter().filter(|b| !blocks.contains(b)) {
+                        self.drop_key(b, slot.key, diff);
+                    }
+                    for &b in blocks.iter().filter(|b| !old.contains(b)) {
+                        self.add_key(b, slot.key, first, ts, after, diff);
+                    }
+                    dups.insert(pos, blocks);
+                }
+                continue;
+            }
+            if let Some(old) = before.filter(|s| s.value != 0) {
+                let blocks = self
+                    .duplicates
+                    .remove(&pos)
+                    .unwrap_or_else(|| vec![old.value]);
+                for b in blocks {
+                    self.drop_key(b, old.key, diff);
+                }
+            }
+            if live {
+                let blocks = blocks_of(value);
+                for &b in &blocks {
+                    self.add_key(b, slot.key, first, ts, after, diff);
+                }
+                if blocks.len() != 1 || blocks[0] != value {
+                    dups.insert(pos, blocks);
+                }
+            }
+        }
+        dups
     }
 
     /// The block's key `key` left the map.
@@ -475,9 +454,9 @@ impl BlockTracker {
     ) -> Result<Option<(Option<DictSlots>, u64)>, StateError> {
         for _ in 0..2 {
             let Some(slots) = o.dict_slots(dict, MAX_SLOTS)? else {
-                return Ok(Some((None, crate::output::monotonic_ns())));
+                return Ok(Some((None, crate::model::monotonic_ns())));
             };
-            let ts = crate::output::monotonic_ns();
+            let ts = crate::model::monotonic_ns();
             if o.dict_head(dict)? == (slots.used, slots.version, slots.keys) {
                 return Ok(Some((Some(slots), ts)));
             }
@@ -673,7 +652,7 @@ impl BlockTracker {
         let total = spans.iter().map(|s| s.1).sum();
         let mut buf = vec![0u8; total];
         let ok = o.memory().read_many(&spans, &mut buf);
-        let ts = crate::output::monotonic_ns();
+        let ts = crate::model::monotonic_ns();
         let mut decoded: HashMap<u64, bool> = HashMap::default();
         for (block, (span, off)) in order.into_iter().zip(at) {
             if !ok.get(span).copied().unwrap_or(false) {
@@ -730,7 +709,7 @@ mod tests {
     use super::*;
     use crate::{
         python::{self, objects::object_layout, remote::ProcessMemory},
-        vllm::state::VLLM_0_33,
+        vllm::v0_33::STATE as VLLM_0_33,
     };
 
     const SCRIPT: &str = r#"

@@ -15,10 +15,12 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+pub use crate::model::scheduler::{CallRole, SchedulerCall};
+
 use super::state::StrCache;
 use crate::{
-    correlate::PyStack,
-    probes::{breakpoints::WatchedFunction, drain::StackReason},
+    model::{PyStack, StackReason},
+    probes::breakpoints::WatchedFunction,
     python::{
         code::read_code,
         objects::{ObjectError, Objects},
@@ -26,21 +28,6 @@ use crate::{
         Interpreter,
     },
 };
-
-/// What a watched method's entry means.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CallRole {
-    /// `Scheduler.schedule`: a step is being scheduled.
-    Schedule,
-    /// `Scheduler.update_from_output(scheduler_output, model_runner_output)`: a step's
-    /// output is processed.
-    UpdateFromOutput,
-    /// `Scheduler._preempt_request(request, ...)`.
-    Preempt,
-    /// `Scheduler.add_request(request)`.
-    AddRequest,
-}
 
 /// The watched methods of one vLLM version range.
 #[derive(Debug)]
@@ -61,24 +48,6 @@ pub struct CallNames {
     /// See `request_id`.
     pub arrival_time: &'static str,
 }
-
-/// vLLM 0.26-0.33 (the same names in every release of the range: docs/VLLM_VERSIONS.md).
-pub static CALLS_0_33: CallNames = CallNames {
-    versions: super::version::BUNDLE,
-    watched: &[
-        ("Scheduler._preempt_request", CallRole::Preempt),
-        ("Scheduler.add_request", CallRole::AddRequest),
-        ("Scheduler.update_from_output", CallRole::UpdateFromOutput),
-        ("Scheduler.schedule", CallRole::Schedule),
-    ],
-    preempt_callers: &[
-        (".schedule", "kv_cache_exhausted"),
-        (".reset_prefix_cache", "cache_reset"),
-    ],
-    request_type: "Request",
-    request_id: "request_id",
-    arrival_time: "arrival_time",
-};
 
 /// Why the functions could not be found.
 #[derive(Debug, thiserror::Error)]
@@ -145,25 +114,6 @@ pub struct FunctionWatch {
 /// `schedule` of `Scheduler.schedule`.
 fn method_of(qualname: &str) -> &str {
     qualname.rsplit('.').next().unwrap_or(qualname)
-}
-
-/// One watched call.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SchedulerCall {
-    /// Process.
-    pub pid: u32,
-    /// Thread.
-    pub tid: u32,
-    /// When the function was entered (CLOCK_MONOTONIC ns).
-    pub ts_ns: u64,
-    /// What was called.
-    pub role: CallRole,
-    /// The request of a preemption or an arrival.
-    pub request_id: Option<String>,
-    /// Why a request was preempted (from the caller).
-    pub reason: Option<&'static str>,
-    /// `Request.arrival_time` of an arrival (`time.time()` seconds).
-    pub arrival_time: Option<f64>,
 }
 
 /// Counts for metadata.json.

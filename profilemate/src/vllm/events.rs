@@ -33,62 +33,13 @@ pub struct EventRule {
     pub names: &'static [&'static str],
 }
 
-const fn rule(role: EventRole, file: &'static str, names: &'static [&'static str]) -> EventRule {
+pub(super) const fn rule(
+    role: EventRole,
+    file: &'static str,
+    names: &'static [&'static str],
+) -> EventRule {
     EventRule { role, file, names }
 }
-
-use EventRole as R;
-
-/// vLLM 0.26 to 0.33 (read from the 0.26.0, 0.27.0, 0.29.0 and 0.33.0 wheels: the same
-/// functions record these events in all four).
-pub static EVENT_ROLES_0_26_TO_0_33: &[EventRule] = &[
-    // V2 runner: `copy_event.record(copy_stream)` after the sampled tokens' D2H copies;
-    // `get_output` synchronizes it (one step later with async scheduling).
-    rule(
-        R::StepEnd,
-        "vllm/v1/worker/gpu/async_utils.py",
-        &["AsyncOutput.__init__", "AsyncPoolingOutput.__init__"],
-    ),
-    // V2: draft tokens copied for the next step; the adaptive-verification timing events.
-    rule(
-        R::Helper,
-        "vllm/v1/worker/gpu/spec_decode/utils.py",
-        &["DraftTokensHandler.set_draft_tokens"],
-    ),
-    rule(
-        R::Helper,
-        "vllm/v1/worker/gpu/async_utils.py",
-        &[
-            "StepTimingCollector.forward_start",
-            "StepTimingCollector.forward_end",
-            "StepTimingCollector.drafter_start",
-            "StepTimingCollector.drafter_end",
-        ],
-    ),
-    // V1 runner: async output copy (async scheduling) and `_to_list`'s transfer event
-    // (synchronous scheduling, recorded and synchronized at once).
-    rule(
-        R::StepEnd,
-        "vllm/v1/worker/gpu_model_runner.py",
-        &[
-            "AsyncGPUModelRunnerOutput.__init__",
-            "AsyncGPUPoolingModelRunnerOutput.__init__",
-            "GPUModelRunner._to_list",
-        ],
-    ),
-    // V1: `prepare_inputs_event`, recorded after the input copies and synchronized at the
-    // start of the next execute_model; spec-decode copies of counts and draft tokens.
-    rule(
-        R::Helper,
-        "vllm/v1/worker/gpu_model_runner.py",
-        &[
-            "GPUModelRunner.synchronize_input_prep",
-            "GPUModelRunner._update_states_after_model_execute",
-            "GPUModelRunner._copy_draft_token_ids_to_cpu",
-            "GPUModelRunner._copy_valid_sampled_token_count",
-        ],
-    ),
-];
 
 /// The role of an event recorded with this stack (innermost first): the innermost frame
 /// that matches a row decides.
@@ -127,7 +78,7 @@ mod tests {
             F(V1, "GPUModelRunner.execute_model"),
         ];
         assert_eq!(
-            classify_record(EVENT_ROLES_0_26_TO_0_33, &prep),
+            classify_record(crate::vllm::v0_33::EVENTS, &prep),
             EventRole::Helper
         );
         let v2 = [
@@ -142,7 +93,7 @@ mod tests {
             ),
         ];
         assert_eq!(
-            classify_record(EVENT_ROLES_0_26_TO_0_33, &v2),
+            classify_record(crate::vllm::v0_33::EVENTS, &v2),
             EventRole::StepEnd
         );
         let sync = [
@@ -150,7 +101,7 @@ mod tests {
             F(V1, "GPUModelRunner._bookkeeping_sync"),
         ];
         assert_eq!(
-            classify_record(EVENT_ROLES_0_26_TO_0_33, &sync),
+            classify_record(crate::vllm::v0_33::EVENTS, &sync),
             EventRole::StepEnd
         );
     }
@@ -163,12 +114,12 @@ mod tests {
             "GPUModelRunner.prepare_inputs",
         )];
         assert_eq!(
-            classify_record(EVENT_ROLES_0_26_TO_0_33, &alloc),
+            classify_record(crate::vllm::v0_33::EVENTS, &alloc),
             EventRole::Unknown
         );
         let none: [F; 0] = [];
         assert_eq!(
-            classify_record(EVENT_ROLES_0_26_TO_0_33, &none),
+            classify_record(crate::vllm::v0_33::EVENTS, &none),
             EventRole::Unknown
         );
     }

@@ -1,6 +1,8 @@
 //! The API server's Prometheus `/metrics`, as a cross-check of what ProfileMate measured:
 //! found on the target processes' listening TCP sockets on localhost, read with one HTTP GET
 //! at the session's start and end (read-only: the same request any monitoring system makes).
+//!
+//! Owns finding, reading and comparing /metrics; not when it is read (`watcher`).
 
 use std::{
     collections::{BTreeMap, HashMap},

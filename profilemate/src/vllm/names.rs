@@ -8,11 +8,8 @@
 use serde::Serialize;
 
 use super::{
-    batch::BATCH_0_33,
-    calls::CALLS_0_33,
-    events::{EventRole, EVENT_ROLES_0_26_TO_0_33},
-    ops::VLLM_0_33,
-    state,
+    bundle::{self, Bundle},
+    events::EventRole,
 };
 
 /// A function frame the bundle matches: `file` is a path suffix whose `*` segments match
@@ -88,12 +85,12 @@ fn all(table: &'static str, file: &'static str, names: &[&'static str]) -> Vec<F
         .collect()
 }
 
-fn functions() -> Vec<FunctionName> {
-    let s = &state::VLLM_0_33;
-    let b = &BATCH_0_33;
+fn functions(bundle: &Bundle) -> Vec<FunctionName> {
+    let s = bundle.state;
+    let b = bundle.batch;
     let mut out = all("state", "vllm/v1/engine/core.py", s.engine_frames);
     out.extend(all("state", SCHEDULER, s.scheduler_frames));
-    let watched: Vec<&'static str> = CALLS_0_33.watched.iter().map(|(q, _)| *q).collect();
+    let watched: Vec<&'static str> = bundle.calls.watched.iter().map(|(q, _)| *q).collect();
     out.extend(all("calls", SCHEDULER, &watched));
     out.extend(all("batch", "*", b.output_frames));
     out.extend(all(
@@ -102,7 +99,7 @@ fn functions() -> Vec<FunctionName> {
         b.pipelined_step_frames,
     ));
     out.extend(all("batch", "*", b.descriptor_frames));
-    for r in EVENT_ROLES_0_26_TO_0_33 {
+    for r in bundle.events {
         let mut rows = all("events", r.file, r.names);
         // A step's end must be recognizable in every release; helper events are a union
         // (newer releases record more of them).
@@ -112,7 +109,11 @@ fn functions() -> Vec<FunctionName> {
         out.extend(rows);
     }
     // Rows on other packages' files (PyTorch's module call) are not vLLM's to check.
-    for r in VLLM_0_33.iter().filter(|r| r.file.starts_with("vllm/")) {
+    for r in bundle
+        .ops
+        .iter()
+        .filter(|r| r.file.starts_with(bundle.package))
+    {
         out.extend(r.names.iter().copied().map(|q| FunctionName {
             file: r.file,
             qualname: q,
@@ -132,10 +133,10 @@ fn attr(module: &'static str, class: &'static str, attr: &'static str) -> Attrib
     }
 }
 
-fn attributes() -> Vec<AttributeName> {
-    let s = &state::VLLM_0_33;
+fn attributes(bundle: &Bundle) -> Vec<AttributeName> {
+    let s = bundle.state;
     let r = &s.request;
-    let b = &BATCH_0_33;
+    let b = bundle.batch;
     let pool = "vllm/v1/core/block_pool.py";
     let request = "vllm/v1/request.py";
     let graphs = "vllm/v1/worker/gpu/cudagraph_utils.py";
@@ -212,8 +213,9 @@ fn attributes() -> Vec<AttributeName> {
     out
 }
 
-fn enums() -> Vec<EnumValue> {
-    state::VLLM_0_33
+fn enums(bundle: &Bundle) -> Vec<EnumValue> {
+    bundle
+        .state
         .request
         .statuses
         .iter()
@@ -226,14 +228,15 @@ fn enums() -> Vec<EnumValue> {
         .collect()
 }
 
-/// The bundle's manifest.
+/// The manifest of the bundle a session starts with.
 #[must_use]
 pub fn manifest() -> Manifest {
+    let bundle = bundle::session_default();
     Manifest {
-        bundle: super::version::BUNDLE,
-        functions: functions(),
-        attributes: attributes(),
-        enums: enums(),
+        bundle: bundle.name,
+        functions: functions(bundle),
+        attributes: attributes(bundle),
+        enums: enums(bundle),
     }
 }
 
@@ -251,6 +254,9 @@ mod tests {
             .attributes
             .iter()
             .any(|a| a.class == "Scheduler" && a.attr == "running"));
-        assert_eq!(m.enums.len(), state::VLLM_0_33.request.statuses.len());
+        assert_eq!(
+            m.enums.len(),
+            crate::vllm::v0_33::STATE.request.statuses.len()
+        );
     }
 }

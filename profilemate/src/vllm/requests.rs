@@ -19,54 +19,10 @@
 
 use foldhash::{HashMap, HashSet, HashSetExt};
 
-use serde::Serialize;
+pub use crate::model::scheduler::{RequestPoll, RequestState};
 
 use super::state::{StateError, StateNames, StrCache};
 use crate::python::objects::{AttrSlots, DictEntries, ObjectError, Objects};
-
-/// One request as a poll saw it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RequestState {
-    /// `request_id`.
-    pub id: String,
-    /// `RequestStatus` member name (`RUNNING`, `PREEMPTED`, `FINISHED_STOPPED`, ...).
-    pub status: String,
-    /// `num_preemptions`.
-    pub num_preemptions: u64,
-    /// `num_computed_tokens`.
-    pub num_computed_tokens: u64,
-    /// `num_prompt_tokens`.
-    pub num_prompt_tokens: u64,
-    /// `len(_output_token_ids)`.
-    pub num_output_tokens: u64,
-    /// `arrival_time` (Unix seconds).
-    pub arrival_time: Option<f64>,
-}
-
-/// What one poll of the scheduler's requests found, against the previous poll.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RequestPoll {
-    /// Process.
-    pub pid: u32,
-    /// CLOCK_MONOTONIC ns when read.
-    pub ts_ns: u64,
-    /// Requests seen for the first time or changed since they were last read.
-    pub changed: Vec<RequestState>,
-    /// Ids of requests gone from the scheduler since the previous poll (vLLM drops a
-    /// request from `requests` when it finishes). Only a complete read of the table says
-    /// so: a table resized under the read reports none that poll.
-    pub gone: Vec<String>,
-    /// Requests the scheduler held.
-    pub held: u64,
-    /// Requests whose fields were read this poll (batched or in full).
-    pub read: u64,
-    /// Of those, read in full by name (new, or their batched read did not hold).
-    pub read_in_full: u64,
-    /// New requests left for a later poll (the per-poll bound was reached).
-    pub deferred: u64,
-    /// Requests that could not be read consistently (retried next poll).
-    pub unreadable: u64,
-}
 
 /// Requests held at most (the table's entries are read in one piece).
 pub const MAX_REQUESTS: usize = 16_384;
@@ -515,7 +471,7 @@ mod tests {
     use super::*;
     use crate::{
         python::{self, objects::object_layout, remote::ProcessMemory},
-        vllm::state::VLLM_0_33,
+        vllm::v0_33::STATE as VLLM_0_33,
     };
 
     const SCRIPT: &str = r#"

@@ -5,7 +5,7 @@
 //! Names come from one table per vLLM version range; a name the target's vLLM lacks makes
 //! that value absent (with the missing name reported), never a guess.
 
-use serde::Serialize;
+pub use crate::model::scheduler::StateSnapshot;
 
 use super::{
     blocks::{BlockPoll, BlockTracker},
@@ -23,6 +23,8 @@ use crate::python::{
 pub struct StateNames {
     /// vLLM versions the table was read from.
     pub versions: &'static str,
+    /// What a file of the package has in its path (`vllm/`).
+    pub package: &'static str,
     /// Frames whose `self` is the engine core (outermost loops first).
     pub engine_frames: &'static [&'static str],
     /// Frames whose `self` is the scheduler (when no engine frame is live).
@@ -87,109 +89,6 @@ pub struct RequestNames {
     pub arrival_time: &'static str,
     /// `RequestStatus` (an IntEnum) values and names.
     pub statuses: &'static [(i64, &'static str)],
-}
-
-/// vLLM 0.26-0.33 (V1 engine core, V1/V2 scheduler; the same names in every release of the
-/// range: docs/VLLM_VERSIONS.md).
-pub static VLLM_0_33: StateNames = StateNames {
-    versions: super::version::BUNDLE,
-    engine_frames: &[
-        // The socket threads block in these for the engine's whole life: their frames are
-        // there to read at any poll, while the busy main thread's chain moves under the read.
-        "EngineCoreProc.process_input_sockets",
-        "EngineCoreProc.process_output_sockets",
-        "EngineCoreProc.run_busy_loop",
-        "DPEngineCoreProc.run_busy_loop",
-        "EngineCore.step_with_batch_queue",
-        "EngineCore.step",
-    ],
-    scheduler_frames: &["Scheduler.schedule", "Scheduler.update_from_output"],
-    engine_scheduler: "scheduler",
-    running: "running",
-    waiting: "waiting",
-    requests: "requests",
-    kv_cache_manager: "kv_cache_manager",
-    block_pool: "block_pool",
-    num_gpu_blocks: "num_gpu_blocks",
-    free_block_queue: "free_block_queue",
-    num_free_blocks: "num_free_blocks",
-    current_step: "current_step",
-    max_num_running_reqs: "max_num_running_reqs",
-    max_num_scheduled_tokens: "max_num_scheduled_tokens",
-    prefix_cache_map: "cached_block_hash_to_block",
-    prefix_cache_dict: "_cache",
-    block_type: "KVCacheBlock",
-    block_id: "block_id",
-    ref_cnt: "ref_cnt",
-    request: RequestNames {
-        request_id: "request_id",
-        status: "status",
-        num_preemptions: "num_preemptions",
-        num_computed_tokens: "num_computed_tokens",
-        num_prompt_tokens: "num_prompt_tokens",
-        output_token_ids: "_output_token_ids",
-        arrival_time: "arrival_time",
-        statuses: &[
-            (1, "WAITING"),
-            (2, "WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR"),
-            (3, "WAITING_FOR_REMOTE_KVS"),
-            (4, "WAITING_FOR_STREAMING_REQ"),
-            (5, "RUNNING"),
-            (6, "PREEMPTED"),
-            (7, "FINISHED_STOPPED"),
-            (8, "FINISHED_LENGTH_CAPPED"),
-            (9, "FINISHED_ABORTED"),
-            (10, "FINISHED_IGNORED"),
-            (11, "FINISHED_ERROR"),
-            (12, "FINISHED_REPETITION"),
-        ],
-    },
-};
-
-/// One poll of the scheduler.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct StateSnapshot {
-    /// Process.
-    pub pid: u32,
-    /// CLOCK_MONOTONIC ns when read.
-    pub ts_ns: u64,
-    /// Address of the scheduler object (for per-step reads of the same process).
-    #[serde(skip)]
-    pub scheduler: u64,
-    /// `len(scheduler.running)`.
-    pub running: Option<u64>,
-    /// `len(scheduler.waiting)`.
-    pub waiting: Option<u64>,
-    /// `len(scheduler.requests)`.
-    pub requests: Option<u64>,
-    /// `block_pool.num_gpu_blocks`.
-    pub total_blocks: Option<u64>,
-    /// `block_pool.free_block_queue.num_free_blocks`.
-    pub free_blocks: Option<u64>,
-    /// `scheduler.current_step` (schedule() calls so far).
-    pub current_step: Option<u64>,
-    /// `scheduler.max_num_running_reqs` (max_num_seqs).
-    pub max_num_seqs: Option<u64>,
-    /// `scheduler.max_num_scheduled_tokens`.
-    pub max_num_scheduled_tokens: Option<u64>,
-    /// Address of the prefix cache map (a new one after every prefix cache reset).
-    #[serde(skip)]
-    pub prefix_cache_map: Option<u64>,
-    /// Cached blocks in the prefix cache map.
-    pub cached_blocks: Option<u64>,
-}
-
-impl StateSnapshot {
-    /// KV cache usage in percent, as vLLM computes it (`1 - free / (total - 1)`: block 0 is
-    /// the reserved null block).
-    #[must_use]
-    pub fn kv_usage_pct(&self) -> Option<f64> {
-        let (total, free) = (self.total_blocks?, self.free_blocks?);
-        if total < 2 {
-            return None;
-        }
-        Some(100.0 * (1.0 - free as f64 / (total - 1) as f64))
-    }
 }
 
 /// Why a poll found nothing.
@@ -333,7 +232,7 @@ impl StatePoller {
         o: &Objects<'_>,
     ) -> Result<(u64, String), StateError> {
         let frames = interp.live_frames(mem, codes);
-        let is_vllm = |f: &crate::python::LiveFrame| f.code.filename.contains("vllm/");
+        let is_vllm = |f: &crate::python::LiveFrame| f.code.filename.contains(names.package);
         for f in frames.iter().filter(|f| is_vllm(f)) {
             if names.engine_frames.contains(&f.code.qualname.as_str()) && f.first_local != 0 {
                 if let Some(s) = o.attr(f.first_local, names.engine_scheduler)? {
@@ -467,7 +366,7 @@ impl StatePoller {
             ..snap
         };
         let reqs = if requests {
-            let ts_ns = crate::output::monotonic_ns();
+            let ts_ns = crate::model::monotonic_ns();
             let r = tracker.poll(&o, names, scheduler)?;
             Some(RequestPoll {
                 pid: interp.pid,
@@ -483,7 +382,7 @@ impl StatePoller {
                 .and_then(|kvm| o.attr(kvm, names.block_pool).ok().flatten());
             pool.map(|pool| {
                 let p = blocks.poll(&o, names, pool).unwrap_or_else(|e| BlockPoll {
-                    ts_ns: crate::output::monotonic_ns(),
+                    ts_ns: crate::model::monotonic_ns(),
                     error: Some(crate::probes::error_chain(&e)),
                     ..BlockPoll::default()
                 });
@@ -549,12 +448,12 @@ pub fn read_snapshot(
     n: &StateNames,
     scheduler: u64,
 ) -> Result<StateSnapshot, StateError> {
-    let mut start = crate::output::monotonic_ns();
+    let mut start = crate::model::monotonic_ns();
     let mut previous = read_scheduler_again(o, n, scheduler)?;
     for _ in 0..MAX_READ_ATTEMPTS {
-        let ts_ns = crate::output::monotonic_ns();
+        let ts_ns = crate::model::monotonic_ns();
         let again = read_scheduler_again(o, n, scheduler)?;
-        let end = crate::output::monotonic_ns();
+        let end = crate::model::monotonic_ns();
         if let (Some(a), Some(b)) = (&previous, &again) {
             if a == b && end.saturating_sub(start) <= MAX_READ_SPAN_NS {
                 return Ok(StateSnapshot { ts_ns, ..*b });

@@ -10,14 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-/// The vLLM releases whose names were read from their wheels (docs/VLLM_VERSIONS.md): the
-/// state, batch and event names are the same in all of them, and the operation table is
-/// their union.
-const BUNDLE_FIRST: (u32, u32) = (0, 26);
-/// See `BUNDLE_FIRST`.
-const BUNDLE_LAST: (u32, u32) = (0, 33);
-/// The bundle's name in metadata.json.
-pub const BUNDLE: &str = "0.26-0.33";
+use super::bundle;
 
 /// What was found about one process's vLLM.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -80,20 +73,23 @@ fn read_version(pid: u32, site: &Path) -> Result<VllmVersion, String> {
 
 /// The bundle for `version`, with a note when it lies outside the verified range.
 fn choose(version: String, source: String) -> VllmVersion {
-    let note = match major_minor(&version) {
-        Some(mm) if (BUNDLE_FIRST..=BUNDLE_LAST).contains(&mm) => None,
-        Some(_) => Some(format!(
-            "vLLM {version} has no name bundle; the nearest, {BUNDLE}, is used: names it lacks \
+    let mm = major_minor(&version);
+    let choice = bundle::choose(mm);
+    let name = choice.bundle.name;
+    let note = match (mm, choice.note) {
+        (Some(_), None) => None,
+        (Some(_), Some(_)) => Some(format!(
+            "vLLM {version} has no name bundle; the nearest, {name}, is used: names it lacks \
              are reported as not found"
         )),
-        None => Some(format!(
-            "cannot parse the vLLM version {version:?}; the {BUNDLE} names are used"
+        (None, _) => Some(format!(
+            "cannot parse the vLLM version {version:?}; the {name} names are used"
         )),
     };
     VllmVersion {
         version,
         source,
-        bundle: BUNDLE,
+        bundle: name,
         note,
     }
 }
@@ -113,6 +109,7 @@ fn major_minor(v: &str) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vllm::v0_33::NAME as BUNDLE;
 
     #[test]
     fn versions_inside_the_range_use_the_bundle_quietly() {

@@ -18,12 +18,13 @@ use std::{
 use serde::Serialize;
 
 use super::{
-    calls::{FunctionWatch, CALLS_0_33},
+    bundle::Bundle,
+    calls::FunctionWatch,
     metrics::{self, Scrape},
-    state::{StateNames, StatePoller, StateSnapshot},
+    state::{StatePoller, StateSnapshot},
     version::{self, VllmVersion},
 };
-use crate::{pipeline::PyUpdate, python::Interpreter};
+use crate::{model::RequestPoll, python::Interpreter};
 
 /// How often /metrics is read (for the end-of-session cross-check).
 const METRICS_PERIOD: Duration = Duration::from_secs(1);
@@ -31,6 +32,26 @@ const METRICS_PERIOD: Duration = Duration::from_secs(1);
 const SLICE: Duration = Duration::from_millis(20);
 /// How long `stop` waits for a read in progress before it reports without it.
 const STOP_WAIT: Duration = Duration::from_millis(300);
+
+/// What the pipeline learns beside the records: interpreters found and gone (from the main
+/// loop), scheduler and request polls (from the watcher).
+pub enum PyUpdate {
+    /// A process's interpreter was found.
+    Add(Box<Interpreter>),
+    /// A process exited; `noticed_ns`: when the main loop saw it gone (CLOCK_MONOTONIC).
+    Remove {
+        /// The process.
+        pid: u32,
+        /// When its exit was noticed.
+        noticed_ns: u64,
+    },
+    /// A scheduler poll.
+    State(StateSnapshot),
+    /// A request-table poll.
+    Requests(Box<RequestPoll>),
+    /// A poll of the prefix-cached KV blocks.
+    Blocks(Box<crate::model::BlockPoll>),
+}
 
 /// What the main loop tells the watcher.
 pub enum WatchCommand {
@@ -206,7 +227,7 @@ impl Watcher {
     pub fn spawn(
         commands: mpsc::Receiver<WatchCommand>,
         state_hz: u64,
-        names: &'static StateNames,
+        bundle: &'static Bundle,
         updates: mpsc::Sender<PyUpdate>,
         functions: Option<mpsc::Sender<FunctionWatch>>,
     ) -> std::io::Result<Self> {
@@ -214,7 +235,7 @@ impl Watcher {
         let report = Arc::new(Mutex::new(WatchReport::default()));
         let mut w = Work {
             rx: commands,
-            names,
+            bundle,
             updates,
             functions,
             state_period: 1_000_000_000u64
@@ -277,7 +298,8 @@ struct Poller {
 
 struct Work {
     rx: mpsc::Receiver<WatchCommand>,
-    names: &'static StateNames,
+    /// The vLLM names used.
+    bundle: &'static Bundle,
     updates: mpsc::Sender<PyUpdate>,
     /// Where the scheduler methods to watch go (None: breakpoints are off).
     functions: Option<mpsc::Sender<FunctionWatch>>,
@@ -324,7 +346,7 @@ impl Work {
                 }
                 WatchCommand::Python(interp) => {
                     let pid = interp.pid;
-                    let poller = StatePoller::new(*interp, self.names);
+                    let poller = StatePoller::new(*interp, self.bundle.state);
                     let version = version::of_process(pid);
                     if let Some(Ok(VllmVersion { note: Some(n), .. })) = &version {
                         crate::say!("warning: pid {pid}: {n}");
@@ -382,7 +404,7 @@ impl Work {
                             .and_then(|f| version::of_source_file(*pid, &f));
                     }
                     if let Some(tx) = &self.functions {
-                        match p.poller.functions_to_watch(&CALLS_0_33) {
+                        match p.poller.functions_to_watch(self.bundle.calls) {
                             Some(Ok(w)) => {
                                 let _ = tx.send(w);
                             }
@@ -424,7 +446,7 @@ impl Work {
                     |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
                 StateReport {
                     pid: *pid,
-                    names: self.names.versions,
+                    names: self.bundle.state.versions,
                     polls: p.poller.polls,
                     torn_polls: p.poller.torn,
                     last_error: p.poller.last_error.clone(),

@@ -18,9 +18,12 @@ use std::{
 
 use serde::Serialize;
 
+pub use crate::vllm::watcher::PyUpdate;
 use crate::{
+    config::TimingMode,
     correlate::{python::PythonContext, Correlated, Correlator},
-    output::monotonic_ns,
+    model::monotonic_ns,
+    output::sink::Sinks,
     probes::{
         drain::{Record, StackReason},
         reader::{Batch, KindCounts, QueueGauge},
@@ -29,29 +32,9 @@ use crate::{
     python::Interpreter,
     vllm::{
         batch::{BatchReader, DelayPercentiles},
-        requests::RequestPoll,
-        state::StateSnapshot,
+        bundle::Bundle,
     },
 };
-
-/// Interpreter changes and scheduler polls sent from the session's main loop.
-pub enum PyUpdate {
-    /// A process's interpreter was found.
-    Add(Box<Interpreter>),
-    /// A process exited; `noticed_ns`: when the main loop saw it gone (CLOCK_MONOTONIC).
-    Remove {
-        /// The process.
-        pid: u32,
-        /// When its exit was noticed.
-        noticed_ns: u64,
-    },
-    /// A scheduler poll.
-    State(StateSnapshot),
-    /// A request-table poll.
-    Requests(Box<RequestPoll>),
-    /// A poll of the prefix-cached KV blocks.
-    Blocks(Box<crate::vllm::blocks::BlockPoll>),
-}
 
 /// How long the pipeline waits for a batch before it looks at its updates again.
 const IDLE_TICK: Duration = Duration::from_millis(4);
@@ -102,6 +85,8 @@ pub struct Pipeline {
     pub py_rx: mpsc::Receiver<PyUpdate>,
     /// The output families.
     pub profilers: Vec<Box<dyn Profiler>>,
+    /// Where the profilers' rows and summaries go.
+    pub sinks: Sinks,
     /// Counters.
     pub stats: PipelineStats,
     lag: Lag,
@@ -148,6 +133,7 @@ impl Pipeline {
         batches: BatchReader,
         py_rx: mpsc::Receiver<PyUpdate>,
         profilers: Vec<Box<dyn Profiler>>,
+        sinks: Sinks,
     ) -> Self {
         Self {
             correlator,
@@ -155,10 +141,40 @@ impl Pipeline {
             batches,
             py_rx,
             profilers,
+            sinks,
             stats: PipelineStats::default(),
             lag: Lag::default(),
             exits: Vec::new(),
         }
+    }
+
+    /// The session's wiring: the correlator, the Python context and the batch reader of
+    /// `bundle`'s vLLM names, feeding `profilers` whose results go to `sinks` (the benchmark
+    /// runs the same).
+    #[must_use]
+    pub fn wire(
+        bundle: &'static Bundle,
+        timing: TimingMode,
+        kernels: bool,
+        py_rx: mpsc::Receiver<PyUpdate>,
+        profilers: Vec<Box<dyn Profiler>>,
+        sinks: Sinks,
+    ) -> Self {
+        Self::new(
+            Correlator::new(timing, kernels).with_event_roles(bundle.events),
+            PythonContext::new(bundle.ops),
+            BatchReader::new(bundle),
+            py_rx,
+            profilers,
+            sinks,
+        )
+    }
+
+    /// Takes one decoded record on the calling thread, as the pipeline thread does with
+    /// each record of a batch (no stop budget: the benchmark's loop).
+    pub fn take(&mut self, rec: Record) {
+        self.stats.records += 1;
+        self.handle(rec);
     }
 
     /// Runs on its own thread until the reader hangs up; returns the pipeline for writing.
@@ -238,6 +254,7 @@ impl Pipeline {
             python,
             batches,
             profilers,
+            sinks,
             stats,
             py_rx,
             exits,
@@ -245,7 +262,7 @@ impl Pipeline {
         } = self;
         let mut emit = |rec: Correlated| {
             for p in profilers.iter_mut() {
-                p.consume(&rec);
+                p.consume(&rec, sinks);
             }
         };
         let t = Instant::now();
@@ -291,13 +308,14 @@ impl Pipeline {
             python,
             batches,
             profilers,
+            sinks,
             py_rx,
             exits,
             ..
         } = self;
         apply_updates(py_rx, python, batches, exits, &mut |rec: Correlated| {
             for p in profilers.iter_mut() {
-                p.consume(&rec);
+                p.consume(&rec, sinks);
             }
         });
         self.stats.stage_ms.updates += ms_since(t);
@@ -308,11 +326,12 @@ impl Pipeline {
         let Self {
             correlator,
             profilers,
+            sinks,
             ..
         } = self;
         correlator.finish(&mut |rec| {
             for p in profilers.iter_mut() {
-                p.consume(&rec);
+                p.consume(&rec, sinks);
             }
         });
     }
@@ -359,15 +378,13 @@ mod tests {
 
     fn pipeline() -> Pipeline {
         let (_tx, rx) = mpsc::channel();
-        Pipeline::new(
-            Correlator::new(crate::config::TimingMode::Events, false),
-            PythonContext::new(crate::vllm::ops::VLLM_0_33),
-            BatchReader::new(
-                &crate::vllm::batch::BATCH_0_33,
-                &crate::vllm::state::VLLM_0_33,
-            ),
+        Pipeline::wire(
+            &crate::vllm::v0_33::BUNDLE,
+            TimingMode::Events,
+            false,
             rx,
             Vec::new(),
+            Sinks::default(),
         )
     }
 

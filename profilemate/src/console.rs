@@ -67,6 +67,6 @@ pub fn out_line(line: &str) -> std::io::Result<()> {
 #[macro_export]
 macro_rules! say {
     ($($arg:tt)*) => {
-        $crate::output::console::err_line(&format!($($arg)*))
+        $crate::console::err_line(&format!($($arg)*))
     };
 }

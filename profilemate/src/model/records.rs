@@ -1,4 +1,8 @@
-//! What the correlator produces: the typed records every profiler consumes.
+//! The correlated records: what the correlator produces and every profiler consumes (calls,
+//! steps, graphs, symbolized Python stacks, GC pauses, and the vLLM payloads passed through).
+//!
+//! Owns the record types only; pairing and step detection are `correlate`'s, the payloads'
+//! reading is `vllm`'s.
 
 use profilemate_common::ApiId;
 
@@ -190,31 +194,31 @@ pub enum Correlated {
     /// A GC pause.
     GcPause(GcPause),
     /// A poll of vLLM's scheduler state (side channel: live objects of the target).
-    VllmState(crate::vllm::state::StateSnapshot),
+    VllmState(super::scheduler::StateSnapshot),
     /// A poll of every request of vLLM's scheduler.
-    Requests(Box<crate::vllm::requests::RequestPoll>),
+    Requests(Box<super::scheduler::RequestPoll>),
     /// A poll of the prefix-cached KV blocks (evictions seen since the previous one).
-    Blocks(Box<crate::vllm::blocks::BlockPoll>),
+    Blocks(Box<super::scheduler::BlockPoll>),
     /// The batch a step was launched with (its `SchedulerOutput`).
-    Batch(Box<crate::vllm::batch::StepBatch>),
+    Batch(Box<super::batch::StepBatch>),
     /// The CUDA graph descriptor a replay used.
-    GraphDescriptor(crate::vllm::batch::GraphDescriptor),
+    GraphDescriptor(super::batch::GraphDescriptor),
     /// A watched scheduler method was entered (hardware breakpoint).
-    SchedulerCall(Box<crate::vllm::calls::SchedulerCall>),
+    SchedulerCall(Box<super::scheduler::SchedulerCall>),
 }
 
 /// One symbolized Python frame.
 #[derive(Clone, Debug)]
 pub struct PyFrameInfo {
     /// The code object's names.
-    pub code: std::sync::Arc<crate::python::code::CodeInfo>,
+    pub code: std::sync::Arc<super::code::CodeInfo>,
     /// Current line.
     pub line: i32,
     /// The frame's second local (`localsplus[1]`, the argument after `self`) at walk time.
     pub arg1: u64,
 }
 
-impl crate::vllm::ops::FrameName for PyFrameInfo {
+impl super::ops::FrameName for PyFrameInfo {
     fn filename(&self) -> &str {
         &self.code.filename
     }
@@ -233,13 +237,13 @@ pub struct PyStack {
     /// When it was walked.
     pub ts_ns: u64,
     /// A sampling tick, or the CUDA call it was walked at.
-    pub reason: crate::probes::drain::StackReason,
+    pub reason: super::stack::StackReason,
     /// `stack_flags::*` from the walker.
     pub flags: u16,
     /// Frames, innermost first (unreadable code objects appear as `<unknown>`).
     pub frames: Vec<PyFrameInfo>,
     /// The vLLM operation of the stack.
-    pub op: crate::vllm::ops::Operation,
+    pub op: super::ops::Operation,
     /// Index of the frame that decided `op`.
     pub op_frame: Option<usize>,
 }

@@ -1,4 +1,7 @@
 //! metadata.json: what was profiled, how, and everything that was lost or unattributable.
+//!
+//! Owns the file's shape and its last conclusions (calibration, failure, notes); not the
+//! counting (each stage keeps its own statistics) nor the terminal lines (`losses`, `summary`).
 
 use serde::Serialize;
 
@@ -10,17 +13,32 @@ use crate::{
     python::Interpreter,
 };
 
+/// Whether a target's Python stacks are walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PythonStatus {
+    /// Its stacks are walked.
+    Walking,
+    /// The process is not a Python interpreter.
+    NotPython,
+    /// It is one ProfileMate cannot walk (version, build, or setup failed).
+    Unsupported,
+}
+
 /// What was found about one target's Python interpreter.
 #[derive(Debug, Serialize)]
 pub struct PythonRecord {
     /// Process.
     pub pid: u32,
     /// `walking`, `not_python` or `unsupported`.
-    pub status: &'static str,
+    pub status: PythonStatus,
     /// Version, binary, layout and its source (when found).
     pub interpreter: Option<Interpreter>,
     /// Whether ProfileMate's tests cover this version's layout.
     pub tested: Option<bool>,
+    /// Whether this version's objects are read (its row in `python::versions` has an object
+    /// layout): without, the vLLM scheduler and batch reads stay off for the process.
+    pub objects: Option<bool>,
     /// Why it is not walked.
     pub reason: Option<String>,
 }
@@ -42,6 +60,9 @@ pub struct PythonReport {
     pub usdt: Vec<UsdtReport>,
     /// Walk and symbolization counters.
     pub stats: PythonStats,
+    /// The vLLM name bundle used (`vllm::bundle`; each process's own version and the bundle
+    /// that fits it are in `vllm_state`).
+    pub vllm_bundle: &'static str,
     /// Per-step `SchedulerOutput` and graph descriptor reads.
     pub vllm_batches: crate::vllm::batch::BatchStats,
     /// Scheduler-state polls per process.
@@ -107,7 +128,7 @@ pub struct LossReport {
     pub reader: crate::probes::reader::ReaderStats,
     /// The processing thread: lag behind the target, time per stage, records left
     /// unprocessed at the stop.
-    pub pipeline: crate::pipeline::PipelineStats,
+    pub pipeline: crate::session::pipeline::PipelineStats,
     /// The main loop's own timing.
     pub main_loop: MainLoopStats,
     /// The longest /metrics scrape (ms), on the watcher thread.
@@ -171,4 +192,35 @@ pub struct Metadata {
     pub calibration: Option<crate::calibrate::attach::Used>,
     /// Why no calibration was used.
     pub calibration_none: Option<String>,
+}
+
+/// Completes `m` once everything is counted: the calibration used (or why none), why the
+/// session recorded nothing (`nothing_attached`), and the caveats of its outputs.
+pub(super) fn conclude(
+    m: &mut Metadata,
+    calibration: &crate::calibrate::attach::Resolution,
+    nothing_attached: bool,
+) {
+    use crate::calibrate::attach::Resolution;
+    m.calibration = match calibration {
+        Resolution::Used(u) => Some(u.as_ref().clone()),
+        Resolution::None(_) => None,
+    };
+    m.calibration_none = match calibration {
+        Resolution::Used(_) => None,
+        Resolution::None(why) => Some(why.clone()),
+    };
+    if nothing_attached {
+        m.failure = Some(crate::verdict::empty_session_cause(&m.probes));
+    }
+    let gc_attached = m
+        .python
+        .usdt
+        .iter()
+        .any(|u| u.status == crate::probes::UsdtStatus::Attached);
+    if gc_attached && m.python.stats.gc_pauses == 0 {
+        m.notes.push(
+            "GC probes were attached but no collection was observed: none happened during the session, or the probes did not fire".to_owned(),
+        );
+    }
 }

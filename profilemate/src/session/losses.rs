@@ -5,34 +5,16 @@
 //! session. Does not own: the counting (the kernel programs, `probes::reader`, `pipeline`)
 //! or the other summary lines (`session`).
 
-use crate::{output::metadata::LossReport, probes::reader::KindCounts};
+use super::metadata::LossReport;
+use crate::{model::GcLost, probes::reader::KindCounts};
 
-/// GC (USDT) events lost between the kernel and `gc_pauses.csv`, by where.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize, PartialEq, Eq)]
-pub struct GcLost {
-    /// The kernel's ring buffer was full.
-    pub ring_buffer_full: u64,
-    /// The userspace queue was full.
-    pub queue_full: u64,
-    /// Read but not processed before the stop.
-    pub unprocessed_at_stop: u64,
-}
-
-impl GcLost {
-    /// From the session's losses.
-    #[must_use]
-    pub fn of(l: &LossReport) -> Self {
-        Self {
-            ring_buffer_full: l.kernel.usdt_ring_full_drops,
-            queue_full: l.reader.queue_full_drops.usdt,
-            unprocessed_at_stop: l.pipeline.unprocessed_at_stop.usdt,
-        }
-    }
-
-    /// All of them.
-    #[must_use]
-    pub fn total(&self) -> u64 {
-        self.ring_buffer_full + self.queue_full + self.unprocessed_at_stop
+/// The GC events lost, from the session's losses.
+#[must_use]
+pub fn gc_lost(l: &LossReport) -> GcLost {
+    GcLost {
+        ring_buffer_full: l.kernel.usdt_ring_full_drops,
+        queue_full: l.reader.queue_full_drops.usdt,
+        unprocessed_at_stop: l.pipeline.unprocessed_at_stop.usdt,
     }
 }
 
@@ -84,7 +66,7 @@ pub fn warnings(l: &LossReport, ring_bytes: u32) -> Vec<String> {
             l.pipeline.lag_ms.max
         ));
     }
-    let gc = GcLost::of(l);
+    let gc = gc_lost(l);
     if gc.total() > 0 {
         w.push(format!(
             "WARNING: {} GC events were lost ({} ring buffer full, {} queue full, {} not processed \
@@ -155,8 +137,8 @@ fn kernel_warnings(l: &LossReport, ring_bytes: u32) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::{
-        output::metadata::MainLoopStats, pipeline::PipelineStats, probes::reader::ReaderStats,
-        probes::KernelCounters,
+        probes::reader::ReaderStats, probes::KernelCounters, session::metadata::MainLoopStats,
+        session::pipeline::PipelineStats,
     };
 
     fn losses() -> LossReport {
