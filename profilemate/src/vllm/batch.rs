@@ -303,7 +303,8 @@ impl BatchReader {
             .frames
             .iter()
             .any(|f| ends_with_any(&f.code.qualname, names.pipelined_step_frames));
-        let late = delay > p.cadence.read_bound_ns(pipelined);
+        let bound_ns = p.cadence.read_bound_ns(pipelined);
+        let late = delay > bound_ns;
         if st.frames.iter().any(|f| carries_output(names, f)) {
             // An auto-resizing histogram: recording cannot fail short of memory.
             let _ = self.delays.record(delay / 1000);
@@ -312,33 +313,31 @@ impl BatchReader {
         let Some(ol) = object_layout(p.interp.layout.version) else {
             return;
         };
-        {
-            let mem = p.mem;
-            let o = Objects::new(&mem, &p.interp.layout, ol).with_cache(&p.attrs);
-            // A watched call counts however late it is read: its time came with the hit, and
-            // the request it names outlives the call (checked by type before its id is read).
-            if let Some(call) = self.calls.read(self.calls_names, st, &o, &mut p.strings) {
-                out(Correlated::SchedulerCall(Box::new(call)));
+        if !late {
+            // The output first: its identity read is what the bound protects.
+            let mut cx = ReadContext {
+                names,
+                state: self.state,
+                stats: &mut self.stats,
+                deadline_ns: st.ts_ns.saturating_add(bound_ns),
+            };
+            // The step's scheduler output: the innermost frame that carries one.
+            let at_cuda_call = matches!(st.reason, StackReason::CudaCall(_));
+            if at_cuda_call && st.frames.iter().any(|f| carries_output(names, f)) {
+                p.cuda_outputs = true;
             }
+            if at_cuda_call || !p.cuda_outputs {
+                cx.step_output(p, ol, st, out);
+            }
+            cx.graph_descriptor(p, ol, st, out);
         }
-        if late {
-            return;
+        let mem = p.mem;
+        let o = Objects::new(&mem, &p.interp.layout, ol).with_cache(&p.attrs);
+        // A watched call counts however late it is read: its time came with the hit, and the
+        // request it names outlives the call (checked by type before its id is read).
+        if let Some(call) = self.calls.read(self.calls_names, st, &o, &mut p.strings) {
+            out(Correlated::SchedulerCall(Box::new(call)));
         }
-        let mut cx = ReadContext {
-            names,
-            state: self.state,
-            stats: &mut self.stats,
-        };
-        cx.graph_descriptor(p, ol, st, out);
-        // The step's scheduler output: the innermost frame that carries one.
-        let at_cuda_call = matches!(st.reason, StackReason::CudaCall(_));
-        if at_cuda_call && st.frames.iter().any(|f| carries_output(names, f)) {
-            p.cuda_outputs = true;
-        }
-        if !at_cuda_call && p.cuda_outputs {
-            return;
-        }
-        cx.step_output(p, ol, st, out);
     }
 }
 
@@ -357,9 +356,18 @@ struct ReadContext<'a> {
     names: &'static BatchNames,
     state: &'static StateNames,
     stats: &'a mut BatchStats,
+    /// The stack's time plus the read bound: an identity read later may be another object's
+    /// at a reused address (the reader can be descheduled between the bound's check and
+    /// its reads on a busy machine), so it is dropped as stale.
+    deadline_ns: u64,
 }
 
 impl ReadContext<'_> {
+    /// Whether it is now past the deadline (what was just read is dropped).
+    fn ended_late(&self) -> bool {
+        crate::model::monotonic_ns() > self.deadline_ns
+    }
+
     /// The descriptor of a graph replay, when a frame of the stack carries one.
     fn graph_descriptor(
         &mut self,
@@ -379,6 +387,7 @@ impl ReadContext<'_> {
         let mem = p.mem;
         let o = Objects::new(&mem, &p.interp.layout, ol).with_cache(&p.attrs);
         match read_descriptor(&o, names, f.arg1, &mut p.strings) {
+            Ok(Some(_)) if self.ended_late() => self.stats.descriptor_errors += 1,
             Ok(Some((mode, num_tokens, num_reqs, uniform, loras))) => {
                 self.stats.descriptors += 1;
                 out(Correlated::GraphDescriptor(GraphDescriptor {
@@ -428,6 +437,14 @@ impl ReadContext<'_> {
             };
             if p.last == Some(key) {
                 self.stats.repeated += 1;
+                return;
+            }
+            // The key read within the bound is the hit's object's (alive until then); the
+            // same key after the read (a dict version tag is unique) proves nothing changed.
+            // Read past the bound (the reader descheduled since the bound's check) it may be
+            // another object at a reused address.
+            if self.ended_late() {
+                self.stats.stale += 1;
                 return;
             }
             p.cadence.note_output(st.ts_ns);

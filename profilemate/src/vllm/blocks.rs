@@ -209,10 +209,13 @@ impl BlockTracker {
         let first = self.map == 0;
         self.map = map;
         self.dict = dict;
+        // Stamped before the head is read: the map is known unchanged at a moment after this
+        // stamp (a later stamp could follow a descheduling and pass an eviction).
+        let head_ns = crate::model::monotonic_ns();
         let head = o.dict_head(dict)?;
         if self.head == Some(head) {
             poll.map_unchanged = true;
-            poll.ts_ns = crate::model::monotonic_ns();
+            poll.ts_ns = head_ns;
             poll.cached = self.cached.len() as u64;
             self.last_map_ns = Some(poll.ts_ns);
             self.read_refs(o, &[], &mut poll);
@@ -651,8 +654,12 @@ impl BlockTracker {
         let (spans, at) = spans(&order, l.ref_cnt);
         let total = spans.iter().map(|s| s.1).sum();
         let mut buf = vec![0u8; total];
+        // A block seen in use was in use at some moment after `before`; one seen free was
+        // free at some moment before `after` (a reader descheduled around the read must not
+        // move either past the truth).
+        let before = crate::model::monotonic_ns();
         let ok = o.memory().read_many(&spans, &mut buf);
-        let ts = crate::model::monotonic_ns();
+        let after = crate::model::monotonic_ns();
         let mut decoded: HashMap<u64, bool> = HashMap::default();
         for (block, (span, off)) in order.into_iter().zip(at) {
             if !ok.get(span).copied().unwrap_or(false) {
@@ -679,14 +686,14 @@ impl BlockTracker {
             poll.refs_read += 1;
             if let Some(c) = self.cached.get_mut(&block) {
                 if in_use {
-                    c.last_used_ns = Some(ts);
+                    c.last_used_ns = Some(before);
                     c.last_used_until_ns = None;
                     self.in_use.insert(block);
                 } else {
                     self.in_use.remove(&block);
                     if c.last_used_until_ns.is_none() {
                         // Its use (or, never seen in use, its caching) ended before now.
-                        c.last_used_until_ns = Some(ts);
+                        c.last_used_until_ns = Some(after);
                     }
                 }
             }
