@@ -209,16 +209,7 @@ impl BlockTracker {
         let first = self.map == 0;
         self.map = map;
         self.dict = dict;
-        // Stamped before the head is read: the map is known unchanged at a moment after this
-        // stamp (a later stamp could follow a descheduling and pass an eviction).
-        let head_ns = crate::model::monotonic_ns();
-        let head = o.dict_head(dict)?;
-        if self.head == Some(head) {
-            poll.map_unchanged = true;
-            poll.ts_ns = head_ns;
-            poll.cached = self.cached.len() as u64;
-            self.last_map_ns = Some(poll.ts_ns);
-            self.read_refs(o, &[], &mut poll);
+        if self.unchanged(o, dict, &mut poll)? {
             return Ok(poll);
         }
         let Some((slots, ts)) = Self::read_slots(o, dict)? else {
@@ -295,6 +286,29 @@ impl BlockTracker {
         self.last_map_ns = Some(ts);
         self.read_refs(o, &diff.born, &mut poll);
         Ok(poll)
+    }
+
+    /// When the cache dict's head is the one read last (nothing added or deleted): the
+    /// poll is the `ref_cnt` reads alone; true when so.
+    fn unchanged(
+        &mut self,
+        o: &Objects<'_>,
+        dict: u64,
+        poll: &mut BlockPoll,
+    ) -> Result<bool, StateError> {
+        // Stamped before the head is read: the map is known unchanged at a moment after this
+        // stamp (a later stamp could follow a descheduling and pass an eviction).
+        let head_ns = crate::model::monotonic_ns();
+        let head = o.dict_head(dict)?;
+        if self.head != Some(head) {
+            return Ok(false);
+        }
+        poll.map_unchanged = true;
+        poll.ts_ns = head_ns;
+        poll.cached = self.cached.len() as u64;
+        self.last_map_ns = Some(head_ns);
+        self.read_refs(o, &[], poll);
+        Ok(true)
     }
 
     /// A new map or dict (a prefix cache reset): forgets every block; true when so.
