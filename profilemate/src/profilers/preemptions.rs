@@ -9,7 +9,7 @@
 //! Owns computing those rows and summaries from the correlated records; not writing them
 //! (the sinks: `output::csv` names the files and writes them) nor the records themselves.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -99,6 +99,11 @@ pub struct Preemptions {
     resume_delay: Latency,
     /// Per process: the prefix cache map at the previous step (a new map = a reset).
     prefix_map: HashMap<u32, u64>,
+    /// Processes whose `_preempt_request` breakpoint has fired: there every preemption comes
+    /// with its hit, and a step output naming one without a hit is not counted (a late
+    /// read of a later output at a reused address names the next step's preemptions before
+    /// their hits arrive).
+    preempt_watched: HashSet<u32>,
     /// Arrivals seen by breakpoint (`add_request` entries).
     arrivals: u64,
 }
@@ -112,6 +117,7 @@ impl Preemptions {
             events: Vec::new(),
             resume_delay: Latency::default(),
             prefix_map: HashMap::new(),
+            preempt_watched: HashSet::new(),
             arrivals: 0,
         }
     }
@@ -130,11 +136,15 @@ impl Preemptions {
             None => false,
         };
         let ts = b.ts_ns;
+        let watched = self.preempt_watched.contains(&b.pid);
         for id in &b.preempted_req_ids {
             let life = self.life(id, b.pid, ts);
             if life.unconfirmed > 0 {
                 // Seen exactly when it happened (breakpoint).
                 life.unconfirmed -= 1;
+                continue;
+            }
+            if watched {
                 continue;
             }
             let (running_sec, tokens_lost) = life.preempted(ts);
@@ -199,6 +209,7 @@ impl Preemptions {
         let ts = c.ts_ns;
         match c.role {
             CallRole::Preempt => {
+                self.preempt_watched.insert(c.pid);
                 let life = self.life(id, c.pid, ts);
                 life.unconfirmed += 1;
                 let (running_sec, tokens_lost) = life.preempted(ts);

@@ -299,10 +299,14 @@ impl BatchReader {
         };
         let names = self.names;
         let delay = crate::model::monotonic_ns().saturating_sub(st.ts_ns);
-        let pipelined = st
-            .frames
-            .iter()
-            .any(|f| ends_with_any(&f.code.qualname, names.pipelined_step_frames));
+        // A batch queue keeps an output alive until its update, so a stack at a CUDA call may
+        // be read later; at the update's own entry (a breakpoint) the output dies soon after
+        // the update returns, and the next output can take its address.
+        let pipelined = matches!(st.reason, StackReason::CudaCall(_))
+            && st
+                .frames
+                .iter()
+                .any(|f| ends_with_any(&f.code.qualname, names.pipelined_step_frames));
         let bound_ns = p.cadence.read_bound_ns(pipelined);
         let late = delay > bound_ns;
         if st.frames.iter().any(|f| carries_output(names, f)) {
