@@ -409,6 +409,7 @@ fn real_vllm_prefix_cache_evictions_match_the_block_pool() {
     let slack = 1e6;
     let mut used = vec![false; truth.len()];
     let mut worst: f64 = 0.0;
+    let mut reused_in_poll = 0usize;
     for r in &rows {
         let (at, res) = (ns(r, "timestamp_sec"), col(r, "resolution_sec") * 1e9);
         let block = col(r, "block_id") as u64;
@@ -434,6 +435,16 @@ fn real_vllm_prefix_cache_evictions_match_the_block_pool() {
         );
         let bound = res / 1e9 + slack / 1e9;
         assert!(dl <= bound, "lifetime {r:?} vs {lifetime} (truth {t})");
+        // A known race (docs/OUTPUTS.md): vLLM evicts a free cached block when it hands it
+        // out again, so a poll that read the cache map just before that and the block's
+        // ref_cnt just after sees the block's next use as its last one: idle too short,
+        // its last use within one resolution of the eviction stamp. Counted, kept rare.
+        let last_use_at_eviction =
+            col(r, "timestamp_sec") - col(r, "last_used_sec") <= res / 1e9 + slack / 1e9;
+        if di > bound && col(r, "idle_sec") < idle && last_use_at_eviction {
+            reused_in_poll += 1;
+            continue;
+        }
         assert!(di <= bound, "idle {r:?} vs {idle} (truth {t})");
         worst = worst.max(dl).max(di);
     }
@@ -481,9 +492,14 @@ fn real_vllm_prefix_cache_evictions_match_the_block_pool() {
         format!("{quick} blocks evicted quickly")
     );
     assert_eq!(s["evicted_quickly"].as_u64(), Some(quick as u64), "{s}");
+    assert!(
+        reused_in_poll * 50 <= rows.len().max(50),
+        "{reused_in_poll} of {} rows saw the block's next use as its last",
+        rows.len()
+    );
     eprintln!(
         "real vLLM prefix cache: {} evictions, {} rows ({found} of {} cached after the first \
-         poll found), {unseen} counted unseen, largest lifetime/idle error {worst:.4} s; {s}; \
+         poll found), {unseen} counted unseen, {reused_in_poll} idle cut by reuse within a poll, largest lifetime/idle error {worst:.4} s; {s}; \
          refs per poll p50 {} max {}",
         truth.len(),
         rows.len(),
